@@ -1,0 +1,72 @@
+# SAM Brain developer tasks. Every target builds .venv from nothing when it is missing.
+#   make demo   - the daemon's full cycle on a tiny local model (DEMO_HOME=DIR keeps the home)
+#   make test   - the test suite (what CI runs)
+#   make lint   - ruff + mypy
+#   make bench  - benchmarks in bench/, results go to docs/benchmarks.md by hand
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UNAME := $(shell uname -s)
+# torch first, pinned: on CPU-only Linux hosts this is the CPU wheel (a range would pull CUDA builds).
+TORCH_PIN ?= torch==2.13.0
+ifeq ($(UNAME),Darwin)
+EXTRAS := mlx,dev
+else
+EXTRAS := mlx,cuda,dev
+endif
+
+# MLX's Linux CPU wheel bundles a slow reference BLAS; Debian's OpenBLAS is ~5-20x faster.
+OPENBLAS := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libopenblas-pthread/libopenblas.so.0 /usr/lib/aarch64-linux-gnu/libopenblas-pthread/libopenblas.so.0))
+RUNENV := HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS))
+
+.PHONY: demo test lint fix bench openblas clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+ifneq ($(UNAME),Darwin)
+	$(PY) -m pip install -q $(TORCH_PIN)
+endif
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	@touch $@
+
+# Best effort: install Debian's OpenBLAS when apt is there and we may use it; MLX still works without.
+openblas:
+	@if [ "$(UNAME)" = "Linux" ] && [ -z "$(OPENBLAS)" ] && command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo "sudo -n" ); \
+	  echo "installing libopenblas0-pthread (fast BLAS for MLX on CPU)"; \
+	  ( $$SUDO apt-get install -y -q libopenblas0-pthread >/dev/null 2>&1 || \
+	    ( $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q libopenblas0-pthread >/dev/null 2>&1 ) ) \
+	    || echo "warning: could not install OpenBLAS; MLX will use its slow bundled BLAS"; \
+	fi
+
+demo: openblas $(VENV)/.installed
+	@$(MAKE) --no-print-directory _demo
+
+_demo:
+	$(RUNENV) $(PY) -m sam_brain.demo $(if $(DEMO_HOME),--home $(DEMO_HOME))
+
+test: openblas $(VENV)/.installed
+	@$(MAKE) --no-print-directory _test
+
+_test:
+	$(RUNENV) $(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+fix: $(VENV)/.installed
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: openblas $(VENV)/.installed
+	@$(MAKE) --no-print-directory _bench
+
+_bench:
+	$(RUNENV) $(PY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

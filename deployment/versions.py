@@ -1,0 +1,163 @@
+"""Checksummed adapter versions: `<data>/versions/vX.Y.Z/` plus a row in the state store.
+
+Registering copies the adapter into a temp folder, checksums it, writes `manifest.json`, then
+renames the folder into place and records it in one transaction, so a kill never leaves a
+half-registered version. `current.txt` mirrors the active version for outside tools; the database
+is the source of truth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from sam_brain.errors import Conflict, PromotionRejected
+from sam_brain.store import Store, Version, now_iso
+
+ADAPTER_FILES = ("adapters.safetensors", "adapter_config.json")
+
+
+def checksum_dir(path: Path) -> str:
+    """sha256 over every file's relative path and bytes, manifest excluded, in sorted order."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.name != "manifest.json"):
+        h.update(f.relative_to(path).as_posix().encode())
+        h.update(b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def sanity_check(adapter_dir: Path) -> None:
+    """The adapter files exist and are non-empty (seed 004's pre-deployment sanity check)."""
+    missing = [n for n in ADAPTER_FILES if not (adapter_dir / n).is_file()]
+    if missing:
+        raise PromotionRejected(f"adapter at {adapter_dir} lacks {', '.join(missing)}")
+    if (adapter_dir / "adapters.safetensors").stat().st_size == 0:
+        raise PromotionRejected(f"adapter at {adapter_dir} has an empty adapters.safetensors")
+
+
+def version_name(seq: int) -> str:
+    return f"v1.0.{seq}"
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class Versions:
+    """The version registry of one home."""
+
+    def __init__(self, store: Store, root: Path) -> None:
+        self.store = store
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, version: str) -> Path:
+        return self.root / version
+
+    def register(self, adapter_dir: Path, *, run_id: str = "", base_model: str = "",
+                 training_samples: int = 0, metrics: dict[str, Any] | None = None,
+                 description: str = "", status: str = "inactive") -> Version:
+        """Copy an adapter into the registry as the next version."""
+        sanity_check(adapter_dir)
+        seq = self.store.next_seq()
+        name = version_name(seq)
+        final = self.path(name)
+        tmp = self.root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        # Only the deployable files: checkpoints and optimizer state stay with the run.
+        tmp.mkdir(parents=True)
+        for f in adapter_dir.iterdir():
+            if f.is_file() and (f.suffix in (".safetensors", ".json") and not f.name[0].isdigit()):
+                shutil.copy2(f, tmp / f.name)
+        digest = checksum_dir(tmp)
+        manifest = {"version": name, "run_id": run_id, "base_model": base_model,
+                    "training_samples": training_samples, "metrics": metrics or {},
+                    "checksum": digest, "created_at": now_iso(), "description": description}
+        old_manifest = tmp / "manifest.json"
+        if old_manifest.exists():  # the trainer's manifest is kept under its own name
+            old_manifest.rename(tmp / "train_manifest.json")
+            digest = checksum_dir(tmp)
+            manifest["checksum"] = digest
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        if final.exists():  # a leftover of a registration killed before its commit
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        with self.store.tx() as db:
+            db.execute(
+                "INSERT INTO versions(version, seq, status, run_id, base_model, adapter_path,"
+                " checksum, training_samples, metrics, description, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, seq, status, run_id, base_model, str(final), digest, training_samples,
+                 json.dumps(metrics or {}), description, manifest["created_at"]))
+            self.store.add_event("version_registered", {"version": name, "run_id": run_id}, db)
+        return self.store.get_version(name)
+
+    def verify(self, version: str) -> None:
+        """Raise PromotionRejected when the stored files no longer match their checksum."""
+        v = self.store.get_version(version)
+        path = Path(v.adapter_path)
+        if not path.is_dir():
+            raise PromotionRejected(f"{version}: adapter folder {path} is missing")
+        actual = checksum_dir(path)
+        if actual != v.checksum:
+            raise PromotionRejected(f"{version}: checksum mismatch (files changed or corrupt)")
+
+    def activate(self, version: str, reason: str = "deploy") -> Version:
+        """Make `version` the active one (previous active becomes inactive)."""
+        self.verify(version)
+        with self.store.tx() as db:
+            db.execute("UPDATE versions SET status='inactive' WHERE status='active'")
+            db.execute("UPDATE versions SET status='active', deployed_at=? WHERE version=?",
+                       (now_iso(), version))
+            self.store.add_event("version_activated", {"version": version, "reason": reason}, db)
+        _write_text_atomic(self.root / "current.txt", version + "\n")
+        return self.store.get_version(version)
+
+    def current(self) -> Version | None:
+        return self.store.active_version()
+
+    def rollback_target(self) -> Version | None:
+        """The most recently deployed version other than the active one that is still good."""
+        active = self.store.active_version()
+        candidates = [v for v in self.store.versions()
+                      if v.deployed_at and v.status == "inactive"
+                      and (active is None or v.version != active.version)]
+        candidates.sort(key=lambda v: (v.deployed_at or "", v.seq), reverse=True)
+        return candidates[0] if candidates else None
+
+    def rollback(self, version: str | None = None, reason: str = "manual") -> Version:
+        """Deactivate the active version (marked rolled_back) and activate the target."""
+        active = self.store.active_version()
+        if version is None:
+            target = self.rollback_target()
+            if target is None:
+                raise Conflict("nothing to roll back to: no earlier deployed version")
+        else:
+            target = self.store.get_version(version)
+            if active is not None and target.version == active.version:
+                raise Conflict(f"{version} is already the active version")
+        self.verify(target.version)
+        with self.store.tx() as db:
+            if active is not None:
+                db.execute("UPDATE versions SET status='rolled_back' WHERE version=?",
+                           (active.version,))
+            db.execute("UPDATE versions SET status='inactive' WHERE status='active'")
+            db.execute("UPDATE versions SET status='active', deployed_at=? WHERE version=?",
+                       (now_iso(), target.version))
+            self.store.add_event("rollback", {
+                "from": active.version if active else None, "to": target.version,
+                "reason": reason}, db)
+        _write_text_atomic(self.root / "current.txt", target.version + "\n")
+        return self.store.get_version(target.version)
+
+    def get(self, version: str) -> Version:
+        return self.store.get_version(version)

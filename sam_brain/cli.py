@@ -1,0 +1,293 @@
+"""`samctl`: the control CLI.
+
+`status` and `train` talk to the daemon over HTTP. `list`, `current`, `ingest` and `data` work
+directly on the home (SQLite transactions and the pool's write lock make that safe next to a
+running daemon); `rollback` asks the daemon first so serving switches at once, and falls back to
+the home when the daemon is down. Errors print one line; exit codes are listed in the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from sam_brain.config import Config, load_config
+from sam_brain.errors import DaemonUnreachable, SamBrainError, TrainingFailed
+
+EXIT_CODES = """exit codes: 0 ok, 1 error, 2 bad usage/config/request, 3 not found, 4 conflict,
+5 backend or model unavailable, 6 collector failed, 7 training failed, 8 promotion rejected,
+9 daemon unreachable, 10 daemon already running"""
+
+
+class Client:
+    """A tiny JSON-over-HTTP client for the daemon (stdlib only: samctl starts fast)."""
+
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                return resp.status, json.loads(resp.read() or b"null")
+        except urllib.error.HTTPError as err:
+            try:
+                payload = json.loads(err.read() or b"null")
+            except json.JSONDecodeError:
+                payload = {"error": err.reason}
+            return err.code, payload
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+            raise DaemonUnreachable(f"no daemon answers at {self.url} ({err}); start it with "
+                                    f"`sam-brain serve`") from err
+
+
+def _home(config: Config) -> Any:
+    from sam_brain.home import Home
+
+    return Home.open(config)
+
+
+def _print(doc: Any, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(doc, indent=2, default=str))
+    elif isinstance(doc, dict):
+        for k, v in doc.items():
+            print(f"{k}: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
+    else:
+        print(doc)
+
+
+def cmd_status(args: argparse.Namespace, config: Config) -> int:
+    try:
+        _, doc = Client(args.url).call("GET", "/api/self")
+    except DaemonUnreachable:
+        from sam_brain.status import self_status
+
+        home = _home(config)
+        try:
+            doc = self_status(home)
+        finally:
+            home.close()
+    if args.json:
+        _print(doc, True)
+        return 0
+    ts = doc["training_stats"]
+    print(doc["explanation"])
+    print(f"daemon: {doc['status'].get('daemon')}  backend: {doc['status'].get('backend', '-')}")
+    print(f"version: {ts['model_version']} (deployed {ts['deployed_at']})")
+    lt = ts["last_training"]
+    print(f"last run: {lt['run_id']} {lt['status']} ({lt['samples_count']} samples) {lt.get('reason') or ''}")
+    td = ts["training_data"]
+    print(f"samples: {td['total_samples']} total, {td['new_samples']} new / {td['min_for_training']} "
+          f"needed, ready: {td['ready_to_train']}")
+    dep = ts["deployment"]
+    print(f"versions: {dep['total_versions']}, rollback available: {dep['rollback_available']}")
+    return 0
+
+
+def _follow(client: Client, run_id: str, show_bar: bool) -> int:
+    bar = None
+    if show_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=0, unit="step", desc=run_id)
+    while True:
+        _, doc = client.call("GET", "/api/training")
+        run = next((r for r in doc["runs"] if r["run_id"] == run_id), None)
+        if run is None:
+            time.sleep(0.5)
+            continue
+        p = run.get("progress") or {}
+        if bar is not None and p:
+            bar.total = p.get("total_steps") or bar.total
+            bar.n = p.get("step", 0)
+            loss = p.get("train_loss")
+            bar.set_postfix(loss=f"{loss:.3f}" if loss is not None else "-",
+                            val=p.get("val_loss"), tok_s=p.get("tokens_per_sec"))
+            bar.refresh()
+        if run["status"] in ("completed", "failed", "cancelled"):
+            if bar is not None:
+                bar.close()
+            print(f"run {run_id}: {run['status']} {run.get('reason') or ''}".rstrip())
+            if run["status"] != "completed":
+                raise TrainingFailed(f"run {run_id} {run['status']}: {run.get('reason')}")
+            return 0
+        time.sleep(0.5)
+
+
+def cmd_train(args: argparse.Namespace, config: Config) -> int:
+    client = Client(args.url)
+    if args.cancel:
+        _, doc = client.call("POST", "/api/train/cancel", {})
+        print("cancel requested" if doc.get("cancelled") else "no run in progress")
+        return 0
+    code, doc = client.call("POST", "/api/train", {"force": args.force})
+    if code == 409 and "reason" in doc:
+        print(f"not training: {doc['reason']} (use --force to train anyway)")
+        return 4
+    if code >= 400:
+        raise _from_http(code, doc)
+    run_id = doc["run_id"]
+    print(f"training run {run_id} started")
+    if args.wait or args.follow:
+        return _follow(client, run_id, args.follow)
+    return 0
+
+
+def _from_http(code: int, doc: Any) -> SamBrainError:
+    from sam_brain import errors
+
+    name = doc.get("type", "") if isinstance(doc, dict) else ""
+    cls = getattr(errors, name, None)
+    msg = doc.get("error", str(doc)) if isinstance(doc, dict) else str(doc)
+    if isinstance(cls, type) and issubclass(cls, SamBrainError) and cls is not errors.ConfigError:
+        return cls(msg)
+    err = SamBrainError(f"daemon answered {code}: {msg}")
+    return err
+
+
+def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
+    from sam_brain import registry
+    from sam_brain.ingest import ingest
+
+    home = _home(config)
+    try:
+        paths = [Path(p).expanduser().resolve() for p in args.paths]
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise SamBrainError(f"no such file or directory: {', '.join(missing)}")
+        cls = registry.load(registry.COLLECTORS, args.source, "collector")
+        if args.source == "sessions":
+            dirs = [p for p in paths if p.is_dir()]
+            files = [p for p in paths if p.is_file()]
+            collector = cls(dirs=dirs, quiet_minutes=0.0 if args.now else config.sources.quiet_minutes,
+                            archive_dir=home.archive_dir if config.sources.archive_transcripts else None)
+            report = ingest(home, collector, files or None)
+        elif args.source == "git":
+            collector = cls(repos=paths, bot_authors=list(config.sources.git_bot_authors),
+                            max_diff_chars=config.sources.git_max_diff_chars)
+            report = ingest(home, collector)
+        elif args.source == "docs":
+            report = ingest(home, cls(paths=paths))
+        else:
+            d = home.data / "distill"
+            collector = cls(inbox=paths[0] if paths[0].is_dir() else paths[0].parent,
+                            rejects_path=d / "rejects.jsonl", processed_dir=d / "processed")
+            report = ingest(home, collector)
+    finally:
+        home.close()
+    _print(report.to_dict(), args.json)
+    return 0
+
+
+def cmd_data(args: argparse.Namespace, config: Config) -> int:
+    from sam_brain.ingest import export_split
+
+    home = _home(config)
+    try:
+        if args.data_command == "stats":
+            stats = home.pool.stats()
+            _print(stats, args.json)
+        else:
+            n = export_split(home, args.split, Path(args.out))
+            print(f"wrote {n} samples to {args.out}")
+    finally:
+        home.close()
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace, config: Config) -> int:
+    if args.command == "rollback":
+        try:
+            code, doc = Client(args.url).call("POST", "/api/rollback",
+                                              {"version": args.version} if args.version else {})
+            if code >= 400:
+                raise _from_http(code, doc)
+            print(f"rolled back; active version: {doc['version']['version']}")
+            return 0
+        except DaemonUnreachable:
+            pass
+    home = _home(config)
+    try:
+        if args.command == "list":
+            versions = home.store.versions()
+            if args.json:
+                _print([v.to_dict() for v in versions], True)
+            for v in [] if args.json else versions:
+                mark = "*" if v.status == "active" else " "
+                print(f"{mark} {v.version:10} {v.status:12} {v.created_at}  run {v.run_id}  "
+                      f"{v.training_samples} samples  {v.checksum[:12]}")
+            if not versions and not args.json:
+                print("no versions yet")
+        elif args.command == "current":
+            v = home.versions.current()
+            print(v.version if v else "base (no adapter active)")
+        else:
+            v = home.versions.rollback(args.version)
+            print(f"rolled back; active version: {v.version}")
+    finally:
+        home.close()
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace, config: Config) -> int:
+    if args.dev_command == "tiny-model":
+        from sam_brain.tinymodel import build_tiny_model
+
+        path = build_tiny_model(Path(args.path), hidden_size=args.hidden, num_layers=args.layers)
+        print(f"tiny model written to {path}")
+    else:
+        from sam_brain.examples import write_example_sessions
+
+        files = write_example_sessions(Path(args.path), n_sessions=args.n, seed=args.seed)
+        print(f"wrote {len(files)} example transcripts under {args.path}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, config: Config) -> int:
+    if args.config_command == "docs":
+        from sam_brain.configdoc import render_config_doc
+
+        print(render_config_doc(), end="")
+    else:
+        print("config OK")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sam_brain.cli_parser import build
+
+    return build(EXIT_CODES)
+
+
+HANDLERS = {"status": cmd_status, "train": cmd_train, "ingest": cmd_ingest, "data": cmd_data,
+            "list": cmd_versions, "current": cmd_versions, "rollback": cmd_versions,
+            "dev": cmd_dev, "config": cmd_config}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        if not args.url:
+            host = "127.0.0.1" if config.api.host in ("0.0.0.0", "::") else config.api.host
+            args.url = f"http://{host}:{config.api.port}"
+        return HANDLERS[args.command](args, config)
+    except SamBrainError as err:
+        print(f"samctl: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""The argparse tree of `samctl`, kept apart from the handlers so each file reads on its own."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def build(epilog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="samctl", description="Control SAM Brain.", epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="config file (default: SAM_BRAIN_CONFIG or the home's)")
+    p.add_argument("--url", help="daemon URL (default: from the config, http://127.0.0.1:8765)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("status", help="what the daemon is doing and serving")
+    s.add_argument("--json", action="store_true", help="print the /api/self document")
+
+    t = sub.add_parser("train", help="start a training run on the daemon")
+    t.add_argument("--force", action="store_true", help="train even below the sample threshold")
+    t.add_argument("--wait", action="store_true", help="wait until the run ends (exit 7 if it fails)")
+    t.add_argument("--follow", action="store_true", help="wait with a progress bar")
+    t.add_argument("--cancel", action="store_true", help="stop the running run (it checkpoints)")
+
+    i = sub.add_parser("ingest", help="one-shot ingest into the pool (no daemon needed)")
+    i.add_argument("source", choices=["sessions", "git", "docs", "distill"])
+    i.add_argument("paths", nargs="+", help="files or directories")
+    i.add_argument("--now", action="store_true", help="sessions: trainable at once (no quiet period)")
+    i.add_argument("--json", action="store_true")
+
+    d = sub.add_parser("data", help="the sample pool")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    ds = dsub.add_parser("stats", help="counts by source, tier, split")
+    ds.add_argument("--json", action="store_true")
+    de = dsub.add_parser("export", help='write {"messages": [...]} JSONL')
+    de.add_argument("--split", choices=["train", "val", "test", "all"], default="all")
+    de.add_argument("--out", required=True)
+
+    ls = sub.add_parser("list", help="adapter versions")
+    ls.add_argument("--json", action="store_true")
+    sub.add_parser("current", help="the active version")
+    rb = sub.add_parser("rollback", help="go back to the previous (or a given) version")
+    rb.add_argument("version", nargs="?", help="e.g. v1.0.0 (default: the previous deployed one)")
+
+    dev = sub.add_parser("dev", help="developer helpers")
+    dsub2 = dev.add_subparsers(dest="dev_command", required=True)
+    tm = dsub2.add_parser("tiny-model", help="build a tiny offline Qwen2-style model")
+    tm.add_argument("path")
+    tm.add_argument("--hidden", type=int, default=128)
+    tm.add_argument("--layers", type=int, default=4)
+    ex = dsub2.add_parser("example-sessions", help="write example Claude Code transcripts")
+    ex.add_argument("path")
+    ex.add_argument("-n", type=int, default=12)
+    ex.add_argument("--seed", type=int, default=0)
+
+    c = sub.add_parser("config", help="the config file")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    csub.add_parser("check", help="load the config and report every problem")
+    csub.add_parser("docs", help="print docs/config.md generated from the config dataclasses")
+    return p

@@ -1,0 +1,351 @@
+"""The one config tree: frozen dataclasses loaded from TOML, defaults only here.
+
+Every field carries a one-line `doc` in its metadata; `docs/config.md` is generated from them
+(`samctl config docs`) and a test fails when the two drift apart. The loader checks the whole file
+and raises a single `ConfigError` listing every problem with its key, so a user fixes a config in
+one pass instead of one error at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sam_brain.errors import ConfigError
+
+
+def _f(default: Any, doc: str) -> Any:
+    """A field with a default and its documentation line."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """The control API and chat endpoint."""
+
+    host: str = _f("127.0.0.1", "Address to bind; loopback by default so nothing leaves the machine.")
+    port: int = _f(8765, "TCP port of the API (`curl localhost:8765/api/self`).")
+
+
+@dataclass(frozen=True)
+class SourcesConfig:
+    """Where training material comes from."""
+
+    sessions_dirs: list[str] = _f(
+        ["~/.claude/projects"], "Directories watched for Claude Code transcripts (`**/*.jsonl`)."
+    )
+    quiet_minutes: float = _f(
+        10.0, "A live transcript becomes trainable after this many minutes without writes."
+    )
+    archive_transcripts: bool = _f(
+        True, "Keep a compressed copy of each raw transcript under the home (Claude Code deletes them after 30 days)."
+    )
+    git_repos: list[str] = _f([], "Git repositories whose new commits become commit-message samples.")
+    git_bot_authors: list[str] = _f(
+        ["dependabot[bot]", "renovate[bot]", "github-actions[bot]"],
+        "Commit authors whose commits are skipped.",
+    )
+    git_max_diff_chars: int = _f(4000, "Diffs are truncated to this many characters in a sample.")
+    distill_inbox: str = _f("", "Folder watched for distillation JSONL; empty means `<home>/distill/inbox`.")
+    docs_paths: list[str] = _f([], "Folders scanned for Markdown docs and SKILL.md files.")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Turning raw material into clean samples."""
+
+    min_chars: int = _f(8, "Samples whose assistant text is shorter than this are dropped.")
+    max_tokens: int = _f(4096, "Conversations longer than this (estimated tokens) are trimmed at a turn boundary.")
+    dedup_threshold: float = _f(0.85, "MinHash Jaccard similarity at or above which a sample is a near-duplicate.")
+    split: list[float] = _f([0.90, 0.05, 0.05], "Train/val/test shares; a session never spans two splits.")
+    redact_emails: bool = _f(True, "Replace e-mail addresses with a placeholder.")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One set of LoRA hyper-parameters (`[profiles.NAME]`)."""
+
+    lora_rank: int = _f(8, "LoRA rank r.")
+    lora_alpha: float = _f(16.0, "LoRA alpha; the update is scaled by alpha / rank.")
+    lora_dropout: float = _f(0.0, "Dropout on the LoRA input.")
+    lora_keys: list[str] = _f(
+        ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"],
+        "Module names (relative to a transformer block) that get adapters.",
+    )
+    num_layers: int = _f(-1, "How many of the last transformer blocks get adapters; -1 means all.")
+    batch_size: int = _f(4, "Sequences per micro-batch.")
+    grad_accum: int = _f(4, "Micro-batches per optimizer step.")
+    max_seq_length: int = _f(2048, "Longest sequence in tokens; longer samples are truncated.")
+    grad_checkpoint: bool = _f(False, "Recompute activations in the backward pass to save memory.")
+    learning_rate: float = _f(1e-4, "Peak learning rate (Adam).")
+    epochs: float = _f(3.0, "Passes over the training split.")
+    max_steps: int = _f(0, "Stop after this many optimizer steps; 0 means run the epochs.")
+    eval_every: int = _f(50, "Optimizer steps between validation passes.")
+    save_every: int = _f(50, "Optimizer steps between resumable checkpoints.")
+
+
+def _builtin_profiles() -> dict[str, Profile]:
+    return {
+        "8gb": Profile(lora_rank=4, lora_alpha=8.0, batch_size=1, grad_accum=4, max_seq_length=512,
+                       num_layers=8, grad_checkpoint=True, learning_rate=1e-4, epochs=1.0),
+        "full": Profile(lora_rank=8, lora_alpha=16.0, batch_size=4, grad_accum=4,
+                        max_seq_length=2048, learning_rate=1e-4, epochs=3.0),
+    }
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """When and how adapters are trained."""
+
+    backend: str = _f("auto", "`auto`, `mlx` or `cuda`; auto picks MLX on Apple Silicon and CUDA where a GPU is.")
+    min_for_training: int = _f(100, "New samples needed before training starts on its own.")
+    profile: str = _f("8gb", "Name of the profile in `[profiles]` to train with.")
+    mlx_base_model: str = _f(
+        "mlx-community/Qwen2.5-Coder-1.5B-Instruct-4bit", "Base model for MLX: a hub id or a local path."
+    )
+    cuda_base_model: str = _f("Qwen/Qwen2.5-7B-Instruct", "Base model for CUDA: a hub id or a local path.")
+    check_interval_seconds: float = _f(60.0, "How often the scheduler checks whether to train.")
+    nightly_window: str = _f("", "Train on the threshold only inside `HH:MM-HH:MM` local time; empty means any time.")
+    max_runs_per_day: int = _f(3, "Cap on automatic runs per calendar day (forced runs count too).")
+    max_retries: int = _f(2, "Automatic retries of a failed run, with exponential backoff.")
+    retry_backoff_seconds: float = _f(300.0, "Delay before the first retry; doubles each time.")
+    nice: int = _f(10, "Niceness added to the training subprocess so the machine stays responsive.")
+    seed: int = _f(0, "Random seed for data order and adapter initialisation.")
+    timeout_minutes: float = _f(240.0, "A training run longer than this is stopped and marked failed.")
+
+
+@dataclass(frozen=True)
+class DeploymentConfig:
+    """Versions, canary and rollback."""
+
+    keep_versions: int = _f(10, "Versions kept on disk; older inactive ones are pruned.")
+    canary_percent: int = _f(10, "Share of chat traffic a new version gets while it is a canary.")
+    max_error_rate: float = _f(0.15, "Automatic rollback above this canary error rate.")
+    max_latency_ms: float = _f(5000.0, "Automatic rollback above this mean canary latency.")
+    max_memory_mb: float = _f(6144.0, "Automatic rollback above this resident memory while serving.")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole config tree (`config.toml`)."""
+
+    data_dir: str = _f("", "Where state, pool and versions live; empty means the home (see README).")
+    log_level: str = _f("INFO", "Logging level of the daemon.")
+    api: ApiConfig = field(default_factory=ApiConfig, metadata={"doc": "[api]"})
+    sources: SourcesConfig = field(default_factory=SourcesConfig, metadata={"doc": "[sources]"})
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig, metadata={"doc": "[pipeline]"})
+    training: TrainingConfig = field(default_factory=TrainingConfig, metadata={"doc": "[training]"})
+    deployment: DeploymentConfig = field(default_factory=DeploymentConfig, metadata={"doc": "[deployment]"})
+    profiles: dict[str, Profile] = field(default_factory=_builtin_profiles, metadata={"doc": "[profiles.NAME]"})
+
+    def profile(self) -> Profile:
+        """The training profile selected by `training.profile`."""
+        return self.profiles[self.training.profile]
+
+
+# ---------------------------------------------------------------------------------------------
+# Locations
+
+
+def default_home() -> Path:
+    """The data + config root: `SAM_BRAIN_HOME`, else the platform's usual place."""
+    env = os.environ.get("SAM_BRAIN_HOME")
+    if env:
+        return Path(env).expanduser()
+    if sys.platform == "darwin":
+        return Path("~/Library/Application Support/sam-brain").expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME") or "~/.local/share"
+    return Path(xdg).expanduser() / "sam-brain"
+
+
+def default_config_path() -> Path:
+    """`SAM_BRAIN_CONFIG`, else `<SAM_BRAIN_HOME>/config.toml`, else the platform config dir."""
+    env = os.environ.get("SAM_BRAIN_CONFIG")
+    if env:
+        return Path(env).expanduser()
+    if os.environ.get("SAM_BRAIN_HOME") or sys.platform == "darwin":
+        return default_home() / "config.toml"
+    xdg = os.environ.get("XDG_CONFIG_HOME") or "~/.config"
+    return Path(xdg).expanduser() / "sam-brain" / "config.toml"
+
+
+def data_dir(config: Config) -> Path:
+    """The directory holding state.db, the pool, versions and runs."""
+    return Path(config.data_dir).expanduser() if config.data_dir else default_home()
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check_scalar(value: Any, tp: Any) -> bool:
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    return False
+
+
+def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            problems.append(f"{key}: expected a table, got {type(value).__name__}")
+            return None
+        return _build(tp, value, key, problems)  # type: ignore[arg-type]
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            problems.append(f"{key}: expected a list, got {type(value).__name__}")
+            return None
+        out = [_convert(v, item, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+        return out
+    if origin is dict:
+        _, vtp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            problems.append(f"{key}: expected a table, got {type(value).__name__}")
+            return None
+        return {k: _convert(v, vtp, f"{key}.{k}", problems) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported config type at {key}")
+    if not _check_scalar(value, tp):
+        problems.append(f"{key}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return None
+    return float(value) if tp is float else value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str],
+           base: Any = None) -> Any:
+    hints = _hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            problems.append(f"{where}: unknown key (valid: {', '.join(sorted(names))})")
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        where = f"{prefix}.{f.name}" if prefix else f.name
+        if cls is Config and f.name == "profiles":
+            kwargs[f.name] = _profiles(data[f.name], where, problems)
+        else:
+            kwargs[f.name] = _convert(data[f.name], hints[f.name], where, problems)
+    if problems:
+        return None
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+
+
+def _profiles(value: Any, key: str, problems: list[str]) -> dict[str, Profile]:
+    """User profiles override built-in ones field by field, or define new ones."""
+    profiles = _builtin_profiles()
+    if not isinstance(value, dict):
+        problems.append(f"{key}: expected a table of profiles")
+        return profiles
+    for name, body in value.items():
+        if not isinstance(body, dict):
+            problems.append(f"{key}.{name}: expected a table")
+            continue
+        sub: list[str] = []
+        built = _build(Profile, body, f"{key}.{name}", sub, base=profiles.get(name))
+        problems.extend(sub)
+        if built is not None:
+            profiles[name] = built
+    return profiles
+
+
+def _validate(cfg: Config, problems: list[str]) -> None:
+    t = cfg.training
+    if t.backend not in ("auto", "mlx", "cuda"):
+        problems.append(f"training.backend: {t.backend!r} is not one of auto, mlx, cuda")
+    if t.profile not in cfg.profiles:
+        problems.append(f"training.profile: {t.profile!r} is not a profile (have: {', '.join(sorted(cfg.profiles))})")
+    if t.min_for_training < 1:
+        problems.append("training.min_for_training: must be at least 1")
+    if t.max_runs_per_day < 1:
+        problems.append("training.max_runs_per_day: must be at least 1")
+    if t.nightly_window:
+        from sam_brain.schedule_window import parse_window
+
+        try:
+            parse_window(t.nightly_window)
+        except ValueError as err:
+            problems.append(f"training.nightly_window: {err}")
+    if not 0 < cfg.api.port < 65536:
+        problems.append(f"api.port: {cfg.api.port} is not a TCP port")
+    split = cfg.pipeline.split
+    if len(split) != 3 or any(s < 0 for s in split) or abs(sum(split) - 1.0) > 1e-6:
+        problems.append("pipeline.split: must be three non-negative shares that sum to 1")
+    if not 0.0 < cfg.pipeline.dedup_threshold <= 1.0:
+        problems.append("pipeline.dedup_threshold: must be in (0, 1]")
+    if not 0 <= cfg.deployment.canary_percent <= 100:
+        problems.append("deployment.canary_percent: must be within 0..100")
+    for name, p in cfg.profiles.items():
+        for fname in ("lora_rank", "batch_size", "grad_accum", "max_seq_length"):
+            if getattr(p, fname) < 1:
+                problems.append(f"profiles.{name}.{fname}: must be at least 1")
+        if p.learning_rate <= 0:
+            problems.append(f"profiles.{name}.learning_rate: must be positive")
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:
+    """Build a `Config` from a parsed TOML mapping; every problem is reported at once."""
+    problems: list[str] = []
+    cfg = _build(Config, data, "", problems)
+    if cfg is None:
+        raise ConfigError(source, problems)
+    _validate(cfg, problems)
+    if problems:
+        raise ConfigError(source, problems)
+    return typing.cast(Config, cfg)
+
+
+def load_config(path: Path | str | None = None) -> Config:
+    """Load the config file; a missing file at the default location means all defaults."""
+    explicit = path is not None or bool(os.environ.get("SAM_BRAIN_CONFIG"))
+    p = Path(path).expanduser() if path is not None else default_config_path()
+    if not p.exists():
+        if explicit:
+            raise ConfigError(str(p), ["file does not exist"])
+        return Config()
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(str(p), [f"not valid TOML: {err}"]) from err
+    return parse_config(data, str(p))
+
+
+def iter_fields(cls: type = Config, prefix: str = "") -> typing.Iterator[tuple[str, Any, str, str]]:
+    """Yield (key, default, type name, doc) for every leaf field; used to generate docs/config.md."""
+    default = cls()
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        value = getattr(default, f.name)
+        if dataclasses.is_dataclass(tp):
+            yield from iter_fields(tp, f"{key}.")  # type: ignore[arg-type]
+        elif cls is Config and f.name == "profiles":
+            yield from iter_fields(Profile, "profiles.NAME.")
+        else:
+            name = getattr(tp, "__name__", str(tp)).replace("typing.", "")
+            if typing.get_origin(tp) is list:
+                name = f"list[{typing.get_args(tp)[0].__name__}]"
+            yield key, value, name, f.metadata.get("doc", "")

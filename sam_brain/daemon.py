@@ -1,0 +1,196 @@
+"""The daemon: `sam-brain serve [--config PATH] [--host H] [--port P]`.
+
+One asyncio process per home (an flock on `daemon.lock`): it watches the sources, ingests what
+changes, lets the coordinator train when enough new samples wait, and serves the API. SIGTERM or
+SIGINT stop it cleanly: a running training subprocess is asked to checkpoint and stop, the
+watchers and the server close, and the lock is released.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from aiohttp import web
+
+from sam_brain import registry
+from sam_brain.api import AppContext, make_app
+from sam_brain.config import Config, load_config
+from sam_brain.errors import AlreadyRunning, SamBrainError
+from sam_brain.home import Home
+from sam_brain.ingest import make_collectors, store_result
+from sam_brain.protocols import Collector
+from sam_brain.scheduler import Coordinator
+from sam_brain.watchers import Watchers
+
+log = logging.getLogger("sam_brain")
+
+
+@contextlib.contextmanager
+def instance_lock(path: Path) -> Iterator[IO[str]]:
+    """Hold the home's daemon lock; a second daemon on the same home fails at once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        pid = fh.read().strip() or "?"
+        fh.close()
+        raise AlreadyRunning(f"another daemon (pid {pid}) is running on this home ({path})") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    try:
+        yield fh
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+class Daemon:
+    """Wires home, collectors, watchers, coordinator and API together."""
+
+    def __init__(self, config: Config, host: str, port: int) -> None:
+        self.config = config
+        self.host = host
+        self.port = port
+        self.stop_event = asyncio.Event()
+        self.ingest_lock = asyncio.Lock()
+
+    async def ingest(self, kind: str, paths: list[Path] | None = None) -> None:
+        collector: Collector | None = self.collectors.get(kind)
+        if collector is None:
+            return
+        async with self.ingest_lock:
+            try:
+                result = await asyncio.to_thread(collector.collect, self.home.store, paths)
+                report = await asyncio.to_thread(store_result, self.home, kind, result)
+            except SamBrainError as err:
+                log.warning("ingest %s failed: %s", kind, err)
+                return
+            except Exception:  # a bad source must never stop the daemon
+                log.exception("ingest %s crashed", kind)
+                return
+        if report.collected or report.deleted:
+            log.info("ingest %s: %d collected, %d stored, %d dropped, pool v%d", kind,
+                     report.collected, report.stored, sum(report.dropped.values()),
+                     report.pool_version)
+
+    async def collect_all(self) -> None:
+        """Poll every source (also catches file events the watcher missed)."""
+        self.watchers.ensure()
+        for kind in list(self.collectors):
+            await self.ingest(kind)
+
+    def distill(self, records: list[object]) -> dict[str, Any]:
+        collector: Any = self.collectors["distill"]
+        result, rejects = collector.ingest_records(records)
+        report = store_result(self.home, "distill", result)
+        return {"accepted": report.stored, "duplicates": report.dropped.get("duplicate", 0),
+                "rejected": rejects}
+
+    async def _consume(self) -> None:
+        while True:
+            batch = await self.watchers.batches()
+            for kind, paths in batch.items():
+                await self.ingest(kind, sorted(paths))
+
+    async def run(self) -> None:
+        self.home = Home.open(self.config)
+        try:
+            with instance_lock(self.home.lock_path):
+                await self._serve()
+        finally:
+            self.home.close()
+
+    async def _serve(self) -> None:
+        home = self.home
+        failed = home.store.fail_interrupted_runs()
+        if failed:
+            log.warning("%d run(s) were interrupted by the last shutdown; marked failed", failed)
+        backend, why = registry.choose_backend(self.config.training.backend)
+        self.collectors = make_collectors(home)
+        loop = asyncio.get_running_loop()
+        self.watchers = Watchers(loop)
+        for d in self.config.sources.sessions_dirs:
+            self.watchers.add("sessions", Path(d).expanduser(), (".jsonl",))
+        home.distill_inbox.mkdir(parents=True, exist_ok=True)
+        self.watchers.add("distill", home.distill_inbox, (".jsonl",))
+        for d in self.config.sources.docs_paths:
+            self.watchers.add("docs", Path(d).expanduser(), (".md",))
+        coordinator = Coordinator(home, backend, collect=self.collect_all)
+        ctx = AppContext(home=home, coordinator=coordinator, backend=backend, backend_why=why,
+                         distill=self.distill)
+        runner = web.AppRunner(make_app(ctx), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port)
+        await site.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stop_event.set)
+        self.watchers.start()
+        log.info("SAM Brain listening on http://%s:%d (backend %s: %s; data %s)",
+                 self.host, self.port, backend, why, home.data)
+        consumer = loop.create_task(self._consume())
+        await self.collect_all()
+        coordinator.start()
+        try:
+            await self.stop_event.wait()
+        finally:
+            log.info("stopping")
+            consumer.cancel()
+            await coordinator.stop()
+            self.watchers.stop()
+            await runner.cleanup()
+            log.info("stopped")
+
+
+def setup_logging(level: str) -> None:
+    # Under systemd, journald adds timestamps; elsewhere we do.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+    for noisy in ("apscheduler", "aiohttp.access", "watchdog"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sam-brain", description="The SAM Brain daemon.")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the daemon in the foreground")
+    serve.add_argument("--config", help="config file (default: see README)")
+    serve.add_argument("--host", help="bind address (default from config: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default from config: 8765)")
+    serve.add_argument("--log-level", help="DEBUG, INFO, WARNING, ...")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        setup_logging(args.log_level or config.log_level)
+        daemon = Daemon(config, args.host or config.api.host, args.port or config.api.port)
+        asyncio.run(daemon.run())
+    except SamBrainError as err:
+        print(f"sam-brain: {err}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:
+        print(f"sam-brain: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

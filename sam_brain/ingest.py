@@ -1,0 +1,158 @@
+"""The collect half of the pipeline: source -> validate -> scrub -> dedup -> split -> pool.
+
+One `ingest()` call runs one collector pass and commits its samples, dedup index and cursors under
+the pool's write lock, in that order: a kill between steps at worst re-reads a source whose
+samples have stable ids, so nothing is lost and nothing duplicates. Every pass writes a data
+report (counts per stage, source and tier; drops by reason) under `<data>/reports/`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sam_brain import registry
+from sam_brain.dedup import DedupIndex
+from sam_brain.home import Home
+from sam_brain.pool import file_lock, write_jsonl_atomic
+from sam_brain.protocols import Collector, CollectResult, Sample
+from sam_brain.scrub import Scrubber
+from sam_brain.split import assign_split
+from sam_brain.validate import check_sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestReport:
+    """What one pass did; also written as JSON to the reports folder."""
+
+    collector: str
+    collected: int = 0
+    stored: int = 0
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)  # by the collector, by reason
+    dropped: Counter[str] = field(default_factory=Counter)  # by the pipeline, by reason
+    trimmed: int = 0
+    redactions: Counter[str] = field(default_factory=Counter)
+    by_source: Counter[str] = field(default_factory=Counter)
+    by_tier: Counter[str] = field(default_factory=Counter)
+    by_split: Counter[str] = field(default_factory=Counter)
+    pool_version: int = 0
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: dict(v) if isinstance(v, Counter) else v for k, v in self.__dict__.items()}
+
+
+def make_collectors(home: Home) -> dict[str, Collector]:
+    """Instantiate the collectors the config enables, through the registry's name table."""
+    src = home.config.sources
+    out: dict[str, Collector] = {}
+    dirs = [Path(d).expanduser() for d in src.sessions_dirs]
+    out["sessions"] = registry.load(registry.COLLECTORS, "sessions", "collector")(
+        dirs=dirs, quiet_minutes=src.quiet_minutes,
+        archive_dir=home.archive_dir if src.archive_transcripts else None)
+    if src.git_repos:
+        out["git"] = registry.load(registry.COLLECTORS, "git", "collector")(
+            repos=[Path(r).expanduser() for r in src.git_repos], bot_authors=list(src.git_bot_authors),
+            max_diff_chars=src.git_max_diff_chars)
+    distill = home.data / "distill"
+    out["distill"] = registry.load(registry.COLLECTORS, "distill", "collector")(
+        inbox=home.distill_inbox, rejects_path=distill / "rejects.jsonl",
+        processed_dir=distill / "processed")
+    if src.docs_paths:
+        out["docs"] = registry.load(registry.COLLECTORS, "docs", "collector")(
+            paths=[Path(p).expanduser() for p in src.docs_paths])
+    return out
+
+
+def store_result(home: Home, name: str, result: CollectResult, *, scrubber: Scrubber | None = None
+                 ) -> IngestReport:
+    """Validate, scrub, dedup, split and store one collector result (the commit step)."""
+    started = time.monotonic()
+    cfg = home.config.pipeline
+    report = IngestReport(collector=name, collected=len(result.samples))
+    report.skipped.update(result.skipped)
+    scrubber = scrubber or Scrubber(redact_emails=cfg.redact_emails)
+    shares = (cfg.split[0], cfg.split[1], cfg.split[2])
+    with file_lock(home.pool.lock_path):
+        index = DedupIndex.open(home.dedup_path, threshold=cfg.dedup_threshold)
+        old_ids: set[str] = set()
+        if result.replace_keys:
+            keys = sorted(result.replace_keys)
+            quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
+            old_ids = {s.id for s, _ in home.pool.samples(f"source_key IN ({quoted})")}
+        batch: dict[str, tuple[Sample, str]] = {}
+        for raw in result.samples:
+            sample, reason = check_sample(raw, cfg.max_tokens, cfg.min_chars)
+            if sample is None:
+                report.dropped[reason or "invalid"] += 1
+                continue
+            if reason == "trimmed":
+                report.trimmed += 1
+            # Scrub before dedup and storage: no credential reaches the pool or its index.
+            sample, found = scrubber.scrub_sample(sample)
+            report.redactions.update(found)
+            text = sample.text()
+            dup = index.check(sample.id, text)
+            if (dup is not None and dup != sample.id) or sample.id in batch:
+                report.dropped["duplicate"] += 1
+                continue
+            index.add(sample.id, text)
+            split = assign_split(sample.group, f"{sample.source}:{sample.tier}", shares)
+            batch[sample.id] = (sample, split)
+            report.by_source[sample.source] += 1
+            report.by_tier[sample.tier] += 1
+            report.by_split[split] += 1
+        counts = home.pool.upsert(list(batch.values()), result.replace_keys)
+        for gone in old_ids - set(batch):
+            index.remove(gone)
+        index.save()
+        home.store.set_cursors(result.cursors)
+    report.stored = len(batch)
+    report.inserted, report.updated, report.deleted = (
+        counts["inserted"], counts["updated"], counts["deleted"])
+    report.pool_version = home.pool.version
+    report.seconds = round(time.monotonic() - started, 3)
+    if report.collected or report.deleted or sum(report.skipped.values()):
+        write_report(home, report)
+        home.store.add_event("ingest", {k: v for k, v in report.to_dict().items()
+                                        if k in ("collector", "collected", "stored", "inserted",
+                                                 "updated", "deleted", "pool_version")})
+    return report
+
+
+def ingest(home: Home, collector: Collector, paths: Sequence[Path] | None = None) -> IngestReport:
+    """Run one collector pass and store what it found."""
+    result = collector.collect(home.store, paths)
+    return store_result(home, collector.name, result)
+
+
+def write_report(home: Home, report: IngestReport) -> Path:
+    ts = time.strftime("%Y%m%dT%H%M%S")
+    path = home.reports_dir / f"ingest-{ts}-{report.collector}-{time.time_ns() % 10**6:06d}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def export_split(home: Home, split: str, out: Path, *, trainable_only: bool = False) -> int:
+    """Write `{"messages": [...]}` lines for one split (or `all`); returns the line count."""
+    where = "kind = 'sft'"
+    if split != "all":
+        where += f" AND split = '{split}'"
+    if trainable_only:
+        where += f" AND ready_after <= {time.time()!r}"
+    records = ({"messages": s.messages} for s, _ in home.pool.samples(where))
+    return write_jsonl_atomic(out, records)

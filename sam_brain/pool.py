@@ -1,0 +1,175 @@
+"""The durable sample pool: one LanceDB table of samples with provenance, keyed by stable ids.
+
+Writes are one `merge_insert` commit each (insert new ids, update known ones, delete replaced
+ones), so a kill mid-write leaves the previous table version intact. Writers in different
+processes (daemon, `samctl ingest`) serialise on a file lock. The table version is the "pool
+version" a training run records.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lancedb
+import pyarrow as pa
+
+from sam_brain.protocols import Sample
+
+TABLE = "samples"
+SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("source", pa.string()),
+    ("source_key", pa.string()),
+    ("group", pa.string()),
+    ("kind", pa.string()),
+    ("strategy", pa.string()),
+    ("tier", pa.string()),
+    ("score", pa.float64()),
+    ("split", pa.string()),
+    ("ready_after", pa.float64()),
+    ("first_seen", pa.float64()),
+    ("updated_at", pa.float64()),
+    ("data", pa.string()),  # the full Sample as JSON (messages, scores, meta, ...)
+])
+
+
+def _quote(values: Sequence[str]) -> str:
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock shared by every process that writes this home's pool."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class Pool:
+    """The sample pool under `<data>/pool`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.lock_path = root / "write.lock"
+        # Zero consistency interval: always see commits made by the other process.
+        self._db = lancedb.connect(str(root), read_consistency_interval=timedelta(0))
+        if self._db.table_exists(TABLE):
+            self._table = self._db.open_table(TABLE)
+        else:
+            with file_lock(self.lock_path):
+                if self._db.table_exists(TABLE):
+                    self._table = self._db.open_table(TABLE)
+                else:
+                    self._table = self._db.create_table(TABLE, schema=SCHEMA)
+
+    @property
+    def version(self) -> int:
+        return int(self._table.version)
+
+    def _rows(self, where: str | None = None, columns: list[str] | None = None) -> list[dict[str, Any]]:
+        q = self._table.search()
+        if where:
+            q = q.where(where)
+        if columns:
+            q = q.select(columns)
+        return list(q.limit(None).to_arrow().to_pylist())
+
+    def existing(self, ids: Sequence[str]) -> dict[str, float]:
+        """first_seen of the ids already in the pool."""
+        out: dict[str, float] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            for row in self._rows(f"id IN ({_quote(chunk)})", ["id", "first_seen"]):
+                out[row["id"]] = row["first_seen"]
+        return out
+
+    def upsert(self, samples: list[tuple[Sample, str]], replace_keys: set[str] | None = None) -> dict[str, int]:
+        """Store (sample, split) pairs; rows of `replace_keys` not in `samples` are deleted.
+
+        Callers hold `file_lock(pool.lock_path)` around the read-check-write sequence.
+        Returns counts: inserted, updated, deleted.
+        """
+        replace_keys = replace_keys or set()
+        if not samples and not replace_keys:
+            return {"inserted": 0, "updated": 0, "deleted": 0}
+        now = time.time()
+        seen = self.existing([s.id for s, _ in samples])
+        rows = [{
+            "id": s.id, "source": s.source, "source_key": s.source_key, "group": s.group,
+            "kind": s.kind, "strategy": s.strategy, "tier": s.tier, "score": float(s.score),
+            "split": split, "ready_after": float(s.ready_after),
+            "first_seen": seen.get(s.id, now), "updated_at": now,
+            "data": json.dumps(s.to_dict(), ensure_ascii=False, default=str),
+        } for s, split in samples]
+        merge = self._table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+        if replace_keys:
+            merge = merge.when_not_matched_by_source_delete(
+                f"source_key IN ({_quote(sorted(replace_keys))})")
+        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        result = merge.execute(table)
+        return {"inserted": int(result.num_inserted_rows), "updated": int(result.num_updated_rows),
+                "deleted": int(result.num_deleted_rows)}
+
+    def count(self, where: str | None = None) -> int:
+        return int(self._table.count_rows(where)) if where else int(self._table.count_rows())
+
+    def trainable_count(self, since: float = 0.0, now: float | None = None) -> int:
+        """SFT samples that are past their quiet period and first seen after `since`."""
+        now = time.time() if now is None else now
+        return self.count(f"kind = 'sft' AND ready_after <= {now!r} AND first_seen > {since!r}")
+
+    def samples(self, where: str | None = None) -> Iterator[tuple[Sample, str]]:
+        """(sample, split) pairs matching a filter, in a stable order."""
+        rows = self._rows(where, ["id", "split", "data"])
+        rows.sort(key=lambda r: r["id"])
+        for row in rows:
+            yield Sample(**json.loads(row["data"])), row["split"]
+
+    def stats(self) -> dict[str, Any]:
+        """Counts by source, tier, split and kind."""
+        rows = self._rows(None, ["source", "tier", "split", "kind", "ready_after"])
+        now = time.time()
+        return {
+            "total": len(rows),
+            "trainable": sum(1 for r in rows if r["kind"] == "sft" and r["ready_after"] <= now),
+            "pool_version": self.version,
+            "by_source": dict(Counter(r["source"] for r in rows)),
+            "by_tier": dict(Counter(r["tier"] for r in rows)),
+            "by_split": dict(Counter(r["split"] for r in rows)),
+            "by_kind": dict(Counter(r["kind"] for r in rows)),
+        }
+
+    def set_splits(self, changes: dict[str, str]) -> None:
+        """Move whole groups to another split (used only to guarantee a non-empty val split)."""
+        for group, split in changes.items():
+            g = group.replace("'", "''")
+            self._table.update(where=f"`group` = '{g}'", values={"split": split})
+
+
+def write_jsonl_atomic(path: Path, records: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> int:
+    """Write records as JSONL via a temp file and rename; returns the line count."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n += 1
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return n

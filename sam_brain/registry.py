@@ -1,0 +1,85 @@
+"""The one explicit name table for plug-ins, imported lazily.
+
+A Linux host never imports `mlx` unless the MLX backend is chosen, and the MLX path never imports
+torch: modules load only when their name is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import shutil
+import sys
+from typing import Any
+
+from sam_brain.errors import BackendUnavailable
+
+BACKENDS: dict[str, str] = {
+    "mlx": "backends.mlx:MLXBackend",
+    "cuda": "backends.cuda:CudaBackend",
+}
+
+COLLECTORS: dict[str, str] = {
+    "sessions": "collectors.sessions:SessionCollector",
+    "git": "collectors.git:GitCollector",
+    "distill": "collectors.distillation:DistillationCollector",
+    "docs": "collectors.docs:DocsCollector",
+}
+
+
+def load(table: dict[str, str], name: str, kind: str) -> Any:
+    """Import and return the object registered under `name`."""
+    try:
+        target = table[name]
+    except KeyError:
+        raise BackendUnavailable(
+            f"unknown {kind} {name!r} (choose one of: {', '.join(sorted(table))})") from None
+    module_name, attr = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        extra = "mlx" if name == "mlx" else "cuda" if name == "cuda" else ""
+        hint = f"; install with: pip install 'sam-brain[{extra}]'" if extra else ""
+        raise BackendUnavailable(f"{kind} {name!r} cannot load: {err}{hint}") from err
+    return getattr(module, attr)
+
+
+def backend(name: str) -> Any:
+    """An instance of the training backend called `name`."""
+    return load(BACKENDS, name, "backend")()
+
+
+def _has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def cuda_available() -> bool:
+    """A cheap check that avoids importing torch: a driver tool or device node is present."""
+    return shutil.which("nvidia-smi") is not None or any(
+        p for p in ("/dev/nvidia0", "/proc/driver/nvidia/version") if _exists(p))
+
+
+def _exists(path: str) -> bool:
+    from pathlib import Path
+
+    return Path(path).exists()
+
+
+def choose_backend(setting: str) -> tuple[str, str]:
+    """Resolve `training.backend`; returns (name, why) for `/api/self`.
+
+    Apple Silicon -> MLX; a CUDA GPU -> CUDA; otherwise (CPU-only Linux) MLX when installed, since
+    it needs no torch; the bench shows torch LoRA faster on CPU, so CUDA's CPU path is used when
+    MLX is missing.
+    """
+    if setting != "auto":
+        return setting, "set in config"
+    if sys.platform == "darwin" and platform.machine() == "arm64":
+        return "mlx", "Apple Silicon"
+    if cuda_available() and _has_module("torch"):
+        return "cuda", "CUDA GPU present"
+    if _has_module("mlx_lm"):
+        return "mlx", "no GPU; MLX on CPU is installed"
+    if _has_module("torch"):
+        return "cuda", "no GPU; torch on CPU is installed"
+    raise BackendUnavailable("no training backend installed: pip install 'sam-brain[mlx]' or 'sam-brain[cuda]'")

@@ -1,0 +1,147 @@
+"""Deciding when to collect and when to train, through apscheduler.
+
+`Coordinator` owns the single training slot: at most one run at a time, automatic runs only when
+enough new samples wait, inside the nightly window (if set) and under the daily cap; a failed run
+is retried with exponential backoff up to `max_retries` times. Periodic collection of polled
+sources (git, docs, distillation inbox, and a sessions rescan that catches missed file events)
+runs on the same scheduler, off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from sam_brain.errors import Conflict, TrainingFailed
+from sam_brain.home import Home
+from sam_brain.schedule_window import in_window
+from sam_brain.training import TrainingJob, new_samples_since_last_run
+
+log = logging.getLogger(__name__)
+
+
+class Coordinator:
+    """The daemon's scheduling brain; all methods run on the event loop."""
+
+    def __init__(self, home: Home, backend: str,
+                 collect: Callable[[], Any] | None = None) -> None:
+        self.home = home
+        self.backend = backend
+        self.collect = collect
+        self.scheduler = AsyncIOScheduler()
+        self.job: TrainingJob | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.retry_at: datetime | None = None
+        self._attempt = 1
+        self._checking = False
+
+    def start(self) -> None:
+        t = self.home.config.training
+        self.scheduler.add_job(self.check, "interval", seconds=t.check_interval_seconds,
+                               id="threshold", next_run_time=datetime.now() + timedelta(seconds=1),
+                               max_instances=1, coalesce=True)
+        if self.collect is not None:
+            self.scheduler.add_job(self.collect, "interval", seconds=t.check_interval_seconds,
+                                   id="collect", max_instances=1, coalesce=True)
+        self.scheduler.start()
+
+    async def stop(self) -> None:
+        self.scheduler.shutdown(wait=False)
+        if self.task is not None and not self.task.done():
+            if self.job is not None:
+                await self.job.cancel()
+            self.task.cancel()
+            try:
+                await self.task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    @property
+    def training(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def runs_today(self) -> int:
+        midnight = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+        return self.home.store.runs_since(midnight.astimezone().isoformat())
+
+    def why_not(self, now: datetime | None = None) -> str | None:
+        """The reason an automatic run would not start now, or None when it would."""
+        t = self.home.config.training
+        now = now or datetime.now()
+        if self.training:
+            return "a run is in progress"
+        if self.retry_at is not None and now < self.retry_at:
+            return f"retry scheduled at {self.retry_at.isoformat(timespec='seconds')}"
+        new = new_samples_since_last_run(self.home)
+        if self.retry_at is None and new < t.min_for_training:
+            return f"{new} new samples, {t.min_for_training} needed"
+        if not in_window(t.nightly_window, now):
+            return f"outside the training window {t.nightly_window}"
+        if self.runs_today() >= t.max_runs_per_day:
+            return f"daily cap of {t.max_runs_per_day} runs reached"
+        return None
+
+    async def check(self) -> None:
+        """The periodic threshold check."""
+        if self._checking:
+            return
+        self._checking = True
+        try:
+            reason = await asyncio.to_thread(self.why_not)
+            if reason is None:
+                trigger = "retry" if self.retry_at is not None else "threshold"
+                self.start_run(trigger)
+        except Exception:
+            log.exception("threshold check failed")
+        finally:
+            self._checking = False
+
+    def start_run(self, trigger: str, force: bool = False) -> str:
+        """Start a run now; `force` skips the sample threshold but not the one-at-a-time rule."""
+        if self.training:
+            assert self.job is not None and self.job.run is not None
+            raise Conflict(f"run {self.job.run.run_id} is already training")
+        if force and self.runs_today() >= self.home.config.training.max_runs_per_day:
+            log.info("forced run goes past the daily cap")
+        attempt = self._attempt if trigger == "retry" else 1
+        self.retry_at = None
+        self.job = TrainingJob(self.home, self.backend, trigger, attempt=attempt)
+        self.task = asyncio.get_running_loop().create_task(self._run(self.job))
+        return "started"
+
+    async def wait_started(self) -> str:
+        """The id of the run just started (the job creates it on its first step)."""
+        for _ in range(200):
+            if self.job is not None and self.job.run is not None:
+                return self.job.run.run_id
+            if self.task is not None and self.task.done():
+                break
+            await asyncio.sleep(0.01)
+        if self.job is not None and self.job.run is not None:
+            return self.job.run.run_id
+        return ""
+
+    async def _run(self, job: TrainingJob) -> None:
+        try:
+            await job.execute()
+            self._attempt = 1
+        except TrainingFailed as err:
+            retries = self.home.config.training.max_retries
+            if str(err) == "cancelled" or job.attempt > retries:
+                self._attempt = 1
+                return
+            delay = self.home.config.training.retry_backoff_seconds * 2 ** (job.attempt - 1)
+            self._attempt = job.attempt + 1
+            self.retry_at = datetime.now() + timedelta(seconds=delay)
+            log.info("run failed (%s); retry %d/%d in %.0fs", err, job.attempt, retries, delay)
+
+    async def cancel(self) -> bool:
+        if not self.training or self.job is None:
+            return False
+        await self.job.cancel()
+        return True

@@ -1,0 +1,61 @@
+"""The `/api/self` status document, built from a home (and the coordinator when the daemon runs).
+
+The shape follows the SAM doc users already script against (`training_stats` with
+`model_version`, `deployed_at`, `last_training`, `training_data`, `deployment`), plus fields of
+ours. `samctl status` prints the same document, from the daemon or, when it is down, the home.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sam_brain.home import Home
+from sam_brain.training import new_samples_since_last_run
+
+
+def self_status(home: Home, *, daemon: dict[str, Any] | None = None) -> dict[str, Any]:
+    cfg = home.config
+    active = home.versions.current()
+    last = home.store.last_run()
+    stats = home.pool.stats()
+    new = new_samples_since_last_run(home)
+    versions = home.store.versions()
+    running = daemon is not None
+    version = active.version if active else "base"
+    explanation = (
+        f"I am SAM Brain. I serve {version} and learn from your own work: "
+        f"{stats['total']} samples collected, {new} new since my last training "
+        f"({cfg.training.min_for_training} needed).")
+    return {
+        "success": True,
+        "explanation": explanation,
+        "status": {
+            "daemon": "running" if running else "stopped",
+            **(daemon or {}),
+            "data_dir": str(home.data),
+        },
+        "training_stats": {
+            "model_version": version,
+            "deployed_at": active.deployed_at if active else None,
+            "last_training": {
+                "run_id": last.run_id if last else None,
+                "samples_count": last.samples_count if last else 0,
+                "status": last.status if last else None,
+                "reason": last.reason if last else "",
+            },
+            "training_data": {
+                "total_samples": stats["total"],
+                "trainable_samples": stats["trainable"],
+                "new_samples": new,
+                "min_for_training": cfg.training.min_for_training,
+                "ready_to_train": new >= cfg.training.min_for_training,
+                "distilled_samples": stats["by_source"].get("distill", 0),
+                "pool_version": stats["pool_version"],
+            },
+            "deployment": {
+                "total_versions": len(versions),
+                "rollback_available": home.versions.rollback_target() is not None,
+                "canary_active": any(v.status == "canary" for v in versions),
+            },
+        },
+    }

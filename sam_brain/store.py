@@ -1,0 +1,277 @@
+"""Durable daemon state in SQLite: training runs, versions, cursors and events.
+
+WAL mode lets the CLI read (and make small transactional changes, like a rollback) while the
+daemon runs; every multi-row change is one transaction, so a kill at any moment leaves either the
+old state or the new one. Sample content lives in the LanceDB pool (`pool.py`), not here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sam_brain.errors import NotFound
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,               -- pending, training, completed, failed, cancelled
+    reason TEXT NOT NULL DEFAULT '',    -- why it failed or was cancelled
+    trigger TEXT NOT NULL DEFAULT '',   -- threshold, forced, nightly, retry
+    backend TEXT NOT NULL DEFAULT '',
+    base_model TEXT NOT NULL DEFAULT '',
+    samples_count INTEGER NOT NULL DEFAULT 0,
+    pool_version INTEGER NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    output_path TEXT NOT NULL DEFAULT '',
+    progress TEXT NOT NULL DEFAULT '{}',
+    metrics TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL,
+    started_at TEXT,
+    finished_at TEXT
+);
+CREATE TABLE IF NOT EXISTS versions (
+    version TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL UNIQUE,
+    status TEXT NOT NULL,               -- active, inactive, canary, rolled_back, rejected
+    run_id TEXT NOT NULL DEFAULT '',
+    base_model TEXT NOT NULL DEFAULT '',
+    adapter_path TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    training_samples INTEGER NOT NULL DEFAULT 0,
+    metrics TEXT NOT NULL DEFAULT '{}',
+    description TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    deployed_at TEXT
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    data TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS events_kind ON events(kind, id);
+"""
+
+
+def now_iso() -> str:
+    """UTC timestamp in ISO-8601 with seconds precision."""
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+@dataclass(frozen=True)
+class Run:
+    """A training run row."""
+
+    run_id: str
+    status: str
+    reason: str
+    trigger: str
+    backend: str
+    base_model: str
+    samples_count: int
+    pool_version: int
+    attempt: int
+    output_path: str
+    progress: dict[str, Any]
+    metrics: dict[str, Any]
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Version:
+    """A registered adapter version row."""
+
+    version: str
+    seq: int
+    status: str
+    run_id: str
+    base_model: str
+    adapter_path: str
+    checksum: str
+    training_samples: int
+    metrics: dict[str, Any]
+    description: str
+    created_at: str
+    deployed_at: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _run(row: sqlite3.Row) -> Run:
+    d = dict(row)
+    d["progress"] = json.loads(d["progress"])
+    d["metrics"] = json.loads(d["metrics"])
+    return Run(**d)
+
+
+def _version(row: sqlite3.Row) -> Version:
+    d = dict(row)
+    d["metrics"] = json.loads(d["metrics"])
+    return Version(**d)
+
+
+class Store:
+    """The SQLite state store; safe to share between threads of one process."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so writers queue, not deadlock.
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
+                                   timeout=30.0)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=30000")
+        for stmt in SCHEMA.split(";"):
+            if stmt.strip():
+                self._db.execute(stmt)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; rolled back on any exception."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, args))
+
+    # -- events ----------------------------------------------------------------------------------
+
+    def add_event(self, kind: str, data: dict[str, Any] | None = None,
+                  db: sqlite3.Connection | None = None) -> None:
+        sql = "INSERT INTO events(ts, kind, data) VALUES (?, ?, ?)"
+        args = (now_iso(), kind, json.dumps(data or {}, default=str))
+        if db is not None:
+            db.execute(sql, args)
+            return
+        with self.tx() as tx:
+            tx.execute(sql, args)
+
+    def events(self, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        if kind:
+            rows = self._query("SELECT * FROM events WHERE kind=? ORDER BY id DESC LIMIT ?", (kind, limit))
+        else:
+            rows = self._query("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
+        return [{"id": r["id"], "ts": r["ts"], "kind": r["kind"], "data": json.loads(r["data"])}
+                for r in rows]
+
+    # -- cursors ---------------------------------------------------------------------------------
+
+    def get_cursor(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM cursors WHERE key=?", (key,))
+        return str(rows[0]["value"]) if rows else None
+
+    def set_cursors(self, values: dict[str, str], db: sqlite3.Connection | None = None) -> None:
+        if not values:
+            return
+        rows = [(k, v, now_iso()) for k, v in values.items()]
+        sql = ("INSERT INTO cursors(key, value, updated_at) VALUES (?, ?, ?) "
+               "ON CONFLICT(key) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at")
+        if db is not None:
+            db.executemany(sql, rows)
+            return
+        with self.tx() as tx:
+            tx.executemany(sql, rows)
+
+    # -- runs ------------------------------------------------------------------------------------
+
+    def create_run(self, trigger: str, backend: str, base_model: str, samples_count: int,
+                   pool_version: int, attempt: int = 1) -> Run:
+        run_id = datetime.now(UTC).strftime("%Y%m%d_%H%M%S_") + f"{int(time.time_ns()) % 1000000:06d}"
+        with self.tx() as db:
+            db.execute(
+                "INSERT INTO runs(run_id, status, trigger, backend, base_model, samples_count,"
+                " pool_version, attempt, created_at) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, trigger, backend, base_model, samples_count, pool_version, attempt, now_iso()),
+            )
+            self.add_event("run_created", {"run_id": run_id, "trigger": trigger}, db)
+        return self.get_run(run_id)
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        for key in ("progress", "metrics"):
+            if key in fields:
+                fields[key] = json.dumps(fields[key], default=str)
+        cols = ", ".join(f"{k}=?" for k in fields)
+        with self.tx() as db:
+            db.execute(f"UPDATE runs SET {cols} WHERE run_id=?", (*fields.values(), run_id))
+            if "status" in fields:
+                self.add_event("run_" + str(fields["status"]),
+                               {"run_id": run_id, "reason": fields.get("reason", "")}, db)
+
+    def get_run(self, run_id: str) -> Run:
+        rows = self._query("SELECT * FROM runs WHERE run_id=?", (run_id,))
+        if not rows:
+            raise NotFound(f"no training run {run_id!r}")
+        return _run(rows[0])
+
+    def runs(self, limit: int = 20) -> list[Run]:
+        return [_run(r) for r in self._query("SELECT * FROM runs ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,))]
+
+    def last_run(self) -> Run | None:
+        runs = self.runs(1)
+        return runs[0] if runs else None
+
+    def runs_since(self, iso: str) -> int:
+        rows = self._query("SELECT COUNT(*) AS n FROM runs WHERE created_at >= ?", (iso,))
+        return int(rows[0]["n"])
+
+    def fail_interrupted_runs(self) -> int:
+        """Mark runs left 'training'/'pending' by a dead daemon as failed; returns how many."""
+        with self.tx() as db:
+            cur = db.execute(
+                "UPDATE runs SET status='failed', reason='daemon stopped during the run',"
+                " finished_at=? WHERE status IN ('pending', 'training')", (now_iso(),))
+            return cur.rowcount
+
+    # -- versions --------------------------------------------------------------------------------
+
+    def versions(self) -> list[Version]:
+        return [_version(r) for r in self._query("SELECT * FROM versions ORDER BY seq")]
+
+    def get_version(self, version: str) -> Version:
+        rows = self._query("SELECT * FROM versions WHERE version=?", (version,))
+        if not rows:
+            known = ", ".join(v.version for v in self.versions()) or "none"
+            raise NotFound(f"no version {version!r} (known: {known})")
+        return _version(rows[0])
+
+    def active_version(self) -> Version | None:
+        rows = self._query("SELECT * FROM versions WHERE status='active' ORDER BY seq DESC LIMIT 1")
+        return _version(rows[0]) if rows else None
+
+    def next_seq(self) -> int:
+        rows = self._query("SELECT COALESCE(MAX(seq), -1) + 1 AS n FROM versions")
+        return int(rows[0]["n"])

@@ -1,0 +1,138 @@
+"""Supervising the training subprocess from the daemon's event loop.
+
+The worker runs at lowered priority with the fast BLAS preloaded (MLX on Linux CPU), its stdout
+carries `@@{json}` reports, and its stderr goes to the run's log file. A crash, a timeout or an
+error report becomes a `TrainingFailed`; a cancel sends SIGTERM so the trainer saves first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sam_brain.errors import TrainingFailed
+from sam_brain.protocols import Progress, TrainResult, TrainSpec
+
+log = logging.getLogger(__name__)
+
+OPENBLAS_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/libopenblas-pthread/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/libopenblas-pthread/libopenblas.so.0",
+)
+
+
+def worker_env(backend: str) -> dict[str, str]:
+    """Environment for the worker: OpenBLAS preloaded for MLX on Linux, tokenizers quiet."""
+    env = dict(os.environ)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if backend == "mlx" and sys.platform.startswith("linux") and "LD_PRELOAD" not in env:
+        for path in OPENBLAS_PATHS:
+            if Path(path).exists():
+                env["LD_PRELOAD"] = path
+                break
+    return env
+
+
+class TrainingProcess:
+    """One supervised run of `python -m sam_brain.worker`."""
+
+    def __init__(self, backend: str, spec: TrainSpec, run_dir: Path, nice: int = 10,
+                 timeout_s: float = 4 * 3600.0) -> None:
+        self.backend = backend
+        self.spec = spec
+        self.run_dir = run_dir
+        self.nice = nice
+        self.timeout_s = timeout_s
+        self.proc: asyncio.subprocess.Process | None = None
+        self.cancel_requested = False
+
+    async def run(self, on_progress: Callable[[Progress], None],
+                  on_preflight: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        spec_path = self.run_dir / "spec.json"
+        spec_path.write_text(self.spec.to_json(), encoding="utf-8")
+        log_path = self.run_dir / "train.log"
+        nice = self.nice
+
+        def lower_priority() -> None:
+            os.nice(nice)
+
+        with open(log_path, "ab") as log_fh:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "sam_brain.worker", self.backend, str(spec_path),
+                stdout=asyncio.subprocess.PIPE, stderr=log_fh, env=worker_env(self.backend),
+                preexec_fn=lower_priority if nice > 0 else None,
+            )
+            try:
+                result, error = await asyncio.wait_for(
+                    self._read(on_progress, on_preflight), timeout=self.timeout_s)
+            except TimeoutError:
+                await self.cancel(grace_s=30.0)
+                raise TrainingFailed(f"training exceeded {self.timeout_s / 60:.0f} minutes") from None
+            except BaseException:
+                # The daemon is shutting down (task cancelled): stop the worker, don't orphan it.
+                if self.proc.returncode is None:
+                    await asyncio.shield(self.cancel(grace_s=10.0))
+                raise
+            code = await self.proc.wait()
+        if self.cancel_requested:
+            raise TrainingFailed("cancelled")
+        if error is not None:
+            raise TrainingFailed(error)
+        if code != 0 or result is None:
+            reason = f"training process exited with code {code}"
+            if code < 0:
+                reason = f"training process killed by signal {-code}"
+                if -code == signal.SIGKILL:
+                    reason += " (out of memory?)"
+            raise TrainingFailed(f"{reason}; see {log_path}")
+        return result
+
+    async def _read(self, on_progress: Callable[[Progress], None],
+                    on_preflight: Callable[[dict[str, Any]], None] | None,
+                    ) -> tuple[TrainResult | None, str | None]:
+        assert self.proc is not None and self.proc.stdout is not None
+        result: TrainResult | None = None
+        error: str | None = None
+        while True:
+            line = await self.proc.stdout.readline()
+            if not line:
+                break
+            text = line.decode("utf-8", "replace").strip()
+            if not text.startswith("@@"):
+                log.debug("worker: %s", text)
+                continue
+            try:
+                msg = json.loads(text[2:])
+            except json.JSONDecodeError:
+                continue
+            kind = msg.pop("kind", "")
+            if kind == "progress":
+                on_progress(Progress(**msg))
+            elif kind == "preflight" and on_preflight is not None:
+                on_preflight(msg)
+            elif kind == "result":
+                result = TrainResult(**msg)
+            elif kind == "error":
+                error = str(msg.get("reason", "unknown error"))
+        return result, error
+
+    async def cancel(self, grace_s: float = 60.0) -> None:
+        """Ask the worker to stop (it saves a checkpoint), then kill it after `grace_s`."""
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        self.cancel_requested = True
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=grace_s)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
