@@ -67,13 +67,13 @@ class Pool:
         self.lock_path = root / "write.lock"
         # Zero consistency interval: always see commits made by the other process.
         self._db = lancedb.connect(str(root), read_consistency_interval=timedelta(0))
-        if self._db.table_exists(TABLE):
+        try:
             self._table = self._db.open_table(TABLE)
-        else:
+        except ValueError:  # not created yet; create under the lock so two processes agree
             with file_lock(self.lock_path):
-                if self._db.table_exists(TABLE):
+                try:
                     self._table = self._db.open_table(TABLE)
-                else:
+                except ValueError:
                     self._table = self._db.create_table(TABLE, schema=SCHEMA)
 
     @property

@@ -1,0 +1,165 @@
+"""`make demo`: the daemon's full cycle on a tiny local model, offline, in a few minutes.
+
+Builds a tiny model, writes a home whose config points at it, starts the real daemon, drops
+example Claude Code transcripts into the watched folder, waits for the first version to go
+active, prints `/api/self`, forces a second training run, rolls back, and stops the daemon.
+`python -m sam_brain.demo --home DIR` keeps the home for `SAM_BRAIN_HOME=DIR samctl ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+DEMO_CONFIG = """# Written by the SAM Brain demo: a tiny offline model and fast settings.
+data_dir = "{data}"
+
+[api]
+port = {port}
+
+[sources]
+sessions_dirs = ["{sessions}"]
+quiet_minutes = 0.0
+
+[training]
+backend = "mlx"
+mlx_base_model = "{model}"
+min_for_training = {threshold}
+profile = "demo"
+check_interval_seconds = 2.0
+max_retries = 0
+
+[profiles.demo]
+lora_rank = 8
+lora_alpha = 16.0
+batch_size = 4
+grad_accum = 1
+max_seq_length = 512
+num_layers = -1
+learning_rate = 2e-3
+epochs = 1.0
+max_steps = 30
+eval_every = 10
+save_every = 10
+"""
+
+
+def say(msg: str) -> None:
+    print(f"==> {msg}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def wait_for(what: str, check: Any, timeout: float, proc: subprocess.Popen[bytes]) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"demo: the daemon exited early (code {proc.returncode}); see its log")
+        try:
+            result = check()
+            if result:
+                return result
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"demo: timed out after {timeout:.0f}s waiting for {what}")
+
+
+def samctl(env: dict[str, str], *args: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "sam_brain.cli", *args], env=env,
+                         capture_output=True, text=True)
+    text = (out.stdout + out.stderr).strip()
+    print("    $ samctl " + " ".join(args))
+    for line in text.splitlines():
+        print("      " + line)
+    if out.returncode != 0:
+        raise SystemExit(f"demo: samctl {' '.join(args)} failed with exit {out.returncode}")
+    return text
+
+
+def run(home: Path, n_sessions: int = 12) -> None:
+    from sam_brain.examples import write_example_sessions
+    from sam_brain.tinymodel import build_tiny_model
+
+    t0 = time.monotonic()
+    home.mkdir(parents=True, exist_ok=True)
+    say(f"home: {home}")
+    model = home / "models" / "tiny-qwen2"
+    if not (model / "config.json").exists():
+        say("building a tiny Qwen2-style model offline (BPE tokenizer, random weights)")
+        build_tiny_model(model)
+    sessions = home / "claude" / "projects"
+    sessions.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (home / "config.toml").write_text(DEMO_CONFIG.format(
+        data=home, port=port, sessions=sessions, model=model, threshold=20), encoding="utf-8")
+    env = dict(os.environ, SAM_BRAIN_HOME=str(home), HF_HUB_OFFLINE="1")
+    url = f"http://127.0.0.1:{port}"
+    say(f"starting the daemon: sam-brain serve (API {url}, log {home / 'daemon.log'})")
+    log = open(home / "daemon.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "sam_brain.daemon", "serve"], env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_for("the API", lambda: get(url + "/api/health")["ok"], 60, proc)
+        say(f"writing {n_sessions} example Claude Code transcripts into the watched folder")
+        write_example_sessions(sessions, n_sessions=n_sessions, seed=0)
+        say("waiting: watchdog sees them -> samples -> threshold -> MLX LoRA run -> version")
+
+        def active() -> Any:
+            doc = get(url + "/api/self")
+            return doc if doc["training_stats"]["model_version"] != "base" else None
+
+        doc = wait_for("the first version", active, 150, proc)
+        say("GET /api/self")
+        print(json.dumps(doc, indent=2))
+        say("forcing a second training run")
+        samctl(env, "train", "--force", "--wait")
+        samctl(env, "list")
+        say("rolling back the newest version")
+        samctl(env, "rollback")
+        samctl(env, "current")
+        samctl(env, "data", "stats")
+    finally:
+        say("stopping the daemon (SIGTERM)")
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+    say(f"done in {time.monotonic() - t0:.0f}s; inspect with SAM_BRAIN_HOME={home} samctl status")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--home", help="keep the demo home here (default: a temporary folder)")
+    args = p.parse_args(argv)
+    if args.home:
+        run(Path(args.home).resolve())
+    else:
+        with tempfile.TemporaryDirectory(prefix="sam-brain-demo-") as tmp:
+            run(Path(tmp))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Shared fixtures: the ../shared folder, a tiny model built once per session, temp homes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is not present")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen2-style model, built offline once for the whole test session."""
+    from sam_brain.tinymodel import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture
+def home_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An isolated SAM_BRAIN_HOME (no config file: defaults)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("SAM_BRAIN_HOME", str(home))
+    monkeypatch.delenv("SAM_BRAIN_CONFIG", raising=False)
+    yield home

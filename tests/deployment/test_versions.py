@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from deployment.versions import Versions, checksum_dir
+from sam_brain.errors import Conflict, NotFound, PromotionRejected
+from sam_brain.store import Store
+
+
+def make_adapter(path: Path, payload: bytes) -> Path:
+    path.mkdir(parents=True)
+    (path / "adapters.safetensors").write_bytes(payload)
+    (path / "adapter_config.json").write_text('{"rank": 4}')
+    (path / "0000010_adapters.safetensors").write_bytes(b"periodic checkpoint, not deployed")
+    return path
+
+
+@pytest.fixture
+def versions(tmp_path: Path) -> Versions:
+    return Versions(Store(tmp_path / "state.db"), tmp_path / "versions")
+
+
+def test_register_names_checksums_and_copies_only_deployable_files(versions: Versions, tmp_path: Path) -> None:
+    v0 = versions.register(make_adapter(tmp_path / "a0", b"w0"), run_id="r0", training_samples=5)
+    v1 = versions.register(make_adapter(tmp_path / "a1", b"w1"), run_id="r1")
+    assert (v0.version, v1.version) == ("v1.0.0", "v1.0.1")
+    stored = Path(v0.adapter_path)
+    assert sorted(p.name for p in stored.iterdir()) == [
+        "adapter_config.json", "adapters.safetensors", "manifest.json"]
+    assert v0.checksum == checksum_dir(stored)
+    assert v0.checksum != v1.checksum
+    assert not list(versions.root.glob(".*.tmp"))
+
+
+def test_activate_and_rollback_follow_deploy_history(versions: Versions, tmp_path: Path) -> None:
+    for i in range(3):
+        v = versions.register(make_adapter(tmp_path / f"a{i}", f"w{i}".encode()))
+        versions.activate(v.version)
+    assert versions.current().version == "v1.0.2"  # type: ignore[union-attr]
+    assert (versions.root / "current.txt").read_text().strip() == "v1.0.2"
+    back = versions.rollback()
+    assert back.version == "v1.0.1"
+    assert versions.store.get_version("v1.0.2").status == "rolled_back"
+    assert versions.rollback().version == "v1.0.0"
+    with pytest.raises(Conflict, match="nothing to roll back"):
+        versions.rollback()
+    assert versions.rollback("v1.0.2").version == "v1.0.2"  # explicit target is allowed
+    with pytest.raises(NotFound, match="v9.9.9"):
+        versions.rollback("v9.9.9")
+
+
+def test_corrupt_version_is_refused(versions: Versions, tmp_path: Path) -> None:
+    v = versions.register(make_adapter(tmp_path / "a", b"good"))
+    (Path(v.adapter_path) / "adapters.safetensors").write_bytes(b"bitrot")
+    with pytest.raises(PromotionRejected, match="checksum"):
+        versions.activate(v.version)
+    assert versions.current() is None
+
+
+def test_missing_files_fail_the_sanity_check(versions: Versions, tmp_path: Path) -> None:
+    d = tmp_path / "empty"
+    d.mkdir()
+    with pytest.raises(PromotionRejected, match="adapters.safetensors"):
+        versions.register(d)
+    assert versions.store.versions() == []
