@@ -122,7 +122,7 @@ def _pack(text: str, max_chars: int) -> list[str]:
             current = f"{current}\n\n{part}" if current else part
     if current:
         pieces.append(current)
-    return pieces
+    return [p.strip() for p in pieces if p.strip()]
 
 
 def _blocks(text: str) -> list[str]:

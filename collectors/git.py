@@ -216,7 +216,14 @@ class GitCollector:
             skipped["empty_diff"] += 1
             return None
         stat = self._git(
-            repo, "show", "--format=", "--stat=100", "--stat-count=50", "--no-color", commit.sha
+            repo,
+            "show",
+            "--format=",
+            "--stat=100",
+            "--stat-graph-width=10",
+            "--stat-count=50",
+            "--no-color",
+            commit.sha,
         ).strip("\n")
         binary = [m.group(1) for m in map(_BINARY_STAT.match, stat.splitlines()) if m]
         prompt = [INSTRUCTION, "", "Files changed:", stat, ""]
@@ -280,19 +287,22 @@ class GitCollector:
         self, repo: Path, *args: str, stdin: str | None = None, raise_on_error: bool = False
     ) -> str | None:
         """A git command's stdout, or None when it exits non-zero (a "no" answer for queries)."""
-        proc = subprocess.run(
-            ["git", *_GIT_OPTS, "-C", str(repo), *args],
-            input=(stdin or "").encode(),
-            capture_output=True,
-            env=_git_env(repo),
-            timeout=_TIMEOUT_S,
-            check=False,
-        )
+        try:
+            proc = subprocess.run(
+                ["git", *_GIT_OPTS, "-C", str(repo), *args],
+                input=(stdin or "").encode(),
+                capture_output=True,
+                env=_git_env(repo),
+                timeout=_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise _GitError(f"git {args[0]} timed out after {_TIMEOUT_S} s") from exc
         if proc.returncode == 0:
             return proc.stdout.decode("utf-8", errors="replace")
         if raise_on_error:
-            err = proc.stderr.decode("utf-8", errors="replace").strip()
-            raise _GitError(f"git {args[0]} failed ({proc.returncode}): {err}")
+            detail = proc.stderr.decode("utf-8", errors="replace").strip()
+            raise _GitError(f"git {args[0]} failed ({proc.returncode}): {detail}")
         return None
 
     def _git_prefix(self, repo: Path, args: tuple[str, ...], max_bytes: int) -> tuple[bytes, bool]:
@@ -310,7 +320,11 @@ class GitCollector:
             if not complete:
                 proc.kill()
             err = proc.stderr.read()
-            code = proc.wait(timeout=_TIMEOUT_S)
+            try:
+                code = proc.wait(timeout=_TIMEOUT_S)
+            except subprocess.TimeoutExpired as exc:
+                proc.kill()
+                raise _GitError(f"git show timed out after {_TIMEOUT_S} s") from exc
         if complete and code != 0:
             raise _GitError(f"git show failed ({code}): {err.decode('utf-8', 'replace').strip()}")
         return data, complete

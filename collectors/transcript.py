@@ -39,6 +39,8 @@ INTERRUPT_PREFIX = "[Request interrupted by user"
 EVENT_PREFIX = "<task-notification>"  # a background task finished; the assistant reacts to it
 SUBAGENT_TOOLS = ("Task", "Agent")
 _AGENT_ID_IN_TEXT = re.compile(r"agentId: ([A-Za-z0-9_-]+)")
+# Claude Code appends these to tool output and prompts; they are its own instructions, not data.
+_REMINDER = re.compile(r"\s*<system-reminder>.*?</system-reminder>\s*", re.DOTALL)
 
 
 class ToolCall(TypedDict):
@@ -201,7 +203,15 @@ def _flatten(content: Any, skipped: Counter[str]) -> str:
             parts.append("[image]")
         elif kind == "tool_reference":
             parts.append(f"[tool_reference: {_str(block.get('tool_name'))}]")
-    return "\n".join(p for p in parts if p)
+    return _strip_reminders("\n".join(p for p in parts if p), skipped)
+
+
+def _strip_reminders(text: str, skipped: Counter[str]) -> str:
+    stripped, n = _REMINDER.subn("\n", text)
+    if n:
+        skipped["system_reminder"] += n
+        return stripped.strip("\n")
+    return text
 
 
 def _line_turn(rec: Record, skipped: Counter[str]) -> Turn | None:
@@ -234,10 +244,7 @@ def _line_turn(rec: Record, skipped: Counter[str]) -> Turn | None:
                 result["agent_id"] = m.group(1)
             results.append(result)
         elif kind == "text":
-            text = _str(block.get("text")).strip()
-            if text.startswith("<system-reminder>"):
-                skipped["system_reminder"] += 1
-            elif text:
+            if text := _strip_reminders(_str(block.get("text")), skipped).strip():
                 texts.append(text)
         elif kind == "image":
             skipped["image"] += 1
@@ -317,7 +324,7 @@ def _nodes(records: list[Record], skipped: Counter[str], subagent_file: bool) ->
         else:
             data = rec.get("data")
             sub = data.get("type") if kind == "progress" and isinstance(data, dict) else None
-            skipped["agent_progress" if sub == "agent_progress" else f"type:{kind}"] += 1
+            skipped["agent_progress" if sub == "agent_progress" else f"type:{kind or 'missing'}"] += 1
             turn = None
         uuid = _str(rec.get("uuid"))
         if not uuid:

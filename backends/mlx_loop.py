@@ -1,0 +1,253 @@
+"""The MLX training loop: length-bucketed batches, the per-turn masked loss, optimizer steps.
+
+mlx-lm's `tuner.trainer.train` supervises one contiguous completion per row, averages
+accumulated gradients per micro-batch, and keeps neither optimizer state nor data position, so
+this loop replaces it while reusing mlx-lm's model and LoRA layers. Rows are sorted by length and
+cut into batches whose order is reshuffled each epoch from `(seed, epoch)`, so the data position
+is one integer (`RunState.micro`) and a resumed run sees exactly the batches an uninterrupted run
+would. Gradients are accumulated weighted by supervised tokens, so a micro-batch of short replies
+does not count as much as one of long replies. Saving, evaluation bookkeeping and the adapter
+files live in `backends/mlx.py`; this module only trains and measures.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_map
+
+from sam_brain.errors import TrainingFailed
+from sam_brain.protocols import Progress
+
+Row = tuple[list[int], list[int]]
+PAD_MULTIPLE = 8  # fewer distinct shapes to allocate for, little padding
+RECENT = 10  # steps averaged into the reported final train loss
+
+
+@dataclass
+class RunState:
+    """Everything needed to continue a run exactly where it stopped (saved in `state.json`)."""
+
+    batch_size: int
+    grad_accum: int
+    max_seq_length: int
+    step: int = 0
+    micro: int = 0  # micro-batches consumed so far: the data position
+    tokens: int = 0
+    seconds: float = 0.0
+    initial_val_loss: float | None = None
+    best_val_loss: float | None = None
+    best_step: int = 0
+    last_val_loss: float | None = None
+    bad_evals: int = 0
+    recent_losses: list[float] = field(default_factory=list)
+    fingerprint: str = ""
+
+
+@dataclass
+class LoopConfig:
+    """The fixed settings of one call to `run_steps`."""
+
+    total_steps: int
+    eval_every: int
+    save_every: int
+    patience: int
+    seed: int
+
+
+class Buckets:
+    """Rows sorted by length and cut into batches; each epoch visits them in a seeded order."""
+
+    def __init__(self, rows: list[Row], batch_size: int, seed: int) -> None:
+        self.rows = rows
+        self.seed = seed
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+        self.batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        self._orders: dict[int, list[int]] = {}
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def micro_batch(self, micro: int) -> tuple[mx.array, mx.array, int]:
+        """The `micro`-th micro-batch of the endless epoch sequence: ids, mask, real tokens."""
+        epoch, pos = divmod(micro, len(self.batches))
+        if epoch not in self._orders:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._orders = {epoch: [int(i) for i in rng.permutation(len(self.batches))]}
+        return self.pad(self.batches[self._orders[epoch][pos]])
+
+    def in_order(self) -> Iterator[tuple[mx.array, mx.array, int]]:
+        """Every batch once, shortest first (for evaluation)."""
+        for batch in self.batches:
+            yield self.pad(batch)
+
+    def pad(self, indices: list[int]) -> tuple[mx.array, mx.array, int]:
+        lengths = [len(self.rows[i][0]) for i in indices]
+        width = PAD_MULTIPLE * math.ceil(max(lengths) / PAD_MULTIPLE)
+        ids = np.zeros((len(indices), width), dtype=np.int32)
+        mask = np.zeros((len(indices), width), dtype=np.float32)
+        for r, i in enumerate(indices):
+            row_ids, row_mask = self.rows[i]
+            ids[r, : len(row_ids)] = row_ids
+            mask[r, : len(row_mask)] = row_mask
+        return mx.array(ids), mx.array(mask), sum(lengths)
+
+
+def masked_loss(model: nn.Module, ids: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
+    """Mean cross-entropy over supervised target tokens, and how many there were."""
+    logits = model(ids[:, :-1])
+    weights = mask[:, 1:]
+    ce = nn.losses.cross_entropy(logits, ids[:, 1:]) * weights
+    ntoks = weights.sum()
+    return ce.astype(mx.float32).sum() / ntoks, ntoks
+
+
+def evaluate(model: nn.Module, buckets: Buckets) -> float:
+    """Token-weighted validation loss over the whole split."""
+    model.eval()
+    total, count = mx.array(0.0), mx.array(0.0)
+    for ids, mask, _ in buckets.in_order():
+        loss, ntoks = masked_loss(model, ids, mask)
+        total = total + loss * ntoks
+        count = count + ntoks
+        mx.eval(total, count)
+    model.train()
+    return float((total / count).item())
+
+
+def enable_grad_checkpoint(model: nn.Module) -> Callable[[], None]:
+    """Recompute each transformer block in the backward pass; returns a function that undoes it.
+
+    mlx-lm patches `type(layer).__call__`, which changes every model of that class in the process;
+    here each block instance gets its own subclass, so generation elsewhere is unaffected.
+    """
+    layers: list[Any] = list(model.layers)
+    originals = [type(layer) for layer in layers]
+    subclasses: dict[type, type] = {}
+    for layer, cls in zip(layers, originals, strict=True):
+        if cls not in subclasses:
+            subclasses[cls] = type(f"Checkpointed{cls.__name__}", (cls,), {"__call__": _ckpt_call})
+        layer.__class__ = subclasses[cls]
+
+    def undo() -> None:
+        for layer, cls in zip(layers, originals, strict=True):
+            layer.__class__ = cls
+
+    return undo
+
+
+def _ckpt_call(self: Any, *args: Any, **kwargs: Any) -> Any:
+    base_call = type(self).__mro__[1].__call__
+
+    def inner(params: Any, *a: Any, **kw: Any) -> Any:
+        self.update(params)
+        return base_call(self, *a, **kw)
+
+    return mx.checkpoint(inner)(self.trainable_parameters(), *args, **kwargs)
+
+
+def run_steps(
+    model: nn.Module,
+    optimizer: Any,
+    train: Buckets,
+    valid: Buckets | None,
+    state: RunState,
+    cfg: LoopConfig,
+    progress: Callable[[Progress], None],
+    cancelled: Callable[[], bool],
+    on_best: Callable[[], None],
+    on_save: Callable[[], None],
+) -> str:
+    """Train until `cfg.total_steps`, cancellation or early stop; returns why it stopped.
+
+    `on_best` is called after a validation pass improved the best loss; `on_save` every
+    `cfg.save_every` steps. The caller saves the final checkpoint.
+
+    Raises:
+        TrainingFailed: The training loss became NaN or infinite.
+    """
+    loss_and_grad = nn.value_and_grad(model, masked_loss)
+    model.train()
+    session_start, session_steps = time.perf_counter(), 0
+    while state.step < cfg.total_steps:
+        if cancelled():
+            return "cancelled"
+        mx.random.seed(cfg.seed * 1_000_003 + state.step)  # dropout noise follows the step
+        tic = time.perf_counter()
+        start_micro = state.micro
+        grads: Any = None
+        loss_sum, sup_tokens, real_tokens = mx.array(0.0), mx.array(0.0), 0
+        try:
+            for _ in range(state.grad_accum):
+                ids, mask, n_real = train.micro_batch(state.micro)
+                state.micro += 1
+                (loss, ntoks), grad = loss_and_grad(model, ids, mask)
+                # Weight by supervised tokens: the sum divided by the total below.
+                grad = tree_map(lambda g, n=ntoks: g * n, grad)
+                grads = grad if grads is None else tree_map(mx.add, grads, grad)
+                loss_sum = loss_sum + loss * ntoks
+                sup_tokens = sup_tokens + ntoks
+                real_tokens += n_real
+                mx.eval(grads, loss_sum, sup_tokens)
+        except BaseException:
+            state.micro = start_micro  # the step never happened; retry it from the same data
+            raise
+        step_loss = float((loss_sum / sup_tokens).item())
+        if not math.isfinite(step_loss):
+            raise TrainingFailed(
+                f"training loss became {step_loss} at step {state.step + 1}; "
+                "lower learning_rate (or check the data)"
+            )
+        optimizer.update(model, tree_map(lambda g: g / sup_tokens, grads))
+        mx.eval(model.trainable_parameters(), optimizer.state)
+
+        elapsed = time.perf_counter() - tic
+        state.step += 1
+        session_steps += 1
+        state.tokens += real_tokens
+        state.seconds += elapsed
+        state.recent_losses = [*state.recent_losses, step_loss][-RECENT:]
+        per_step = (time.perf_counter() - session_start) / session_steps
+        report = Progress(
+            step=state.step,
+            total_steps=cfg.total_steps,
+            train_loss=step_loss,
+            val_loss=state.last_val_loss,
+            tokens_per_sec=real_tokens / elapsed if elapsed > 0 else None,
+            peak_memory_mb=mx.get_peak_memory() / 1e6,
+            eta_seconds=per_step * (cfg.total_steps - state.step),
+        )
+        stop = ""
+        if valid is not None and (
+            state.step % cfg.eval_every == 0 or state.step == cfg.total_steps
+        ):
+            stop = _validate(model, valid, state, cfg, on_best)
+            report.val_loss = state.last_val_loss
+            report.message = f"validation loss {state.last_val_loss:.4f}"
+        progress(report)
+        if state.step % cfg.save_every == 0:
+            on_save()
+        if stop:
+            return stop
+    return "done"
+
+
+def _validate(
+    model: nn.Module, valid: Buckets, state: RunState, cfg: LoopConfig, on_best: Callable[[], None]
+) -> str:
+    """One validation pass: keep the best adapter, count evaluations without improvement."""
+    val = evaluate(model, valid)
+    state.last_val_loss = val
+    if state.best_val_loss is None or val < state.best_val_loss:
+        state.best_val_loss, state.best_step, state.bad_evals = val, state.step, 0
+        on_best()
+        return ""
+    state.bad_evals += 1
+    return "early_stopped" if state.bad_evals >= cfg.patience else ""

@@ -1,0 +1,278 @@
+"""Sessions collector: Claude Code transcripts on disk become scored chat samples.
+
+It finds main transcripts under the configured directories (`**/*.jsonl`), attaches each one's
+subagent files (flat `agent-*.jsonl` siblings in 2.0.x, `<session>/subagents/` in 2.1.x; a changed
+subagent file re-extracts its parent), and tracks every file by identity and size in the cursor
+`sessions:<path>`. A file that grew or was replaced is extracted again as a whole: its source key
+(the main file's path) goes into `replace_keys`, and stable ids make the new samples replace the
+old ones. Samples of a live session become trainable `quiet_minutes` after its last write. With
+an archive directory, a gzip copy of every raw transcript is kept there under its relative path.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from collectors.transcript import SUBAGENT_TOOLS, Conversation, parse_file
+from sam_brain.curate import CurateOptions, curate
+from sam_brain.protocols import CollectResult, Cursors
+from sam_brain.quality import QualityConfig
+
+log = logging.getLogger(__name__)
+
+
+def is_subagent_file(path: Path) -> bool:
+    """True for subagent transcripts (`agent-*.jsonl`, flat or under `<session>/subagents/`)."""
+    return path.name.startswith("agent-") or path.parent.name == "subagents"
+
+
+def peek_session_id(path: Path) -> str:
+    """The `sessionId` named by the first lines of a transcript ("" when none is found)."""
+    try:
+        with path.open("rb") as fh:
+            for _, raw in zip(range(20), fh, strict=False):
+                try:
+                    rec = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(rec, dict) and isinstance(rec.get("sessionId"), str):
+                    return str(rec["sessionId"])
+    except OSError:
+        return ""
+    return ""
+
+
+def find_subagent_files(main: Path, session_id: str = "") -> list[Path]:
+    """Subagent files of a main transcript: nested (2.1.x) and flat siblings (2.0.x)."""
+    found = sorted((main.parent / main.stem / "subagents").glob("agent-*.jsonl"))
+    wanted = session_id or main.stem
+    found += [p for p in sorted(main.parent.glob("agent-*.jsonl")) if peek_session_id(p) == wanted]
+    return found
+
+
+def parent_transcript(agent: Path) -> Path | None:
+    """The main transcript a subagent file belongs to (None when its session id is unknown)."""
+    if agent.parent.name == "subagents":
+        session_dir = agent.parent.parent
+        return session_dir.parent / f"{session_dir.name}.jsonl"
+    session_id = peek_session_id(agent)
+    return agent.parent / f"{session_id}.jsonl" if session_id else None
+
+
+def dropped_agent_reason(conv: Conversation) -> str | None:
+    """Why a subagent run is not training data: `acompact_agent`, `warmup_agent`, or None."""
+    if conv.agent_id.startswith("acompact") or conv.path.name.startswith("agent-acompact"):
+        return "acompact_agent"
+    users = [t for t in conv.turns if t.role == "user"]
+    if (users and users[0].text.strip() == "Warmup") or (not users and len(conv.turns) <= 1):
+        return "warmup_agent"
+    return None
+
+
+def load_session(main: Path, subagent_files: Sequence[Path] | None = None) -> Conversation:
+    """Parse a main transcript and attach its subagents, linked to their Task/Agent calls.
+
+    Subagents are linked by the parent's `toolUseResult.agentId` (2.0.x+) or, for inline 1.0.x
+    sidechains, by their first prompt equal to the Task call's `prompt`.
+
+    Args:
+        main: The session's main transcript.
+        subagent_files: Its subagent files; found with `find_subagent_files` when None.
+
+    Returns:
+        The conversation, with warm-up and compaction agents dropped (counted in `skipped`).
+    """
+    conv = parse_file(main)
+    if subagent_files is None:
+        subagent_files = find_subagent_files(main, conv.session_id)
+    candidates = conv.subagents + [parse_file(p, subagent=True) for p in subagent_files]
+    calls = {c["id"]: c for t in conv.turns for c in t.tool_calls if c["name"] in SUBAGENT_TOOLS}
+    by_agent = {
+        r["agent_id"]: r["tool_use_id"] for t in conv.turns for r in t.results if "agent_id" in r
+    }
+    by_prompt = {str(c["input"].get("prompt", "")).strip(): i for i, c in calls.items()}
+    conv.subagents = []
+    for sub in candidates:
+        reason = dropped_agent_reason(sub)
+        if reason:
+            conv.skipped[reason] += 1
+            continue
+        first_user = next((t.text.strip() for t in sub.turns if t.role == "user"), "")
+        tool_id = by_agent.pop(sub.agent_id, None) or by_prompt.pop(first_user, None)
+        if tool_id:
+            sub.parent_tool_use_id, sub.task = tool_id, calls.get(tool_id)
+        else:
+            conv.skipped["unlinked_agent"] += 1
+        conv.subagents.append(sub)
+    conv.subagents.sort(key=lambda s: (s.started, str(s.path)))
+    return conv
+
+
+def _identity(path: Path) -> dict[str, float]:
+    st = path.stat()
+    return {"dev": st.st_dev, "ino": st.st_ino, "size": st.st_size, "mtime": st.st_mtime}
+
+
+def _changed(cursors: Cursors, key: str, now: dict[str, float]) -> bool:
+    raw = cursors.get_cursor(key)
+    try:
+        old = json.loads(raw) if raw else None
+    except ValueError:
+        old = None
+    if not isinstance(old, dict):
+        return True
+    return any(old.get(k) != now[k] for k in ("dev", "ino", "size"))
+
+
+class SessionCollector:
+    """Claude Code transcripts -> strategy A/B/D samples (implements `protocols.Collector`).
+
+    Args:
+        dirs: roots to search for transcripts (usually `~/.claude/projects`).
+        quiet_minutes: a session's samples become trainable this long after its last write.
+        archive_dir: where gzip copies of raw transcripts are kept (None: no archive).
+        thinking: include thinking as a `<think>...</think>` prefix of assistant content.
+        tool_output_chars: longest tool output kept in a sample (head and tail around a marker).
+        quality: scoring configuration (the defaults when None).
+
+    `collect` never raises for one file's problem: unreadable or vanished files are counted.
+    """
+
+    name = "sessions"
+
+    def __init__(
+        self,
+        dirs: list[Path],
+        quiet_minutes: float = 10.0,
+        archive_dir: Path | None = None,
+        thinking: bool = True,
+        tool_output_chars: int = 2000,
+        quality: QualityConfig | None = None,
+    ) -> None:
+        self.dirs = [Path(d).expanduser().absolute() for d in dirs]
+        self.quiet_minutes = quiet_minutes
+        self.archive_dir = Path(archive_dir).expanduser().absolute() if archive_dir else None
+        self.options = CurateOptions(thinking=thinking, tool_output_chars=tool_output_chars)
+        self.quality = quality
+
+    def collect(self, cursors: Cursors, paths: Sequence[Path] | None = None) -> CollectResult:
+        """Extract every new or changed session (only those `paths` touch, when given).
+
+        Args:
+            cursors: Stored `sessions:<path>` identities; updated ones are returned, not written.
+            paths: Files or directories to look at instead of all of `dirs`.
+        """
+        result = CollectResult()
+        for main, agents in self._sessions(self._discover(paths, result), result).items():
+            files = [main, *agents]
+            try:
+                idents = {f: _identity(f) for f in files}
+            except OSError:
+                result.skipped["missing_file"] += 1
+                continue
+            if not any(_changed(cursors, self._key(f), idents[f]) for f in files):
+                result.skipped["unchanged"] += 1
+                continue
+            result.merge(self._extract(main, agents, idents))
+        return result
+
+    def ingest_file(self, path: Path) -> CollectResult:
+        """Extract one session now, whatever the cursors say (a subagent file means its parent)."""
+        path = Path(path).expanduser().absolute()
+        main = parent_transcript(path) if is_subagent_file(path) else path
+        result = CollectResult()
+        if main is None or not main.is_file():
+            result.skipped["orphan_subagent"] += 1
+            return result
+        agents = find_subagent_files(main, peek_session_id(main))
+        try:
+            idents = {f: _identity(f) for f in [main, *agents]}
+        except OSError:
+            result.skipped["missing_file"] += 1
+            return result
+        result.merge(self._extract(main, agents, idents))
+        return result
+
+    @staticmethod
+    def _key(path: Path) -> str:
+        return f"sessions:{path}"
+
+    def _discover(self, paths: Sequence[Path] | None, result: CollectResult) -> list[Path]:
+        roots = self.dirs if paths is None else [Path(p).expanduser().absolute() for p in paths]
+        found: list[Path] = []
+        for root in roots:
+            if root.is_dir():
+                found += sorted(root.rglob("*.jsonl"))
+            elif root.is_file() and root.suffix == ".jsonl":
+                found.append(root)
+            elif not root.exists():
+                result.skipped["missing_dir" if paths is None else "missing_file"] += 1
+        return found
+
+    def _sessions(self, files: list[Path], result: CollectResult) -> dict[Path, list[Path]]:
+        """Main transcript -> its subagent files, for every session the files belong to."""
+        mains: set[Path] = set()
+        for f in files:
+            main = parent_transcript(f) if is_subagent_file(f) else f
+            if main is None or not main.is_file():
+                result.skipped["orphan_subagent"] += 1
+                continue
+            mains.add(main)
+        flat: dict[Path, dict[str, list[Path]]] = {}
+        sessions: dict[Path, list[Path]] = {}
+        for main in sorted(mains):
+            # Read each directory's flat agent files once, not once per main transcript.
+            if main.parent not in flat:
+                index: dict[str, list[Path]] = {}
+                for agent in sorted(main.parent.glob("agent-*.jsonl")):
+                    index.setdefault(peek_session_id(agent), []).append(agent)
+                flat[main.parent] = index
+            nested = sorted((main.parent / main.stem / "subagents").glob("agent-*.jsonl"))
+            sessions[main] = nested + flat[main.parent].get(peek_session_id(main) or main.stem, [])
+        return sessions
+
+    def _extract(
+        self, main: Path, agents: list[Path], idents: dict[Path, dict[str, float]]
+    ) -> CollectResult:
+        result = CollectResult()
+        try:
+            conv = load_session(main, agents)
+        except OSError as err:
+            log.warning("sessions collector: cannot read %s: %s", main, err)
+            result.skipped["read_error"] += 1
+            return result
+        ready_after = max(i["mtime"] for i in idents.values()) + self.quiet_minutes * 60
+        result.samples = curate(conv, self.options, self.quality, ready_after)
+        result.replace_keys.add(str(main))
+        result.skipped.update(conv.skipped)
+        for sub in conv.subagents:
+            result.skipped.update(sub.skipped)
+        if not conv.turns:
+            result.skipped["empty_session"] += 1
+        for f, ident in idents.items():
+            result.cursors[self._key(f)] = json.dumps(ident, sort_keys=True)
+            if self.archive_dir is not None:
+                self._archive(f)
+        return result
+
+    def _archive(self, path: Path) -> None:
+        """Write a gzip copy of `path` under the archive, atomically (temp file, then rename)."""
+        assert self.archive_dir is not None
+        root = next((d for d in self.dirs if path.is_relative_to(d)), None)
+        rel = path.relative_to(root) if root else Path(path.parent.name) / path.name
+        dest = self.archive_dir / rel.parent / f"{rel.name}.gz"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+        try:
+            with path.open("rb") as src, gzip.open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out)
+            os.replace(tmp, dest)
+        except OSError as err:
+            tmp.unlink(missing_ok=True)
+            log.warning("sessions collector: cannot archive %s: %s", path, err)

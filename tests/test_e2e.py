@@ -1,0 +1,138 @@
+"""End to end: the real daemon in a subprocess, a real transcript, real MLX training, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def wait(check: Any, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            out = check()
+            if out:
+                return out
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"timed out; daemon log:\n{log.read_text()[-3000:]}")
+
+
+def test_daemon_trains_and_activates_a_version(tmp_path: Path, tiny_model: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from sam_brain.examples import write_example_sessions
+
+    home, sessions, port = tmp_path / "home", tmp_path / "projects", free_port()
+    sessions.mkdir()
+    home.mkdir()
+    (home / "config.toml").write_text(f"""
+[api]
+port = {port}
+[sources]
+sessions_dirs = ["{sessions}"]
+quiet_minutes = 0.0
+[training]
+backend = "mlx"
+mlx_base_model = "{tiny_model}"
+min_for_training = 10
+profile = "t"
+check_interval_seconds = 1.0
+max_retries = 0
+[profiles.t]
+lora_rank = 4
+lora_alpha = 8.0
+batch_size = 2
+grad_accum = 1
+max_seq_length = 256
+num_layers = -1
+learning_rate = 1e-3
+max_steps = 12
+eval_every = 6
+save_every = 6
+""")
+    env = dict(os.environ, SAM_BRAIN_HOME=str(home), HF_HUB_OFFLINE="1")
+    log = tmp_path / "daemon.log"
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "sam_brain.daemon", "serve"], env=env,
+                                stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        wait(lambda: get(url + "/api/health")["ok"], 60, proc, log)
+        # A second daemon on the same home refuses to start.
+        second = subprocess.run([sys.executable, "-m", "sam_brain.daemon", "serve", "--port",
+                                 str(free_port())], env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 10 and "another daemon" in second.stderr
+        write_example_sessions(sessions, n_sessions=6, seed=3)
+
+        def active() -> Any:
+            doc = get(url + "/api/self")
+            return doc if doc["training_stats"]["model_version"] != "base" else None
+
+        doc = wait(active, 240, proc, log)
+        ts = doc["training_stats"]
+        assert ts["model_version"] == "v1.0.0"
+        assert ts["last_training"]["status"] == "completed"
+        assert ts["last_training"]["samples_count"] > 0
+        assert ts["deployment"]["total_versions"] == 1
+        run = get(url + "/api/training")["runs"][0]
+        assert run["pool_version"] > 0
+        assert run["metrics"]["best_val_loss"] < run["metrics"]["initial_val_loss"]
+
+        # The stored adapter's LoRA B weights moved away from their zero init, and it reloads.
+        adapter = home / "versions" / "v1.0.0"
+        weights = load_file(str(adapter / "adapters.safetensors"))
+        b_keys = [k for k in weights if k.endswith("lora_b")]
+        assert b_keys and any(np.abs(weights[k]).max() > 0 for k in b_keys)
+        from backends.mlx import MLXBackend
+
+        reply = MLXBackend().generate(str(tiny_model), str(adapter),
+                                      [{"role": "user", "content": "hello"}], max_tokens=8)
+        assert isinstance(reply, str)
+
+        # A forced run trains again below the threshold; rollback goes back to v1.0.0.
+        code, body = post(url + "/api/train", {"force": True})
+        assert code == 202 and body["run_id"]
+        wait(lambda: get(url + "/api/self")["training_stats"]["model_version"] == "v1.0.1", 240, proc, log)
+        code, body = post(url + "/api/rollback", {})
+        assert code == 200 and body["version"]["version"] == "v1.0.0"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
+    assert "stopped" in log.read_text()
