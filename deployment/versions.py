@@ -63,9 +63,17 @@ class Versions:
     def path(self, version: str) -> Path:
         return self.root / version
 
-    def register(self, adapter_dir: Path, *, run_id: str = "", base_model: str = "",
-                 training_samples: int = 0, metrics: dict[str, Any] | None = None,
-                 description: str = "", status: str = "inactive") -> Version:
+    def register(
+        self,
+        adapter_dir: Path,
+        *,
+        run_id: str = "",
+        base_model: str = "",
+        training_samples: int = 0,
+        metrics: dict[str, Any] | None = None,
+        description: str = "",
+        status: str = "inactive",
+    ) -> Version:
         """Copy an adapter into the registry as the next version."""
         sanity_check(adapter_dir)
         seq = self.store.next_seq()
@@ -79,9 +87,16 @@ class Versions:
             if f.is_file() and (f.suffix in (".safetensors", ".json") and not f.name[0].isdigit()):
                 shutil.copy2(f, tmp / f.name)
         digest = checksum_dir(tmp)
-        manifest = {"version": name, "run_id": run_id, "base_model": base_model,
-                    "training_samples": training_samples, "metrics": metrics or {},
-                    "checksum": digest, "created_at": now_iso(), "description": description}
+        manifest = {
+            "version": name,
+            "run_id": run_id,
+            "base_model": base_model,
+            "training_samples": training_samples,
+            "metrics": metrics or {},
+            "checksum": digest,
+            "created_at": now_iso(),
+            "description": description,
+        }
         old_manifest = tmp / "manifest.json"
         if old_manifest.exists():  # the trainer's manifest is kept under its own name
             old_manifest.rename(tmp / "train_manifest.json")
@@ -96,8 +111,20 @@ class Versions:
                 "INSERT INTO versions(version, seq, status, run_id, base_model, adapter_path,"
                 " checksum, training_samples, metrics, description, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (name, seq, status, run_id, base_model, str(final), digest, training_samples,
-                 json.dumps(metrics or {}), description, manifest["created_at"]))
+                (
+                    name,
+                    seq,
+                    status,
+                    run_id,
+                    base_model,
+                    str(final),
+                    digest,
+                    training_samples,
+                    json.dumps(metrics or {}),
+                    description,
+                    manifest["created_at"],
+                ),
+            )
             self.store.add_event("version_registered", {"version": name, "run_id": run_id}, db)
         return self.store.get_version(name)
 
@@ -116,8 +143,10 @@ class Versions:
         self.verify(version)
         with self.store.tx() as db:
             db.execute("UPDATE versions SET status='inactive' WHERE status='active'")
-            db.execute("UPDATE versions SET status='active', deployed_at=? WHERE version=?",
-                       (now_iso(), version))
+            db.execute(
+                "UPDATE versions SET status='active', deployed_at=? WHERE version=?",
+                (now_iso(), version),
+            )
             self.store.add_event("version_activated", {"version": version, "reason": reason}, db)
         _write_text_atomic(self.root / "current.txt", version + "\n")
         return self.store.get_version(version)
@@ -128,9 +157,13 @@ class Versions:
     def rollback_target(self) -> Version | None:
         """The most recently deployed version other than the active one that is still good."""
         active = self.store.active_version()
-        candidates = [v for v in self.store.versions()
-                      if v.deployed_at and v.status == "inactive"
-                      and (active is None or v.version != active.version)]
+        candidates = [
+            v
+            for v in self.store.versions()
+            if v.deployed_at
+            and v.status == "inactive"
+            and (active is None or v.version != active.version)
+        ]
         candidates.sort(key=lambda v: (v.deployed_at or "", v.seq), reverse=True)
         return candidates[0] if candidates else None
 
@@ -148,14 +181,23 @@ class Versions:
         self.verify(target.version)
         with self.store.tx() as db:
             if active is not None:
-                db.execute("UPDATE versions SET status='rolled_back' WHERE version=?",
-                           (active.version,))
+                db.execute(
+                    "UPDATE versions SET status='rolled_back' WHERE version=?", (active.version,)
+                )
             db.execute("UPDATE versions SET status='inactive' WHERE status='active'")
-            db.execute("UPDATE versions SET status='active', deployed_at=? WHERE version=?",
-                       (now_iso(), target.version))
-            self.store.add_event("rollback", {
-                "from": active.version if active else None, "to": target.version,
-                "reason": reason}, db)
+            db.execute(
+                "UPDATE versions SET status='active', deployed_at=? WHERE version=?",
+                (now_iso(), target.version),
+            )
+            self.store.add_event(
+                "rollback",
+                {
+                    "from": active.version if active else None,
+                    "to": target.version,
+                    "reason": reason,
+                },
+                db,
+            )
         _write_text_atomic(self.root / "current.txt", target.version + "\n")
         return self.store.get_version(target.version)
 

@@ -50,8 +50,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             return web.json_response({"error": exc.reason}, status=exc.status)
         raise
     except SamBrainError as err:
-        return web.json_response({"error": str(err), "type": type(err).__name__},
-                                 status=err.http_status)
+        return web.json_response(
+            {"error": str(err), "type": type(err).__name__}, status=err.http_status
+        )
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return web.json_response({"error": "internal error; see the daemon log"}, status=500)
@@ -70,7 +71,9 @@ async def read_json(request: web.Request, allowed: set[str]) -> dict[str, Any]:
         raise BadRequest("request body must be a JSON object")
     unknown = sorted(set(body) - allowed)
     if unknown:
-        raise BadRequest(f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+        raise BadRequest(
+            f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
+        )
     return body
 
 

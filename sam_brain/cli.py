@@ -34,8 +34,9 @@ class Client:
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.url + path, data=data, method=method,
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return resp.status, json.loads(resp.read() or b"null")
@@ -46,8 +47,9 @@ class Client:
                 payload = {"error": err.reason}
             return err.code, payload
         except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
-            raise DaemonUnreachable(f"no daemon answers at {self.url} ({err}); start it with "
-                                    f"`sam-brain serve`") from err
+            raise DaemonUnreachable(
+                f"no daemon answers at {self.url} ({err}); start it with `sam-brain serve`"
+            ) from err
 
 
 def _home(config: Config) -> Any:
@@ -85,10 +87,14 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     print(f"daemon: {doc['status'].get('daemon')}  backend: {doc['status'].get('backend', '-')}")
     print(f"version: {ts['model_version']} (deployed {ts['deployed_at']})")
     lt = ts["last_training"]
-    print(f"last run: {lt['run_id']} {lt['status']} ({lt['samples_count']} samples) {lt.get('reason') or ''}")
+    print(
+        f"last run: {lt['run_id']} {lt['status']} ({lt['samples_count']} samples) {lt.get('reason') or ''}"
+    )
     td = ts["training_data"]
-    print(f"samples: {td['total_samples']} total, {td['new_samples']} new / {td['min_for_training']} "
-          f"needed, ready: {td['ready_to_train']}")
+    print(
+        f"samples: {td['total_samples']} total, {td['new_samples']} new / {td['min_for_training']} "
+        f"needed, ready: {td['ready_to_train']}"
+    )
     dep = ts["deployment"]
     print(f"versions: {dep['total_versions']}, rollback available: {dep['rollback_available']}")
     return 0
@@ -111,8 +117,11 @@ def _follow(client: Client, run_id: str, show_bar: bool) -> int:
             bar.total = p.get("total_steps") or bar.total
             bar.n = p.get("step", 0)
             loss = p.get("train_loss")
-            bar.set_postfix(loss=f"{loss:.3f}" if loss is not None else "-",
-                            val=p.get("val_loss"), tok_s=p.get("tokens_per_sec"))
+            bar.set_postfix(
+                loss=f"{loss:.3f}" if loss is not None else "-",
+                val=p.get("val_loss"),
+                tok_s=p.get("tokens_per_sec"),
+            )
             bar.refresh()
         if run["status"] in ("completed", "failed", "cancelled"):
             if bar is not None:
@@ -169,19 +178,28 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
         if args.source == "sessions":
             dirs = [p for p in paths if p.is_dir()]
             files = [p for p in paths if p.is_file()]
-            collector = cls(dirs=dirs, quiet_minutes=0.0 if args.now else config.sources.quiet_minutes,
-                            archive_dir=home.archive_dir if config.sources.archive_transcripts else None)
+            collector = cls(
+                dirs=dirs,
+                quiet_minutes=0.0 if args.now else config.sources.quiet_minutes,
+                archive_dir=home.archive_dir if config.sources.archive_transcripts else None,
+            )
             report = ingest(home, collector, files or None)
         elif args.source == "git":
-            collector = cls(repos=paths, bot_authors=list(config.sources.git_bot_authors),
-                            max_diff_chars=config.sources.git_max_diff_chars)
+            collector = cls(
+                repos=paths,
+                bot_authors=list(config.sources.git_bot_authors),
+                max_diff_chars=config.sources.git_max_diff_chars,
+            )
             report = ingest(home, collector)
         elif args.source == "docs":
             report = ingest(home, cls(paths=paths))
         else:
             d = home.data / "distill"
-            collector = cls(inbox=paths[0] if paths[0].is_dir() else paths[0].parent,
-                            rejects_path=d / "rejects.jsonl", processed_dir=d / "processed")
+            collector = cls(
+                inbox=paths[0] if paths[0].is_dir() else paths[0].parent,
+                rejects_path=d / "rejects.jsonl",
+                processed_dir=d / "processed",
+            )
             report = ingest(home, collector)
     finally:
         home.close()
@@ -208,8 +226,9 @@ def cmd_data(args: argparse.Namespace, config: Config) -> int:
 def cmd_versions(args: argparse.Namespace, config: Config) -> int:
     if args.command == "rollback":
         try:
-            code, doc = Client(args.url).call("POST", "/api/rollback",
-                                              {"version": args.version} if args.version else {})
+            code, doc = Client(args.url).call(
+                "POST", "/api/rollback", {"version": args.version} if args.version else {}
+            )
             if code >= 400:
                 raise _from_http(code, doc)
             print(f"rolled back; active version: {doc['version']['version']}")
@@ -224,8 +243,10 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
                 _print([v.to_dict() for v in versions], True)
             for v in [] if args.json else versions:
                 mark = "*" if v.status == "active" else " "
-                print(f"{mark} {v.version:10} {v.status:12} {v.created_at}  run {v.run_id}  "
-                      f"{v.training_samples} samples  {v.checksum[:12]}")
+                print(
+                    f"{mark} {v.version:10} {v.status:12} {v.created_at}  run {v.run_id}  "
+                    f"{v.training_samples} samples  {v.checksum[:12]}"
+                )
             if not versions and not args.json:
                 print("no versions yet")
         elif args.command == "current":
@@ -269,9 +290,17 @@ def build_parser() -> argparse.ArgumentParser:
     return build(EXIT_CODES)
 
 
-HANDLERS = {"status": cmd_status, "train": cmd_train, "ingest": cmd_ingest, "data": cmd_data,
-            "list": cmd_versions, "current": cmd_versions, "rollback": cmd_versions,
-            "dev": cmd_dev, "config": cmd_config}
+HANDLERS = {
+    "status": cmd_status,
+    "train": cmd_train,
+    "ingest": cmd_ingest,
+    "data": cmd_data,
+    "list": cmd_versions,
+    "current": cmd_versions,
+    "rollback": cmd_versions,
+    "dev": cmd_dev,
+    "config": cmd_config,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,8 +6,12 @@ import argparse
 
 
 def build(epilog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="samctl", description="Control SAM Brain.", epilog=epilog,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="samctl",
+        description="Control SAM Brain.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", help="config file (default: SAM_BRAIN_CONFIG or the home's)")
     p.add_argument("--url", help="daemon URL (default: from the config, http://127.0.0.1:8765)")
     sub = p.add_subparsers(dest="command", required=True)
@@ -17,14 +21,18 @@ def build(epilog: str) -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="start a training run on the daemon")
     t.add_argument("--force", action="store_true", help="train even below the sample threshold")
-    t.add_argument("--wait", action="store_true", help="wait until the run ends (exit 7 if it fails)")
+    t.add_argument(
+        "--wait", action="store_true", help="wait until the run ends (exit 7 if it fails)"
+    )
     t.add_argument("--follow", action="store_true", help="wait with a progress bar")
     t.add_argument("--cancel", action="store_true", help="stop the running run (it checkpoints)")
 
     i = sub.add_parser("ingest", help="one-shot ingest into the pool (no daemon needed)")
     i.add_argument("source", choices=["sessions", "git", "docs", "distill"])
     i.add_argument("paths", nargs="+", help="files or directories")
-    i.add_argument("--now", action="store_true", help="sessions: trainable at once (no quiet period)")
+    i.add_argument(
+        "--now", action="store_true", help="sessions: trainable at once (no quiet period)"
+    )
     i.add_argument("--json", action="store_true")
 
     d = sub.add_parser("data", help="the sample pool")

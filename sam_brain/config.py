@@ -32,7 +32,9 @@ def _f(default: Any, doc: str) -> Any:
 class ApiConfig:
     """The control API and chat endpoint."""
 
-    host: str = _f("127.0.0.1", "Address to bind; loopback by default so nothing leaves the machine.")
+    host: str = _f(
+        "127.0.0.1", "Address to bind; loopback by default so nothing leaves the machine."
+    )
     port: int = _f(8765, "TCP port of the API (`curl localhost:8765/api/self`).")
 
 
@@ -47,15 +49,20 @@ class SourcesConfig:
         10.0, "A live transcript becomes trainable after this many minutes without writes."
     )
     archive_transcripts: bool = _f(
-        True, "Keep a compressed copy of each raw transcript under the home (Claude Code deletes them after 30 days)."
+        True,
+        "Keep a compressed copy of each raw transcript under the home (Claude Code deletes them after 30 days).",
     )
-    git_repos: list[str] = _f([], "Git repositories whose new commits become commit-message samples.")
+    git_repos: list[str] = _f(
+        [], "Git repositories whose new commits become commit-message samples."
+    )
     git_bot_authors: list[str] = _f(
         ["dependabot[bot]", "renovate[bot]", "github-actions[bot]"],
         "Commit authors whose commits are skipped.",
     )
     git_max_diff_chars: int = _f(4000, "Diffs are truncated to this many characters in a sample.")
-    distill_inbox: str = _f("", "Folder watched for distillation JSONL; empty means `<home>/distill/inbox`.")
+    distill_inbox: str = _f(
+        "", "Folder watched for distillation JSONL; empty means `<home>/distill/inbox`."
+    )
     docs_paths: list[str] = _f([], "Folders scanned for Markdown docs and SKILL.md files.")
 
 
@@ -64,9 +71,15 @@ class PipelineConfig:
     """Turning raw material into clean samples."""
 
     min_chars: int = _f(8, "Samples whose assistant text is shorter than this are dropped.")
-    max_tokens: int = _f(4096, "Conversations longer than this (estimated tokens) are trimmed at a turn boundary.")
-    dedup_threshold: float = _f(0.85, "MinHash Jaccard similarity at or above which a sample is a near-duplicate.")
-    split: list[float] = _f([0.90, 0.05, 0.05], "Train/val/test shares; a session never spans two splits.")
+    max_tokens: int = _f(
+        4096, "Conversations longer than this (estimated tokens) are trimmed at a turn boundary."
+    )
+    dedup_threshold: float = _f(
+        0.85, "MinHash Jaccard similarity at or above which a sample is a near-duplicate."
+    )
+    split: list[float] = _f(
+        [0.90, 0.05, 0.05], "Train/val/test shares; a session never spans two splits."
+    )
     redact_emails: bool = _f(True, "Replace e-mail addresses with a placeholder.")
 
 
@@ -95,10 +108,26 @@ class Profile:
 
 def _builtin_profiles() -> dict[str, Profile]:
     return {
-        "8gb": Profile(lora_rank=4, lora_alpha=8.0, batch_size=1, grad_accum=4, max_seq_length=512,
-                       num_layers=8, grad_checkpoint=True, learning_rate=1e-4, epochs=1.0),
-        "full": Profile(lora_rank=8, lora_alpha=16.0, batch_size=4, grad_accum=4,
-                        max_seq_length=2048, learning_rate=1e-4, epochs=3.0),
+        "8gb": Profile(
+            lora_rank=4,
+            lora_alpha=8.0,
+            batch_size=1,
+            grad_accum=4,
+            max_seq_length=512,
+            num_layers=8,
+            grad_checkpoint=True,
+            learning_rate=1e-4,
+            epochs=1.0,
+        ),
+        "full": Profile(
+            lora_rank=8,
+            lora_alpha=16.0,
+            batch_size=4,
+            grad_accum=4,
+            max_seq_length=2048,
+            learning_rate=1e-4,
+            epochs=3.0,
+        ),
     }
 
 
@@ -106,21 +135,30 @@ def _builtin_profiles() -> dict[str, Profile]:
 class TrainingConfig:
     """When and how adapters are trained."""
 
-    backend: str = _f("auto", "`auto`, `mlx` or `cuda`; auto picks MLX on Apple Silicon and CUDA where a GPU is.")
+    backend: str = _f(
+        "auto", "`auto`, `mlx` or `cuda`; auto picks MLX on Apple Silicon and CUDA where a GPU is."
+    )
     min_for_training: int = _f(100, "New samples needed before training starts on its own.")
     profile: str = _f("8gb", "Name of the profile in `[profiles]` to train with.")
     mlx_base_model: str = _f(
-        "mlx-community/Qwen2.5-Coder-1.5B-Instruct-4bit", "Base model for MLX: a hub id or a local path."
+        "mlx-community/Qwen2.5-Coder-1.5B-Instruct-4bit",
+        "Base model for MLX: a hub id or a local path.",
     )
-    cuda_base_model: str = _f("Qwen/Qwen2.5-7B-Instruct", "Base model for CUDA: a hub id or a local path.")
+    cuda_base_model: str = _f(
+        "Qwen/Qwen2.5-7B-Instruct", "Base model for CUDA: a hub id or a local path."
+    )
     check_interval_seconds: float = _f(60.0, "How often the scheduler checks whether to train.")
-    nightly_window: str = _f("", "Train on the threshold only inside `HH:MM-HH:MM` local time; empty means any time.")
+    nightly_window: str = _f(
+        "", "Train on the threshold only inside `HH:MM-HH:MM` local time; empty means any time."
+    )
     max_runs_per_day: int = _f(3, "Cap on automatic runs per calendar day (forced runs count too).")
     max_retries: int = _f(2, "Automatic retries of a failed run, with exponential backoff.")
     retry_backoff_seconds: float = _f(300.0, "Delay before the first retry; doubles each time.")
     nice: int = _f(10, "Niceness added to the training subprocess so the machine stays responsive.")
     seed: int = _f(0, "Random seed for data order and adapter initialisation.")
-    timeout_minutes: float = _f(240.0, "A training run longer than this is stopped and marked failed.")
+    timeout_minutes: float = _f(
+        240.0, "A training run longer than this is stopped and marked failed."
+    )
 
 
 @dataclass(frozen=True)
@@ -131,21 +169,29 @@ class DeploymentConfig:
     canary_percent: int = _f(10, "Share of chat traffic a new version gets while it is a canary.")
     max_error_rate: float = _f(0.15, "Automatic rollback above this canary error rate.")
     max_latency_ms: float = _f(5000.0, "Automatic rollback above this mean canary latency.")
-    max_memory_mb: float = _f(6144.0, "Automatic rollback above this resident memory while serving.")
+    max_memory_mb: float = _f(
+        6144.0, "Automatic rollback above this resident memory while serving."
+    )
 
 
 @dataclass(frozen=True)
 class Config:
     """The whole config tree (`config.toml`)."""
 
-    data_dir: str = _f("", "Where state, pool and versions live; empty means the home (see README).")
+    data_dir: str = _f(
+        "", "Where state, pool and versions live; empty means the home (see README)."
+    )
     log_level: str = _f("INFO", "Logging level of the daemon.")
     api: ApiConfig = field(default_factory=ApiConfig, metadata={"doc": "[api]"})
     sources: SourcesConfig = field(default_factory=SourcesConfig, metadata={"doc": "[sources]"})
     pipeline: PipelineConfig = field(default_factory=PipelineConfig, metadata={"doc": "[pipeline]"})
     training: TrainingConfig = field(default_factory=TrainingConfig, metadata={"doc": "[training]"})
-    deployment: DeploymentConfig = field(default_factory=DeploymentConfig, metadata={"doc": "[deployment]"})
-    profiles: dict[str, Profile] = field(default_factory=_builtin_profiles, metadata={"doc": "[profiles.NAME]"})
+    deployment: DeploymentConfig = field(
+        default_factory=DeploymentConfig, metadata={"doc": "[deployment]"}
+    )
+    profiles: dict[str, Profile] = field(
+        default_factory=_builtin_profiles, metadata={"doc": "[profiles.NAME]"}
+    )
 
     def profile(self) -> Profile:
         """The training profile selected by `training.profile`."""
@@ -231,8 +277,9 @@ def _convert(value: Any, tp: Any, key: str, problems: list[str]) -> Any:
     return float(value) if tp is float else value
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str, problems: list[str],
-           base: Any = None) -> Any:
+def _build(
+    cls: type, data: dict[str, Any], prefix: str, problems: list[str], base: Any = None
+) -> Any:
     hints = _hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for key in data:
@@ -276,7 +323,9 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     if t.backend not in ("auto", "mlx", "cuda"):
         problems.append(f"training.backend: {t.backend!r} is not one of auto, mlx, cuda")
     if t.profile not in cfg.profiles:
-        problems.append(f"training.profile: {t.profile!r} is not a profile (have: {', '.join(sorted(cfg.profiles))})")
+        problems.append(
+            f"training.profile: {t.profile!r} is not a profile (have: {', '.join(sorted(cfg.profiles))})"
+        )
     if t.min_for_training < 1:
         problems.append("training.min_for_training: must be at least 1")
     if t.max_runs_per_day < 1:

@@ -39,14 +39,16 @@ log = logging.getLogger("sam_brain")
 def instance_lock(path: Path) -> Iterator[IO[str]]:
     """Hold the home's daemon lock; a second daemon on the same home fails at once."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "a+")
+    fh = open(path, "a+")  # noqa: SIM115 - held open for the daemon's lifetime
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.seek(0)
         pid = fh.read().strip() or "?"
         fh.close()
-        raise AlreadyRunning(f"another daemon (pid {pid}) is running on this home ({path})") from None
+        raise AlreadyRunning(
+            f"another daemon (pid {pid}) is running on this home ({path})"
+        ) from None
     fh.seek(0)
     fh.truncate()
     fh.write(str(os.getpid()))
@@ -83,9 +85,14 @@ class Daemon:
                 log.exception("ingest %s crashed", kind)
                 return
         if report.collected or report.deleted:
-            log.info("ingest %s: %d collected, %d stored, %d dropped, pool v%d", kind,
-                     report.collected, report.stored, sum(report.dropped.values()),
-                     report.pool_version)
+            log.info(
+                "ingest %s: %d collected, %d stored, %d dropped, pool v%d",
+                kind,
+                report.collected,
+                report.stored,
+                sum(report.dropped.values()),
+                report.pool_version,
+            )
 
     async def collect_all(self) -> None:
         """Poll every source (also catches file events the watcher missed)."""
@@ -97,8 +104,11 @@ class Daemon:
         collector: Any = self.collectors["distill"]
         result, rejects = collector.ingest_records(records)
         report = store_result(self.home, "distill", result)
-        return {"accepted": report.stored, "duplicates": report.dropped.get("duplicate", 0),
-                "rejected": rejects}
+        return {
+            "accepted": report.stored,
+            "duplicates": report.dropped.get("duplicate", 0),
+            "rejected": rejects,
+        }
 
     async def _consume(self) -> None:
         while True:
@@ -130,8 +140,13 @@ class Daemon:
         for d in self.config.sources.docs_paths:
             self.watchers.add("docs", Path(d).expanduser(), (".md",))
         coordinator = Coordinator(home, backend, collect=self.collect_all)
-        ctx = AppContext(home=home, coordinator=coordinator, backend=backend, backend_why=why,
-                         distill=self.distill)
+        ctx = AppContext(
+            home=home,
+            coordinator=coordinator,
+            backend=backend,
+            backend_why=why,
+            distill=self.distill,
+        )
         runner = web.AppRunner(make_app(ctx), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
@@ -139,8 +154,14 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop_event.set)
         self.watchers.start()
-        log.info("SAM Brain listening on http://%s:%d (backend %s: %s; data %s)",
-                 self.host, self.port, backend, why, home.data)
+        log.info(
+            "SAM Brain listening on http://%s:%d (backend %s: %s; data %s)",
+            self.host,
+            self.port,
+            backend,
+            why,
+            home.data,
+        )
         consumer = loop.create_task(self._consume())
         await self.collect_all()
         coordinator.start()

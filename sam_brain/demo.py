@@ -85,8 +85,9 @@ def wait_for(what: str, check: Any, timeout: float, proc: subprocess.Popen[bytes
 
 
 def samctl(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "sam_brain.cli", *args], env=env,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "sam_brain.cli", *args], env=env, capture_output=True, text=True
+    )
     text = (out.stdout + out.stderr).strip()
     print("    $ samctl " + " ".join(args))
     for line in text.splitlines():
@@ -110,14 +111,20 @@ def run(home: Path, n_sessions: int = 12) -> None:
     sessions = home / "claude" / "projects"
     sessions.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    (home / "config.toml").write_text(DEMO_CONFIG.format(
-        data=home, port=port, sessions=sessions, model=model, threshold=20), encoding="utf-8")
+    (home / "config.toml").write_text(
+        DEMO_CONFIG.format(data=home, port=port, sessions=sessions, model=model, threshold=20),
+        encoding="utf-8",
+    )
     env = dict(os.environ, SAM_BRAIN_HOME=str(home), HF_HUB_OFFLINE="1")
     url = f"http://127.0.0.1:{port}"
     say(f"starting the daemon: sam-brain serve (API {url}, log {home / 'daemon.log'})")
-    log = open(home / "daemon.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "sam_brain.daemon", "serve"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    log = open(home / "daemon.log", "ab")  # noqa: SIM115 - closed in the finally below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sam_brain.daemon", "serve"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_for("the API", lambda: get(url + "/api/health")["ok"], 60, proc)
         say(f"writing {n_sessions} example Claude Code transcripts into the watched folder")

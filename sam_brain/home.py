@@ -40,8 +40,13 @@ class Home:
         data = data_dir(config)
         data.mkdir(parents=True, exist_ok=True)
         store = Store(data / "state.db")
-        return cls(config=config, data=data, store=store, pool=Pool(data / "pool"),
-                   versions=Versions(store, data / "versions"))
+        return cls(
+            config=config,
+            data=data,
+            store=store,
+            pool=Pool(data / "pool"),
+            versions=Versions(store, data / "versions"),
+        )
 
     def close(self) -> None:
         self.store.close()

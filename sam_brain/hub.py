@@ -21,7 +21,7 @@ def resolve_model(ref: str, cache_dir: Path | None = None) -> Path:
         if not (local / "config.json").exists():
             raise ModelUnavailable(f"{local} is a directory but has no config.json; is it a model?")
         return local
-    if ref.startswith(("/", "./", "~")) or os.sep in ref and ref.count("/") > 1:
+    if ref.startswith(("/", "./", "~")) or (os.sep in ref and ref.count("/") > 1):
         raise ModelUnavailable(f"base model path {ref} does not exist")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
@@ -29,8 +29,9 @@ def resolve_model(ref: str, cache_dir: Path | None = None) -> Path:
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
     try:
         # local_files_only first: a cached model must never wait on the network.
-        return Path(snapshot_download(ref, allow_patterns=ALLOW, cache_dir=cache_dir,
-                                      local_files_only=True))
+        return Path(
+            snapshot_download(ref, allow_patterns=ALLOW, cache_dir=cache_dir, local_files_only=True)
+        )
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
         if offline:
             raise ModelUnavailable(_how(ref, "HF_HUB_OFFLINE is set")) from None
@@ -41,6 +42,8 @@ def resolve_model(ref: str, cache_dir: Path | None = None) -> Path:
 
 
 def _how(ref: str, why: str) -> str:
-    return (f"base model {ref!r} is not on this machine ({why}); download it once with "
-            f"`huggingface-cli download {ref}` on a connected machine, or set "
-            f"training.mlx_base_model / training.cuda_base_model to a local model directory")
+    return (
+        f"base model {ref!r} is not on this machine ({why}); download it once with "
+        f"`huggingface-cli download {ref}` on a connected machine, or set "
+        f"training.mlx_base_model / training.cuda_base_model to a local model directory"
+    )

@@ -59,24 +59,32 @@ def make_collectors(home: Home) -> dict[str, Collector]:
     out: dict[str, Collector] = {}
     dirs = [Path(d).expanduser() for d in src.sessions_dirs]
     out["sessions"] = registry.load(registry.COLLECTORS, "sessions", "collector")(
-        dirs=dirs, quiet_minutes=src.quiet_minutes,
-        archive_dir=home.archive_dir if src.archive_transcripts else None)
+        dirs=dirs,
+        quiet_minutes=src.quiet_minutes,
+        archive_dir=home.archive_dir if src.archive_transcripts else None,
+    )
     if src.git_repos:
         out["git"] = registry.load(registry.COLLECTORS, "git", "collector")(
-            repos=[Path(r).expanduser() for r in src.git_repos], bot_authors=list(src.git_bot_authors),
-            max_diff_chars=src.git_max_diff_chars)
+            repos=[Path(r).expanduser() for r in src.git_repos],
+            bot_authors=list(src.git_bot_authors),
+            max_diff_chars=src.git_max_diff_chars,
+        )
     distill = home.data / "distill"
     out["distill"] = registry.load(registry.COLLECTORS, "distill", "collector")(
-        inbox=home.distill_inbox, rejects_path=distill / "rejects.jsonl",
-        processed_dir=distill / "processed")
+        inbox=home.distill_inbox,
+        rejects_path=distill / "rejects.jsonl",
+        processed_dir=distill / "processed",
+    )
     if src.docs_paths:
         out["docs"] = registry.load(registry.COLLECTORS, "docs", "collector")(
-            paths=[Path(p).expanduser() for p in src.docs_paths])
+            paths=[Path(p).expanduser() for p in src.docs_paths]
+        )
     return out
 
 
-def store_result(home: Home, name: str, result: CollectResult, *, scrubber: Scrubber | None = None
-                 ) -> IngestReport:
+def store_result(
+    home: Home, name: str, result: CollectResult, *, scrubber: Scrubber | None = None
+) -> IngestReport:
     """Validate, scrub, dedup, split and store one collector result (the commit step)."""
     started = time.monotonic()
     cfg = home.config.pipeline
@@ -120,14 +128,31 @@ def store_result(home: Home, name: str, result: CollectResult, *, scrubber: Scru
         home.store.set_cursors(result.cursors)
     report.stored = len(batch)
     report.inserted, report.updated, report.deleted = (
-        counts["inserted"], counts["updated"], counts["deleted"])
+        counts["inserted"],
+        counts["updated"],
+        counts["deleted"],
+    )
     report.pool_version = home.pool.version
     report.seconds = round(time.monotonic() - started, 3)
     if report.collected or report.deleted or sum(report.skipped.values()):
         write_report(home, report)
-        home.store.add_event("ingest", {k: v for k, v in report.to_dict().items()
-                                        if k in ("collector", "collected", "stored", "inserted",
-                                                 "updated", "deleted", "pool_version")})
+        home.store.add_event(
+            "ingest",
+            {
+                k: v
+                for k, v in report.to_dict().items()
+                if k
+                in (
+                    "collector",
+                    "collected",
+                    "stored",
+                    "inserted",
+                    "updated",
+                    "deleted",
+                    "pool_version",
+                )
+            },
+        )
     return report
 
 

@@ -25,21 +25,23 @@ import pyarrow as pa
 from sam_brain.protocols import Sample
 
 TABLE = "samples"
-SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("source", pa.string()),
-    ("source_key", pa.string()),
-    ("group", pa.string()),
-    ("kind", pa.string()),
-    ("strategy", pa.string()),
-    ("tier", pa.string()),
-    ("score", pa.float64()),
-    ("split", pa.string()),
-    ("ready_after", pa.float64()),
-    ("first_seen", pa.float64()),
-    ("updated_at", pa.float64()),
-    ("data", pa.string()),  # the full Sample as JSON (messages, scores, meta, ...)
-])
+SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("source_key", pa.string()),
+        ("group", pa.string()),
+        ("kind", pa.string()),
+        ("strategy", pa.string()),
+        ("tier", pa.string()),
+        ("score", pa.float64()),
+        ("split", pa.string()),
+        ("ready_after", pa.float64()),
+        ("first_seen", pa.float64()),
+        ("updated_at", pa.float64()),
+        ("data", pa.string()),  # the full Sample as JSON (messages, scores, meta, ...)
+    ]
+)
 
 
 def _quote(values: Sequence[str]) -> str:
@@ -80,7 +82,9 @@ class Pool:
     def version(self) -> int:
         return int(self._table.version)
 
-    def _rows(self, where: str | None = None, columns: list[str] | None = None) -> list[dict[str, Any]]:
+    def _rows(
+        self, where: str | None = None, columns: list[str] | None = None
+    ) -> list[dict[str, Any]]:
         q = self._table.search()
         if where:
             q = q.where(where)
@@ -92,12 +96,14 @@ class Pool:
         """first_seen of the ids already in the pool."""
         out: dict[str, float] = {}
         for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
+            chunk = ids[i : i + 500]
             for row in self._rows(f"id IN ({_quote(chunk)})", ["id", "first_seen"]):
                 out[row["id"]] = row["first_seen"]
         return out
 
-    def upsert(self, samples: list[tuple[Sample, str]], replace_keys: set[str] | None = None) -> dict[str, int]:
+    def upsert(
+        self, samples: list[tuple[Sample, str]], replace_keys: set[str] | None = None
+    ) -> dict[str, int]:
         """Store (sample, split) pairs; rows of `replace_keys` not in `samples` are deleted.
 
         Callers hold `file_lock(pool.lock_path)` around the read-check-write sequence.
@@ -108,21 +114,38 @@ class Pool:
             return {"inserted": 0, "updated": 0, "deleted": 0}
         now = time.time()
         seen = self.existing([s.id for s, _ in samples])
-        rows = [{
-            "id": s.id, "source": s.source, "source_key": s.source_key, "group": s.group,
-            "kind": s.kind, "strategy": s.strategy, "tier": s.tier, "score": float(s.score),
-            "split": split, "ready_after": float(s.ready_after),
-            "first_seen": seen.get(s.id, now), "updated_at": now,
-            "data": json.dumps(s.to_dict(), ensure_ascii=False, default=str),
-        } for s, split in samples]
-        merge = self._table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+        rows = [
+            {
+                "id": s.id,
+                "source": s.source,
+                "source_key": s.source_key,
+                "group": s.group,
+                "kind": s.kind,
+                "strategy": s.strategy,
+                "tier": s.tier,
+                "score": float(s.score),
+                "split": split,
+                "ready_after": float(s.ready_after),
+                "first_seen": seen.get(s.id, now),
+                "updated_at": now,
+                "data": json.dumps(s.to_dict(), ensure_ascii=False, default=str),
+            }
+            for s, split in samples
+        ]
+        merge = (
+            self._table.merge_insert("id").when_matched_update_all().when_not_matched_insert_all()
+        )
         if replace_keys:
             merge = merge.when_not_matched_by_source_delete(
-                f"source_key IN ({_quote(sorted(replace_keys))})")
+                f"source_key IN ({_quote(sorted(replace_keys))})"
+            )
         table = pa.Table.from_pylist(rows, schema=SCHEMA)
         result = merge.execute(table)
-        return {"inserted": int(result.num_inserted_rows), "updated": int(result.num_updated_rows),
-                "deleted": int(result.num_deleted_rows)}
+        return {
+            "inserted": int(result.num_inserted_rows),
+            "updated": int(result.num_updated_rows),
+            "deleted": int(result.num_deleted_rows),
+        }
 
     def count(self, where: str | None = None) -> int:
         return int(self._table.count_rows(where)) if where else int(self._table.count_rows())

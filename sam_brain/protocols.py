@@ -187,7 +187,12 @@ class TrainingBackend(Protocol):
         """Train, reporting progress; stop cleanly (saving) when `cancelled()` turns true."""
         ...
 
-    def generate(self, base_model: str, adapter_dir: str | None, messages: list[Message],
-                 max_tokens: int = 64) -> str:
+    def generate(
+        self,
+        base_model: str,
+        adapter_dir: str | None,
+        messages: list[Message],
+        max_tokens: int = 64,
+    ) -> str:
         """Greedy generation with the adapter applied (None: the base alone)."""
         ...

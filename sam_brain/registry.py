@@ -7,6 +7,7 @@ torch: modules load only when their name is asked for.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import platform
 import shutil
 import sys
@@ -33,7 +34,8 @@ def load(table: dict[str, str], name: str, kind: str) -> Any:
         target = table[name]
     except KeyError:
         raise BackendUnavailable(
-            f"unknown {kind} {name!r} (choose one of: {', '.join(sorted(table))})") from None
+            f"unknown {kind} {name!r} (choose one of: {', '.join(sorted(table))})"
+        ) from None
     module_name, attr = target.split(":")
     try:
         module = importlib.import_module(module_name)
@@ -56,7 +58,8 @@ def _has_module(name: str) -> bool:
 def cuda_available() -> bool:
     """A cheap check that avoids importing torch: a driver tool or device node is present."""
     return shutil.which("nvidia-smi") is not None or any(
-        p for p in ("/dev/nvidia0", "/proc/driver/nvidia/version") if _exists(p))
+        p for p in ("/dev/nvidia0", "/proc/driver/nvidia/version") if _exists(p)
+    )
 
 
 def _exists(path: str) -> bool:
@@ -82,4 +85,6 @@ def choose_backend(setting: str) -> tuple[str, str]:
         return "mlx", "no GPU; MLX on CPU is installed"
     if _has_module("torch"):
         return "cuda", "no GPU; torch on CPU is installed"
-    raise BackendUnavailable("no training backend installed: pip install 'sam-brain[mlx]' or 'sam-brain[cuda]'")
+    raise BackendUnavailable(
+        "no training backend installed: pip install 'sam-brain[mlx]' or 'sam-brain[cuda]'"
+    )

@@ -10,6 +10,7 @@ runs on the same scheduler, off the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -28,8 +29,7 @@ log = logging.getLogger(__name__)
 class Coordinator:
     """The daemon's scheduling brain; all methods run on the event loop."""
 
-    def __init__(self, home: Home, backend: str,
-                 collect: Callable[[], Any] | None = None) -> None:
+    def __init__(self, home: Home, backend: str, collect: Callable[[], Any] | None = None) -> None:
         self.home = home
         self.backend = backend
         self.collect = collect
@@ -42,12 +42,24 @@ class Coordinator:
 
     def start(self) -> None:
         t = self.home.config.training
-        self.scheduler.add_job(self.check, "interval", seconds=t.check_interval_seconds,
-                               id="threshold", next_run_time=datetime.now() + timedelta(seconds=1),
-                               max_instances=1, coalesce=True)
+        self.scheduler.add_job(
+            self.check,
+            "interval",
+            seconds=t.check_interval_seconds,
+            id="threshold",
+            next_run_time=datetime.now() + timedelta(seconds=1),
+            max_instances=1,
+            coalesce=True,
+        )
         if self.collect is not None:
-            self.scheduler.add_job(self.collect, "interval", seconds=t.check_interval_seconds,
-                                   id="collect", max_instances=1, coalesce=True)
+            self.scheduler.add_job(
+                self.collect,
+                "interval",
+                seconds=t.check_interval_seconds,
+                id="collect",
+                max_instances=1,
+                coalesce=True,
+            )
         self.scheduler.start()
 
     async def stop(self) -> None:
@@ -56,10 +68,8 @@ class Coordinator:
             if self.job is not None:
                 await self.job.cancel()
             self.task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task
-            except (asyncio.CancelledError, Exception):
-                pass
 
     @property
     def training(self) -> bool:

@@ -25,7 +25,8 @@ def self_status(home: Home, *, daemon: dict[str, Any] | None = None) -> dict[str
     explanation = (
         f"I am SAM Brain. I serve {version} and learn from your own work: "
         f"{stats['total']} samples collected, {new} new since my last training "
-        f"({cfg.training.min_for_training} needed).")
+        f"({cfg.training.min_for_training} needed)."
+    )
     return {
         "success": True,
         "explanation": explanation,

@@ -138,8 +138,9 @@ class Store:
         self.path = path
         self._lock = threading.RLock()
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so writers queue, not deadlock.
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None,
-                                   timeout=30.0)
+        self._db = sqlite3.connect(
+            str(path), check_same_thread=False, isolation_level=None, timeout=30.0
+        )
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -170,8 +171,9 @@ class Store:
 
     # -- events ----------------------------------------------------------------------------------
 
-    def add_event(self, kind: str, data: dict[str, Any] | None = None,
-                  db: sqlite3.Connection | None = None) -> None:
+    def add_event(
+        self, kind: str, data: dict[str, Any] | None = None, db: sqlite3.Connection | None = None
+    ) -> None:
         sql = "INSERT INTO events(ts, kind, data) VALUES (?, ?, ?)"
         args = (now_iso(), kind, json.dumps(data or {}, default=str))
         if db is not None:
@@ -182,11 +184,15 @@ class Store:
 
     def events(self, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         if kind:
-            rows = self._query("SELECT * FROM events WHERE kind=? ORDER BY id DESC LIMIT ?", (kind, limit))
+            rows = self._query(
+                "SELECT * FROM events WHERE kind=? ORDER BY id DESC LIMIT ?", (kind, limit)
+            )
         else:
             rows = self._query("SELECT * FROM events ORDER BY id DESC LIMIT ?", (limit,))
-        return [{"id": r["id"], "ts": r["ts"], "kind": r["kind"], "data": json.loads(r["data"])}
-                for r in rows]
+        return [
+            {"id": r["id"], "ts": r["ts"], "kind": r["kind"], "data": json.loads(r["data"])}
+            for r in rows
+        ]
 
     # -- cursors ---------------------------------------------------------------------------------
 
@@ -198,8 +204,10 @@ class Store:
         if not values:
             return
         rows = [(k, v, now_iso()) for k, v in values.items()]
-        sql = ("INSERT INTO cursors(key, value, updated_at) VALUES (?, ?, ?) "
-               "ON CONFLICT(key) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at")
+        sql = (
+            "INSERT INTO cursors(key, value, updated_at) VALUES (?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value=excluded.value, updated_at=excluded.updated_at"
+        )
         if db is not None:
             db.executemany(sql, rows)
             return
@@ -208,14 +216,32 @@ class Store:
 
     # -- runs ------------------------------------------------------------------------------------
 
-    def create_run(self, trigger: str, backend: str, base_model: str, samples_count: int,
-                   pool_version: int, attempt: int = 1) -> Run:
-        run_id = datetime.now(UTC).strftime("%Y%m%d_%H%M%S_") + f"{int(time.time_ns()) % 1000000:06d}"
+    def create_run(
+        self,
+        trigger: str,
+        backend: str,
+        base_model: str,
+        samples_count: int,
+        pool_version: int,
+        attempt: int = 1,
+    ) -> Run:
+        run_id = (
+            datetime.now(UTC).strftime("%Y%m%d_%H%M%S_") + f"{int(time.time_ns()) % 1000000:06d}"
+        )
         with self.tx() as db:
             db.execute(
                 "INSERT INTO runs(run_id, status, trigger, backend, base_model, samples_count,"
                 " pool_version, attempt, created_at) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, trigger, backend, base_model, samples_count, pool_version, attempt, now_iso()),
+                (
+                    run_id,
+                    trigger,
+                    backend,
+                    base_model,
+                    samples_count,
+                    pool_version,
+                    attempt,
+                    now_iso(),
+                ),
             )
             self.add_event("run_created", {"run_id": run_id, "trigger": trigger}, db)
         return self.get_run(run_id)
@@ -228,8 +254,11 @@ class Store:
         with self.tx() as db:
             db.execute(f"UPDATE runs SET {cols} WHERE run_id=?", (*fields.values(), run_id))
             if "status" in fields:
-                self.add_event("run_" + str(fields["status"]),
-                               {"run_id": run_id, "reason": fields.get("reason", "")}, db)
+                self.add_event(
+                    "run_" + str(fields["status"]),
+                    {"run_id": run_id, "reason": fields.get("reason", "")},
+                    db,
+                )
 
     def get_run(self, run_id: str) -> Run:
         rows = self._query("SELECT * FROM runs WHERE run_id=?", (run_id,))
@@ -238,7 +267,12 @@ class Store:
         return _run(rows[0])
 
     def runs(self, limit: int = 20) -> list[Run]:
-        return [_run(r) for r in self._query("SELECT * FROM runs ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,))]
+        return [
+            _run(r)
+            for r in self._query(
+                "SELECT * FROM runs ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)
+            )
+        ]
 
     def last_run(self) -> Run | None:
         runs = self.runs(1)
@@ -253,7 +287,9 @@ class Store:
         with self.tx() as db:
             cur = db.execute(
                 "UPDATE runs SET status='failed', reason='daemon stopped during the run',"
-                " finished_at=? WHERE status IN ('pending', 'training')", (now_iso(),))
+                " finished_at=? WHERE status IN ('pending', 'training')",
+                (now_iso(),),
+            )
             return cur.rowcount
 
     # -- versions --------------------------------------------------------------------------------

@@ -43,8 +43,14 @@ def worker_env(backend: str) -> dict[str, str]:
 class TrainingProcess:
     """One supervised run of `python -m sam_brain.worker`."""
 
-    def __init__(self, backend: str, spec: TrainSpec, run_dir: Path, nice: int = 10,
-                 timeout_s: float = 4 * 3600.0) -> None:
+    def __init__(
+        self,
+        backend: str,
+        spec: TrainSpec,
+        run_dir: Path,
+        nice: int = 10,
+        timeout_s: float = 4 * 3600.0,
+    ) -> None:
         self.backend = backend
         self.spec = spec
         self.run_dir = run_dir
@@ -53,8 +59,11 @@ class TrainingProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.cancel_requested = False
 
-    async def run(self, on_progress: Callable[[Progress], None],
-                  on_preflight: Callable[[dict[str, Any]], None] | None = None) -> TrainResult:
+    async def run(
+        self,
+        on_progress: Callable[[Progress], None],
+        on_preflight: Callable[[dict[str, Any]], None] | None = None,
+    ) -> TrainResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         spec_path = self.run_dir / "spec.json"
         spec_path.write_text(self.spec.to_json(), encoding="utf-8")
@@ -66,16 +75,25 @@ class TrainingProcess:
 
         with open(log_path, "ab") as log_fh:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "sam_brain.worker", self.backend, str(spec_path),
-                stdout=asyncio.subprocess.PIPE, stderr=log_fh, env=worker_env(self.backend),
+                sys.executable,
+                "-m",
+                "sam_brain.worker",
+                self.backend,
+                str(spec_path),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_fh,
+                env=worker_env(self.backend),
                 preexec_fn=lower_priority if nice > 0 else None,
             )
             try:
                 result, error = await asyncio.wait_for(
-                    self._read(on_progress, on_preflight), timeout=self.timeout_s)
+                    self._read(on_progress, on_preflight), timeout=self.timeout_s
+                )
             except TimeoutError:
                 await self.cancel(grace_s=30.0)
-                raise TrainingFailed(f"training exceeded {self.timeout_s / 60:.0f} minutes") from None
+                raise TrainingFailed(
+                    f"training exceeded {self.timeout_s / 60:.0f} minutes"
+                ) from None
             except BaseException:
                 # The daemon is shutting down (task cancelled): stop the worker, don't orphan it.
                 if self.proc.returncode is None:
@@ -95,9 +113,11 @@ class TrainingProcess:
             raise TrainingFailed(f"{reason}; see {log_path}")
         return result
 
-    async def _read(self, on_progress: Callable[[Progress], None],
-                    on_preflight: Callable[[dict[str, Any]], None] | None,
-                    ) -> tuple[TrainResult | None, str | None]:
+    async def _read(
+        self,
+        on_progress: Callable[[Progress], None],
+        on_preflight: Callable[[dict[str, Any]], None] | None,
+    ) -> tuple[TrainResult | None, str | None]:
         assert self.proc is not None and self.proc.stdout is not None
         result: TrainResult | None = None
         error: str | None = None

@@ -52,8 +52,11 @@ def build_dataset(home: Home, out: Path, now: float | None = None) -> dict[str, 
         "val": write_jsonl_atomic(out / "valid.jsonl", by_split["val"]),
         "test": write_jsonl_atomic(out / "test.jsonl", by_split["test"]),
     }
-    prefs = [{"prompt": s.messages, "chosen": s.chosen, "rejected": s.rejected}
-             for s, split in rows if s.kind == "preference" and split == "train"]
+    prefs = [
+        {"prompt": s.messages, "chosen": s.chosen, "rejected": s.rejected}
+        for s, split in rows
+        if s.kind == "preference" and split == "train"
+    ]
     if prefs:
         counts["preference"] = write_jsonl_atomic(out / "preference.jsonl", prefs)
     return counts
@@ -91,8 +94,14 @@ class TrainingJob:
         """Run to the end; a failure is recorded on the run and re-raised as TrainingFailed."""
         home = self.home
         ref = base_model_ref(home, self.backend)
-        run = home.store.create_run(self.trigger, self.backend, ref, samples_count=0,
-                                    pool_version=home.pool.version, attempt=self.attempt)
+        run = home.store.create_run(
+            self.trigger,
+            self.backend,
+            ref,
+            samples_count=0,
+            pool_version=home.pool.version,
+            attempt=self.attempt,
+        )
         self.run = run
         run_dir = home.runs_dir / run.run_id
         try:
@@ -100,24 +109,40 @@ class TrainingJob:
             counts = await asyncio.to_thread(build_dataset, home, run_dir / "data")
             if counts["train"] == 0:
                 raise TrainingFailed("no trainable samples in the pool")
-            home.store.update_run(run.run_id, status="training", started_at=now_iso(),
-                                  samples_count=counts["train"], output_path=str(run_dir / "adapter"))
+            home.store.update_run(
+                run.run_id,
+                status="training",
+                started_at=now_iso(),
+                samples_count=counts["train"],
+                output_path=str(run_dir / "adapter"),
+            )
             profile = home.config.profile()
-            spec = TrainSpec(run_id=run.run_id, base_model=str(base), data_dir=str(run_dir / "data"),
-                             out_dir=str(run_dir / "adapter"), profile=asdict(profile),
-                             seed=home.config.training.seed)
-            self.process = TrainingProcess(self.backend, spec, run_dir,
-                                           nice=home.config.training.nice,
-                                           timeout_s=home.config.training.timeout_minutes * 60)
+            spec = TrainSpec(
+                run_id=run.run_id,
+                base_model=str(base),
+                data_dir=str(run_dir / "data"),
+                out_dir=str(run_dir / "adapter"),
+                profile=asdict(profile),
+                seed=home.config.training.seed,
+            )
+            self.process = TrainingProcess(
+                self.backend,
+                spec,
+                run_dir,
+                nice=home.config.training.nice,
+                timeout_s=home.config.training.timeout_minutes * 60,
+            )
             result = await self.process.run(self._on_progress)
             metrics = dict(result.metrics)
             metrics["dataset"] = counts  # type: ignore[assignment]
-            home.store.update_run(run.run_id, status="completed", finished_at=now_iso(),
-                                  metrics=metrics)
+            home.store.update_run(
+                run.run_id, status="completed", finished_at=now_iso(), metrics=metrics
+            )
             await asyncio.to_thread(self.deploy, run.run_id, result, ref, counts["train"])
         except asyncio.CancelledError:
-            home.store.update_run(run.run_id, status="failed", reason="daemon stopped",
-                                  finished_at=now_iso())
+            home.store.update_run(
+                run.run_id, status="failed", reason="daemon stopped", finished_at=now_iso()
+            )
             raise
         except SamBrainError as err:
             status = "cancelled" if str(err) == "cancelled" else "failed"
@@ -125,8 +150,12 @@ class TrainingJob:
             log.warning("training run %s %s: %s", run.run_id, status, err)
             raise TrainingFailed(str(err)) from err
         except Exception as err:  # never let a bug in one run take the daemon down
-            home.store.update_run(run.run_id, status="failed", reason=f"{type(err).__name__}: {err}",
-                                  finished_at=now_iso())
+            home.store.update_run(
+                run.run_id,
+                status="failed",
+                reason=f"{type(err).__name__}: {err}",
+                finished_at=now_iso(),
+            )
             log.exception("training run %s crashed", run.run_id)
             raise TrainingFailed(f"{type(err).__name__}: {err}") from err
         return home.store.get_run(run.run_id)
@@ -134,9 +163,13 @@ class TrainingJob:
     def deploy(self, run_id: str, result: TrainResult, base_ref: str, samples: int) -> None:
         """Register the best adapter as the next version and make it active."""
         version = self.home.versions.register(
-            Path(result.adapter_dir), run_id=run_id, base_model=base_ref,
-            training_samples=samples, metrics=result.metrics,
-            description=f"run {run_id} ({self.trigger})")
+            Path(result.adapter_dir),
+            run_id=run_id,
+            base_model=base_ref,
+            training_samples=samples,
+            metrics=result.metrics,
+            description=f"run {run_id} ({self.trigger})",
+        )
         self.home.versions.activate(version.version, reason=f"trained by run {run_id}")
         log.info("version %s active (run %s)", version.version, run_id)
 

@@ -62,9 +62,12 @@ def _problem(messages: list[Message]) -> str | None:
 def _trim(messages: list[Message], max_tokens: int) -> list[Message] | None:
     """Keep the longest prefix that ends on an assistant turn followed by a user turn (or the end)."""
     system = [m for m in messages[:1] if m["role"] == "system"]
-    body = messages[len(system):]
-    cut_points = [i + 1 for i, m in enumerate(body)
-                  if m["role"] == "assistant" and (i + 1 == len(body) or body[i + 1]["role"] == "user")]
+    body = messages[len(system) :]
+    cut_points = [
+        i + 1
+        for i, m in enumerate(body)
+        if m["role"] == "assistant" and (i + 1 == len(body) or body[i + 1]["role"] == "user")
+    ]
     for cut in reversed(cut_points):
         candidate = system + body[:cut]
         if estimate_tokens(candidate) <= max_tokens:
@@ -72,7 +75,9 @@ def _trim(messages: list[Message], max_tokens: int) -> list[Message] | None:
     return None
 
 
-def check_sample(sample: Sample, max_tokens: int, min_chars: int) -> tuple[Sample | None, str | None]:
+def check_sample(
+    sample: Sample, max_tokens: int, min_chars: int
+) -> tuple[Sample | None, str | None]:
     """Return (sample or trimmed sample, None) when usable, else (None, drop reason).
 
     A trimmed sample is returned with reason "trimmed" so the caller can count it.
@@ -86,7 +91,9 @@ def check_sample(sample: Sample, max_tokens: int, min_chars: int) -> tuple[Sampl
     problem = _problem(sample.messages)
     if problem:
         return None, problem
-    answer = "".join(str(m.get("content") or "") for m in sample.messages if m["role"] == "assistant")
+    answer = "".join(
+        str(m.get("content") or "") for m in sample.messages if m["role"] == "assistant"
+    )
     if len(answer.strip()) < min_chars and not any(m.get("tool_calls") for m in sample.messages):
         return None, "too_short"
     if estimate_tokens(sample.messages) <= max_tokens:

@@ -19,8 +19,13 @@ log = logging.getLogger(__name__)
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[tuple[str, Path]],
-                 kind: str, suffixes: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        queue: asyncio.Queue[tuple[str, Path]],
+        kind: str,
+        suffixes: tuple[str, ...],
+    ) -> None:
         self.loop = loop
         self.queue = queue
         self.kind = kind
@@ -54,8 +59,9 @@ class Watchers:
         for kind, directory, suffixes in self.wanted:
             if directory in self.watching or not directory.is_dir():
                 continue
-            self.observer.schedule(_Handler(self.loop, self.queue, kind, suffixes),
-                                   str(directory), recursive=True)
+            self.observer.schedule(
+                _Handler(self.loop, self.queue, kind, suffixes), str(directory), recursive=True
+            )
             self.watching.add(directory)
             started.append(directory)
             log.info("watching %s for %s", directory, kind)

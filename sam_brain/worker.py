@@ -46,8 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         backend = registry.backend(backend_name)
         pre = backend.preflight(spec)
         emit("preflight", asdict(pre))
-        result = backend.train(spec, lambda p: emit("progress", asdict(p)),
-                               lambda: stop["requested"])
+        result = backend.train(
+            spec, lambda p: emit("progress", asdict(p)), lambda: stop["requested"]
+        )
     except SamBrainError as err:
         emit("error", {"reason": str(err), "type": err.__class__.__name__})
         return EXIT_FAILED

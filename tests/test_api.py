@@ -16,8 +16,12 @@ from sam_brain.scheduler import Coordinator
 
 @pytest.fixture
 def home(tmp_path: Path) -> Any:
-    cfg = parse_config({"data_dir": str(tmp_path / "data"),
-                        "sources": {"sessions_dirs": [str(tmp_path / "sessions")]}})
+    cfg = parse_config(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "sources": {"sessions_dirs": [str(tmp_path / "sessions")]},
+        }
+    )
     h = Home.open(cfg)
     yield h
     h.close()
@@ -25,8 +29,9 @@ def home(tmp_path: Path) -> Any:
 
 @pytest.fixture
 async def client(aiohttp_client: Any, home: Home) -> TestClient:
-    ctx = AppContext(home=home, coordinator=Coordinator(home, "mlx"), backend="mlx",
-                     backend_why="test")
+    ctx = AppContext(
+        home=home, coordinator=Coordinator(home, "mlx"), backend="mlx", backend_why="test"
+    )
     return await aiohttp_client(make_app(ctx))
 
 
@@ -44,13 +49,18 @@ async def test_self_has_the_documented_shape(client: TestClient) -> None:
     assert doc["status"]["backend"] == "mlx"
 
 
-@pytest.mark.parametrize("body,needle", [
-    (b"{not json", "not valid JSON"),
-    (b"[1, 2]", "JSON object"),
-    (b'{"force": true, "colour": "red"}', "unknown field"),
-    (b'{"force": "yes"}', "true or false"),
-])
-async def test_bad_requests_are_400_with_a_message(client: TestClient, body: bytes, needle: str) -> None:
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "JSON object"),
+        (b'{"force": true, "colour": "red"}', "unknown field"),
+        (b'{"force": "yes"}', "true or false"),
+    ],
+)
+async def test_bad_requests_are_400_with_a_message(
+    client: TestClient, body: bytes, needle: str
+) -> None:
     resp = await client.post("/api/train", data=body)
     assert resp.status == 400
     assert needle in (await resp.json())["error"]

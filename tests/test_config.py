@@ -19,18 +19,33 @@ def test_defaults_match_the_documented_product() -> None:
     assert cfg.training.cuda_base_model == "Qwen/Qwen2.5-7B-Instruct"
     assert cfg.training.max_runs_per_day == 3
     p8 = cfg.profiles["8gb"]
-    assert (p8.lora_rank, p8.lora_alpha, p8.batch_size, p8.grad_accum, p8.max_seq_length,
-            p8.num_layers, p8.grad_checkpoint, p8.learning_rate, p8.epochs) == (
-        4, 8.0, 1, 4, 512, 8, True, 1e-4, 1.0)
+    assert (
+        p8.lora_rank,
+        p8.lora_alpha,
+        p8.batch_size,
+        p8.grad_accum,
+        p8.max_seq_length,
+        p8.num_layers,
+        p8.grad_checkpoint,
+        p8.learning_rate,
+        p8.epochs,
+    ) == (4, 8.0, 1, 4, 512, 8, True, 1e-4, 1.0)
     full = cfg.profiles["full"]
     assert (full.lora_rank, full.lora_alpha, full.batch_size, full.max_seq_length, full.epochs) == (
-        8, 16.0, 4, 2048, 3.0)
+        8,
+        16.0,
+        4,
+        2048,
+        3.0,
+    )
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     f = tmp_path / "config.toml"
-    f.write_text('[api]\nport = "x"\nbogus = 1\n[training]\nmin_for_training = "many"\n'
-                 '[profiles.8gb]\nlora_rank = "a"\n')
+    f.write_text(
+        '[api]\nport = "x"\nbogus = 1\n[training]\nmin_for_training = "many"\n'
+        '[profiles.8gb]\nlora_rank = "a"\n'
+    )
     with pytest.raises(ConfigError) as info:
         load_config(f)
     msg = str(info.value)
@@ -42,14 +57,23 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
 
 def test_semantic_problems_are_collected() -> None:
     with pytest.raises(ConfigError) as info:
-        parse_config({"training": {"backend": "tpu", "profile": "nope", "nightly_window": "25:00-2"},
-                      "pipeline": {"split": [0.5, 0.5, 0.5]}}, "c.toml")
+        parse_config(
+            {
+                "training": {"backend": "tpu", "profile": "nope", "nightly_window": "25:00-2"},
+                "pipeline": {"split": [0.5, 0.5, 0.5]},
+            },
+            "c.toml",
+        )
     assert len(info.value.problems) == 4
 
 
 def test_profiles_override_and_extend() -> None:
-    cfg = parse_config({"training": {"profile": "mine"},
-                        "profiles": {"8gb": {"max_steps": 7}, "mine": {"lora_rank": 2}}})
+    cfg = parse_config(
+        {
+            "training": {"profile": "mine"},
+            "profiles": {"8gb": {"max_steps": 7}, "mine": {"lora_rank": 2}},
+        }
+    )
     assert cfg.profiles["8gb"].max_steps == 7 and cfg.profiles["8gb"].lora_rank == 4
     assert cfg.profile().lora_rank == 2
     assert cfg.profile().batch_size == 4  # a new profile starts from the dataclass defaults

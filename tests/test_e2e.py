@@ -30,8 +30,12 @@ def get(url: str) -> Any:
 
 
 def post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                 headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
@@ -91,13 +95,22 @@ save_every = 6
     log = tmp_path / "daemon.log"
     url = f"http://127.0.0.1:{port}"
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "sam_brain.daemon", "serve"], env=env,
-                                stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sam_brain.daemon", "serve"],
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait(lambda: get(url + "/api/health")["ok"], 60, proc, log)
         # A second daemon on the same home refuses to start.
-        second = subprocess.run([sys.executable, "-m", "sam_brain.daemon", "serve", "--port",
-                                 str(free_port())], env=env, capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [sys.executable, "-m", "sam_brain.daemon", "serve", "--port", str(free_port())],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 10 and "another daemon" in second.stderr
         write_example_sessions(sessions, n_sessions=6, seed=3)
 
@@ -122,14 +135,20 @@ save_every = 6
         assert b_keys and any(np.abs(weights[k]).max() > 0 for k in b_keys)
         from backends.mlx import MLXBackend
 
-        reply = MLXBackend().generate(str(tiny_model), str(adapter),
-                                      [{"role": "user", "content": "hello"}], max_tokens=8)
+        reply = MLXBackend().generate(
+            str(tiny_model), str(adapter), [{"role": "user", "content": "hello"}], max_tokens=8
+        )
         assert isinstance(reply, str)
 
         # A forced run trains again below the threshold; rollback goes back to v1.0.0.
         code, body = post(url + "/api/train", {"force": True})
         assert code == 202 and body["run_id"]
-        wait(lambda: get(url + "/api/self")["training_stats"]["model_version"] == "v1.0.1", 240, proc, log)
+        wait(
+            lambda: get(url + "/api/self")["training_stats"]["model_version"] == "v1.0.1",
+            240,
+            proc,
+            log,
+        )
         code, body = post(url + "/api/rollback", {})
         assert code == 200 and body["version"]["version"] == "v1.0.0"
     finally:

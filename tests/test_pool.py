@@ -8,10 +8,17 @@ from sam_brain.protocols import Sample, stable_id
 
 
 def sample(key: str, n: int, text: str = "answer", ready_after: float = 0.0) -> Sample:
-    return Sample(id=stable_id("test", key, str(n)), source="sessions", source_key=key, group=key,
-                  messages=[{"role": "user", "content": f"q{n}"},
-                            {"role": "assistant", "content": f"{text} {n}"}],
-                  ready_after=ready_after)
+    return Sample(
+        id=stable_id("test", key, str(n)),
+        source="sessions",
+        source_key=key,
+        group=key,
+        messages=[
+            {"role": "user", "content": f"q{n}"},
+            {"role": "assistant", "content": f"{text} {n}"},
+        ],
+        ready_after=ready_after,
+    )
 
 
 def test_reingest_updates_instead_of_duplicating(tmp_path: Path) -> None:
@@ -23,12 +30,16 @@ def test_reingest_updates_instead_of_duplicating(tmp_path: Path) -> None:
     assert counts == {"inserted": 0, "updated": 3, "deleted": 0}
     assert pool.count() == 3
     assert pool.existing([s.id for s, _ in batch]) == first_seen  # first_seen survives updates
-    assert {s.messages[1]["content"] for s, _ in pool.samples()} == {f"changed {i}" for i in range(3)}
+    assert {s.messages[1]["content"] for s, _ in pool.samples()} == {
+        f"changed {i}" for i in range(3)
+    }
 
 
 def test_replace_key_removes_vanished_samples_only_of_that_key(tmp_path: Path) -> None:
     pool = Pool(tmp_path / "pool")
-    pool.upsert([(sample("s1", i), "train") for i in range(3)] + [(sample("s2", 0), "val")], {"s1", "s2"})
+    pool.upsert(
+        [(sample("s1", i), "train") for i in range(3)] + [(sample("s2", 0), "val")], {"s1", "s2"}
+    )
     v = pool.version
     counts = pool.upsert([(sample("s1", 0), "train")], {"s1"})
     assert counts["deleted"] == 2
@@ -40,7 +51,9 @@ def test_replace_key_removes_vanished_samples_only_of_that_key(tmp_path: Path) -
 def test_trainable_count_respects_quiet_period_and_since(tmp_path: Path) -> None:
     pool = Pool(tmp_path / "pool")
     future = time.time() + 600
-    pool.upsert([(sample("s1", 0), "train"), (sample("s1", 1, ready_after=future), "train")], {"s1"})
+    pool.upsert(
+        [(sample("s1", 0), "train"), (sample("s1", 1, ready_after=future), "train")], {"s1"}
+    )
     assert pool.trainable_count() == 1
     assert pool.trainable_count(since=time.time() + 1) == 0
 

@@ -22,13 +22,18 @@ def versions(tmp_path: Path) -> Versions:
     return Versions(Store(tmp_path / "state.db"), tmp_path / "versions")
 
 
-def test_register_names_checksums_and_copies_only_deployable_files(versions: Versions, tmp_path: Path) -> None:
+def test_register_names_checksums_and_copies_only_deployable_files(
+    versions: Versions, tmp_path: Path
+) -> None:
     v0 = versions.register(make_adapter(tmp_path / "a0", b"w0"), run_id="r0", training_samples=5)
     v1 = versions.register(make_adapter(tmp_path / "a1", b"w1"), run_id="r1")
     assert (v0.version, v1.version) == ("v1.0.0", "v1.0.1")
     stored = Path(v0.adapter_path)
     assert sorted(p.name for p in stored.iterdir()) == [
-        "adapter_config.json", "adapters.safetensors", "manifest.json"]
+        "adapter_config.json",
+        "adapters.safetensors",
+        "manifest.json",
+    ]
     assert v0.checksum == checksum_dir(stored)
     assert v0.checksum != v1.checksum
     assert not list(versions.root.glob(".*.tmp"))
@@ -47,7 +52,7 @@ def test_activate_and_rollback_follow_deploy_history(versions: Versions, tmp_pat
     with pytest.raises(Conflict, match="nothing to roll back"):
         versions.rollback()
     assert versions.rollback("v1.0.2").version == "v1.0.2"  # explicit target is allowed
-    with pytest.raises(NotFound, match="v9.9.9"):
+    with pytest.raises(NotFound, match=r"v9\.9\.9"):
         versions.rollback("v9.9.9")
 
 
@@ -62,6 +67,6 @@ def test_corrupt_version_is_refused(versions: Versions, tmp_path: Path) -> None:
 def test_missing_files_fail_the_sanity_check(versions: Versions, tmp_path: Path) -> None:
     d = tmp_path / "empty"
     d.mkdir()
-    with pytest.raises(PromotionRejected, match="adapters.safetensors"):
+    with pytest.raises(PromotionRejected, match=r"adapters\.safetensors"):
         versions.register(d)
     assert versions.store.versions() == []
