@@ -13,6 +13,7 @@ files live in `backends/mlx.py`; this module only trains and measures.
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from sam_brain.protocols import Progress
 Row = tuple[list[int], list[int]]
 PAD_MULTIPLE = 8  # fewer distinct shapes to allocate for, little padding
 RECENT = 10  # steps averaged into the reported final train loss
+OOM_MARKERS = ("out of memory", "unable to allocate", "resource limit", "[malloc]")
 
 
 @dataclass
@@ -251,3 +253,40 @@ def _validate(
         return ""
     state.bad_evals += 1
     return "early_stopped" if state.bad_evals >= cfg.patience else ""
+
+
+def govern_memory(estimate_mb: float) -> Callable[[], None]:
+    """Cap MLX's memory at 80% of RAM and its buffer cache at the run's estimate.
+
+    Returns a function restoring the previous limits (tests train several times per process).
+    """
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = int(ram * 0.8)
+    prev_memory = mx.set_memory_limit(limit)
+    prev_cache = mx.set_cache_limit(min(limit // 2, int(estimate_mb * 1e6)))
+
+    def restore() -> None:
+        mx.set_memory_limit(prev_memory)
+        mx.set_cache_limit(prev_cache)
+
+    return restore
+
+
+def is_oom(err: BaseException) -> bool:
+    """MLX reports allocation failures as RuntimeError; match its messages."""
+    return isinstance(err, MemoryError) or any(m in str(err).lower() for m in OOM_MARKERS)
+
+
+def shrink_after_oom(state: RunState, err: BaseException) -> str:
+    """Halve the micro-batch (doubling accumulation keeps the step size) or else the length."""
+    if state.batch_size > 1:
+        state.batch_size //= 2
+        state.grad_accum *= 2
+        # Keep the same share of the epoch consumed; the batch order is redrawn.
+        state.micro *= 2
+        return (
+            f"out of memory ({err}); retried with batch_size {state.batch_size}, "
+            f"grad_accum {state.grad_accum}"
+        )
+    state.max_seq_length = max(16, state.max_seq_length // 2)
+    return f"out of memory ({err}); retried with max_seq_length {state.max_seq_length}"

@@ -159,7 +159,10 @@ def _decode_line(raw: bytes, skipped: Counter[str], open_last: bool) -> Record |
             skipped["truncated_last_line"] += 1
             return None
         obj = _salvage(text)
-        skipped["salvaged_line" if obj is not None else "bad_json"] += 1
+        if obj is None:
+            skipped["bad_json"] += 1
+            return None
+        skipped["salvaged_line"] += 1
     if not isinstance(obj, dict):
         skipped["not_object"] += 1
         return None

@@ -194,17 +194,35 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
         elif args.source == "docs":
             report = ingest(home, cls(paths=paths))
         else:
+            # Read the named files as records: never move or touch the user's own files.
+            from sam_brain.ingest import store_result
+
+            records: list[object] = []
+            for p in paths:
+                for f in sorted(p.glob("*.jsonl")) if p.is_dir() else [p]:
+                    records.extend(_read_jsonl(f))
             d = home.data / "distill"
-            collector = cls(
-                inbox=paths[0] if paths[0].is_dir() else paths[0].parent,
-                rejects_path=d / "rejects.jsonl",
-                processed_dir=d / "processed",
-            )
-            report = ingest(home, collector)
+            collector = cls(inbox=home.distill_inbox, rejects_path=d / "rejects.jsonl",
+                            processed_dir=d / "processed")
+            result, rejects = collector.ingest_records(records)
+            report = store_result(home, "distill", result)
+            report.dropped["rejected"] += len(rejects)
     finally:
         home.close()
     _print(report.to_dict(), args.json)
     return 0
+
+
+def _read_jsonl(path: Path) -> list[object]:
+    """Parsed lines; a line that is not JSON stays a string so validation rejects it by name."""
+    out: list[object] = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                out.append(line)
+    return out
 
 
 def cmd_data(args: argparse.Namespace, config: Config) -> int:

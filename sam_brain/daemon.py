@@ -69,6 +69,7 @@ class Daemon:
         self.port = port
         self.stop_event = asyncio.Event()
         self.ingest_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()  # strong refs so tasks are not collected
 
     async def ingest(self, kind: str, paths: list[Path] | None = None) -> None:
         collector: Collector | None = self.collectors.get(kind)
@@ -115,6 +116,13 @@ class Daemon:
             batch = await self.watchers.batches()
             for kind, paths in batch.items():
                 await self.ingest(kind, sorted(paths))
+                if kind == "distill":
+                    # The inbox collector leaves files younger than 2 s for later: look again soon.
+                    asyncio.get_running_loop().call_later(2.5, self._repoll_distill)
+
+    def _repoll_distill(self) -> None:
+        self._tasks.add(task := asyncio.get_running_loop().create_task(self.ingest("distill")))
+        task.add_done_callback(self._tasks.discard)
 
     async def run(self) -> None:
         self.home = Home.open(self.config)

@@ -38,7 +38,9 @@ class MaskStats:
     supervised_tokens: int = 0
 
 
-def encode_chat(tokenizer: Any, messages: list[Message], max_length: int) -> tuple[list[int], list[int]]:
+def encode_chat(
+    tokenizer: Any, messages: list[Message], max_length: int
+) -> tuple[list[int], list[int]]:
     """Tokenize one conversation and mark the tokens the loss is computed on.
 
     Args:

@@ -289,13 +289,11 @@ _RULES = (
 _KEY_WORD_RE = re.compile(r"(?i)token|secret|passw|passphrase|pwd|pw|pass|key|credential|auth")
 _KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _ASSIGN_RE = re.compile(
-    r"[\"'\]]?[ \t]*(?::=|=>|=(?!=)|:(?![:/]))[ \t]*@?"
+    r"(?:[\"'\]][ \t]*(?::=|=>|=(?!=)|:)|[ \t]*(?::=|=>|=(?!=)|:(?=[ \t])))[ \t]*@?"
     r"(?:\"(?P<dq>[^\"\n]*)\"|'(?P<sq>[^'\n]*)'|`(?P<bq>[^`\n]*)`|(?P<bare>[^\s\"'`,;)}\]]+))")
 _FLAG_VALUE_RE = re.compile(r"[ \t]+(?:\"(?P<dq>[^\"\n]*)\"|'(?P<sq>[^'\n]*)'|(?P<bare>[^\s\"'`;|&]+))")
 _CRED_WORDS = ("token", "secret", "password", "passwd", "passphrase", "pwd", "pw", "pass", "apikey",
                "credential", "credentials", "auth")
-_CRED_ENDINGS = ("token", "secret", "password", "passwd", "apikey", "accesskey", "secretkey",
-                 "privatekey", "authkey")
 _KEY_QUALIFIERS = ("api", "access", "secret", "private", "auth", "client", "master", "account",
                    "service", "signing", "encryption", "license", "app", "admin", "db", "database",
                    "priv", "subscription", "consumer", "webhook", "session")
@@ -308,8 +306,11 @@ def _key_is_credential(key: str) -> bool:
     if not words:
         return False
     last = words[-1]
-    if last in _CRED_WORDS or last.endswith(_CRED_ENDINGS):
+    if last in _CRED_WORDS:
         return True
+    for word in ("token", "secret", "password", "key"):  # authtoken, clientsecret, apikey
+        if last.endswith(word) and last[: -len(word)] in _KEY_QUALIFIERS:
+            return True
     return last == "key" and len(words) > 1 and words[-2] in _KEY_QUALIFIERS
 
 
@@ -391,10 +392,17 @@ class Scrubber:
             for m in _EMAIL_RE.finditer(text):
                 if not _EMAIL_KEEP_RE.search(m.group()):
                     spans.append((m.start(), m.end(), _PRIORITY_PII, "email"))
+        # An e-mail or IP inside a credential is left to the credential rule (no merged spans).
+        strong = [s for s in spans if s[2] < _PRIORITY_PII]
+        spans = [s for s in spans if s[2] < _PRIORITY_PII or not _overlaps(s, strong)]
         if spans and "[REDACTED:" in text:
-            marks = [m.span() for m in MARKER_RE.finditer(text)]
-            spans = [s for s in spans if not any(s[0] < b and a < s[1] for a, b in marks)]
+            marks = [(m.start(), m.end(), 0, "") for m in MARKER_RE.finditer(text)]
+            spans = [s for s in spans if not _overlaps(s, marks)]
         return _everywhere(text, spans)
+
+
+def _overlaps(span: Span, others: list[Span]) -> bool:
+    return any(span[0] < o[1] and o[0] < span[1] for o in others)
 
 
 def _plugin_spans(text: str, spans: list[Span]) -> None:
@@ -410,10 +418,10 @@ def _plugin_spans(text: str, spans: list[Span]) -> None:
             hi = starts[i + 1] - 1 if i + 1 < len(starts) else len(text)
             line = text[lo:hi]
             for value in set(entry.plugin.analyze_string(line)):
-                if not value or (entry.entropy_limit is not None
-                                 and entry.plugin.calculate_shannon_entropy(value) <= entry.entropy_limit):
+                if entry.entropy_limit is not None and (
+                        entry.plugin.calculate_shannon_entropy(value) <= entry.entropy_limit):
                     continue
-                for a, b in _locate(line, value):
+                for a, b in _locate(line, value) if value else _regex_spans(entry.plugin, line):
                     token = line[a:b]
                     if entry.check is None or entry.check(token, line):
                         spans.append((lo + a, lo + b, entry.priority, entry.kind))
@@ -434,6 +442,21 @@ def _locate(line: str, value: str) -> list[tuple[int, int]]:
     return out
 
 
+def _regex_spans(plugin: Any, line: str) -> list[tuple[int, int]]:
+    """Match spans of a plugin's own regexes, for plugins that report an empty secret value."""
+    out = []
+    for regex in getattr(plugin, "denylist", ()):
+        for m in regex.finditer(line):
+            a, b = m.span()
+            while a < b and line[a] not in _TOKEN_CHARS:
+                a += 1
+            while b > a and line[b - 1] not in _TOKEN_CHARS:
+                b -= 1
+            if b > a:
+                out.append((a, b))
+    return out
+
+
 def _assignment_spans(text: str, spans: list[Span]) -> None:
     seen: set[int] = set()
     for m in _KEY_WORD_RE.finditer(text):
@@ -447,7 +470,7 @@ def _assignment_spans(text: str, spans: list[Span]) -> None:
         while start > 0 and text[start - 1] in _KEY_CHARS:
             start -= 1
         key = text[start:end].lstrip("-")
-        if not _key_is_credential(key):
+        if text.startswith("[REDACTED:", start - 10) or not _key_is_credential(key):
             continue
         v = _ASSIGN_RE.match(text, end)
         if v is None and text.startswith("--", start):

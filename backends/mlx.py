@@ -1,0 +1,500 @@
+"""The MLX LoRA backend: mlx-lm's model loading and LoRA layers, with SAM Brain's own loop.
+
+`MLXBackend.train` loads the base with `mlx_lm.load`, wraps the profile's modules with
+`linear_to_lora_layers` (scale = lora_alpha / lora_rank), encodes the data with
+`sam_brain.masking` (every assistant turn supervised) and runs `backends.mlx_loop.run_steps`:
+length-bucketed batches, token-weighted gradient accumulation, optional gradient checkpointing,
+validation with early stopping, and a resumable checkpoint (adapter + optimizer state + step +
+data position) written atomically every `save_every` steps. The best adapter by validation loss
+is kept in `out_dir/adapters.safetensors` with an mlx-lm `adapter_config.json`, so
+`mlx_lm.load(base, adapter_path=out_dir)` and `mlx_lm server --adapter-path` use it directly.
+Profile options this backend cannot honour are refused, never ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.optimizers as optim
+from mlx.utils import tree_flatten, tree_unflatten
+
+from backends.checkpoint import atomic_file, load_checkpoint, save_checkpoint, write_text_atomic
+from backends.mlx_loop import (
+    Buckets,
+    LoopConfig,
+    RunState,
+    enable_grad_checkpoint,
+    evaluate,
+    govern_memory,
+    is_oom,
+    run_steps,
+    shrink_after_oom,
+)
+from sam_brain.config import Profile
+from sam_brain.errors import BackendUnavailable, ModelUnavailable, TrainingFailed
+from sam_brain.masking import MaskStats, encode_rows, load_rows
+from sam_brain.protocols import Message, Preflight, Progress, TrainResult, TrainSpec
+
+ADAPTER_FILE = "adapters.safetensors"
+# Profile fields this backend implements; any other option is refused, not ignored.
+HONOURED = frozenset(
+    {
+        "lora_rank",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_keys",
+        "num_layers",
+        "batch_size",
+        "grad_accum",
+        "max_seq_length",
+        "grad_checkpoint",
+        "learning_rate",
+        "epochs",
+        "max_steps",
+        "eval_every",
+        "save_every",
+        "patience",
+    }
+)
+
+
+class MLXBackend:
+    """LoRA training and generation on MLX (Apple Silicon, or the CPU on Linux)."""
+
+    name = "mlx"
+
+    def __init__(self, patience: int = 3) -> None:
+        """Args: patience: validation passes without improvement before stopping early
+        (a `patience` key in the profile overrides it)."""
+        self.patience = patience
+
+    def preflight(self, spec: TrainSpec) -> Preflight:
+        """Count samples and tokens and estimate peak memory, without loading weights.
+
+        Raises:
+            BackendUnavailable: The profile asks for something this backend cannot honour.
+            ModelUnavailable: `spec.base_model` is not a local model directory.
+        """
+        base = _base_dir(spec.base_model)
+        shape = read_model_shape(base)
+        opts, patience = _checked(spec.profile, shape, self.patience)
+        from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+        tokenizer = load_tokenizer(base)
+        data = Path(spec.data_dir)
+        train_rows, train_stats = encode_rows(
+            tokenizer, load_rows(data / "train.jsonl"), opts.max_seq_length
+        )
+        _, val_stats = encode_rows(tokenizer, load_rows(data / "valid.jsonl"), opts.max_seq_length)
+        longest = max((len(ids) for ids, _ in train_rows), default=0)
+        return Preflight(
+            train_samples=train_stats.kept,
+            val_samples=val_stats.kept,
+            train_tokens=train_stats.tokens,
+            estimated_memory_mb=estimate_memory_mb(shape, opts, min(longest, opts.max_seq_length)),
+            notes=_data_notes(data, train_stats, val_stats),
+        )
+
+    def train(
+        self,
+        spec: TrainSpec,
+        progress: Callable[[Progress], None],
+        cancelled: Callable[[], bool],
+    ) -> TrainResult:
+        """Train a LoRA adapter into `spec.out_dir`, resuming from its checkpoint when allowed.
+
+        Raises:
+            BackendUnavailable: The profile asks for something this backend cannot honour.
+            TrainingFailed: No trainable rows, NaN/inf loss, or out of memory after a retry.
+        """
+        from mlx_lm import load
+        from mlx_lm.tuner.utils import linear_to_lora_layers
+
+        wall = time.perf_counter()
+        base = _base_dir(spec.base_model)
+        shape = read_model_shape(base)
+        opts, patience = _checked(spec.profile, shape, self.patience)
+        out = Path(spec.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        notes: list[str] = []
+
+        model, tokenizer = load(str(base))
+        data = Path(spec.data_dir)
+        train_rows, train_stats = encode_rows(
+            tokenizer, load_rows(data / "train.jsonl"), opts.max_seq_length
+        )
+        val_rows, val_stats = encode_rows(
+            tokenizer, load_rows(data / "valid.jsonl"), opts.max_seq_length
+        )
+        notes += _data_notes(data, train_stats, val_stats)
+        if not train_rows:
+            raise TrainingFailed(f"no trainable rows in {data / 'train.jsonl'}")
+
+        mx.random.seed(spec.seed)  # LoRA A matrices are drawn from this
+        model.freeze()
+        lora = _lora_parameters(opts)
+        linear_to_lora_layers(model, opts.num_layers, lora)
+        _write_adapter_config(out, base, opts, lora)
+
+        total_steps = _total_steps(opts, len(train_rows))
+        optimizer = optim.Adam(learning_rate=_schedule(opts.learning_rate, total_steps))
+        ckpt_root = out / "checkpoint"
+        state = RunState(opts.batch_size, opts.grad_accum, opts.max_seq_length)
+        state.fingerprint = _fingerprint(spec, base, data)
+        found = load_checkpoint(ckpt_root) if spec.resume else None
+        if found is not None and found[1].get("fingerprint") == state.fingerprint:
+            state = _restore(found[0], found[1], model, optimizer)
+            notes.append(f"resumed from step {state.step}")
+        elif found is not None:
+            notes.append("checkpoint ignored: it belongs to different data, base or profile")
+
+        def save_best() -> None:
+            _save_adapter(model, out / ADAPTER_FILE)
+
+        def save_ckpt() -> None:
+            def write(d: Path) -> None:
+                mx.save_safetensors(str(d / ADAPTER_FILE), _adapter_weights(model))
+                mx.save_safetensors(str(d / "optimizer.safetensors"), _opt_weights(optimizer))
+
+            save_checkpoint(ckpt_root, state.step, asdict(state), write)
+
+        restore_memory = govern_memory(estimate_memory_mb(shape, opts, opts.max_seq_length))
+        undo_ckpt = enable_grad_checkpoint(model) if opts.grad_checkpoint else None
+        valid = Buckets(val_rows, opts.batch_size, spec.seed) if val_rows else None
+        if valid is None:
+            notes.append("no validation rows: the final adapter is kept, no early stopping")
+        reason = "done"
+        try:
+            if valid is not None and state.initial_val_loss is None:
+                state.initial_val_loss = state.best_val_loss = evaluate(model, valid)
+                save_best()  # the untrained adapter is the best until something beats it
+            cfg = LoopConfig(total_steps, opts.eval_every, opts.save_every, patience, spec.seed)
+            for attempt in (1, 2):
+                train = Buckets(train_rows, state.batch_size, spec.seed)
+                try:
+                    reason = _resume_reason(state, cfg) or run_steps(
+                        model,
+                        optimizer,
+                        train,
+                        valid,
+                        state,
+                        cfg,
+                        progress,
+                        cancelled,
+                        on_best=save_best,
+                        on_save=save_ckpt,
+                    )
+                    break
+                except (RuntimeError, MemoryError) as err:
+                    if attempt == 2 or not is_oom(err):
+                        raise TrainingFailed(f"training crashed: {err}") from err
+                    notes.append(shrink_after_oom(state, err))
+                    train_rows = [
+                        (ids[: state.max_seq_length], m[: state.max_seq_length])
+                        for ids, m in train_rows
+                        if any(m[: state.max_seq_length])
+                    ]
+                    mx.clear_cache()
+        finally:
+            if undo_ckpt is not None:
+                undo_ckpt()
+            restore_memory()
+        save_ckpt()
+        if valid is None or not (out / ADAPTER_FILE).exists():
+            save_best()
+        notes.append(f"stopped: {reason} at step {state.step}/{total_steps}")
+        metrics = _metrics(state, time.perf_counter() - wall)
+        _write_manifest(out, spec, base, opts, patience, state, metrics, notes, reason)
+        return TrainResult(adapter_dir=str(out), steps=state.step, metrics=metrics, notes=notes)
+
+    def generate(
+        self,
+        base_model: str,
+        adapter_dir: str | None,
+        messages: list[Message],
+        max_tokens: int = 64,
+    ) -> str:
+        """Greedy completion of `messages` (chat template applied), with the adapter if given."""
+        from mlx_lm import generate, load
+
+        model, tokenizer = load(str(_base_dir(base_model)), adapter_path=adapter_dir)
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        return str(generate(model, tokenizer, prompt, max_tokens=max_tokens))
+
+
+def _base_dir(base_model: str) -> Path:
+    path = Path(base_model).expanduser()
+    if not (path / "config.json").exists():
+        raise ModelUnavailable(f"base model {base_model!r} is not a local model directory")
+    return path
+
+
+def _checked(profile: dict[str, Any], shape: ModelShape, patience: int) -> tuple[Profile, int]:
+    """The profile as a `Profile` (defaults filled in, `num_layers` resolved) and the patience.
+
+    Raises:
+        BackendUnavailable: Listing every option that is unknown here or cannot be applied.
+    """
+    problems = [
+        f"{key}={value!r} (not implemented by the mlx backend)"
+        for key, value in sorted(profile.items())
+        if key not in HONOURED and value not in (None, False, 0, "", [], {})
+    ]
+    given = {k: v for k, v in profile.items() if k in HONOURED and k != "patience"}
+    opts = replace(Profile(), **given)
+    patience = int(profile.get("patience") or patience)
+    for name, ok in (
+        ("lora_rank", opts.lora_rank >= 1),
+        ("lora_alpha", opts.lora_alpha > 0),
+        ("lora_dropout", 0 <= opts.lora_dropout < 1),
+        ("batch_size", opts.batch_size >= 1),
+        ("grad_accum", opts.grad_accum >= 1),
+        ("max_seq_length", opts.max_seq_length >= 2),
+        ("learning_rate", opts.learning_rate > 0),
+        ("eval_every", opts.eval_every >= 1),
+        ("save_every", opts.save_every >= 1),
+        ("patience", patience >= 1),
+        ("epochs", opts.epochs > 0 or opts.max_steps > 0),
+        ("max_steps", opts.max_steps >= 0),
+    ):
+        if not ok:
+            problems.append(
+                f"{name}={profile.get(name, getattr(opts, name, patience))!r} is out of range"
+            )
+    if opts.num_layers > shape.num_layers or opts.num_layers == 0 or opts.num_layers < -1:
+        problems.append(f"num_layers={opts.num_layers} but the model has {shape.num_layers} blocks")
+    missing = [k for k in opts.lora_keys if k not in shape.linears]
+    if missing or not opts.lora_keys:
+        problems.append(
+            f"lora_keys {missing or '[]'} are not linear modules of a block "
+            f"(choose from: {', '.join(sorted(shape.linears))})"
+        )
+    if problems:
+        raise BackendUnavailable("mlx backend cannot honour: " + "; ".join(problems))
+    layers = shape.num_layers if opts.num_layers == -1 else opts.num_layers
+    return replace(opts, num_layers=layers), patience
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What preflight needs from a base model directory, read without loading weights."""
+
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    vocab_size: int
+    weight_bytes: int
+    linears: dict[str, tuple[int, int]]  # block-relative module -> (in, out) features
+
+
+def read_model_shape(base: Path) -> ModelShape:
+    """Layer count, sizes and the linear modules of block 0, from config.json and headers."""
+    from safetensors import safe_open
+
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    text = config.get("text_config", config)
+    bits = int((config.get("quantization") or {}).get("bits", 32))
+    files = sorted(base.glob("*.safetensors"))
+    if not files:
+        raise ModelUnavailable(f"no *.safetensors weights in {base}")
+    linears: dict[str, tuple[int, int]] = {}
+    prefix = "model.layers.0."
+    for file in files:
+        with safe_open(str(file), framework="numpy") as fh:
+            for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if key.startswith(prefix) and key.endswith(".weight"):
+                    dims = fh.get_slice(key).get_shape()
+                    if len(dims) == 2:
+                        # Quantized weights pack 32 // bits values per uint32 column.
+                        linears[key[len(prefix) : -len(".weight")]] = (
+                            dims[1] * 32 // bits,
+                            dims[0],
+                        )
+    return ModelShape(
+        num_layers=int(text["num_hidden_layers"]),
+        hidden_size=int(text["hidden_size"]),
+        intermediate_size=int(text.get("intermediate_size", 4 * text["hidden_size"])),
+        vocab_size=int(text["vocab_size"]),
+        weight_bytes=sum(f.stat().st_size for f in files),
+        linears=linears,
+    )
+
+
+def estimate_memory_mb(shape: ModelShape, opts: Profile, seq: int) -> float:
+    """Rough peak memory of one training step: weights, LoRA + Adam, activations, logits."""
+    hidden, inter = shape.hidden_size, shape.intermediate_size
+    layers = shape.num_layers if opts.num_layers == -1 else opts.num_layers
+    lora = layers * sum(
+        opts.lora_rank * sum(shape.linears.get(k, (hidden, hidden))) for k in opts.lora_keys
+    )
+    tokens = opts.batch_size * max(seq, 1)
+    per_layer = 4 * (10 * hidden + 3 * inter)  # fp32 tensors a block keeps for backward
+    if opts.grad_checkpoint:
+        acts = tokens * (shape.num_layers * 4 * hidden + per_layer)
+    else:
+        acts = tokens * shape.num_layers * per_layer
+    logits = tokens * shape.vocab_size * 4 * 3  # logits, softmax, their gradient
+    return 1.2 * (shape.weight_bytes + 16 * lora + acts + logits) / 1e6
+
+
+def _data_notes(data: Path, train: MaskStats, val: MaskStats) -> list[str]:
+    notes = []
+    for split, st in (("train", train), ("valid", val)):
+        if st.truncated:
+            notes.append(f"{split}: {st.truncated} of {st.rows} rows truncated to max_seq_length")
+        if st.fully_masked:
+            notes.append(f"{split}: {st.fully_masked} rows dropped with no assistant tokens")
+    if (data / "preference.jsonl").exists():
+        notes.append("preference.jsonl not used: the MLX backend trains SFT only")
+    return notes
+
+
+def _lora_parameters(opts: Profile) -> dict[str, Any]:
+    return {
+        "rank": opts.lora_rank,
+        "scale": opts.lora_alpha / opts.lora_rank,
+        "dropout": opts.lora_dropout,
+        "keys": list(opts.lora_keys),
+    }
+
+
+def _write_adapter_config(out: Path, base: Path, opts: Profile, lora: dict[str, Any]) -> None:
+    # mlx-lm's own format, read by mlx_lm.load(adapter_path=...) and the server.
+    config = {
+        "fine_tune_type": "lora",
+        "model": str(base),
+        "num_layers": opts.num_layers,
+        "lora_parameters": lora,
+    }
+    write_text_atomic(out / "adapter_config.json", json.dumps(config, indent=2, sort_keys=True))
+
+
+def _total_steps(opts: Profile, rows: int) -> int:
+    if opts.max_steps > 0:
+        return opts.max_steps
+    micro_per_epoch = math.ceil(rows / opts.batch_size)
+    return max(1, math.ceil(opts.epochs * micro_per_epoch / opts.grad_accum))
+
+
+def _schedule(peak: float, total: int) -> Callable[[mx.array], mx.array]:
+    """Linear warm-up over 10% of the steps (at most 100), then cosine decay to 10% of peak."""
+    warmup = max(1, min(100, total // 10))
+    return optim.join_schedules(  # type: ignore[no-any-return]
+        [
+            optim.linear_schedule(peak * 0.1, peak, warmup),
+            optim.cosine_decay(peak, max(1, total - warmup), peak * 0.1),
+        ],
+        [warmup],
+    )
+
+
+def _fingerprint(spec: TrainSpec, base: Path, data: Path) -> str:
+    """What a checkpoint must match to be resumed: base, profile, seed and training data."""
+    h = hashlib.sha256()
+    h.update(json.dumps([str(base), spec.profile, spec.seed], sort_keys=True).encode())
+    train = data / "train.jsonl"
+    h.update(train.read_bytes() if train.exists() else b"")
+    return h.hexdigest()[:32]
+
+
+def _restore(directory: Path, saved: dict[str, Any], model: Any, optimizer: Any) -> RunState:
+    model.load_weights(list(mx.load(str(directory / ADAPTER_FILE)).items()), strict=False)
+    opt_state = mx.load(str(directory / "optimizer.safetensors"))
+    optimizer.state = tree_unflatten(list(opt_state.items()))
+    known = {f.name for f in fields(RunState)}
+    return RunState(**{k: v for k, v in saved.items() if k in known})
+
+
+def _resume_reason(state: RunState, cfg: LoopConfig) -> str:
+    """A resumed run that had already finished or stopped early is not trained further."""
+    if state.step >= cfg.total_steps:
+        return "done"
+    if state.bad_evals >= cfg.patience:
+        return "early_stopped"
+    return ""
+
+
+def _adapter_weights(model: Any) -> dict[str, mx.array]:
+    return dict(tree_flatten(model.trainable_parameters()))
+
+
+def _opt_weights(optimizer: Any) -> dict[str, mx.array]:
+    return dict(tree_flatten(optimizer.state))
+
+
+def _save_adapter(model: Any, path: Path) -> None:
+    with atomic_file(path) as tmp:
+        mx.save_safetensors(str(tmp), _adapter_weights(model))
+
+
+def _metrics(state: RunState, wall_seconds: float) -> dict[str, float]:
+    metrics = {
+        "steps": float(state.step),
+        "tokens": float(state.tokens),
+        "seconds": round(state.seconds, 3),
+        "wall_seconds": round(wall_seconds, 3),
+    }
+    if state.recent_losses:
+        metrics["final_train_loss"] = sum(state.recent_losses) / len(state.recent_losses)
+    if state.initial_val_loss is not None:
+        metrics["initial_val_loss"] = state.initial_val_loss
+    if state.best_val_loss is not None:
+        metrics["best_val_loss"] = state.best_val_loss
+        metrics["best_step"] = float(state.best_step)
+    if state.seconds > 0:
+        metrics["tokens_per_sec"] = state.tokens / state.seconds
+    return metrics
+
+
+def _write_manifest(
+    out: Path,
+    spec: TrainSpec,
+    base: Path,
+    opts: Profile,
+    patience: int,
+    state: RunState,
+    metrics: dict[str, float],
+    notes: list[str],
+    reason: str,
+) -> None:
+    manifest = {
+        "backend": "mlx",
+        "run_id": spec.run_id,
+        "base_model": str(base),
+        "seed": spec.seed,
+        "profile": spec.profile,
+        "effective_profile": {
+            **asdict(opts),
+            "patience": patience,
+            "batch_size": state.batch_size,
+            "grad_accum": state.grad_accum,
+            "max_seq_length": state.max_seq_length,
+        },
+        "stop_reason": reason,
+        "metrics": metrics,
+        "notes": notes,
+        "versions": _versions(),
+        "finished_at": time.time(),
+    }
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for dist in ("mlx", "mlx-lm"):
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            found[dist] = "unknown"
+    return found
