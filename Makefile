@@ -17,7 +17,7 @@ EXTRAS := mlx,cuda,dev
 endif
 
 # MLX's Linux CPU wheel bundles a slow reference BLAS; Debian's OpenBLAS is ~5-20x faster.
-OPENBLAS := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libopenblas-pthread/libopenblas.so.0 /usr/lib/aarch64-linux-gnu/libopenblas-pthread/libopenblas.so.0))
+OPENBLAS := $(firstword $(wildcard /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 /usr/lib/*-linux-gnu/libopenblas-pthread/libopenblas.so.0))
 RUNENV := HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS))
 
 .PHONY: demo test lint fix bench openblas clean

@@ -16,10 +16,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,15 @@ from backends.checkpoint import atomic_file, load_checkpoint, save_checkpoint, w
 from backends.mlx_loop import (
     Buckets,
     LoopConfig,
+    ModelShape,
     RunState,
     enable_grad_checkpoint,
+    estimate_memory_mb,
     evaluate,
+    finished_reason,
     govern_memory,
     is_oom,
+    read_model_shape,
     run_steps,
     shrink_after_oom,
 )
@@ -68,13 +71,16 @@ HONOURED = frozenset(
 
 
 class MLXBackend:
-    """LoRA training and generation on MLX (Apple Silicon, or the CPU on Linux)."""
+    """LoRA training and generation on MLX (Apple Silicon, or the CPU on Linux).
+
+    Args:
+        patience: Validation passes without improvement before stopping early; a `patience`
+            key in the profile overrides it.
+    """
 
     name = "mlx"
 
     def __init__(self, patience: int = 3) -> None:
-        """Args: patience: validation passes without improvement before stopping early
-        (a `patience` key in the profile overrides it)."""
         self.patience = patience
 
     def preflight(self, spec: TrainSpec) -> Preflight:
@@ -86,7 +92,7 @@ class MLXBackend:
         """
         base = _base_dir(spec.base_model)
         shape = read_model_shape(base)
-        opts, patience = _checked(spec.profile, shape, self.patience)
+        opts, _ = _checked(spec.profile, shape, self.patience)
         from mlx_lm.tokenizer_utils import load as load_tokenizer
 
         tokenizer = load_tokenizer(base)
@@ -127,7 +133,7 @@ class MLXBackend:
         out.mkdir(parents=True, exist_ok=True)
         notes: list[str] = []
 
-        model, tokenizer = load(str(base))
+        model, tokenizer = load(str(base))[:2]
         data = Path(spec.data_dir)
         train_rows, train_stats = encode_rows(
             tokenizer, load_rows(data / "train.jsonl"), opts.max_seq_length
@@ -181,7 +187,7 @@ class MLXBackend:
             for attempt in (1, 2):
                 train = Buckets(train_rows, state.batch_size, spec.seed)
                 try:
-                    reason = _resume_reason(state, cfg) or run_steps(
+                    reason = finished_reason(state, cfg) or run_steps(
                         model,
                         optimizer,
                         train,
@@ -197,12 +203,7 @@ class MLXBackend:
                 except (RuntimeError, MemoryError) as err:
                     if attempt == 2 or not is_oom(err):
                         raise TrainingFailed(f"training crashed: {err}") from err
-                    notes.append(shrink_after_oom(state, err))
-                    train_rows = [
-                        (ids[: state.max_seq_length], m[: state.max_seq_length])
-                        for ids, m in train_rows
-                        if any(m[: state.max_seq_length])
-                    ]
+                    train_rows = shrink_after_oom(state, train_rows, err, notes)
                     mx.clear_cache()
         finally:
             if undo_ckpt is not None:
@@ -212,7 +213,7 @@ class MLXBackend:
         if valid is None or not (out / ADAPTER_FILE).exists():
             save_best()
         notes.append(f"stopped: {reason} at step {state.step}/{total_steps}")
-        metrics = _metrics(state, time.perf_counter() - wall)
+        metrics = state.metrics(time.perf_counter() - wall)
         _write_manifest(out, spec, base, opts, patience, state, metrics, notes, reason)
         return TrainResult(adapter_dir=str(out), steps=state.step, metrics=metrics, notes=notes)
 
@@ -226,8 +227,8 @@ class MLXBackend:
         """Greedy completion of `messages` (chat template applied), with the adapter if given."""
         from mlx_lm import generate, load
 
-        model, tokenizer = load(str(_base_dir(base_model)), adapter_path=adapter_dir)
-        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        model, tokenizer = load(str(_base_dir(base_model)), adapter_path=adapter_dir)[:2]
+        prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)  # type: ignore[no-untyped-call]
         return str(generate(model, tokenizer, prompt, max_tokens=max_tokens))
 
 
@@ -282,68 +283,6 @@ def _checked(profile: dict[str, Any], shape: ModelShape, patience: int) -> tuple
         raise BackendUnavailable("mlx backend cannot honour: " + "; ".join(problems))
     layers = shape.num_layers if opts.num_layers == -1 else opts.num_layers
     return replace(opts, num_layers=layers), patience
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What preflight needs from a base model directory, read without loading weights."""
-
-    num_layers: int
-    hidden_size: int
-    intermediate_size: int
-    vocab_size: int
-    weight_bytes: int
-    linears: dict[str, tuple[int, int]]  # block-relative module -> (in, out) features
-
-
-def read_model_shape(base: Path) -> ModelShape:
-    """Layer count, sizes and the linear modules of block 0, from config.json and headers."""
-    from safetensors import safe_open
-
-    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
-    text = config.get("text_config", config)
-    bits = int((config.get("quantization") or {}).get("bits", 32))
-    files = sorted(base.glob("*.safetensors"))
-    if not files:
-        raise ModelUnavailable(f"no *.safetensors weights in {base}")
-    linears: dict[str, tuple[int, int]] = {}
-    prefix = "model.layers.0."
-    for file in files:
-        with safe_open(str(file), framework="numpy") as fh:
-            for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
-                if key.startswith(prefix) and key.endswith(".weight"):
-                    dims = fh.get_slice(key).get_shape()
-                    if len(dims) == 2:
-                        # Quantized weights pack 32 // bits values per uint32 column.
-                        linears[key[len(prefix) : -len(".weight")]] = (
-                            dims[1] * 32 // bits,
-                            dims[0],
-                        )
-    return ModelShape(
-        num_layers=int(text["num_hidden_layers"]),
-        hidden_size=int(text["hidden_size"]),
-        intermediate_size=int(text.get("intermediate_size", 4 * text["hidden_size"])),
-        vocab_size=int(text["vocab_size"]),
-        weight_bytes=sum(f.stat().st_size for f in files),
-        linears=linears,
-    )
-
-
-def estimate_memory_mb(shape: ModelShape, opts: Profile, seq: int) -> float:
-    """Rough peak memory of one training step: weights, LoRA + Adam, activations, logits."""
-    hidden, inter = shape.hidden_size, shape.intermediate_size
-    layers = shape.num_layers if opts.num_layers == -1 else opts.num_layers
-    lora = layers * sum(
-        opts.lora_rank * sum(shape.linears.get(k, (hidden, hidden))) for k in opts.lora_keys
-    )
-    tokens = opts.batch_size * max(seq, 1)
-    per_layer = 4 * (10 * hidden + 3 * inter)  # fp32 tensors a block keeps for backward
-    if opts.grad_checkpoint:
-        acts = tokens * (shape.num_layers * 4 * hidden + per_layer)
-    else:
-        acts = tokens * shape.num_layers * per_layer
-    logits = tokens * shape.vocab_size * 4 * 3  # logits, softmax, their gradient
-    return 1.2 * (shape.weight_bytes + 16 * lora + acts + logits) / 1e6
 
 
 def _data_notes(data: Path, train: MaskStats, val: MaskStats) -> list[str]:
@@ -407,20 +346,18 @@ def _fingerprint(spec: TrainSpec, base: Path, data: Path) -> str:
 
 
 def _restore(directory: Path, saved: dict[str, Any], model: Any, optimizer: Any) -> RunState:
-    model.load_weights(list(mx.load(str(directory / ADAPTER_FILE)).items()), strict=False)
-    opt_state = mx.load(str(directory / "optimizer.safetensors"))
+    model.load_weights(list(_load_tensors(directory / ADAPTER_FILE).items()), strict=False)
+    opt_state = _load_tensors(directory / "optimizer.safetensors")
     optimizer.state = tree_unflatten(list(opt_state.items()))
     known = {f.name for f in fields(RunState)}
     return RunState(**{k: v for k, v in saved.items() if k in known})
 
 
-def _resume_reason(state: RunState, cfg: LoopConfig) -> str:
-    """A resumed run that had already finished or stopped early is not trained further."""
-    if state.step >= cfg.total_steps:
-        return "done"
-    if state.bad_evals >= cfg.patience:
-        return "early_stopped"
-    return ""
+def _load_tensors(path: Path) -> dict[str, mx.array]:
+    loaded = mx.load(str(path))
+    if not isinstance(loaded, dict):
+        raise TrainingFailed(f"{path} is not a safetensors file of named tensors")
+    return loaded
 
 
 def _adapter_weights(model: Any) -> dict[str, mx.array]:
@@ -434,25 +371,6 @@ def _opt_weights(optimizer: Any) -> dict[str, mx.array]:
 def _save_adapter(model: Any, path: Path) -> None:
     with atomic_file(path) as tmp:
         mx.save_safetensors(str(tmp), _adapter_weights(model))
-
-
-def _metrics(state: RunState, wall_seconds: float) -> dict[str, float]:
-    metrics = {
-        "steps": float(state.step),
-        "tokens": float(state.tokens),
-        "seconds": round(state.seconds, 3),
-        "wall_seconds": round(wall_seconds, 3),
-    }
-    if state.recent_losses:
-        metrics["final_train_loss"] = sum(state.recent_losses) / len(state.recent_losses)
-    if state.initial_val_loss is not None:
-        metrics["initial_val_loss"] = state.initial_val_loss
-    if state.best_val_loss is not None:
-        metrics["best_val_loss"] = state.best_val_loss
-        metrics["best_step"] = float(state.best_step)
-    if state.seconds > 0:
-        metrics["tokens_per_sec"] = state.tokens / state.seconds
-    return metrics
 
 
 def _write_manifest(
@@ -489,12 +407,6 @@ def _write_manifest(
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
+    from importlib.metadata import version
 
-    found = {}
-    for dist in ("mlx", "mlx-lm"):
-        try:
-            found[dist] = version(dist)
-        except PackageNotFoundError:
-            found[dist] = "unknown"
-    return found
+    return {dist: version(dist) for dist in ("mlx", "mlx-lm")}

@@ -12,11 +12,13 @@ files live in `backends/mlx.py`; this module only trains and measures.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -24,7 +26,8 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_map
 
-from sam_brain.errors import TrainingFailed
+from sam_brain.config import Profile
+from sam_brain.errors import ModelUnavailable, TrainingFailed
 from sam_brain.protocols import Progress
 
 Row = tuple[list[int], list[int]]
@@ -51,6 +54,25 @@ class RunState:
     bad_evals: int = 0
     recent_losses: list[float] = field(default_factory=list)
     fingerprint: str = ""
+
+    def metrics(self, wall_seconds: float) -> dict[str, float]:
+        """The numbers a finished (or stopped) run reports in `TrainResult.metrics`."""
+        metrics = {
+            "steps": float(self.step),
+            "tokens": float(self.tokens),
+            "seconds": round(self.seconds, 3),
+            "wall_seconds": round(wall_seconds, 3),
+        }
+        if self.recent_losses:
+            metrics["final_train_loss"] = sum(self.recent_losses) / len(self.recent_losses)
+        if self.initial_val_loss is not None:
+            metrics["initial_val_loss"] = self.initial_val_loss
+        if self.best_val_loss is not None:
+            metrics["best_val_loss"] = self.best_val_loss
+            metrics["best_step"] = float(self.best_step)
+        if self.seconds > 0:
+            metrics["tokens_per_sec"] = self.tokens / self.seconds
+        return metrics
 
 
 @dataclass
@@ -102,7 +124,7 @@ class Buckets:
         return mx.array(ids), mx.array(mask), sum(lengths)
 
 
-def masked_loss(model: nn.Module, ids: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
+def masked_loss(model: Any, ids: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
     """Mean cross-entropy over supervised target tokens, and how many there were."""
     logits = model(ids[:, :-1])
     weights = mask[:, 1:]
@@ -111,7 +133,7 @@ def masked_loss(model: nn.Module, ids: mx.array, mask: mx.array) -> tuple[mx.arr
     return ce.astype(mx.float32).sum() / ntoks, ntoks
 
 
-def evaluate(model: nn.Module, buckets: Buckets) -> float:
+def evaluate(model: Any, buckets: Buckets) -> float:
     """Token-weighted validation loss over the whole split."""
     model.eval()
     total, count = mx.array(0.0), mx.array(0.0)
@@ -121,10 +143,10 @@ def evaluate(model: nn.Module, buckets: Buckets) -> float:
         count = count + ntoks
         mx.eval(total, count)
     model.train()
-    return float((total / count).item())
+    return float((total / count).item())  # type: ignore[arg-type]
 
 
-def enable_grad_checkpoint(model: nn.Module) -> Callable[[], None]:
+def enable_grad_checkpoint(model: Any) -> Callable[[], None]:
     """Recompute each transformer block in the backward pass; returns a function that undoes it.
 
     mlx-lm patches `type(layer).__call__`, which changes every model of that class in the process;
@@ -156,7 +178,7 @@ def _ckpt_call(self: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def run_steps(
-    model: nn.Module,
+    model: Any,
     optimizer: Any,
     train: Buckets,
     valid: Buckets | None,
@@ -175,7 +197,7 @@ def run_steps(
     Raises:
         TrainingFailed: The training loss became NaN or infinite.
     """
-    loss_and_grad = nn.value_and_grad(model, masked_loss)
+    loss_and_grad = nn.value_and_grad(model, masked_loss)  # type: ignore[attr-defined]
     model.train()
     session_start, session_steps = time.perf_counter(), 0
     while state.step < cfg.total_steps:
@@ -201,13 +223,13 @@ def run_steps(
         except BaseException:
             state.micro = start_micro  # the step never happened; retry it from the same data
             raise
-        step_loss = float((loss_sum / sup_tokens).item())
+        step_loss = float((loss_sum / sup_tokens).item())  # type: ignore[arg-type]
         if not math.isfinite(step_loss):
             raise TrainingFailed(
                 f"training loss became {step_loss} at step {state.step + 1}; "
                 "lower learning_rate (or check the data)"
             )
-        optimizer.update(model, tree_map(lambda g: g / sup_tokens, grads))
+        optimizer.update(model, tree_map(lambda g, n=sup_tokens: g / n, grads))
         mx.eval(model.trainable_parameters(), optimizer.state)
 
         elapsed = time.perf_counter() - tic
@@ -241,8 +263,17 @@ def run_steps(
     return "done"
 
 
+def finished_reason(state: RunState, cfg: LoopConfig) -> str:
+    """Why a resumed run needs no more steps ("" when it does)."""
+    if state.step >= cfg.total_steps:
+        return "done"
+    if state.bad_evals >= cfg.patience:
+        return "early_stopped"
+    return ""
+
+
 def _validate(
-    model: nn.Module, valid: Buckets, state: RunState, cfg: LoopConfig, on_best: Callable[[], None]
+    model: Any, valid: Buckets, state: RunState, cfg: LoopConfig, on_best: Callable[[], None]
 ) -> str:
     """One validation pass: keep the best adapter, count evaluations without improvement."""
     val = evaluate(model, valid)
@@ -277,16 +308,86 @@ def is_oom(err: BaseException) -> bool:
     return isinstance(err, MemoryError) or any(m in str(err).lower() for m in OOM_MARKERS)
 
 
-def shrink_after_oom(state: RunState, err: BaseException) -> str:
-    """Halve the micro-batch (doubling accumulation keeps the step size) or else the length."""
+def shrink_after_oom(
+    state: RunState, rows: list[Row], err: BaseException, notes: list[str]
+) -> list[Row]:
+    """Halve the micro-batch (doubling accumulation keeps the step size) or else the length.
+
+    Returns the rows to train on from now on; the change is appended to `notes`.
+    """
     if state.batch_size > 1:
         state.batch_size //= 2
         state.grad_accum *= 2
         # Keep the same share of the epoch consumed; the batch order is redrawn.
         state.micro *= 2
-        return (
+        notes.append(
             f"out of memory ({err}); retried with batch_size {state.batch_size}, "
             f"grad_accum {state.grad_accum}"
         )
+        return rows
     state.max_seq_length = max(16, state.max_seq_length // 2)
-    return f"out of memory ({err}); retried with max_seq_length {state.max_seq_length}"
+    notes.append(f"out of memory ({err}); retried with max_seq_length {state.max_seq_length}")
+    cut = state.max_seq_length
+    return [(ids[:cut], mask[:cut]) for ids, mask in rows if any(mask[:cut])]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What preflight needs from a base model directory, read without loading weights."""
+
+    num_layers: int
+    hidden_size: int
+    intermediate_size: int
+    vocab_size: int
+    weight_bytes: int
+    linears: dict[str, tuple[int, int]]  # block-relative module -> (in, out) features
+
+
+def read_model_shape(base: Path) -> ModelShape:
+    """Layer count, sizes and the linear modules of block 0, from config.json and headers."""
+    from safetensors import safe_open
+
+    config = json.loads((base / "config.json").read_text(encoding="utf-8"))
+    text = config.get("text_config", config)
+    bits = int((config.get("quantization") or {}).get("bits", 32))
+    files = sorted(base.glob("*.safetensors"))
+    if not files:
+        raise ModelUnavailable(f"no *.safetensors weights in {base}")
+    linears: dict[str, tuple[int, int]] = {}
+    prefix = "model.layers.0."
+    for file in files:
+        with safe_open(str(file), framework="numpy") as fh:
+            for key in fh.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if key.startswith(prefix) and key.endswith(".weight"):
+                    dims = fh.get_slice(key).get_shape()
+                    if len(dims) == 2:
+                        # Quantized weights pack 32 // bits values per uint32 column.
+                        linears[key[len(prefix) : -len(".weight")]] = (
+                            dims[1] * 32 // bits,
+                            dims[0],
+                        )
+    return ModelShape(
+        num_layers=int(text["num_hidden_layers"]),
+        hidden_size=int(text["hidden_size"]),
+        intermediate_size=int(text.get("intermediate_size", 4 * text["hidden_size"])),
+        vocab_size=int(text["vocab_size"]),
+        weight_bytes=sum(f.stat().st_size for f in files),
+        linears=linears,
+    )
+
+
+def estimate_memory_mb(shape: ModelShape, opts: Profile, seq: int) -> float:
+    """Rough peak memory of one training step: weights, LoRA + Adam, activations, logits."""
+    hidden, inter = shape.hidden_size, shape.intermediate_size
+    layers = shape.num_layers if opts.num_layers == -1 else opts.num_layers
+    lora = layers * sum(
+        opts.lora_rank * sum(shape.linears.get(k, (hidden, hidden))) for k in opts.lora_keys
+    )
+    tokens = opts.batch_size * max(seq, 1)
+    per_layer = 4 * (10 * hidden + 3 * inter)  # fp32 tensors a block keeps for backward
+    if opts.grad_checkpoint:
+        acts = tokens * (shape.num_layers * 4 * hidden + per_layer)
+    else:
+        acts = tokens * shape.num_layers * per_layer
+    logits = tokens * shape.vocab_size * 4 * 3  # logits, softmax, their gradient
+    return 1.2 * (shape.weight_bytes + 16 * lora + acts + logits) / 1e6

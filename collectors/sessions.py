@@ -241,20 +241,25 @@ class SessionCollector:
         self, main: Path, agents: list[Path], idents: dict[Path, dict[str, float]]
     ) -> CollectResult:
         result = CollectResult()
+        ready_after = max(i["mtime"] for i in idents.values()) + self.quiet_minutes * 60
         try:
             conv = load_session(main, agents)
+            result.samples = curate(conv, self.options, self.quality, ready_after)
         except OSError as err:
             log.warning("sessions collector: cannot read %s: %s", main, err)
             result.skipped["read_error"] += 1
-            return result
-        ready_after = max(i["mtime"] for i in idents.values()) + self.quiet_minutes * 60
-        result.samples = curate(conv, self.options, self.quality, ready_after)
-        result.replace_keys.add(str(main))
-        result.skipped.update(conv.skipped)
-        for sub in conv.subagents:
-            result.skipped.update(sub.skipped)
-        if not conv.turns:
-            result.skipped["empty_session"] += 1
+            return result  # cursors not advanced: retried on the next pass
+        except Exception:
+            # One odd transcript must not stop the others; it is retried when it changes.
+            log.exception("sessions collector: cannot parse %s", main)
+            result.skipped["parse_error"] += 1
+        else:
+            result.replace_keys.add(str(main))
+            result.skipped.update(conv.skipped)
+            for sub in conv.subagents:
+                result.skipped.update(sub.skipped)
+            if not conv.turns:
+                result.skipped["empty_session"] += 1
         for f, ident in idents.items():
             result.cursors[self._key(f)] = json.dumps(ident, sort_keys=True)
             if self.archive_dir is not None:

@@ -5,9 +5,9 @@ a file line by line (bad lines are counted, never fatal), rebuilds the tree thro
 lines it drops (progress, attachment, system, meta and command lines), stitches compaction via
 `logicalParentUuid`, keeps the path to the newest leaf while re-attaching parallel tool-call forks,
 merges the one-block-per-line pieces of an API message into one assistant turn, pairs tool calls
-with their results, and links subagent runs (inline sidechains, flat `agent-*.jsonl`, nested
-`<session>/subagents/agent-*.jsonl`) to the Task/Agent call that spawned them. The format notes are
-in /work/shared/reference/claude-code-session-format.md.
+with their results, and splits inline sidechain runs (1.0.x subagents) off the main line.
+`collectors/sessions.py` attaches subagent files and links them to their Task/Agent calls. The
+format notes are in /work/shared/reference/claude-code-session-format.md.
 """
 
 from __future__ import annotations
@@ -141,8 +141,8 @@ def _decode_line(raw: bytes, skipped: Counter[str], open_last: bool) -> Record |
     if b"\x00" in line:
         # Raw NULs are never valid JSON (strings escape them); they come from interrupted appends.
         line = line.replace(b"\x00", b"").strip()
+        skipped["nul_bytes" if line else "nul_line"] += 1
         if not line:
-            skipped["nul_line"] += 1
             return None
     if not line:
         skipped["blank"] += 1
@@ -326,8 +326,8 @@ def _nodes(records: list[Record], skipped: Counter[str], subagent_file: bool) ->
             turn = _line_turn(rec, skipped)
         else:
             data = rec.get("data")
-            sub = data.get("type") if kind == "progress" and isinstance(data, dict) else None
-            skipped["agent_progress" if sub == "agent_progress" else f"type:{kind or 'missing'}"] += 1
+            agent_copy = isinstance(data, dict) and data.get("type") == "agent_progress"
+            skipped["agent_progress" if agent_copy else f"type:{kind or 'missing'}"] += 1
             turn = None
         uuid = _str(rec.get("uuid"))
         if not uuid:

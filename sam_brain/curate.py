@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # only the shape is needed; sam_brain must not import plug-in
     from collectors.transcript import Conversation, Turn
 
 SOURCE = "sessions"
+EMPTY_OUTPUT = "(no output)"  # chat templates and the validator reject empty tool messages
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,12 @@ def to_messages(turns: list[Turn], options: CurateOptions) -> list[Message]:
             content = _assistant_content(turn, options.thinking)
             if not (content or turn.tool_calls):
                 continue
+            if messages[-1]["role"] == "assistant" and not turn.tool_calls:
+                # Two assistant messages in a row (a dropped event or interrupt between): join them.
+                messages[-1]["content"] = "\n\n".join(
+                    p for p in (messages[-1]["content"], content) if p
+                )
+                continue
             msg: Message = {"role": "assistant", "content": content}
             if turn.tool_calls:
                 msg["tool_calls"] = [
@@ -89,9 +96,9 @@ def to_messages(turns: list[Turn], options: CurateOptions) -> list[Message]:
                     for c in turn.tool_calls
                 ]
             messages.append(msg)
-        elif turn.role == "tool" and messages:
+        elif turn.role == "tool" and messages and messages[-1]["role"] in ("assistant", "tool"):
             for r in turn.results:
-                content = truncate(r["content"], options.tool_output_chars)
+                content = truncate(r["content"], options.tool_output_chars) or EMPTY_OUTPUT
                 messages.append(
                     {"role": "tool", "tool_call_id": r["tool_use_id"], "content": content}
                 )

@@ -17,6 +17,7 @@ import ipaddress
 import json
 import math
 import re
+import string
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -54,11 +55,26 @@ from detect_secrets.plugins import (
 from sam_brain.protocols import Sample
 
 MARKER_RE = re.compile(r"\[REDACTED:[a-z0-9_]+\]")
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 _TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-+/=.~")
-_STOPWORDS = ("your", "insert", "placeholder", "changeme", "change_me", "example", "dummy",
-              "redacted", "replace", "here", "todo", "fixme")
+_STOPWORDS = (
+    "your",
+    "insert",
+    "placeholder",
+    "changeme",
+    "change_me",
+    "example",
+    "dummy",
+    "redacted",
+    "replace",
+    "here",
+    "todo",
+    "fixme",
+)
 # Values with these prefixes belong to a vendor rule; generic rules defer to its verdict.
-_VENDOR_PREFIX = re.compile(r"(?:xox[a-z]|xapp|gh[pousr]|github_pat|pplx|hf|sk|[rs]k_(?:live|test))[-_]|AIza")
+_VENDOR_PREFIX = re.compile(
+    r"(?:xox[a-z]|xapp|gh[pousr]|github_pat|pplx|hf|sk|[rs]k_(?:live|test))[-_]|AIza"
+)
 _PRIORITY_VENDOR, _PRIORITY_STRUCTURE, _PRIORITY_GENERIC, _PRIORITY_PII = 0, 1, 2, 3
 
 Span = tuple[int, int, int, str]  # start, end, priority, kind
@@ -78,7 +94,7 @@ def _is_placeholder(value: str) -> bool:
 
 
 def _is_templated(value: str) -> bool:
-    return (value[:1] in "${<%@#" or value[-1:] in "}>)" or "{{" in value or "${" in value)
+    return value[:1] in "${<%@#" or value[-1:] in "}>)" or "{{" in value or "${" in value
 
 
 def _plausible_value(value: str) -> bool:
@@ -101,13 +117,23 @@ def _plausible_value(value: str) -> bool:
 
 def _generic_ok(value: str, line: str) -> bool:
     """detect-secrets' own heuristic filters plus ours, for keyword and high-entropy hits."""
-    if (heuristic.is_sequential_string(value) or heuristic.is_potential_uuid(value)
-            or heuristic.is_likely_id_string(value, line) or heuristic.is_templated_secret(value)
-            or heuristic.is_prefixed_with_dollar_sign(value)
-            or heuristic.is_indirect_reference(line) or heuristic.is_not_alphanumeric_string(value)):
+    if (
+        heuristic.is_sequential_string(value)
+        or heuristic.is_potential_uuid(value)
+        or heuristic.is_likely_id_string(value, line)
+        or heuristic.is_templated_secret(value)
+        or heuristic.is_prefixed_with_dollar_sign(value)
+        or heuristic.is_indirect_reference(line)
+        or heuristic.is_not_alphanumeric_string(value)
+    ):
         return False
-    return not (_is_placeholder(value) or _VENDOR_PREFIX.match(value) or _is_templated(value)
-                or any(c.isspace() for c in value) or re.fullmatch(r"[A-Z_]+|[a-z_]+", value))
+    return not (
+        _is_placeholder(value)
+        or _VENDOR_PREFIX.match(value)
+        or _is_templated(value)
+        or any(c.isspace() for c in value)
+        or re.fullmatch(r"[A-Z_]+|[a-z_]+", value)
+    )
 
 
 def _hex_ok(value: str, line: str) -> bool:
@@ -126,10 +152,6 @@ def _not_placeholder(value: str, line: str = "") -> bool:
     return not _is_placeholder(value)
 
 
-def _mixed_hex(value: str) -> bool:
-    return bool(re.search(r"[a-f]", value) and re.search(r"[A-F]", value) and re.search(r"\d", value))
-
-
 def _slack_ok(value: str) -> bool:
     groups = re.findall(r"-(\d+)(?=-)", value)
     if groups and len(groups[0]) == 1:
@@ -142,6 +164,10 @@ def _vault_legacy_ok(value: str) -> bool:
     return sum(c.isdigit() for c in body) >= 2 and _plausible_value(body)
 
 
+def _hf_ok(value: str) -> bool:
+    return any(c.isupper() for c in value) and _entropy(value) >= 3.5
+
+
 def _sk_ok(value: str) -> bool:
     return any(c.isdigit() for c in value) and not _is_placeholder(value)
 
@@ -150,55 +176,118 @@ def _sk_ok(value: str) -> bool:
 class _Plugin:
     kind: str
     plugin: Any
-    trigger: re.Pattern[str]
-    check: Callable[[str, str], bool] | None = None
-    priority: int = _PRIORITY_VENDOR
-    entropy_limit: float | None = None
+    trigger: re.Pattern[str]  # finds candidate lines; run on the lowercased text when `lower`
+    lower: bool
+    gate: tuple[str, ...]  # lowercase literals, one of which must occur before `trigger` runs
+    check: Callable[[str, str], bool] | None
+    priority: int
+    entropy_limit: float | None
 
 
-def _p(kind: str, plugin: Any, trigger: str, check: Callable[[str, str], bool] | None = None,
-       priority: int = _PRIORITY_VENDOR) -> _Plugin:
+def _p(
+    kind: str,
+    plugin: Any,
+    trigger: str,
+    check: Callable[[str, str], bool] | None = None,
+    priority: int = _PRIORITY_VENDOR,
+    lower: bool = False,
+    gate: tuple[str, ...] = (),
+) -> _Plugin:
     limit = getattr(plugin, "entropy_limit", None)
-    return _Plugin(kind, plugin, re.compile(trigger), check, priority, limit)
+    return _Plugin(kind, plugin, re.compile(trigger), lower, gate, check, priority, limit)
 
 
-# Triggers are necessary conditions of each plugin's own regexes (checked against its source).
+# Each trigger is a necessary condition of the plugin's own regexes (checked against its source),
+# written to start with a literal where possible: Python's re scans fastest for a literal prefix.
 _PLUGINS = (
     _p("artifactory_token", artifactory.ArtifactoryDetector(), r"AKC|AP[\dA-F]"),
-    _p("aws_key", aws.AWSKeyDetector(), r"A3T|ABIA|ACCA|AKIA|ASIA|(?i:aws)"),
+    _p(
+        "aws_key",
+        aws.AWSKeyDetector(),
+        r"a(?:3t|bia|cca|kia|sia|ws)",
+        lower=True,
+        gate=("a3t", "abia", "acca", "akia", "asia", "aws"),
+    ),
     _p("azure_storage_key", azure_storage_key.AzureStorageKeyDetector(), r"AccountKey="),
     _p("basic_auth", basic_auth.BasicAuthDetector(), r"://", priority=_PRIORITY_STRUCTURE),
-    _p("cloudant", cloudant.CloudantDetector(),
-       r"(?i)cl(?:oudant|ou)?[-_]?(?:api)?(?:key|pw|pass|token)|\.cloudant\.com"),
-    _p("discord_bot_token", discord.DiscordBotTokenDetector(), r"[MNO][\w-]{23,25}\.[\w-]{6}\."),
+    _p(
+        "cloudant",
+        cloudant.CloudantDetector(),
+        r"cl(?:oudant|ou)?[-_]?(?:api)?(?:key|pw|pass|token)|\.cloudant\.com",
+        lower=True,
+        gate=("cl",),
+    ),
+    _p("discord_bot_token", discord.DiscordBotTokenDetector(), r"\.[\w-]{6}\.[\w-]{27}"),
     _p("github_token", github_token.GitHubTokenDetector(), r"gh[pousr]_", _not_placeholder),
-    _p("gitlab_token", gitlab_token.GitLabTokenDetector(),
-       r"gl(?:pat|dt|ft|soat|rt|cbt|imt|ptt|agent|oas)-|GR1348941"),
-    _p("ibm_cloud_iam", ibm_cloud_iam.IbmCloudIamDetector(),
-       r"(?i)(?:key|pwd|pass(?:word)?|token)[ \"'\]=:>]*[\w-]{44}"),
-    _p("ibm_cos_hmac", ibm_cos_hmac.IbmCosHmacDetector(), r"(?i)secret[-_]?(?:access)?[-_]?key"),
-    _p("public_ip", ip_public.IPPublicDetector(), r"\d\.\d{1,3}\.\d{1,3}\.\d", _public_ip_ok,
-       _PRIORITY_PII),
+    _p(
+        "gitlab_token",
+        gitlab_token.GitLabTokenDetector(),
+        r"gl(?:pat|dt|ft|soat|rt|cbt|imt|ptt|agent|oas)-|gr1348941",
+        lower=True,
+        gate=("gl", "gr1348941"),
+    ),
+    _p(
+        "ibm_cloud_iam",
+        ibm_cloud_iam.IbmCloudIamDetector(),
+        r"(?:key|pwd|pass(?:word)?|token)[ \"'\]=:>]*[\w-]{44}",
+        lower=True,
+        gate=("key", "pwd", "pass", "token"),
+    ),
+    _p(
+        "ibm_cos_hmac",
+        ibm_cos_hmac.IbmCosHmacDetector(),
+        r"secret[-_]?(?:access)?[-_]?key",
+        lower=True,
+        gate=("secret",),
+    ),
+    _p(
+        "public_ip",
+        ip_public.IPPublicDetector(),
+        r"\.\d{1,3}\.\d{1,3}\.\d",
+        _public_ip_ok,
+        _PRIORITY_PII,
+    ),
     _p("jwt", jwt.JwtTokenDetector(), r"eyJ"),
     _p("mailchimp_key", mailchimp.MailchimpDetector(), r"-us\d"),
     _p("npm_token", npm.NpmDetector(), r"_authToken="),
     _p("openai_api_key", openai.OpenAIDetector(), r"T3BlbkFJ"),
     _p("pypi_token", pypi_token.PypiTokenDetector(), r"pypi-AgE"),
     _p("sendgrid_key", sendgrid.SendGridDetector(), r"SG\."),
-    _p("softlayer", softlayer.SoftlayerDetector(),
-       r"(?i)softlayer|sl[-_]?(?:api)?[-_]?(?:key|pwd|pass|token)"),
+    _p(
+        "softlayer",
+        softlayer.SoftlayerDetector(),
+        r"softlayer|sl[-_]?(?:api)?[-_]?(?:key|pwd|pass|token)",
+        lower=True,
+        gate=("sl", "softlayer"),
+    ),
     _p("square_oauth", square_oauth.SquareOAuthDetector(), r"sq0csp-"),
     _p("stripe_key", stripe.StripeDetector(), r"k_live_"),
-    _p("telegram_bot_token", telegram_token.TelegramBotTokenDetector(), r"\d:[\w-]{35}"),
+    _p("telegram_bot_token", telegram_token.TelegramBotTokenDetector(), r":(?<=\d:)[\w-]{35}"),
     _p("twilio_key", twilio.TwilioKeyDetector(), r"(?:AC|SK)[a-z0-9]{32}"),
-    _p("secret_keyword", keyword.KeywordDetector(),
-       r"(?i)(?:api|auth|service|account|db|database|priv|private|client)_?key|db_?pass"
-       r"|database_?pass|key_?pass|password|passwd|pwd|secret|contrase", _generic_ok,
-       _PRIORITY_GENERIC),
-    _p("high_entropy_base64", high_entropy_strings.Base64HighEntropyString(),
-       r"['\"][\w+/=-]{23,}['\"]", _generic_ok, _PRIORITY_GENERIC),
-    _p("high_entropy_hex", high_entropy_strings.HexHighEntropyString(),
-       r"['\"][0-9a-fA-F]{9,}['\"]", _hex_ok, _PRIORITY_GENERIC),
+    _p(
+        "secret_keyword",
+        keyword.KeywordDetector(),
+        r"(?:api|auth|service|account|db|database|priv|private|client)_?key|db_?pass"
+        r"|database_?pass|key_?pass|password|passwd|pwd|secret|contrase",
+        _generic_ok,
+        _PRIORITY_GENERIC,
+        lower=True,
+        gate=("key", "pass", "pwd", "secret", "contrase"),
+    ),
+    _p(
+        "high_entropy_base64",
+        high_entropy_strings.Base64HighEntropyString(),
+        r"['\"][\w+/=-]{23,}['\"]",
+        _generic_ok,
+        _PRIORITY_GENERIC,
+    ),
+    _p(
+        "high_entropy_hex",
+        high_entropy_strings.HexHighEntropyString(),
+        r"['\"][0-9a-fA-F]{9,}['\"]",
+        _hex_ok,
+        _PRIORITY_GENERIC,
+    ),
 )
 
 
@@ -212,9 +301,15 @@ class _Rule:
     priority: int = _PRIORITY_VENDOR
 
 
-def _r(kind: str, pattern: str, trigger: str, group: int = 0,
-       check: Callable[[str], bool] | None = None, priority: int = _PRIORITY_VENDOR,
-       flags: int = 0) -> _Rule:
+def _r(
+    kind: str,
+    pattern: str,
+    trigger: str,
+    group: int = 0,
+    check: Callable[[str], bool] | None = None,
+    priority: int = _PRIORITY_VENDOR,
+    flags: int = 0,
+) -> _Rule:
     return _Rule(kind, re.compile(pattern, flags), trigger, group, check, priority)
 
 
@@ -222,57 +317,111 @@ _B = r"(?<![\w-])"  # token start: not inside a longer word
 _E = r"(?![\w-])"
 _RULES = (
     # Structural rules: whole blocks, credentials inside URLs, command lines and headers.
-    _r("private_key",
-       r"-{4,5} ?BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY(?: BLOCK)? ?-{4,5}"
-       r"(?:(?s:.*?)-{4,5} ?END \1PRIVATE KEY(?: BLOCK)? ?-{4,5}"
-       r"|(?:[A-Za-z0-9+/=:, \t\r\n-]|\\[rn])*)", "private key", priority=_PRIORITY_STRUCTURE),
-    _r("private_key", r"PuTTY-User-Key-File-\d:(?s:.*?)(?:Private-MAC: ?[0-9a-fA-F]+|\Z)",
-       "putty-user-key", priority=_PRIORITY_STRUCTURE),
-    _r("url_credentials",
-       r"\b[a-zA-Z][a-zA-Z0-9+.-]*://([^\s:/?#\[\]@\"'<>{}]*:[^\s/?#\[\]@\"'<>]+)@", "://", 1,
-       lambda v: not _is_templated(v.split(":", 1)[1]) and not _is_placeholder(v.split(":", 1)[1]),
-       _PRIORITY_STRUCTURE),
-    _r("curl_credentials",
-       r"\bcurl\b(?:\\\r?\n|[^\n])*?\s(?:-u|--user)(?:\s+|=)((?:\"[^\"\n]*\"|'[^'\n]*'|[^\s\"'])+)",
-       "curl", 1, lambda v: ":" in v and not v.lstrip("\"'").startswith("$"), _PRIORITY_STRUCTURE),
-    _r("auth_header",
-       r"(?:-H|--header)\s*=?\s*([\"'])\s*[\w-]*(?i:auth|token|key|secret|passw)[\w-]*\s*:\s*"
-       r"(?i:(?:bearer|basic|token|api-token|apikey|digest)\s+)?([^\"'\s]+)", "-", 2,
-       lambda v: not _is_templated(v), _PRIORITY_STRUCTURE),
-    _r("auth_header",
-       r"(?i:\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest)\s+)?)"
-       r"([^\s\"'<>{}]+)", "authorization", 1,
-       lambda v: len(v) >= 8 and v.lower() not in ("bearer", "basic", "token", "digest")
-       and not _is_templated(v) and _plausible_value(v), _PRIORITY_STRUCTURE),
-    _r("slack_webhook",
-       r"https?://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/_-]+",
-       "hooks.slack.com"),
+    _r(
+        "private_key",
+        r"-{4,5} ?BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY(?: BLOCK)? ?-{4,5}"
+        r"(?:(?s:.*?)-{4,5} ?END \1PRIVATE KEY(?: BLOCK)? ?-{4,5}"
+        r"|(?:[A-Za-z0-9+/=:, \t\r\n-]|\\[rn])*)",
+        "private key",
+        priority=_PRIORITY_STRUCTURE,
+    ),
+    _r(
+        "private_key",
+        r"PuTTY-User-Key-File-\d:(?s:.*?)(?:Private-MAC: ?[0-9a-fA-F]+|\Z)",
+        "putty-user-key",
+        priority=_PRIORITY_STRUCTURE,
+    ),
+    _r(
+        "url_credentials",
+        r"://([^\s:/?#\[\]@\"'<>{}]*:[^\s/?#\[\]@\"'<>]+)@",
+        "://",
+        1,
+        lambda v: not _is_templated(v.split(":", 1)[1]) and not _is_placeholder(v.split(":", 1)[1]),
+        _PRIORITY_STRUCTURE,
+    ),
+    _r(
+        "curl_credentials",
+        r"\bcurl\b(?:\\\r?\n|[^\n])*?\s(?:-u|--user)(?:\s+|=)((?:\"[^\"\n]*\"|'[^'\n]*'|[^\s\"'])+)",
+        "curl",
+        1,
+        lambda v: ":" in v and not v.lstrip("\"'").startswith("$"),
+        _PRIORITY_STRUCTURE,
+    ),
+    _r(
+        "mysql_password",
+        r"\bmysql(?:dump|admin)?\b[^\n]*?\s-p('[^'\n]+'|\"[^\"\n]+\"|[^\s'\"-]\S*)",
+        "mysql",
+        1,
+        lambda v: not _is_templated(v.strip("'\"")),
+        _PRIORITY_STRUCTURE,
+    ),
+    _r(
+        "auth_header",
+        r"(?:-H|--header)\s*=?\s*([\"'])\s*[\w-]*(?i:auth|token|key|secret|passw)[\w-]*\s*:\s*"
+        r"(?i:(?:bearer|basic|token|api-token|apikey|digest)\s+)?([^\"'\s]+)",
+        "-",
+        2,
+        lambda v: not _is_templated(v),
+        _PRIORITY_STRUCTURE,
+    ),
+    _r(
+        "auth_header",
+        r"(?i:\bauthorization[\"']?\s*[:=]\s*[\"']?(?:(?:bearer|basic|token|digest)\s+)?)"
+        r"([^\s\"'<>{}]+)",
+        "authorization",
+        1,
+        lambda v: (
+            len(v) >= 8
+            and v.lower() not in ("bearer", "basic", "token", "digest")
+            and not _is_templated(v)
+            and _plausible_value(v)
+        ),
+        _PRIORITY_STRUCTURE,
+    ),
+    _r(
+        "slack_webhook",
+        r"https?://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/_-]+",
+        "hooks.slack.com",
+    ),
     # Vendor token formats detect-secrets has no plugin for (or a narrower one).
     _r("anthropic_api_key", _B + r"sk-ant-[a-z]+\d\d-[A-Za-z0-9_-]{20,}", "sk-ant-"),
-    _r("openai_api_key", _B + r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}", "sk-",
-       check=_sk_ok),
+    _r(
+        "openai_api_key",
+        _B + r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}",
+        "sk-",
+        check=_sk_ok,
+    ),
     _r("google_api_key", r"\bAIza[0-9A-Za-z_-]{35}" + _E, "aiza"),
-    _r("huggingface_token", _B + r"(?:hf_|api_org_)[A-Za-z]{34}(?![A-Za-z0-9_])", "_",
-       check=lambda v: _mixed_hex(v) or (any(c.isupper() for c in v) and _entropy(v) >= 3.5)),
-    _r("github_token", _B + r"github_pat_[A-Za-z0-9_]{22,255}", "github_pat_",
-       check=_not_placeholder),
+    _r("huggingface_token", _B + r"hf_[A-Za-z]{34}(?![A-Za-z0-9_])", "hf_", check=_hf_ok),
+    _r("huggingface_token", _B + r"api_org_[A-Za-z]{34}(?![A-Za-z0-9_])", "api_org_", check=_hf_ok),
+    _r(
+        "github_token",
+        _B + r"github_pat_[A-Za-z0-9_]{22,255}",
+        "github_pat_",
+        check=_not_placeholder,
+    ),
     _r("slack_token", _B + r"xox[abposr]-(?:\d+-)+[A-Za-z0-9-]+", "xox", check=_slack_ok),
     _r("slack_token", _B + r"(?:xoxe\.xox[bp]-|xoxe-)\d-[A-Za-z0-9]{100,}", "xoxe"),
     _r("slack_token", _B + r"xapp-\d-[A-Z0-9]+-\d+-[a-z0-9]+", "xapp-"),
     _r("age_secret_key", r"AGE-SECRET-KEY-1[0-9A-Z]{58}", "age-secret-key-1"),
     _r("atlassian_token", _B + r"ATATT3[A-Za-z0-9_=-]{150,}", "atatt3"),
-    _r("aws_bedrock_key", _B + r"(?:ABSK[A-Za-z0-9+/]{100,}={0,2}|bedrock-api-key-[A-Za-z0-9+/=]{20,})",
-       "b"),
+    _r("aws_bedrock_key", _B + r"ABSK[A-Za-z0-9+/]{100,}={0,2}", "absk"),
+    _r("aws_bedrock_key", _B + r"bedrock-api-key-[A-Za-z0-9+/=]{20,}", "bedrock-api-key-"),
     _r("notion_token", _B + r"ntn_[A-Za-z0-9]{40,50}" + _E, "ntn_"),
     _r("onepassword_token", _B + r"ops_eyJ[A-Za-z0-9+/_=-]{50,}", "ops_eyj"),
     _r("vault_token", _B + r"hvs\.[A-Za-z0-9_-]{90,}", "hvs."),
-    _r("vault_token", r"(?<![\w.])s\.[A-Za-z0-9]{24}(?![\w.])", "s.", check=_vault_legacy_ok),
+    _r("vault_token", r"s\.(?<![\w.]s\.)[A-Za-z0-9]{24}(?![\w.])", "s.", check=_vault_legacy_ok),
     _r("intra42_secret", r"\bs-s4t2(?:ud|af)-[a-f0-9]{64}\b", "s-s4t2"),
     _r("octopus_api_key", r"\bAPI-[A-Z0-9]{26}\b", "api-"),
     _r("perplexity_api_key", _B + r"pplx-[A-Za-z0-9]{48}", "pplx-", check=_not_placeholder),
     _r("sourcegraph_token", _B + r"sgp_(?:[a-fA-F0-9]{16}_|local_)?[a-fA-F0-9]{40}" + _E, "sgp_"),
     _r("azure_client_secret", r"(?<![\w~.-])[\w~.-]{3}\dQ~[\w~.-]{31,34}(?![\w~.-])", "q~"),
-    _r("facebook_token", r"(?<!\d)\d{15,16}\|[A-Za-z0-9_-]{27}" + _E, "|"),
+    _r(
+        "facebook_token",  # app-id|secret: the app id is public, the part after `|` is not
+        r"\|(?:(?<=(?<!\d)\d{15}\|)|(?<=(?<!\d)\d{16}\|))([A-Za-z0-9_-]{27})" + _E,
+        "|",
+        1,
+    ),
     _r("facebook_token", _B + r"EAA[A-Z][A-Za-z0-9]{60,}", "eaa"),
     _r("cloudflare_ca_key", r"\bv1\.0-[a-f0-9]{24}-[a-f0-9]{146}\b", "v1.0-"),
     _r("npm_token", _B + r"npm_[A-Za-z0-9]{36}" + _E, "npm_", check=_not_placeholder),
@@ -281,22 +430,64 @@ _RULES = (
     _r("linear_api_key", _B + r"lin_api_[A-Za-z0-9]{40}" + _E, "lin_api_"),
     _r("postman_api_key", _B + r"PMAK-[a-f0-9]{24}-[a-f0-9]{34}" + _E, "pmak-"),
     _r("stripe_key", _B + r"[rs]k_test_[0-9a-zA-Z]{24,}" + _E, "k_test_", check=_not_placeholder),
-    # Generic: long hex with mixed case is a token, never a hash (hashes are single-case).
-    _r("hex_token", _B + r"[0-9a-fA-F]{32,}" + _E, "", check=_mixed_hex, priority=_PRIORITY_GENERIC),
+    _r(
+        "sourcegraph_token",
+        r"sourcegraph[\w-]*[\"']?\s*[:=]\s*[\"']?([a-fA-F0-9]{40})" + _E,
+        "sourcegraph",
+        1,
+        flags=re.I,
+    ),
 )
 
 # `.env` / YAML / JSON / CLI assignments whose key names a credential (see _key_is_credential).
-_KEY_WORD_RE = re.compile(r"(?i)token|secret|passw|passphrase|pwd|pw|pass|key|credential|auth")
+_KEY_WORDS = r"(?:token|secret|pass|pw|key|credential|auth)[\w.-]*"
+_KEY_SEP_RE = re.compile(_KEY_WORDS + r"(?=[\"'\]]?[ \t]*(?::=|=>|=(?!=)|:))")  # on lowercased text
+_FLAG_RE = re.compile(r"--[\w.-]*" + _KEY_WORDS + r"(?=[ \t])")
 _KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _ASSIGN_RE = re.compile(
     r"(?:[\"'\]][ \t]*(?::=|=>|=(?!=)|:)|[ \t]*(?::=|=>|=(?!=)|:(?=[ \t])))[ \t]*@?"
-    r"(?:\"(?P<dq>[^\"\n]*)\"|'(?P<sq>[^'\n]*)'|`(?P<bq>[^`\n]*)`|(?P<bare>[^\s\"'`,;)}\]]+))")
-_FLAG_VALUE_RE = re.compile(r"[ \t]+(?:\"(?P<dq>[^\"\n]*)\"|'(?P<sq>[^'\n]*)'|(?P<bare>[^\s\"'`;|&]+))")
-_CRED_WORDS = ("token", "secret", "password", "passwd", "passphrase", "pwd", "pw", "pass", "apikey",
-               "credential", "credentials", "auth")
-_KEY_QUALIFIERS = ("api", "access", "secret", "private", "auth", "client", "master", "account",
-                   "service", "signing", "encryption", "license", "app", "admin", "db", "database",
-                   "priv", "subscription", "consumer", "webhook", "session")
+    r"(?:\"(?P<dq>[^\"\n]*)\"|'(?P<sq>[^'\n]*)'|`(?P<bq>[^`\n]*)`|(?P<bare>[^\s\"'`,;)}\]]+))"
+)
+_FLAG_VALUE_RE = re.compile(
+    r"[ \t]+(?:\"(?P<dq>[^\"\n]*)\"|'(?P<sq>[^'\n]*)'|(?P<bare>[^\s\"'`;|&]+))"
+)
+_CRED_WORDS = (
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "passphrase",
+    "pwd",
+    "pw",
+    "pass",
+    "apikey",
+    "credential",
+    "credentials",
+    "auth",
+)
+_KEY_QUALIFIERS = (
+    "api",
+    "access",
+    "secret",
+    "private",
+    "auth",
+    "client",
+    "master",
+    "account",
+    "service",
+    "signing",
+    "encryption",
+    "license",
+    "app",
+    "admin",
+    "db",
+    "database",
+    "priv",
+    "subscription",
+    "consumer",
+    "webhook",
+    "session",
+)
 
 
 def _key_is_credential(key: str) -> bool:
@@ -308,18 +499,23 @@ def _key_is_credential(key: str) -> bool:
     last = words[-1]
     if last in _CRED_WORDS:
         return True
-    for word in ("token", "secret", "password", "key"):  # authtoken, clientsecret, apikey
-        if last.endswith(word) and last[: -len(word)] in _KEY_QUALIFIERS:
-            return True
+    if last.endswith(("token", "secret", "password", "passwd")):  # PGPASSWORD, authtoken
+        return True
+    if last.endswith("key") and last[:-3] in _KEY_QUALIFIERS:  # apikey, secretkey
+        return True
     return last == "key" and len(words) > 1 and words[-2] in _KEY_QUALIFIERS
 
 
-_EMAIL_RE = re.compile(
-    r"(?<![\w.+%-])[A-Za-z0-9][A-Za-z0-9._%+-]*@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,24}(?![\w-])")
+# Literal-led patterns (`@`, `/`): the local part of an address is widened by hand in _emails.
+_EMAIL_DOMAIN_RE = re.compile(r"@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,24}(?![\w-])")
+_EMAIL_LOCAL = frozenset(string.ascii_letters + string.digits + "._%+-")
 _EMAIL_KEEP_RE = re.compile(
     r"(?i)^(?:git|noreply|no-reply)@|@(?:[\w-]+\.)*(?:example\.(?:com|org|net)|test|invalid|localhost)$"
-    r"|\.(?:png|jpe?g|gif|svg|webp|ico|js|ts|py|css|html|json|md|txt|lock)$")
-_HOME_RE = re.compile(r"(?<![\w.~-])/(?:home|Users)/(?!Shared(?![\w.-]))[A-Za-z0-9_-][A-Za-z0-9._-]*")
+    r"|\.(?:png|jpe?g|gif|svg|webp|ico|js|ts|py|css|html|json|md|txt|lock)$"
+)
+_HOME_RE = re.compile(
+    r"/(?<![\w.~-]/)(?:home|Users)/(?!Shared(?![\w.-]))[A-Za-z0-9_-][A-Za-z0-9._-]*"
+)
 
 
 class Scrubber:
@@ -334,7 +530,8 @@ class Scrubber:
     def __init__(self, redact_emails: bool = True, home: str | None = None) -> None:
         self.redact_emails = redact_emails
         home = (home if home is not None else str(Path.home())).rstrip("/")
-        self._home_re = (re.compile(re.escape(home) + r"(?![\w.-])") if len(home) > 1 else None)
+        self._home = home if len(home) > 1 else None
+        self._home_re = re.compile(re.escape(home) + r"(?![\w.-])")
 
     def scrub_text(self, text: str) -> tuple[str, Counter[str]]:
         """Redact one text.
@@ -345,17 +542,16 @@ class Scrubber:
         counts: Counter[str] = Counter()
         if not text:
             return text, counts
-        spans = self._find(text)
+        spans = self._find(text) if len(text) >= 7 else []  # 1.1.1.1 is the shortest hit
         if spans:
             text = _apply(text, spans, counts)
-        if self._home_re is not None:
+        if self._home is not None and self._home in text:
             text, n = self._home_re.subn("~", text)
             counts["home_path"] += n
-        text, n = _HOME_RE.subn("~", text)
-        counts["home_path"] += n
-        if not counts["home_path"]:
-            del counts["home_path"]
-        return text, counts
+        if "/home/" in text or "/Users/" in text:
+            text, n = _HOME_RE.subn("~", text)
+            counts["home_path"] += n
+        return text, +counts
 
     def scrub_sample(self, sample: Sample) -> tuple[Sample, Counter[str]]:
         """Scrub messages (content and tool calls), chosen/rejected and string values in meta.
@@ -372,13 +568,20 @@ class Scrubber:
 
         messages = [_scrub_tree(m, scrub) for m in sample.messages]
         new = dataclasses.replace(
-            sample, messages=messages, chosen=scrub(sample.chosen), rejected=scrub(sample.rejected),
-            meta=_scrub_tree(sample.meta, scrub))
+            sample,
+            messages=messages,
+            chosen=scrub(sample.chosen),
+            rejected=scrub(sample.rejected),
+            meta=_scrub_tree(sample.meta, scrub),
+        )
         return new, counts
 
     def _find(self, text: str) -> list[Span]:
         spans: list[Span] = []
+        # The lowercased copy must keep every offset (a few non-ASCII letters lower to two).
         lower = text.lower()
+        if len(lower) != len(text):
+            lower = text.translate(_ASCII_LOWER)
         for rule in _RULES:
             if rule.trigger not in lower:
                 continue
@@ -386,12 +589,10 @@ class Scrubber:
                 value = m.group(rule.group)
                 if value and (rule.check is None or rule.check(value)):
                     spans.append((m.start(rule.group), m.end(rule.group), rule.priority, rule.kind))
-        _plugin_spans(text, spans)
-        _assignment_spans(text, spans)
+        _plugin_spans(text, lower, spans)
+        _assignment_spans(text, lower, spans)
         if self.redact_emails and "@" in text:
-            for m in _EMAIL_RE.finditer(text):
-                if not _EMAIL_KEEP_RE.search(m.group()):
-                    spans.append((m.start(), m.end(), _PRIORITY_PII, "email"))
+            spans += _emails(text)
         # An e-mail or IP inside a credential is left to the credential rule (no merged spans).
         strong = [s for s in spans if s[2] < _PRIORITY_PII]
         spans = [s for s in spans if s[2] < _PRIORITY_PII or not _overlaps(s, strong)]
@@ -401,14 +602,29 @@ class Scrubber:
         return _everywhere(text, spans)
 
 
+def _emails(text: str) -> list[Span]:
+    out: list[Span] = []
+    for m in _EMAIL_DOMAIN_RE.finditer(text):
+        start = m.start()
+        while start > 0 and text[start - 1] in _EMAIL_LOCAL:
+            start -= 1
+        while start < m.start() and not text[start].isalnum():
+            start += 1
+        if start < m.start() and not _EMAIL_KEEP_RE.search(text[start : m.end()]):
+            out.append((start, m.end(), _PRIORITY_PII, "email"))
+    return out
+
+
 def _overlaps(span: Span, others: list[Span]) -> bool:
     return any(span[0] < o[1] and o[0] < span[1] for o in others)
 
 
-def _plugin_spans(text: str, spans: list[Span]) -> None:
+def _plugin_spans(text: str, lower: str, spans: list[Span]) -> None:
     starts: list[int] | None = None
     for entry in _PLUGINS:
-        hits = [m.start() for m in entry.trigger.finditer(text)]
+        if entry.gate and not any(word in lower for word in entry.gate):
+            continue
+        hits = [m.start() for m in entry.trigger.finditer(lower if entry.lower else text)]
         if not hits:
             continue
         if starts is None:
@@ -419,7 +635,8 @@ def _plugin_spans(text: str, spans: list[Span]) -> None:
             line = text[lo:hi]
             for value in set(entry.plugin.analyze_string(line)):
                 if entry.entropy_limit is not None and (
-                        entry.plugin.calculate_shannon_entropy(value) <= entry.entropy_limit):
+                    entry.plugin.calculate_shannon_entropy(value) <= entry.entropy_limit
+                ):
                     continue
                 for a, b in _locate(line, value) if value else _regex_spans(entry.plugin, line):
                     token = line[a:b]
@@ -457,35 +674,31 @@ def _regex_spans(plugin: Any, line: str) -> list[tuple[int, int]]:
     return out
 
 
-def _assignment_spans(text: str, spans: list[Span]) -> None:
+def _assignment_spans(text: str, lower: str, spans: list[Span]) -> None:
     seen: set[int] = set()
-    for m in _KEY_WORD_RE.finditer(text):
-        end = m.end()
-        while end < len(text) and text[end] in _KEY_CHARS:
-            end += 1
-        if end in seen:
-            continue
-        seen.add(end)
-        start = m.start()
-        while start > 0 and text[start - 1] in _KEY_CHARS:
-            start -= 1
-        key = text[start:end].lstrip("-")
-        if text.startswith("[REDACTED:", start - 10) or not _key_is_credential(key):
-            continue
-        v = _ASSIGN_RE.match(text, end)
-        if v is None and text.startswith("--", start):
-            v = _FLAG_VALUE_RE.match(text, end)
-        if v is None:
-            continue
-        group = next(g for g in ("dq", "sq", "bq", "bare") if v.groupdict().get(g) is not None)
-        if _plausible_value(v.group(group)):
-            spans.append((v.start(group), v.end(group), _PRIORITY_GENERIC, "secret_assignment"))
+    for finder, value_re in ((_KEY_SEP_RE, _ASSIGN_RE), (_FLAG_RE, _FLAG_VALUE_RE)):
+        for m in finder.finditer(lower):
+            start, end = m.start(), m.end()
+            if end in seen:
+                continue
+            seen.add(end)
+            while start > 0 and text[start - 1] in _KEY_CHARS:
+                start -= 1
+            key = text[start:end].lstrip("-")
+            if text.startswith("[REDACTED:", start - 10) or not _key_is_credential(key):
+                continue
+            v = value_re.match(text, end)
+            if v is None:
+                continue
+            group = next(g for g, val in v.groupdict().items() if val is not None)
+            if _plausible_value(v.group(group)):
+                spans.append((v.start(group), v.end(group), _PRIORITY_GENERIC, "secret_assignment"))
 
 
 def _everywhere(text: str, spans: list[Span]) -> list[Span]:
     """Adds every other occurrence of each redacted value (12+ chars, one line) in the text."""
     extra: list[Span] = []
-    for value, (_, _, prio, kind) in {text[s[0]:s[1]]: s for s in spans}.items():
+    for value, (_, _, prio, kind) in {text[s[0] : s[1]]: s for s in spans}.items():
         if len(value) < 12 or "\n" in value or "[REDACTED:" in value:
             continue
         pos = text.find(value)

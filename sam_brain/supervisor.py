@@ -22,9 +22,9 @@ from sam_brain.protocols import Progress, TrainResult, TrainSpec
 
 log = logging.getLogger(__name__)
 
-OPENBLAS_PATHS = (
-    "/usr/lib/x86_64-linux-gnu/libopenblas-pthread/libopenblas.so.0",
-    "/usr/lib/aarch64-linux-gnu/libopenblas-pthread/libopenblas.so.0",
+OPENBLAS_PATHS = (  # Debian's libopenblas0-pthread
+    "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/aarch64-linux-gnu/openblas-pthread/libopenblas.so.0",
 )
 
 

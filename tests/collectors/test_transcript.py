@@ -200,6 +200,7 @@ def test_bad_lines_are_counted_not_fatal(tmp_path: Path) -> None:
         + b"\xff\xfe not utf-8\n"
         + b"[1]\n"
         + b"{not json\n"
+        + b"\x00\x00\x00"  # NULs in front of a complete line
         + json.dumps(good[1]).encode()
         + b"\n"
         + torn
@@ -210,6 +211,7 @@ def test_bad_lines_are_counted_not_fatal(tmp_path: Path) -> None:
     assert len(read_records(path, skipped)) == 3
     assert dict(skipped) == {
         "nul_line": 1,
+        "nul_bytes": 1,
         "undecodable": 1,
         "not_object": 1,
         "bad_json": 1,

@@ -1,0 +1,93 @@
+"""samctl against a home with the daemon stopped (the commands that must work offline)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sam_brain.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out + out.err
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    h = tmp_path / "home"
+    h.mkdir()
+    monkeypatch.setenv("SAM_BRAIN_HOME", str(h))
+    monkeypatch.delenv("SAM_BRAIN_CONFIG", raising=False)
+    # An unused port: every daemon call must fail fast, as with a stopped daemon.
+    (h / "config.toml").write_text("[api]\nport = 9\n")
+    return h
+
+
+def test_ingest_is_idempotent_and_data_commands_work(home: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from sam_brain.examples import write_example_sessions
+
+    src = tmp_path / "projects"
+    write_example_sessions(src, n_sessions=4, seed=1)
+    code, out = run(capsys, "ingest", "sessions", str(src), "--now", "--json")
+    assert code == 0, out
+    first = json.loads(out)
+    assert first["stored"] > 0 and first["inserted"] == first["stored"]
+    code, out = run(capsys, "ingest", "sessions", str(src), "--now", "--json")
+    again = json.loads(out)
+    assert again["inserted"] == 0  # unchanged files: nothing new, nothing duplicated
+    code, out = run(capsys, "data", "stats", "--json")
+    stats = json.loads(out)
+    assert stats["total"] == first["stored"]
+    assert sum(stats["by_split"].values()) == stats["total"]
+    dest = tmp_path / "all.jsonl"
+    code, out = run(capsys, "data", "export", "--split", "all", "--out", str(dest))
+    lines = [json.loads(line) for line in dest.read_text().splitlines()]
+    assert len(lines) == stats["total"]
+    assert all(m["role"] in {"system", "user", "assistant", "tool"} for r in lines for m in r["messages"])
+    code, out = run(capsys, "status")
+    assert code == 0 and "daemon: stopped" in out
+
+
+def test_versions_commands_offline(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sam_brain.config import load_config
+    from sam_brain.home import Home
+
+    h = Home.open(load_config())
+    for i in range(2):
+        a = tmp_path / f"a{i}"
+        a.mkdir()
+        (a / "adapters.safetensors").write_bytes(f"w{i}".encode())
+        (a / "adapter_config.json").write_text("{}")
+        h.versions.activate(h.versions.register(a).version)
+    h.close()
+    assert run(capsys, "current")[1].strip() == "v1.0.1"
+    code, out = run(capsys, "list")
+    assert "* v1.0.1" in out and "v1.0.0" in out
+    code, out = run(capsys, "rollback")
+    assert code == 0 and "v1.0.0" in out
+    code, out = run(capsys, "rollback")
+    assert code == 4 and "nothing to roll back" in out
+    code, out = run(capsys, "rollback", "v7.7.7")
+    assert code == 3
+
+
+def test_errors_are_one_line_with_documented_codes(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run(capsys, "train", "--force")
+    assert code == 9 and out.count("\n") == 1 and "sam-brain serve" in out
+    (home / "config.toml").write_text("[api]\nport = 'x'\n")
+    code, out = run(capsys, "status")
+    assert code == 2 and "api.port" in out
+
+
+def test_console_scripts_are_installed() -> None:
+    bindir = Path(sys.executable).parent
+    for script in ("samctl", "sam-brain"):
+        out = subprocess.run([str(bindir / script), "--help"], capture_output=True, text=True)
+        assert out.returncode == 0 and "usage" in out.stdout

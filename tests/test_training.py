@@ -1,0 +1,75 @@
+"""Training orchestration: failures are recorded and never deployed; the scheduler's rules."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sam_brain.config import parse_config
+from sam_brain.errors import TrainingFailed
+from sam_brain.home import Home
+from sam_brain.pool import file_lock
+from sam_brain.protocols import Sample, stable_id
+from sam_brain.scheduler import Coordinator
+from sam_brain.training import TrainingJob, build_dataset
+
+
+def make_home(tmp_path: Path, model: str, **training: Any) -> Home:
+    cfg = parse_config({"data_dir": str(tmp_path / "data"),
+                        "sources": {"sessions_dirs": [str(tmp_path / "s")]},
+                        "training": {"mlx_base_model": model, "min_for_training": 5, **training}})
+    return Home.open(cfg)
+
+
+def fill(home: Home, n: int, groups: int = 4) -> None:
+    rows = []
+    for i in range(n):
+        g = f"g{i % groups}"
+        rows.append((Sample(id=stable_id("t", str(i)), source="sessions", source_key=g, group=g,
+                            messages=[{"role": "user", "content": f"question {i}"},
+                                      {"role": "assistant", "content": f"answer number {i}"}]),
+                     "train"))
+    with file_lock(home.pool.lock_path):
+        home.pool.upsert(rows)
+
+
+def test_dataset_always_has_validation(tmp_path: Path) -> None:
+    home = make_home(tmp_path, "unused")
+    fill(home, 12, groups=3)
+    counts = build_dataset(home, tmp_path / "ds")
+    assert counts["val"] > 0 and counts["train"] > 0
+    assert counts["train"] + counts["val"] + counts["test"] == 12
+    home.close()
+
+
+@pytest.mark.slow
+def test_failed_run_is_recorded_and_not_deployed(tmp_path: Path) -> None:
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    home = make_home(tmp_path, str(broken))
+    fill(home, 8)
+    job = TrainingJob(home, "mlx", "forced")
+    with pytest.raises(TrainingFailed):
+        asyncio.run(job.execute())
+    run = home.store.last_run()
+    assert run is not None and run.status == "failed" and run.reason
+    assert home.store.versions() == []
+    assert (home.runs_dir / run.run_id / "train.log").exists()
+    home.close()
+
+
+def test_scheduler_rules(tmp_path: Path) -> None:
+    home = make_home(tmp_path, "unused", nightly_window="01:00-05:00", max_runs_per_day=1)
+    coord = Coordinator(home, "mlx")
+    assert "needed" in (coord.why_not() or "")
+    fill(home, 6)
+    assert "window" in (coord.why_not(datetime(2026, 1, 1, 12, 0)) or "")
+    assert coord.why_not(datetime(2026, 1, 1, 2, 0)) is None
+    home.store.create_run("threshold", "mlx", "m", 6, 1)
+    assert "cap" in (coord.why_not(datetime(2026, 1, 1, 2, 0)) or "")
+    home.close()
