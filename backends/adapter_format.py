@@ -30,8 +30,20 @@ CONFIG = "adapter_config.json"
 _PEFT_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
 _MLX_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[ab])$")
 _LAYER = re.compile(r"^(?P<stack>.*?)(?P<pattern>[A-Za-z_]+)\.(?P<index>\d+)\.(?P<key>.+)$")
-_ITEM_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
-               "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}  # fmt: skip
+_ITEM_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 
 
 @dataclass
@@ -42,7 +54,9 @@ class RawTensor:
     data: np.ndarray  # dtype `V<itemsize>`, in the tensor's shape
 
 
-def peft_to_mlx(src_dir: Path | str, dst_dir: Path | str, base_model_path: str | None = None) -> None:
+def peft_to_mlx(
+    src_dir: Path | str, dst_dir: Path | str, base_model_path: str | None = None
+) -> None:
     """Write mlx-lm's `adapters.safetensors` + `adapter_config.json` from a PEFT LoRA adapter.
 
     Args:
@@ -112,7 +126,9 @@ def mlx_to_peft(src_dir: Path | str, dst_dir: Path | str, base_model_path: str) 
     src, dst = Path(src_dir), Path(dst_dir)
     config = _read_json(src / CONFIG)
     if config.get("fine_tune_type", "lora") != "lora":
-        raise BadRequest(f"{src}: only LoRA adapters convert to PEFT, not {config['fine_tune_type']}")
+        raise BadRequest(
+            f"{src}: only LoRA adapters convert to PEFT, not {config['fine_tune_type']}"
+        )
     params = config.get("lora_parameters") or {}
     tensors, _ = read_safetensors(src / MLX_WEIGHTS)
     out: dict[str, RawTensor] = {}
@@ -132,7 +148,9 @@ def mlx_to_peft(src_dir: Path | str, dst_dir: Path | str, base_model_path: str) 
     rank = int(params["rank"])
     total = count_layers(base_model_path)
     num_layers = int(config.get("num_layers", -1))
-    layers = None if num_layers <= 0 or num_layers >= total else list(range(total - num_layers, total))
+    layers = (
+        None if num_layers <= 0 or num_layers >= total else list(range(total - num_layers, total))
+    )
     peft_config = {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
@@ -227,8 +245,11 @@ def write_safetensors(path: Path, tensors: dict[str, RawTensor], metadata: dict[
     for name in sorted(tensors):
         tensor = tensors[name]
         data = np.ascontiguousarray(tensor.data).tobytes()
-        header[name] = {"dtype": tensor.dtype, "shape": list(tensor.data.shape),
-                        "data_offsets": [offset, offset + len(data)]}  # fmt: skip
+        header[name] = {
+            "dtype": tensor.dtype,
+            "shape": list(tensor.data.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
         chunks.append(data)
         offset += len(data)
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")

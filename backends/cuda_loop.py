@@ -20,7 +20,8 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -34,6 +35,8 @@ Row = tuple[list[int], list[int]]
 PAD_MULTIPLE = 8  # fewer distinct shapes, little padding
 RECENT = 10  # steps averaged into the reported final train loss
 IGNORE = -100  # torch's cross-entropy ignore_index
+CKPT_WEIGHTS = "adapter_model.safetensors"
+CKPT_TRAINER = "trainer_state.pt"
 
 
 @dataclass
@@ -84,8 +87,14 @@ class Batch:
 class Buckets:
     """Rows sorted by length and cut into batches; each epoch visits them in a seeded order."""
 
-    def __init__(self, rows: list[Row], batch_size: int, seed: int, pad_id: int,
-                 device: torch.device | str = "cpu") -> None:  # fmt: skip
+    def __init__(
+        self,
+        rows: list[Row],
+        batch_size: int,
+        seed: int,
+        pad_id: int,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.rows = rows
         self.seed = seed
         self.pad_id = pad_id
@@ -132,9 +141,11 @@ def masked_loss_sum(model: Any, batch: Batch) -> torch.Tensor:
     logits = logits[:, :-1].float()
     targets = batch.labels[:, 1:]
     return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-        ignore_index=IGNORE, reduction="sum",
-    )  # fmt: skip
+        logits.reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
+    )
 
 
 def train_step(model: Any, optimizer: Any, scheduler: Any, batches: list[Batch]) -> float:
@@ -159,7 +170,7 @@ def train_step(model: Any, optimizer: Any, scheduler: Any, batches: list[Batch])
         sync = k == len(batches) - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
             ce = masked_loss_sum(model, batch)
-            (ce * (world / total)).backward()
+            cast(Any, ce * (world / total)).backward()
         loss_sum += ce.detach().float().cpu()
     if distributed:
         dist.all_reduce(loss_sum)
@@ -171,6 +182,18 @@ def train_step(model: Any, optimizer: Any, scheduler: Any, batches: list[Batch])
     optimizer.step()
     scheduler.step()
     return loss
+
+
+def rank_batches(train: Buckets, micro: int, grad_accum: int) -> tuple[list[Batch], int]:
+    """This rank's micro-batches for the step starting at data position `micro`.
+
+    Rank `r` of `w` takes positions `micro + r + w*k`; returns them and how many positions the
+    whole step consumes (`grad_accum * w`), so every rank advances the same shared position.
+    """
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    batches = [train.micro_batch(micro + rank + world * k) for k in range(grad_accum)]
+    return batches, grad_accum * world
 
 
 @torch.no_grad()
@@ -221,12 +244,12 @@ def run_steps(
             return "cancelled"
         torch.manual_seed(cfg.seed * 1_000_003 + state.step)  # dropout noise follows the step
         tic = time.perf_counter()
-        batches = [train.micro_batch(state.micro + k) for k in range(state.grad_accum)]
+        batches, consumed = rank_batches(train, state.micro, state.grad_accum)
         try:
             step_loss = train_step(model, optimizer, scheduler, batches)
         except TrainingFailed as err:
             raise TrainingFailed(f"step {state.step + 1}: {err}") from err
-        state.micro += state.grad_accum
+        state.micro += consumed
         real_tokens = sum(b.real_tokens for b in batches)
         elapsed = time.perf_counter() - tic
         state.step += 1
@@ -271,3 +294,61 @@ def _validate(
         return ""
     state.bad_evals += 1
     return "early_stopped" if state.bad_evals >= cfg.patience else ""
+
+
+def resume_reason(state: RunState, cfg: LoopConfig) -> str:
+    """A resumed run that had already finished or stopped early is not trained further."""
+    if state.step >= cfg.total_steps:
+        return "done"
+    if state.bad_evals >= cfg.patience:
+        return "early_stopped"
+    return ""
+
+
+def run_metrics(state: RunState, wall_seconds: float) -> dict[str, float]:
+    """The numbers a finished run reports in `TrainResult.metrics`."""
+    metrics = {
+        "steps": float(state.step),
+        "tokens": float(state.tokens),
+        "seconds": round(state.seconds, 3),
+        "wall_seconds": round(wall_seconds, 3),
+    }
+    if state.recent_losses:
+        metrics["final_train_loss"] = sum(state.recent_losses) / len(state.recent_losses)
+    if state.initial_val_loss is not None:
+        metrics["initial_val_loss"] = state.initial_val_loss
+    if state.best_val_loss is not None:
+        metrics["best_val_loss"] = state.best_val_loss
+        metrics["best_step"] = float(state.best_step)
+    if state.seconds > 0:
+        metrics["tokens_per_sec"] = state.tokens / state.seconds
+    return metrics
+
+
+def save_state(directory: Path, model: Any, optimizer: Any, scheduler: Any) -> None:
+    """Write the adapter, optimizer, scheduler and RNG states of a checkpoint into `directory`."""
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    weights = get_peft_model_state_dict(model)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+    save_file(tensors, str(directory / CKPT_WEIGHTS))
+    rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    blob = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng}
+    torch.save(blob, directory / CKPT_TRAINER)
+
+
+def restore_state(directory: Path, model: Any, optimizer: Any, scheduler: Any) -> None:
+    """Load what `save_state` wrote back into the live objects."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(directory / CKPT_WEIGHTS)))
+    blob = torch.load(directory / CKPT_TRAINER, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    torch.set_rng_state(blob["rng"]["cpu"])
+    if "cuda" in blob["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(blob["rng"]["cuda"])

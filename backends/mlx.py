@@ -19,6 +19,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, fields, replace
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from backends.checkpoint import atomic_file, load_checkpoint, save_checkpoint, write_text_atomic
 from backends.mlx_loop import (
     Buckets,
+    Hooks,
     LoopConfig,
     ModelShape,
     RunState,
@@ -51,21 +53,9 @@ ADAPTER_FILE = "adapters.safetensors"
 # Profile fields this backend implements; any other option is refused, not ignored.
 HONOURED = frozenset(
     {
-        "lora_rank",
-        "lora_alpha",
-        "lora_dropout",
-        "lora_keys",
-        "num_layers",
-        "batch_size",
-        "grad_accum",
-        "max_seq_length",
-        "grad_checkpoint",
-        "learning_rate",
-        "epochs",
-        "max_steps",
-        "eval_every",
-        "save_every",
-        "patience",
+        *("lora_rank", "lora_alpha", "lora_dropout", "lora_keys", "num_layers"),
+        *("batch_size", "grad_accum", "max_seq_length", "grad_checkpoint", "learning_rate"),
+        *("epochs", "max_steps", "eval_every", "save_every", "patience"),
     }
 )
 
@@ -82,6 +72,7 @@ class MLXBackend:
 
     def __init__(self, patience: int = 3) -> None:
         self.patience = patience
+        self._loaded: tuple[Any, Any, Any] | None = None  # (key, model, tokenizer) for generate
 
     def preflight(self, spec: TrainSpec) -> Preflight:
         """Count samples and tokens and estimate peak memory, without loading weights.
@@ -175,29 +166,22 @@ class MLXBackend:
 
         restore_memory = govern_memory(estimate_memory_mb(shape, opts, opts.max_seq_length))
         undo_ckpt = enable_grad_checkpoint(model) if opts.grad_checkpoint else None
-        valid = Buckets(val_rows, opts.batch_size, spec.seed) if val_rows else None
-        if valid is None:
+        if not val_rows:
             notes.append("no validation rows: the final adapter is kept, no early stopping")
-        reason = "done"
+        cfg = LoopConfig(total_steps, opts.eval_every, opts.save_every, patience, spec.seed)
+        reason, valid = "done", None
+        mx.reset_peak_memory()
         try:
-            if valid is not None and state.initial_val_loss is None:
-                state.initial_val_loss = state.best_val_loss = evaluate(model, valid)
-                save_best()  # the untrained adapter is the best until something beats it
-            cfg = LoopConfig(total_steps, opts.eval_every, opts.save_every, patience, spec.seed)
             for attempt in (1, 2):
                 train = Buckets(train_rows, state.batch_size, spec.seed)
+                valid = Buckets(val_rows, state.batch_size, spec.seed) if val_rows else None
                 try:
+                    if valid is not None and state.initial_val_loss is None:
+                        state.initial_val_loss = state.best_val_loss = evaluate(model, valid)
+                        save_best()  # the untrained adapter is the best until one beats it
+                    hooks = Hooks(progress, cancelled, on_best=save_best, on_save=save_ckpt)
                     reason = finished_reason(state, cfg) or run_steps(
-                        model,
-                        optimizer,
-                        train,
-                        valid,
-                        state,
-                        cfg,
-                        progress,
-                        cancelled,
-                        on_best=save_best,
-                        on_save=save_ckpt,
+                        model, optimizer, train, valid, state, cfg, hooks
                     )
                     break
                 except (RuntimeError, MemoryError) as err:
@@ -214,7 +198,16 @@ class MLXBackend:
             save_best()
         notes.append(f"stopped: {reason} at step {state.step}/{total_steps}")
         metrics = state.metrics(time.perf_counter() - wall)
-        _write_manifest(out, spec, base, opts, patience, state, metrics, notes, reason)
+        effective = {
+            **asdict(opts),
+            "patience": patience,
+            "batch_size": state.batch_size,
+            "grad_accum": state.grad_accum,
+            "max_seq_length": state.max_seq_length,
+        }
+        data_stats = {"train": asdict(train_stats), "valid": asdict(val_stats)}
+        body = {"effective_profile": effective, "stop_reason": reason, "data": data_stats}
+        _write_manifest(out, spec, base, {**body, "metrics": metrics, "notes": notes})
         return TrainResult(adapter_dir=str(out), steps=state.step, metrics=metrics, notes=notes)
 
     def generate(
@@ -227,7 +220,13 @@ class MLXBackend:
         """Greedy completion of `messages` (chat template applied), with the adapter if given."""
         from mlx_lm import generate, load
 
-        model, tokenizer = load(str(_base_dir(base_model)), adapter_path=adapter_dir)[:2]
+        base = str(_base_dir(base_model))
+        # Reuse the last model loaded, unless the adapter file was rewritten since.
+        weights = Path(adapter_dir) / ADAPTER_FILE if adapter_dir else None
+        key = (base, adapter_dir, weights.stat().st_mtime_ns if weights else None)
+        if self._loaded is None or self._loaded[0] != key:
+            self._loaded = (key, *load(base, adapter_path=adapter_dir)[:2])
+        _, model, tokenizer = self._loaded
         prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)  # type: ignore[no-untyped-call]
         return str(generate(model, tokenizer, prompt, max_tokens=max_tokens))
 
@@ -373,40 +372,17 @@ def _save_adapter(model: Any, path: Path) -> None:
         mx.save_safetensors(str(tmp), _adapter_weights(model))
 
 
-def _write_manifest(
-    out: Path,
-    spec: TrainSpec,
-    base: Path,
-    opts: Profile,
-    patience: int,
-    state: RunState,
-    metrics: dict[str, float],
-    notes: list[str],
-    reason: str,
-) -> None:
+def _write_manifest(out: Path, spec: TrainSpec, base: Path, body: dict[str, Any]) -> None:
+    """`manifest.json`: what was trained from what, how, and what it measured."""
     manifest = {
         "backend": "mlx",
         "run_id": spec.run_id,
         "base_model": str(base),
         "seed": spec.seed,
         "profile": spec.profile,
-        "effective_profile": {
-            **asdict(opts),
-            "patience": patience,
-            "batch_size": state.batch_size,
-            "grad_accum": state.grad_accum,
-            "max_seq_length": state.max_seq_length,
-        },
-        "stop_reason": reason,
-        "metrics": metrics,
-        "notes": notes,
-        "versions": _versions(),
+        **body,
+        "started_at": time.time() - body["metrics"]["wall_seconds"],
         "finished_at": time.time(),
+        "versions": {dist: version(dist) for dist in ("mlx", "mlx-lm")},
     }
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import version
-
-    return {dist: version(dist) for dist in ("mlx", "mlx-lm")}

@@ -1,13 +1,13 @@
-"""The MLX training loop: length-bucketed batches, the per-turn masked loss, optimizer steps.
+"""The MLX training loop (batches, masked loss, optimizer steps) and the sizing of a run.
 
 mlx-lm's `tuner.trainer.train` supervises one contiguous completion per row, averages
 accumulated gradients per micro-batch, and keeps neither optimizer state nor data position, so
 this loop replaces it while reusing mlx-lm's model and LoRA layers. Rows are sorted by length and
 cut into batches whose order is reshuffled each epoch from `(seed, epoch)`, so the data position
 is one integer (`RunState.micro`) and a resumed run sees exactly the batches an uninterrupted run
-would. Gradients are accumulated weighted by supervised tokens, so a micro-batch of short replies
-does not count as much as one of long replies. Saving, evaluation bookkeeping and the adapter
-files live in `backends/mlx.py`; this module only trains and measures.
+would. Gradients are accumulated weighted by supervised tokens. The sizing half reads a model's
+shape from its files, estimates peak memory, sets MLX's memory limits and shrinks the batch after
+an out-of-memory error. Files (adapters, checkpoints, manifest) are written by `backends/mlx.py`.
 """
 
 from __future__ import annotations
@@ -84,6 +84,16 @@ class LoopConfig:
     save_every: int
     patience: int
     seed: int
+
+
+@dataclass
+class Hooks:
+    """How the loop talks to its caller: report, ask whether to stop, save."""
+
+    progress: Callable[[Progress], None]
+    cancelled: Callable[[], bool]
+    on_best: Callable[[], None]  # after a validation pass improved the best loss
+    on_save: Callable[[], None]  # every `save_every` steps
 
 
 class Buckets:
@@ -184,15 +194,11 @@ def run_steps(
     valid: Buckets | None,
     state: RunState,
     cfg: LoopConfig,
-    progress: Callable[[Progress], None],
-    cancelled: Callable[[], bool],
-    on_best: Callable[[], None],
-    on_save: Callable[[], None],
+    hooks: Hooks,
 ) -> str:
     """Train until `cfg.total_steps`, cancellation or early stop; returns why it stopped.
 
-    `on_best` is called after a validation pass improved the best loss; `on_save` every
-    `cfg.save_every` steps. The caller saves the final checkpoint.
+    `cancelled()` is asked before every step; the caller saves the final checkpoint.
 
     Raises:
         TrainingFailed: The training loss became NaN or infinite.
@@ -201,7 +207,7 @@ def run_steps(
     model.train()
     session_start, session_steps = time.perf_counter(), 0
     while state.step < cfg.total_steps:
-        if cancelled():
+        if hooks.cancelled():
             return "cancelled"
         mx.random.seed(cfg.seed * 1_000_003 + state.step)  # dropout noise follows the step
         tic = time.perf_counter()
@@ -252,12 +258,12 @@ def run_steps(
         if valid is not None and (
             state.step % cfg.eval_every == 0 or state.step == cfg.total_steps
         ):
-            stop = _validate(model, valid, state, cfg, on_best)
+            stop = _validate(model, valid, state, cfg, hooks.on_best)
             report.val_loss = state.last_val_loss
             report.message = f"validation loss {state.last_val_loss:.4f}"
-        progress(report)
+        hooks.progress(report)
         if state.step % cfg.save_every == 0:
-            on_save()
+            hooks.on_save()
         if stop:
             return stop
     return "done"

@@ -97,9 +97,7 @@ def health_problems(metrics: VersionMetrics, limits: HealthLimits) -> list[str]:
     """
     problems = []
     if metrics.requests and metrics.memory_mb > limits.max_memory_mb:
-        problems.append(
-            f"memory {metrics.memory_mb:.0f} MB > {limits.max_memory_mb:.0f} MB"
-        )
+        problems.append(f"memory {metrics.memory_mb:.0f} MB > {limits.max_memory_mb:.0f} MB")
     if metrics.requests >= limits.min_requests:
         if metrics.error_rate > limits.max_error_rate:
             problems.append(

@@ -16,7 +16,6 @@ from sam_brain.masking import (
     fully_masked,
     load_rows,
 )
-from sam_brain.tinymodel import build_tiny_model
 
 CONVERSATION: list[dict[str, Any]] = [
     {"role": "system", "content": "You are SAM."},
@@ -47,8 +46,8 @@ EXPECTED_SPANS = [
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+def tiny_dir(tiny_model: Path) -> Path:
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +77,22 @@ def test_every_assistant_turn_is_supervised_exactly(tokenizer: Any) -> None:
     assert ids == tokenizer.apply_chat_template(CONVERSATION, tokenize=True, return_dict=False)
     spans = [tokenizer.decode(run) for run in _runs(ids, mask, 1)]
     assert spans == EXPECTED_SPANS
+
+
+def test_tool_call_only_turn_is_supervised_from_the_first_token(tokenizer: Any) -> None:
+    call = {"type": "function", "function": {"name": "ls", "arguments": {"path": "."}}}
+    messages = [
+        {"role": "user", "content": "List files."},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "content": "a.py"},
+        {"role": "assistant", "content": "One file: a.py"},
+    ]
+    ids, mask = encode_chat(tokenizer, messages, max_length=4096)
+
+    assert [tokenizer.decode(run) for run in _runs(ids, mask, 1)] == [
+        '<tool_call>\n{"name": "ls", "arguments": {"path": "."}}\n</tool_call><|im_end|>',
+        "One file: a.py<|im_end|>",
+    ]
 
 
 def test_prompt_headers_and_tool_results_are_not_supervised(tokenizer: Any) -> None:

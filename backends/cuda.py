@@ -1,0 +1,393 @@
+"""The CUDA LoRA backend: transformers + peft + bitsandbytes (QLoRA), with SAM Brain's own loop.
+
+`CudaBackend.train` loads the base in 4-bit NF4 (double quantization; compute dtype bf16 on CUDA,
+float32 on CPU, where bitsandbytes >= 0.49 runs NF4 too) unless the constructor or the environment
+says `quantize=False` (`SAM_BRAIN_CUDA_QUANTIZE=0`), adds LoRA from the profile (`lora_keys` such
+as `self_attn.q_proj` become PEFT `target_modules`, `num_layers` the last N `layers_to_transform`)
+and runs `backends.cuda_loop.run_steps`: paged 8-bit AdamW on CUDA (torch AdamW elsewhere, said in
+the notes), warm-up then cosine decay, gradient accumulation, optional gradient checkpointing,
+validation with early stopping, and a resumable checkpoint (adapter, optimizer, scheduler, RNG,
+step, data position) written atomically every `save_every` steps. Loss masks come from
+`sam_brain.masking`, so the supervised tokens are the MLX backend's. The best adapter is kept in
+mlx-lm format at the top of `out_dir` (what the version registry and `mlx_lm.load` read) and in
+PEFT format in `out_dir/peft/`. With `preference.jsonl`, a DPO stage follows (`backends.cuda_dpo`).
+
+Multi-GPU: `train_step`/`rank_batches` in `backends/cuda_loop.py` are DDP-ready (tested with two
+gloo processes). To spread a run over N GPUs, launch the worker as
+`torchrun --nproc_per_node N -m sam_brain.worker cuda spec.json` (or `accelerate launch
+--multi_gpu`), call `torch.distributed.init_process_group("nccl")`, put each rank on
+`cuda:LOCAL_RANK` (bitsandbytes: `device_map={"": LOCAL_RANK}`), wrap the PEFT model in
+`DistributedDataParallel`, and let rank 0 alone save and report. `train` here runs one process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, fields
+from functools import partial
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from safetensors.torch import load_file
+
+from backends.adapter_format import CONFIG, MLX_WEIGHTS, PEFT_WEIGHTS, mlx_to_peft, peft_to_mlx
+from backends.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
+from backends.cuda_dpo import DpoOptions, load_pairs, run_dpo
+from backends.cuda_loop import (
+    Buckets,
+    LoopConfig,
+    RunState,
+    evaluate,
+    restore_state,
+    resume_reason,
+    run_metrics,
+    run_steps,
+    save_state,
+)
+from backends.cuda_options import (
+    Options,
+    check_options,
+    estimate_memory_mb,
+    lora_config,
+    lr_schedule,
+    read_shape,
+    total_steps,
+)
+from sam_brain.errors import BackendUnavailable, ModelUnavailable, NotFound, TrainingFailed
+from sam_brain.masking import MaskStats, encode_rows, load_rows
+from sam_brain.protocols import Message, Preflight, Progress, TrainResult, TrainSpec
+
+PEFT_DIR = "peft"
+
+
+class CudaBackend:
+    """QLoRA training and generation with transformers + peft (CUDA, or the CPU)."""
+
+    name = "cuda"
+
+    def __init__(
+        self,
+        quantize: bool | None = None,
+        patience: int = 3,
+        dpo_beta: float = 0.1,
+        dpo_learning_rate: float = 5e-6,
+        dpo_epochs: float = 1.0,
+        dpo_max_steps: int = 0,
+    ) -> None:
+        """Args:
+        quantize: Load the base in 4-bit NF4. None reads `SAM_BRAIN_CUDA_QUANTIZE` ("0", "false"
+            or "no" turn it off), default on, on CUDA and on the CPU alike.
+        patience: Validation passes without improvement before stopping early (a `patience`
+            key in the profile overrides it).
+        dpo_beta, dpo_learning_rate, dpo_epochs, dpo_max_steps: The DPO stage's settings
+            (max_steps 0 runs the epochs).
+        """
+        env = os.environ.get("SAM_BRAIN_CUDA_QUANTIZE", "1").strip().lower()
+        self.quantize = quantize if quantize is not None else env not in ("0", "false", "no")
+        self.patience = patience
+        self.dpo = DpoOptions(dpo_beta, dpo_learning_rate, dpo_epochs, dpo_max_steps)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    def preflight(self, spec: TrainSpec) -> Preflight:
+        """Count samples and tokens and estimate peak memory, without loading weights.
+
+        Raises:
+            BackendUnavailable: The profile asks for something this backend cannot honour.
+            ModelUnavailable: `spec.base_model` is not a local model directory.
+        """
+        base = _base_dir(spec.base_model)
+        shape = read_shape(base)
+        opts = _checked(spec.profile, shape, self.patience)
+        train, val, notes = _encode(_tokenizer(base), Path(spec.data_dir), opts.max_seq_length)
+        longest = max((len(ids) for ids, _ in train), default=0)
+        gpu = self.device.type == "cuda"
+        return Preflight(
+            train_samples=len(train),
+            val_samples=len(val),
+            train_tokens=sum(len(ids) for ids, _ in train),
+            estimated_memory_mb=estimate_memory_mb(
+                shape, opts, longest, gpu=gpu, quantize=self.quantize
+            ),
+            notes=self._device_notes() + notes,
+        )
+
+    def train(
+        self, spec: TrainSpec, progress: Callable[[Progress], None], cancelled: Callable[[], bool]
+    ) -> TrainResult:
+        """Train a LoRA adapter into `spec.out_dir`, resuming from its checkpoint when allowed.
+
+        Raises:
+            BackendUnavailable: The profile asks for something this backend cannot honour.
+            TrainingFailed: No trainable rows or a NaN/inf loss.
+        """
+        from peft import get_peft_model
+
+        wall = time.perf_counter()
+        base = _base_dir(spec.base_model)
+        shape = read_shape(base)
+        opts = _checked(spec.profile, shape, self.patience)
+        out = Path(spec.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tokenizer = _tokenizer(base)
+        data = Path(spec.data_dir)
+        train_rows, val_rows, data_notes = _encode(tokenizer, data, opts.max_seq_length)
+        notes = self._device_notes() + data_notes
+        if not train_rows:
+            raise TrainingFailed(f"no trainable rows in {data / 'train.jsonl'}")
+
+        torch.manual_seed(spec.seed)  # LoRA A matrices are drawn from this
+        model = self.load_model(base, training=True, grad_checkpoint=opts.grad_checkpoint)
+        model = get_peft_model(model, lora_config(opts, shape))
+        steps = total_steps(opts, len(train_rows))
+        optimizer = self._optimizer(model, opts.learning_rate)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(steps))
+        ckpt_root = out / "checkpoint"
+        state = RunState(opts.batch_size, opts.grad_accum, opts.max_seq_length)
+        state.fingerprint = _fingerprint(spec, base, data, self.quantize)
+        found = load_checkpoint(ckpt_root) if spec.resume else None
+        if found is not None and found[1].get("fingerprint") == state.fingerprint:
+            restore_state(found[0], model, optimizer, scheduler)
+            state = RunState(**{k: v for k, v in found[1].items() if k in _RUN_FIELDS})
+            notes.append(f"resumed from step {state.step}")
+        elif found is not None:
+            notes.append("checkpoint ignored: it belongs to different data, base or profile")
+
+        def save_best() -> None:
+            save_adapter(model, out, base)
+
+        def save_ckpt() -> None:
+            write = partial(save_state, model=model, optimizer=optimizer, scheduler=scheduler)
+            save_checkpoint(ckpt_root, state.step, asdict(state), write)
+
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        valid = None
+        if val_rows:
+            valid = Buckets(val_rows, opts.batch_size, spec.seed, pad_id, self.device)
+        else:
+            notes.append("no validation rows: the final adapter is kept, no early stopping")
+        if valid is not None and state.initial_val_loss is None:
+            state.initial_val_loss = state.best_val_loss = evaluate(model, valid)
+            save_best()  # the untrained adapter is the best until something beats it
+        cfg = LoopConfig(steps, opts.eval_every, opts.save_every, opts.patience, spec.seed)
+        train = Buckets(train_rows, state.batch_size, spec.seed, pad_id, self.device)
+        reason = resume_reason(state, cfg) or run_steps(
+            model, optimizer, scheduler, train, valid, state, cfg, progress, cancelled,
+            on_best=save_best, on_save=save_ckpt,
+        )  # fmt: skip
+        save_ckpt()
+        if valid is None or not (out / MLX_WEIGHTS).exists():
+            save_best()
+        notes.append(f"stopped: {reason} at step {state.step}/{steps}")
+        metrics = run_metrics(state, time.perf_counter() - wall)
+        pairs = load_pairs(data / "preference.jsonl")
+        if pairs and reason != "cancelled":
+            self._dpo_stage(
+                model, tokenizer, pairs, spec, opts, metrics, notes, progress, cancelled
+            )
+        _write_manifest(out, spec, base, opts, self.quantize, reason, metrics, notes)
+        return TrainResult(adapter_dir=str(out), steps=state.step, metrics=metrics, notes=notes)
+
+    def generate(
+        self,
+        base_model: str,
+        adapter_dir: str | None,
+        messages: list[Message],
+        max_tokens: int = 64,
+    ) -> str:
+        """Greedy completion of `messages` (chat template applied), with the adapter if given.
+
+        The adapter may be this backend's output, a bare PEFT adapter or an mlx-lm adapter.
+        """
+        from peft import PeftModel
+
+        base = _base_dir(base_model)
+        tokenizer = _tokenizer(base)
+        model = self.load_model(base, training=False, grad_checkpoint=False)
+        if adapter_dir is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                peft_dir = _peft_dir(Path(adapter_dir), base, Path(tmp))
+                model = PeftModel.from_pretrained(model, str(peft_dir))
+        model.eval()
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        enc = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(self.device)
+        with torch.no_grad():
+            ids = model.generate(
+                **enc, max_new_tokens=max_tokens, do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+        return str(tokenizer.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
+
+    def _dpo_stage(
+        self, model: Any, tokenizer: Any, pairs: list[dict[str, Any]], spec: TrainSpec,
+        opts: Options, metrics: dict[str, float], notes: list[str],
+        progress: Callable[[Progress], None], cancelled: Callable[[], bool],
+    ) -> None:  # fmt: skip
+        """DPO on the best SFT adapter; its adapter replaces the SFT one only if it stayed finite."""
+        from peft import set_peft_model_state_dict
+
+        out = Path(spec.out_dir)
+        set_peft_model_state_dict(model, load_file(str(out / PEFT_DIR / PEFT_WEIGHTS)))
+        with tempfile.TemporaryDirectory(dir=out) as work:
+            dpo = run_dpo(
+                model, tokenizer, pairs, self.dpo, max_length=opts.max_seq_length,
+                work_dir=Path(work), seed=spec.seed, grad_checkpoint=opts.grad_checkpoint,
+                progress=progress, cancelled=cancelled,
+            )  # fmt: skip
+        metrics["dpo_margin_before"] = dpo.margin_before
+        metrics["dpo_margin_after"] = dpo.margin_after
+        metrics["dpo_steps"] = float(dpo.steps)
+        if dpo.improved and not dpo.cancelled:
+            save_adapter(model, out, Path(spec.base_model))
+            notes.append(f"dpo: {len(pairs)} pairs, {dpo.steps} steps, beta {self.dpo.beta}")
+        else:
+            notes.append("dpo: cancelled or diverged; the SFT adapter is kept")
+
+    def _device_notes(self) -> list[str]:
+        weights = "4-bit NF4" if self.quantize else "unquantized"
+        notes = [f"device: {self.device}; base weights: {weights}"]
+        if self.device.type != "cuda":
+            notes.append("no CUDA: torch AdamW instead of paged 8-bit AdamW (bitsandbytes)")
+        return notes
+
+    def load_model(self, base: Path, *, training: bool, grad_checkpoint: bool = False) -> Any:
+        """The base model (4-bit NF4 unless `quantize` is off) on this backend's device; for
+        training it is prepared for k-bit training or gradient checkpointing as the profile says."""
+        import transformers
+
+        tf: Any = transformers  # untyped calls below; the loaded model is used as Any
+        gpu = self.device.type == "cuda"
+        dtype = torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float32
+        kwargs: dict[str, Any] = {"dtype": dtype}
+        if self.quantize:
+            kwargs["quantization_config"] = tf.BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=dtype,
+            )
+            kwargs["device_map"] = {"": torch.cuda.current_device() if gpu else "cpu"}
+        try:
+            model: Any = tf.AutoModelForCausalLM.from_pretrained(str(base), **kwargs)
+        except ImportError as err:
+            raise BackendUnavailable(f"cuda backend cannot load {base}: {err}") from err
+        except (OSError, ValueError) as err:
+            raise ModelUnavailable(f"cannot load base model {base}: {err}") from err
+        if not self.quantize:
+            model.to(self.device)
+        if not training:
+            return model
+        model.config.use_cache = False
+        ckpt_kwargs = {"use_reentrant": False}
+        if self.quantize:
+            import peft
+
+            return cast(Any, peft).prepare_model_for_kbit_training(
+                model, grad_checkpoint, gradient_checkpointing_kwargs=ckpt_kwargs
+            )
+        if grad_checkpoint:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+            model.enable_input_require_grads()
+        return model
+
+    def _optimizer(self, model: Any, lr: float) -> Any:
+        params = [p for p in model.parameters() if p.requires_grad]
+        if self.device.type == "cuda":
+            import bitsandbytes
+
+            return cast(Any, bitsandbytes).optim.PagedAdamW8bit(params, lr=lr, weight_decay=0.0)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+
+
+def save_adapter(model: Any, out: Path, base: Path) -> None:
+    """Write the "default" adapter as PEFT files in `out/peft/` and mlx-lm files in `out/`."""
+    peft_dir = out / PEFT_DIR
+    peft_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        model.save_pretrained(tmp, selected_adapters=["default"])
+        for name in (PEFT_WEIGHTS, CONFIG):
+            os.replace(Path(tmp) / name, peft_dir / name)  # each file replaced atomically
+    peft_to_mlx(peft_dir, out, str(base))
+
+
+def _checked(profile: dict[str, Any], shape: Any, patience: int) -> Options:
+    opts, unsupported = check_options(profile, shape, patience)
+    if unsupported:
+        raise BackendUnavailable("cuda backend cannot honour: " + "; ".join(unsupported))
+    return opts
+
+
+def _base_dir(base_model: str) -> Path:
+    path = Path(base_model).expanduser()
+    if not (path / "config.json").exists():
+        raise ModelUnavailable(f"base model {base_model!r} is not a local model directory")
+    return path
+
+
+def _tokenizer(base: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(base))
+
+
+Rows = list[tuple[list[int], list[int]]]
+
+
+def _encode(tokenizer: Any, data: Path, max_length: int) -> tuple[Rows, Rows, list[str]]:
+    """Train and validation rows through `sam_brain.masking`, with a note per dropped row kind."""
+    train, tstats = encode_rows(tokenizer, load_rows(data / "train.jsonl"), max_length)
+    val, vstats = encode_rows(tokenizer, load_rows(data / "valid.jsonl"), max_length)
+    return train, val, _data_notes(tstats, vstats)
+
+
+def _peft_dir(adapter: Path, base: Path, scratch: Path) -> Path:
+    """The PEFT files of an adapter dir: `peft/`, the dir itself, or converted from mlx-lm's."""
+    for candidate in (adapter / PEFT_DIR, adapter):
+        if (candidate / PEFT_WEIGHTS).exists():
+            return candidate
+    if (adapter / MLX_WEIGHTS).exists():
+        mlx_to_peft(adapter, scratch, str(base))
+        return scratch
+    raise NotFound(f"no adapter files in {adapter}")
+
+
+def _data_notes(train: MaskStats, val: MaskStats) -> list[str]:
+    notes = []
+    for split, st in (("train", train), ("valid", val)):
+        if st.truncated:
+            notes.append(f"{split}: {st.truncated} of {st.rows} rows truncated to max_seq_length")
+        if st.fully_masked:
+            notes.append(f"{split}: {st.fully_masked} rows dropped with no assistant tokens")
+    return notes
+
+
+def _fingerprint(spec: TrainSpec, base: Path, data: Path, quantize: bool) -> str:
+    """What a checkpoint must match to be resumed: base, profile, seed, quantization and data."""
+    h = hashlib.sha256()
+    h.update(json.dumps([str(base), spec.profile, spec.seed, quantize], sort_keys=True).encode())
+    train = data / "train.jsonl"
+    h.update(train.read_bytes() if train.exists() else b"")
+    return h.hexdigest()[:32]
+
+
+_RUN_FIELDS = {f.name for f in fields(RunState)}
+
+
+def _write_manifest(
+    out: Path, spec: TrainSpec, base: Path, opts: Options, quantize: bool, reason: str,
+    metrics: dict[str, float], notes: list[str],
+) -> None:  # fmt: skip
+    from importlib.metadata import version
+
+    manifest = {
+        "backend": "cuda", "run_id": spec.run_id, "base_model": str(base), "seed": spec.seed,
+        "profile": spec.profile, "effective_profile": asdict(opts), "quantize": quantize,
+        "stop_reason": reason, "metrics": metrics, "notes": notes, "finished_at": time.time(),
+        "versions": {d: version(d) for d in ("torch", "transformers", "peft", "bitsandbytes")},
+    }  # fmt: skip
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))

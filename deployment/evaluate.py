@@ -1,0 +1,463 @@
+"""The evaluation gate: a candidate adapter is deployed only when it is measurably better.
+
+On the held-out test split (`{"messages": [...]}` per line) the base, the incumbent (the active
+version, if any) and the candidate are scored with one resident model (`serving.ResidentModel`
+swaps the adapters): per-sample mean NLL over the assistant tokens (`sam_brain.masking`, the same
+tokens training supervises), mean loss and perplexity. The candidate is compared per sample with
+the reference (the incumbent, else the base) by a paired Wilcoxon signed-rank test (or the sign
+test), both implemented exactly here with a normal approximation for large samples, so the
+daemon does not need scipy. The gate also generates answers to a few test prompts and checks
+them: repeated token n-grams, ending with end-of-turn within the budget, no chat-template markers
+in the text, not empty. `EvalReport` holds every number, the decision and its reasons, as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deployment.serving import ResidentModel
+from deployment.versions import Versions
+from sam_brain.errors import BadRequest
+from sam_brain.masking import ChatTemplateError, encode_chat, load_rows
+from sam_brain.protocols import Message
+
+TEMPLATE_MARKERS = (
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|start_header_id|>",
+    "<|end_header_id|>",
+)
+EXACT_LIMIT = 200  # Wilcoxon: exact distribution up to this many non-zero differences
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """What the candidate must show to be deployed."""
+
+    margin: float = 0.0  # the candidate's mean loss must be below the reference's minus this
+    alpha: float = 0.05  # significance level of the paired test
+    test: str = "wilcoxon"  # "wilcoxon" or "sign"
+    require_significant: bool = (
+        False  # also demand a significant improvement, not just a lower mean
+    )
+    min_rows: int = 1
+    max_length: int = 2048
+    prompts: int = 4  # test conversations whose last answer is generated for the checks
+    gen_max_tokens: int = 256
+    ngram: int = 4
+    max_repetition: float = 0.05  # mean share of repeated token n-grams
+    min_terminated: float = 0.75  # share of answers that end with end-of-turn within the budget
+
+    def __post_init__(self) -> None:
+        if self.test not in ("wilcoxon", "sign"):
+            raise BadRequest(f"gate test must be 'wilcoxon' or 'sign', got {self.test!r}")
+
+
+@dataclass
+class LossStats:
+    """One model's loss on the scored test rows (same rows, same order, for every model)."""
+
+    mean_loss: float
+    perplexity: float  # exp of the token-weighted mean NLL
+    tokens: int
+    per_sample: list[float]
+
+
+@dataclass
+class Comparison:
+    """Paired candidate-minus-reference loss differences and their tests (p: one-sided)."""
+
+    reference: str
+    n: int
+    mean_diff: float
+    better: int
+    worse: int
+    ties: int
+    sign_p_worse: float
+    sign_p_better: float
+    wilcoxon_p_worse: float
+    wilcoxon_p_better: float
+
+
+@dataclass
+class GenerationCheck:
+    """One generated answer of the candidate and what was wrong with it."""
+
+    prompt: str
+    text: str
+    repetition: float
+    terminated: bool
+    leaked: list[str]
+    empty: bool
+
+
+@dataclass
+class Gate:
+    """The decision: `reasons` are the failures when rejected, the evidence when promoted."""
+
+    promote: bool
+    reasons: list[str]
+
+
+@dataclass
+class EvalReport:
+    """Everything the gate measured; `to_dict()` is plain JSON."""
+
+    candidate: str
+    incumbent: str | None
+    rows: int
+    scored: int
+    skipped: int
+    base: LossStats
+    incumbent_loss: LossStats | None
+    candidate_loss: LossStats
+    comparison: Comparison
+    generation: list[GenerationCheck]
+    gate: Gate
+    config: GateConfig
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+# -- statistics ---------------------------------------------------------------------------------
+
+
+def sign_test(diffs: Sequence[float]) -> tuple[float, float]:
+    """Exact paired sign test on candidate-minus-reference differences (zeros dropped).
+
+    Returns:
+        `(p_worse, p_better)`: one-sided p-values that the candidate is worse / better.
+    """
+    worse = sum(1 for d in diffs if d > 0)
+    n = worse + sum(1 for d in diffs if d < 0)
+    if n == 0:
+        return 1.0, 1.0
+    # Python ints divide exactly, so large n cannot overflow 2**n.
+    upper = sum(math.comb(n, i) for i in range(worse, n + 1)) / 2**n
+    lower = sum(math.comb(n, i) for i in range(0, worse + 1)) / 2**n
+    return min(1.0, upper), min(1.0, lower)
+
+
+def wilcoxon_signed_rank(diffs: Sequence[float]) -> tuple[float, float]:
+    """Paired Wilcoxon signed-rank test (zeros dropped, ties get average ranks).
+
+    Exact permutation distribution of W+ for up to `EXACT_LIMIT` non-zero differences (ties are
+    handled exactly on doubled ranks), normal approximation with tie and continuity correction
+    beyond.
+
+    Returns:
+        `(p_worse, p_better)`: one-sided p-values that the candidate is worse / better.
+    """
+    nonzero = np.asarray([d for d in diffs if d != 0], dtype=np.float64)
+    n = len(nonzero)
+    if n == 0:
+        return 1.0, 1.0
+    ranks = _average_ranks(np.abs(nonzero))
+    w_plus = float(ranks[nonzero > 0].sum())
+    if n <= EXACT_LIMIT:
+        doubled = np.rint(ranks * 2).astype(np.int64)
+        dist = np.zeros(int(doubled.sum()) + 1)
+        dist[0] = 1.0
+        for r in doubled:  # each rank joins W+ with probability 1/2 (r >= 2: ranks are >= 1)
+            dist[r:] = (dist[r:] + dist[: len(dist) - r]) / 2
+            dist[:r] /= 2
+        observed = round(w_plus * 2)
+        return min(1.0, float(dist[observed:].sum())), min(1.0, float(dist[: observed + 1].sum()))
+    mean = n * (n + 1) / 4
+    _, counts = np.unique(ranks, return_counts=True)
+    var = n * (n + 1) * (2 * n + 1) / 24 - float((counts**3 - counts).sum()) / 48
+    sd = math.sqrt(var)
+    p_worse = 0.5 * math.erfc((w_plus - mean - 0.5) / sd / math.sqrt(2))
+    p_better = 0.5 * math.erfc((mean - w_plus - 0.5) / sd / math.sqrt(2))
+    return min(1.0, p_worse), min(1.0, p_better)
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_vals = values[order]
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and sorted_vals[j + 1] == sorted_vals[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def compare(reference: Sequence[float], candidate: Sequence[float], name: str) -> Comparison:
+    """Paired comparison of per-sample losses (same rows, same order)."""
+    if len(reference) != len(candidate):
+        raise BadRequest("paired comparison needs the same rows for both models")
+    diffs = [c - r for r, c in zip(reference, candidate, strict=True)]
+    sign = sign_test(diffs)
+    wil = wilcoxon_signed_rank(diffs)
+    return Comparison(
+        reference=name,
+        n=len(diffs),
+        mean_diff=float(np.mean(diffs)) if diffs else 0.0,
+        better=sum(1 for d in diffs if d < 0),
+        worse=sum(1 for d in diffs if d > 0),
+        ties=sum(1 for d in diffs if d == 0),
+        sign_p_worse=sign[0],
+        sign_p_better=sign[1],
+        wilcoxon_p_worse=wil[0],
+        wilcoxon_p_better=wil[1],
+    )
+
+
+# -- generation checks --------------------------------------------------------------------------
+
+
+def repetition_rate(tokens: Sequence[Hashable], n: int = 4) -> float:
+    """Share of the token n-grams that repeat an earlier one (0 for fewer than n tokens)."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def leaked_markers(text: str, markers: Sequence[str] = TEMPLATE_MARKERS) -> list[str]:
+    """Chat-template markers that appear in a generated answer."""
+    return sorted({m for m in markers if m and m in text})
+
+
+def special_markers(tokenizer: Any) -> tuple[str, ...]:
+    """The known template markers plus the tokenizer's own special tokens."""
+    own = getattr(tokenizer, "all_special_tokens", None) or []
+    return tuple(sorted(set(TEMPLATE_MARKERS) | {str(t) for t in own if len(str(t)) > 3}))
+
+
+def prompts_from_rows(rows: list[list[Message]], count: int) -> list[list[Message]]:
+    """The conversation before the last assistant turn of the first `count` usable rows."""
+    prompts: list[list[Message]] = []
+    for messages in rows:
+        if len(prompts) >= count:
+            break
+        last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=0)
+        if last > 0:
+            prompts.append(messages[:last])
+    return prompts
+
+
+# -- the gate -----------------------------------------------------------------------------------
+
+
+def decide(
+    reference: Sequence[float],
+    candidate: Sequence[float],
+    checks: Sequence[GenerationCheck],
+    config: GateConfig,
+    reference_name: str = "incumbent",
+) -> tuple[Comparison, Gate]:
+    """Apply the gate to per-sample losses and generation checks.
+
+    Returns:
+        The paired comparison and the decision with its reasons.
+    """
+    cmp = compare(reference, candidate, reference_name)
+    failures: list[str] = []
+    ref_mean = float(np.mean(reference)) if len(reference) else math.inf
+    cand_mean = float(np.mean(candidate)) if len(candidate) else math.inf
+    p_worse, p_better = (
+        (cmp.wilcoxon_p_worse, cmp.wilcoxon_p_better)
+        if config.test == "wilcoxon"
+        else (cmp.sign_p_worse, cmp.sign_p_better)
+    )
+    if cmp.n < config.min_rows:
+        failures.append(f"only {cmp.n} scored test rows (need {config.min_rows})")
+    elif not cand_mean < ref_mean - config.margin:
+        failures.append(
+            f"candidate mean loss {cand_mean:.4f} is not below the {reference_name}'s"
+            f" {ref_mean:.4f} (margin {config.margin:g})"
+        )
+    if p_worse < config.alpha:
+        failures.append(
+            f"candidate is significantly worse per sample ({config.test} p={p_worse:.3g},"
+            f" worse on {cmp.worse} of {cmp.n})"
+        )
+    if config.require_significant and p_better >= config.alpha:
+        failures.append(f"improvement is not significant ({config.test} p={p_better:.3g})")
+    failures += _generation_failures(checks, config)
+    if failures:
+        return cmp, Gate(False, failures)
+    evidence = [
+        f"candidate mean loss {cand_mean:.4f} < {reference_name} {ref_mean:.4f}"
+        f" (better on {cmp.better} of {cmp.n}, {config.test} p={p_better:.3g})"
+    ]
+    if checks:
+        evidence.append(f"{len(checks)} generated answers passed the checks")
+    return cmp, Gate(True, evidence)
+
+
+def _generation_failures(checks: Sequence[GenerationCheck], config: GateConfig) -> list[str]:
+    if not checks:
+        return []
+    failures = []
+    repetition = float(np.mean([c.repetition for c in checks]))
+    if repetition > config.max_repetition:
+        failures.append(
+            f"repetition: {repetition:.1%} of {config.ngram}-grams repeat"
+            f" (max {config.max_repetition:.0%})"
+        )
+    ended = sum(c.terminated for c in checks) / len(checks)
+    if ended < config.min_terminated:
+        failures.append(
+            f"only {ended:.0%} of answers ended within {config.gen_max_tokens} tokens"
+            f" (need {config.min_terminated:.0%})"
+        )
+    leaked = sorted({m for c in checks for m in c.leaked})
+    if leaked:
+        failures.append(f"chat-template markers in answers: {', '.join(leaked)}")
+    empty = sum(c.empty for c in checks)
+    if empty:
+        failures.append(f"{empty} of {len(checks)} answers are empty")
+    return failures
+
+
+def sample_losses(
+    resident: ResidentModel, encoded: Sequence[tuple[list[int], list[int]]]
+) -> LossStats:
+    """Per-sample mean NLL over supervised tokens with the adapter currently in use."""
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    means, nll_total, tokens = [], 0.0, 0
+    for ids, mask in encoded:
+        logits = resident.model(mx.array(ids[:-1])[None])[0]
+        weights = mx.array(mask[1:], dtype=mx.float32)
+        ce = nn.losses.cross_entropy(logits.astype(mx.float32), mx.array(ids[1:]))
+        total, count = float(np.asarray((ce * weights).sum())), int(sum(mask[1:]))
+        means.append(total / count)
+        nll_total += total
+        tokens += count
+    mean = float(np.mean(means)) if means else math.nan
+    ppl = math.exp(nll_total / tokens) if tokens else math.nan
+    return LossStats(mean, ppl, tokens, means)
+
+
+def evaluate_candidate(
+    resident: ResidentModel,
+    test_path: Path,
+    candidate_dir: str,
+    incumbent_dir: str | None = None,
+    config: GateConfig | None = None,
+    prompts: list[list[Message]] | None = None,
+) -> EvalReport:
+    """Score base, incumbent and candidate on the test split and apply the gate.
+
+    Args:
+        resident: The loaded base model (adapters are swapped on it; the candidate stays applied).
+        test_path: JSONL of `{"messages": [...]}` rows.
+        candidate_dir: The candidate adapter folder.
+        incumbent_dir: The active version's adapter folder; None compares with the base.
+        config: Gate settings.
+        prompts: Conversations for the generation checks; default: from the test rows.
+
+    Raises:
+        BadRequest: The test file is malformed.
+    """
+    config = config or GateConfig()
+    start = time.perf_counter()
+    rows = load_rows(test_path)
+    encoded, notes = [], []
+    for i, messages in enumerate(rows):
+        try:
+            ids, mask = encode_chat(resident.tokenizer, messages, config.max_length)
+        except ChatTemplateError as err:
+            notes.append(f"row {i}: {err}")
+            continue
+        if len(ids) > 1 and any(mask[1:]):
+            encoded.append((ids, mask))
+    losses: dict[str, LossStats] = {}
+    for name, adapter in (
+        ("base", None),
+        ("incumbent", incumbent_dir),
+        ("candidate", candidate_dir),
+    ):
+        if name == "incumbent" and adapter is None:
+            continue
+        resident.use(adapter)
+        losses[name] = sample_losses(resident, encoded)
+    checks = []
+    markers = special_markers(resident.tokenizer)
+    for prompt in prompts if prompts is not None else prompts_from_rows(rows, config.prompts):
+        out = resident.generate(prompt, config.gen_max_tokens)
+        ids = resident.tokenizer.encode(out.text, add_special_tokens=False)
+        checks.append(
+            GenerationCheck(
+                prompt=str(prompt[-1].get("content") or "")[:200],
+                text=out.text[:500],
+                repetition=repetition_rate(ids, config.ngram),
+                terminated=out.finish_reason == "stop",
+                leaked=leaked_markers(out.text, markers),
+                empty=not out.text.strip(),
+            )
+        )
+    ref_name = "incumbent" if "incumbent" in losses else "base"
+    cmp, gate = decide(
+        losses[ref_name].per_sample, losses["candidate"].per_sample, checks, config, ref_name
+    )
+    return EvalReport(
+        candidate=candidate_dir,
+        incumbent=incumbent_dir,
+        rows=len(rows),
+        scored=len(encoded),
+        skipped=len(rows) - len(encoded),
+        base=losses["base"],
+        incumbent_loss=losses.get("incumbent"),
+        candidate_loss=losses["candidate"],
+        comparison=cmp,
+        generation=checks,
+        gate=gate,
+        config=config,
+        seconds=time.perf_counter() - start,
+        notes=notes,
+    )
+
+
+def evaluate_version(
+    versions: Versions,
+    resident: ResidentModel,
+    version: str,
+    test_path: Path,
+    config: GateConfig | None = None,
+) -> EvalReport:
+    """Gate a registered version against the active one and record an `evaluated` event."""
+    candidate = versions.get(version)
+    active = versions.current()
+    incumbent = active if active is not None and active.version != version else None
+    report = evaluate_candidate(
+        resident,
+        test_path,
+        candidate.adapter_path,
+        incumbent.adapter_path if incumbent else None,
+        config,
+    )
+    versions.store.add_event(
+        "evaluated",
+        {
+            "version": version,
+            "against": incumbent.version if incumbent else "base",
+            "promote": report.gate.promote,
+            "reasons": report.gate.reasons,
+            "candidate_loss": report.candidate_loss.mean_loss,
+            "reference_loss": (report.incumbent_loss or report.base).mean_loss,
+        },
+    )
+    return report

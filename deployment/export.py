@@ -1,0 +1,394 @@
+"""Export a registered version in the formats other runtimes load, each verified in that runtime.
+
+`export_version` turns `<data>/versions/vX.Y.Z/` (an mlx-lm adapter) into one of: `mlx` (the
+adapter as mlx-lm writes it), `peft` (PEFT adapter), `fused` (adapter merged into the base, a
+Hugging Face model folder), `gguf` (the fused model as a quantized GGUF plus the adapter alone as
+a GGUF LoRA) or `ollama` (a GGUF plus a Modelfile). Everything is built in a temp folder next to
+`out`, checked by loading it in its runtime (`deployment.verify`), and only then renamed into
+place, so a failure leaves no half-written export. `out/export.json` records a fingerprint of the
+inputs and a checksum per file; exporting the same version again finds it and skips the work.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from deployment import gguf
+from deployment.verify import (
+    EXACT_F16,
+    QUANT_RULES,
+    ExportFailed,
+    Reference,
+    check_gguf,
+    check_mlx,
+    check_transformers,
+    reference,
+)
+from deployment.versions import ADAPTER_FILES, checksum_dir
+from sam_brain.errors import BadRequest, Conflict, ModelUnavailable, NotFound
+
+__all__ = ["FORMATS", "QUANTS", "ExportFailed", "ExportResult", "export_version"]
+
+FORMATS = ("mlx", "peft", "fused", "gguf", "ollama")
+QUANTS = ("q4_k_m", "q5_k_m", "q8_0", "f16")
+DEFAULT_QUANT = "q4_k_m"
+RECORD = "export.json"
+SCHEMA = 1
+_TOOLS = ("mlx-lm", "transformers", "peft", "llama-cpp-python")
+
+
+@dataclass
+class ExportResult:
+    """What an export produced and how it was verified.
+
+    `files`: file name -> size in bytes. `checks`: one entry per artifact loaded in its runtime
+    (see `deployment.verify.compare`). `skipped`: an identical export was already at `out`.
+    """
+
+    version: str
+    fmt: str
+    out: Path
+    quant: str | None
+    files: dict[str, int]
+    notes: list[str] = field(default_factory=list)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    skipped: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["out"] = str(self.out)
+        return data
+
+
+@dataclass
+class _Job:
+    version: str
+    adapter: Path
+    base: Path
+    stage: Path
+    work: Path
+    quant: str
+    notes: list[str]
+    _ref: Reference | None = None
+    _hf_base: Path | None = None
+
+    @property
+    def ref(self) -> Reference:
+        if self._ref is None:
+            self._ref = reference(self.base, self.adapter)
+        return self._ref
+
+    @property
+    def quantized_base(self) -> bool:
+        return "quantization" in _read_json(self.base / "config.json")
+
+    def hf_base(self) -> Path:
+        """The base as transformers/llama.cpp can load it: dequantized when MLX-quantized."""
+        if self._hf_base is None:
+            self._hf_base = self.base
+            if self.quantized_base:
+                from mlx_lm import convert
+
+                self._hf_base = self.work / "base-dequantized"
+                convert(str(self.base), str(self._hf_base), dequantize=True)
+                self.notes.append(
+                    "the base is MLX-quantized; a dequantized copy was used to load the adapter"
+                    " outside MLX (apply it to the unquantized original base)"
+                )
+        return self._hf_base
+
+
+def export_version(
+    version_dir: Path,
+    base_model_dir: Path,
+    fmt: str,
+    out: Path,
+    quant: str | None = None,
+    *,
+    force: bool = False,
+) -> ExportResult:
+    """Export one version to `out` in `fmt`, verified by loading it in the runtime it is for.
+
+    Args:
+        version_dir: `<data>/versions/vX.Y.Z/` with `adapters.safetensors`,
+            `adapter_config.json` and `manifest.json`.
+        base_model_dir: Local directory of the version's base model.
+        fmt: One of FORMATS.
+        out: Destination folder, created or replaced whole.
+        quant: GGUF type for `gguf`/`ollama` (QUANTS; default q4_k_m); not allowed otherwise.
+        force: Rebuild even when `out` already holds an identical export.
+
+    Returns:
+        The files written, notes and verification results.
+
+    Raises:
+        BadRequest: Unknown format or quant.
+        NotFound: No such version folder.
+        ModelUnavailable: The base model folder is missing.
+        Conflict: `out` exists and is not a SAM Brain export.
+        BackendUnavailable: A tool the format needs is not installed.
+        ExportFailed: The input is corrupt, or an artifact failed to build or to verify.
+    """
+    version_dir, base_model_dir, out = Path(version_dir), Path(base_model_dir), Path(out)
+    quant = _check_args(fmt, quant)
+    if not version_dir.is_dir():
+        raise NotFound(f"version folder {version_dir} does not exist")
+    if not (base_model_dir / "config.json").is_file():
+        raise ModelUnavailable(f"base model {base_model_dir} has no config.json")
+    _check_adapter(version_dir)
+    if fmt in ("gguf", "ollama"):
+        gguf.llama_cpp_module()
+        gguf.find_converter()
+    fingerprint = _fingerprint(version_dir, base_model_dir, fmt, quant)
+    if not force and (previous := _previous(out, fingerprint)) is not None:
+        return previous
+    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / RECORD).is_file()):
+        raise Conflict(f"{out} exists and is not a SAM Brain export; refusing to overwrite it")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        job = _Job(
+            version=version_dir.name,
+            adapter=version_dir,
+            base=base_model_dir,
+            stage=stage,
+            work=stage / ".work",
+            quant=quant or "",
+            notes=[],
+        )
+        job.work.mkdir()
+        checks = _BUILDERS[fmt](job)
+        shutil.rmtree(job.work)
+        files = {f.name: _file_record(f) for f in sorted(stage.iterdir())}
+        record = {
+            "schema": SCHEMA,
+            "version": job.version,
+            "format": fmt,
+            "quant": quant,
+            "fingerprint": fingerprint,
+            "base_model": str(base_model_dir),
+            "files": files,
+            "notes": job.notes,
+            "checks": checks,
+        }
+        (stage / RECORD).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        _swap(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    sizes = {name: int(info["bytes"]) for name, info in files.items()}
+    return ExportResult(job.version, fmt, out, quant, sizes, job.notes, checks)
+
+
+def _check_args(fmt: str, quant: str | None) -> str | None:
+    if fmt not in FORMATS:
+        raise BadRequest(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt in ("gguf", "ollama"):
+        quant = (quant or DEFAULT_QUANT).lower()
+        if quant not in QUANTS:
+            raise BadRequest(f"unknown quant {quant!r}; choose one of {', '.join(QUANTS)}")
+        return quant
+    if quant:
+        raise BadRequest(f"--quant applies to gguf and ollama exports, not {fmt}")
+    return None
+
+
+def _check_adapter(version_dir: Path) -> None:
+    """The adapter files are there, match the manifest checksum and parse as safetensors."""
+    from backends.adapter_format import read_safetensors
+
+    name = version_dir.name
+    missing = [n for n in ADAPTER_FILES if not (version_dir / n).is_file()]
+    if missing:
+        raise ExportFailed(f"{name}: missing {', '.join(missing)} in {version_dir}")
+    expected = _read_json(version_dir / "manifest.json").get("checksum")
+    if expected and checksum_dir(version_dir) != expected:
+        raise ExportFailed(f"{name}: files do not match the manifest checksum (changed or corrupt)")
+    config = _read_json(version_dir / "adapter_config.json")
+    if config.get("fine_tune_type", "lora") not in ("lora", "dora") or not config.get(
+        "lora_parameters"
+    ):
+        raise ExportFailed(f"{name}: adapter_config.json does not describe a LoRA adapter")
+    try:
+        tensors, _ = read_safetensors(version_dir / "adapters.safetensors")
+    except (BadRequest, ValueError, KeyError, TypeError) as err:
+        raise ExportFailed(f"{name}: adapters.safetensors is corrupt ({err})") from err
+    if not any(k.endswith(".lora_a") for k in tensors):
+        raise ExportFailed(f"{name}: adapters.safetensors holds no LoRA matrices")
+
+
+def _fingerprint(version_dir: Path, base: Path, fmt: str, quant: str | None) -> str:
+    """Inputs that decide the output: adapter bytes, base files, format, tool versions."""
+    h = hashlib.sha256()
+    h.update(json.dumps([SCHEMA, fmt, quant, checksum_dir(version_dir)]).encode())
+    for f in sorted(p for p in base.iterdir() if p.is_file()):
+        size = f.stat().st_size
+        # Weights are hashed by name and size: re-reading gigabytes on every export is too slow.
+        digest = _sha256(f) if size < (64 << 20) else str(size)
+        h.update(f"{f.name}\0{digest}\0".encode())
+    for tool in _TOOLS:
+        try:
+            h.update(f"{tool}={metadata.version(tool)}\0".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{tool}=none\0".encode())
+    return h.hexdigest()
+
+
+def _previous(out: Path, fingerprint: str) -> ExportResult | None:
+    """The export already at `out`, if it was built from the same inputs and is intact."""
+    record = _read_json(out / RECORD)
+    if record.get("fingerprint") != fingerprint:
+        return None
+    files: dict[str, Any] = record.get("files", {})
+    for name, info in files.items():
+        if not (out / name).is_file() or _file_record(out / name) != info:
+            return None
+    return ExportResult(
+        version=str(record["version"]),
+        fmt=str(record["format"]),
+        out=out,
+        quant=record.get("quant"),
+        files={name: int(info["bytes"]) for name, info in files.items()},
+        notes=list(record.get("notes", [])),
+        checks=list(record.get("checks", [])),
+        skipped=True,
+    )
+
+
+def _swap(stage: Path, out: Path) -> None:
+    """Put the finished export in place; an older export at `out` is removed only afterwards."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(stage, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# Builders: write the artifacts into job.stage (scratch in job.work) and return their checks.
+
+
+def _build_mlx(job: _Job) -> list[dict[str, Any]]:
+    for name in ADAPTER_FILES:
+        shutil.copyfile(job.adapter / name, job.stage / name)
+    return [check_mlx(job.base, job.stage, job.ref, "adapters.safetensors")]
+
+
+def _build_peft(job: _Job) -> list[dict[str, Any]]:
+    from backends.adapter_format import mlx_to_peft
+
+    mlx_to_peft(job.adapter, job.stage, str(job.base))
+    ref = job.ref
+    return [check_transformers(job.hf_base(), ref, "adapter_model.safetensors", job.stage)]
+
+
+def _build_fused(job: _Job) -> list[dict[str, Any]]:
+    _fuse(job, job.stage)
+    return [check_transformers(job.stage, job.ref, "model.safetensors")]
+
+
+def _build_gguf(job: _Job) -> list[dict[str, Any]]:
+    checks = _gguf_model(job)
+    from backends.adapter_format import mlx_to_peft
+
+    peft_dir = job.work / "peft"
+    mlx_to_peft(job.adapter, peft_dir, str(job.base))
+    lora = gguf.convert_lora(peft_dir, job.hf_base(), job.stage / "adapter-f16.gguf")
+    base_gguf = gguf.convert_model(job.hf_base(), job.work / "base-f16.gguf", f"{job.version}-base")
+    checks.append(check_gguf(base_gguf, job.ref, EXACT_F16, lora=lora))
+    job.notes.append("adapter-f16.gguf is the adapter alone: llama.cpp --lora on an f16 base GGUF")
+    return checks
+
+
+def _build_ollama(job: _Job) -> list[dict[str, Any]]:
+    checks = _gguf_model(job)
+    model = next(job.stage.glob("model-*.gguf"))
+    (job.stage / "Modelfile").write_text(gguf.modelfile(model.name, job.base), encoding="utf-8")
+    llama_cpp = gguf.llama_cpp_module()
+    llm = llama_cpp.Llama(model_path=str(model), vocab_only=True, verbose=False)
+    try:
+        ids = {s: llm.tokenize(s.encode(), add_bos=False, special=True) for s in gguf.CHATML_STOPS}
+    finally:
+        llm.close()
+    checks.append(gguf.check_modelfile(job.stage / "Modelfile", ids))
+    job.notes.append("load it with `ollama create <name> -f Modelfile` run inside this folder")
+    return checks
+
+
+def _gguf_model(job: _Job) -> list[dict[str, Any]]:
+    """Fuse, convert to f16 GGUF, verify, then quantize and verify the quantized file."""
+    fused = _fuse(job, job.work / "fused")
+    f16 = gguf.convert_model(fused, job.work / "model-f16.gguf", f"sam-brain-{job.version}")
+    checks = [check_gguf(f16, job.ref, EXACT_F16)]
+    if job.quant == "f16":
+        shutil.move(f16, job.stage / f16.name)
+        return checks
+    target = gguf.quantize(f16, job.stage / f"model-{job.quant}.gguf", job.quant)
+    checks.append(check_gguf(target, job.ref, QUANT_RULES[job.quant]))
+    return checks
+
+
+def _fuse(job: _Job, dst: Path) -> Path:
+    """Merge the adapter into the base with mlx-lm and save a Hugging Face model folder."""
+    from mlx.utils import tree_unflatten
+    from mlx_lm import load
+    from mlx_lm.utils import dequantize_model, save
+
+    model, tokenizer, config = load(str(job.base), adapter_path=str(job.adapter), return_config=True)
+    dequantize = job.quantized_base
+    fused = [(n, m.fuse(dequantize=dequantize)) for n, m in model.named_modules() if hasattr(m, "fuse")]
+    model.update_modules(tree_unflatten(fused))
+    if dequantize:
+        model = dequantize_model(model)
+        config.pop("quantization", None)
+        config.pop("quantization_config", None)
+        job.notes.append(
+            "the base is MLX-quantized: it was dequantized before fusing, so the fused model is"
+            " full precision (larger than the base, no quantization error added by the merge)"
+        )
+    save(dst, str(job.base), model, tokenizer, config, donate_model=False)
+    del model
+    gc.collect()
+    return dst
+
+
+_BUILDERS: dict[str, Callable[[_Job], list[dict[str, Any]]]] = {
+    "mlx": _build_mlx,
+    "peft": _build_peft,
+    "fused": _build_fused,
+    "gguf": _build_gguf,
+    "ollama": _build_ollama,
+}
+
+
+def _file_record(path: Path) -> dict[str, Any]:
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

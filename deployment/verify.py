@@ -1,0 +1,250 @@
+"""Check an exported artifact by loading it in its own runtime and comparing it with the source.
+
+The source is mlx-lm running the base with the version's adapter. For one fixed chat prompt it
+produces greedy tokens (stopping at end-of-sequence) and its logits at every generated position
+(`reference`). Each artifact is loaded by the runtime it is for (mlx-lm, transformers + peft,
+llama-cpp-python) through a `Forward` function, generates greedily from the same token ids and is
+scored on the reference sequence (teacher forcing). `compare` applies a `Rule`: unquantized
+artifacts must produce the identical tokens (a divergence is only tolerated at a near-tie of the
+source, where float rounding may legitimately flip the argmax), quantized ones a documented
+top-1 agreement rate; every artifact must also sit closer to the adapted model than to the bare
+base, so an export that silently dropped the adapter fails.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sam_brain.errors import BackendUnavailable, SamBrainError
+
+PROMPT = [
+    {"role": "system", "content": "You are a helpful coding assistant."},
+    {"role": "user", "content": "Write a Python function that returns the sum of a list."},
+]
+MAX_NEW_TOKENS = 16
+
+Forward = Callable[[list[int]], np.ndarray]
+"""Token ids in, float32 logits `(len(ids), vocab)` out."""
+
+
+class ExportFailed(SamBrainError):
+    """An export could not be built or did not verify; nothing was written to its destination."""
+
+    exit_code = 11
+    http_status = 500
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What an artifact must show to pass.
+
+    `tie`: a token divergence at a position where the source's top-2 logit margin is below this
+    is a near-tie, not an error. `min_agree`: required teacher-forced top-1 agreement; 1.0 means
+    the greedy tokens must be identical.
+    """
+
+    name: str
+    tie: float
+    min_agree: float = 1.0
+
+
+EXACT_F32 = Rule("identical tokens (f32)", tie=1e-3)
+EXACT_F16 = Rule("identical tokens (f16)", tie=2e-2)
+# Measured on the tiny test model (docs/export.md); real models have wider margins.
+QUANT_RULES = {
+    "f16": EXACT_F16,
+    "q8_0": Rule("top-1 agreement >= 0.9 (q8_0)", tie=0.1, min_agree=0.9),
+    "q5_k_m": Rule("top-1 agreement >= 0.75 (q5_k_m)", tie=0.3, min_agree=0.75),
+    "q4_k_m": Rule("top-1 agreement >= 0.6 (q4_k_m)", tie=0.5, min_agree=0.6),
+}
+
+
+@dataclass
+class Reference:
+    """The source model's behaviour on `PROMPT`."""
+
+    prompt: list[int]
+    tokens: list[int]  # greedy continuation, ending with an end-of-sequence id if one was reached
+    logits: np.ndarray  # (len(tokens), vocab): source logits that chose each token
+    base_logits: np.ndarray  # the same positions from the base without the adapter
+    eos: frozenset[int]
+    text: str  # the prompt as text, for runtimes that tokenize themselves
+
+
+def reference(base_dir: Path, adapter_dir: Path) -> Reference:
+    """Run the source (mlx-lm, base + adapter) and the bare base on the fixed prompt."""
+    from mlx_lm import load
+
+    model, tokenizer = load(str(base_dir), adapter_path=str(adapter_dir))
+    prompt = list(tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True))
+    text = str(tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False))
+    eos = frozenset(int(t) for t in tokenizer.eos_token_ids)
+    forward = mlx_forward(model)
+    tokens = greedy(forward, prompt, eos)
+    logits = forward(prompt + tokens)[len(prompt) - 1 : -1]
+    del model, forward
+    gc.collect()
+    base, _ = load(str(base_dir))
+    base_logits = mlx_forward(base)(prompt + tokens)[len(prompt) - 1 : -1]
+    return Reference(prompt, tokens, logits, base_logits, eos, text)
+
+
+def greedy(forward: Forward, prompt: list[int], eos: frozenset[int]) -> list[int]:
+    """Greedy continuation of `prompt` (full recompute per step: short, runtime-independent)."""
+    out: list[int] = []
+    for _ in range(MAX_NEW_TOKENS):
+        token = int(np.argmax(forward(prompt + out)[-1]))
+        out.append(token)
+        if token in eos:
+            break
+    return out
+
+
+def compare(artifact: str, runtime: str, forward: Forward, ref: Reference, rule: Rule) -> dict[str, Any]:
+    """Score `forward` against `ref`; raise ExportFailed when `rule` is not met.
+
+    Returns:
+        The measurements (JSON-ready): tokens identical, first divergence, top-1 agreement,
+        logit distances to the source and to the bare base.
+    """
+    tokens = greedy(forward, ref.prompt, ref.eos)
+    logits = forward(ref.prompt + ref.tokens)[len(ref.prompt) - 1 : -1]
+    agree = logits.argmax(-1) == np.array(ref.tokens)
+    top2 = np.sort(ref.logits, axis=-1)[:, -2:]
+    margins = top2[:, 1] - top2[:, 0]
+    diverge = next((i for i, (a, b) in enumerate(zip(tokens, ref.tokens)) if a != b), None)
+    if diverge is None and len(tokens) != len(ref.tokens):
+        diverge = min(len(tokens), len(ref.tokens))
+    to_source = _rms(logits - ref.logits)
+    to_base = _rms(logits - ref.base_logits)
+    result: dict[str, Any] = {
+        "artifact": artifact,
+        "runtime": runtime,
+        "rule": rule.name,
+        "prompt_tokens": len(ref.prompt),
+        "tokens": len(ref.tokens),
+        "tokens_identical": diverge is None,
+        "first_divergence": diverge,
+        "top1_agreement": round(float(agree.mean()), 4),
+        "max_abs_logit_diff": round(float(np.abs(logits - ref.logits).max()), 6),
+        "rms_to_source": round(to_source, 6),
+        "rms_to_base": round(to_base, 6),
+    }
+    problems = []
+    if rule.min_agree >= 1.0:
+        # A flip is acceptable only where the source itself was nearly undecided.
+        bad = [i for i in np.flatnonzero(~agree) if margins[i] >= rule.tie]
+        if bad:
+            problems.append(f"top-1 differs at confident positions {bad[:5]}")
+        if diverge is not None and diverge < len(margins) and margins[diverge] >= rule.tie:
+            problems.append(f"greedy tokens diverge at position {diverge}")
+    elif agree.mean() < rule.min_agree:
+        problems.append(f"top-1 agreement {agree.mean():.2f} < {rule.min_agree}")
+    if to_source >= to_base:
+        problems.append(
+            f"logits are closer to the base without adapter (rms {to_base:.4g}) than to the"
+            f" adapted model (rms {to_source:.4g}): the adapter is missing"
+        )
+    result["ok"] = not problems
+    if problems:
+        raise ExportFailed(f"{artifact} failed verification in {runtime}: " + "; ".join(problems))
+    return result
+
+
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
+
+
+def mlx_forward(model: Any) -> Forward:
+    """Forward function of a loaded mlx-lm model."""
+    import mlx.core as mx
+
+    def forward(ids: list[int]) -> np.ndarray:
+        out = model(mx.array([ids]))[0].astype(mx.float32)
+        return np.array(out)
+
+    return forward
+
+
+def check_mlx(base_dir: Path, adapter_dir: Path, ref: Reference, artifact: str) -> dict[str, Any]:
+    """Load an mlx-lm adapter folder with mlx-lm and compare."""
+    from mlx_lm import load
+
+    model, _ = load(str(base_dir), adapter_path=str(adapter_dir))
+    return compare(artifact, "mlx-lm", mlx_forward(model), ref, EXACT_F32)
+
+
+def check_transformers(
+    model_dir: Path, ref: Reference, artifact: str, peft_dir: Path | None = None
+) -> dict[str, Any]:
+    """Load a HF model folder (plus a PEFT adapter) with transformers and compare."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    runtime = "transformers"
+    if peft_dir is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(peft_dir))
+        runtime = "transformers+peft"
+    model.eval()
+
+    def forward(ids: list[int]) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.tensor([ids])).logits[0].float().numpy()  # type: ignore[no-any-return]
+
+    return compare(artifact, runtime, forward, ref, EXACT_F32)
+
+
+def check_gguf(gguf: Path, ref: Reference, rule: Rule, lora: Path | None = None) -> dict[str, Any]:
+    """Load a GGUF (plus a GGUF LoRA) with llama-cpp-python and compare.
+
+    The GGUF's own tokenizer must turn the prompt text into the source's ids, because that is
+    what llama.cpp, Ollama and LM Studio will feed the model.
+    """
+    try:
+        import llama_cpp
+    except ImportError as err:
+        raise BackendUnavailable(
+            "verifying a GGUF needs llama-cpp-python (pip install llama-cpp-python)"
+        ) from err
+    llm = llama_cpp.Llama(
+        model_path=str(gguf),
+        lora_path=str(lora) if lora else None,
+        n_ctx=max(512, len(ref.prompt) + MAX_NEW_TOKENS + 8),
+        logits_all=True,
+        n_threads=max(1, min(4, _cpus())),
+        seed=0,
+        verbose=False,
+    )
+    try:
+        ids = llm.tokenize(ref.text.encode("utf-8"), add_bos=False, special=True)
+        if list(ids) != ref.prompt:
+            raise ExportFailed(
+                f"{gguf.name}: its tokenizer encodes the prompt differently from the source"
+                f" ({len(ids)} vs {len(ref.prompt)} tokens)"
+            )
+
+        def forward(tokens: list[int]) -> np.ndarray:
+            llm.reset()
+            llm.eval(tokens)
+            return np.array(llm.scores[: len(tokens)], dtype=np.float32)
+
+        name = f"{gguf.name} + {lora.name}" if lora else gguf.name
+        runtime = f"llama-cpp-python {llama_cpp.__version__}"
+        return compare(name, runtime, forward, ref, rule)
+    finally:
+        llm.close()
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

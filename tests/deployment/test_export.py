@@ -1,0 +1,291 @@
+"""Export of a registered version to every format, each loaded and checked in its own runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from deployment.export import ExportFailed, ExportResult, export_version
+from deployment.verify import EXACT_F32, Reference, check_transformers, compare, reference
+from deployment.versions import Versions, checksum_dir
+from sam_brain.errors import BackendUnavailable, BadRequest, Conflict, NotFound
+from sam_brain.store import Store
+
+HAS_LLAMA = importlib.util.find_spec("llama_cpp") is not None
+needs_llama = pytest.mark.skipif(
+    not HAS_LLAMA, reason="llama-cpp-python is not installed (pip install llama-cpp-python)"
+)
+LORA = {
+    "rank": 8,
+    "scale": 2.0,
+    "dropout": 0.0,
+    "keys": ["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"],
+}
+
+
+def make_adapter(base: Path, out: Path, num_layers: int = 4) -> Path:
+    """An mlx-lm LoRA adapter with random non-zero lora_b, saved as mlx-lm saves it."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten
+    from mlx_lm import load
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model, _ = load(str(base))
+    model.freeze()
+    linear_to_lora_layers(model, num_layers, LORA)
+    mx.random.seed(1)
+    params = dict(tree_flatten(model.trainable_parameters()))
+    b = {k: mx.random.normal(v.shape) * 0.05 for k, v in params.items() if k.endswith("lora_b")}
+    model.load_weights(list(b.items()), strict=False)
+    out.mkdir(parents=True)
+    mx.save_safetensors(
+        str(out / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
+    )
+    config = {"fine_tune_type": "lora", "model": str(base), "num_layers": num_layers}
+    config["lora_parameters"] = LORA
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    return out
+
+
+@pytest.fixture(scope="module")
+def version(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("export")
+    adapter = make_adapter(tiny_model, root / "run")
+    versions = Versions(Store(root / "state.db"), root / "versions")
+    return Path(versions.register(adapter, base_model=str(tiny_model)).adapter_path)
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_model: Path, version: Path) -> Reference:
+    return reference(tiny_model, version)
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in folder.iterdir()}
+
+
+def assert_exact(check: dict[str, Any]) -> None:
+    assert check["ok"] and check["tokens_identical"] and check["top1_agreement"] == 1.0
+    assert check["rms_to_source"] < check["rms_to_base"] / 10
+
+
+def test_reference_is_changed_by_the_adapter(ref: Reference) -> None:
+    assert 0 < len(ref.tokens) <= 16
+    assert ref.logits.shape == ref.base_logits.shape == (len(ref.tokens), 4096)
+    assert float(np.abs(ref.logits - ref.base_logits).max()) > 0.05
+
+
+@pytest.mark.slow
+def test_mlx_export_is_the_adapter_as_mlx_lm_writes_it(
+    tiny_model: Path, version: Path, tmp_path: Path
+) -> None:
+    res = export_version(version, tiny_model, "mlx", tmp_path / "out")
+    assert set(res.files) == {"adapters.safetensors", "adapter_config.json"}
+    for name in res.files:
+        assert (tmp_path / "out" / name).read_bytes() == (version / name).read_bytes()
+    assert [c["runtime"] for c in res.checks] == ["mlx-lm"]
+    assert_exact(res.checks[0])
+    assert res.checks[0]["max_abs_logit_diff"] == 0.0
+
+
+@pytest.mark.slow
+def test_peft_export_loads_in_transformers_peft(
+    tiny_model: Path, version: Path, tmp_path: Path
+) -> None:
+    res = export_version(version, tiny_model, "peft", tmp_path / "out")
+    assert set(res.files) == {"adapter_model.safetensors", "adapter_config.json"}
+    config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (8, 16.0)
+    assert res.checks[0]["runtime"] == "transformers+peft"
+    assert_exact(res.checks[0])
+    assert res.checks[0]["max_abs_logit_diff"] < 1e-3
+
+
+@pytest.mark.slow
+def test_fused_export_is_merged_and_exporting_twice_is_idempotent(
+    tiny_model: Path, version: Path, tmp_path: Path
+) -> None:
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "fused"
+    first = export_version(version, tiny_model, "fused", out)
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(first.files)
+    assert first.checks[0]["runtime"] == "transformers" and not first.skipped
+    assert_exact(first.checks[0])
+    fused, base = load_file(str(out / "model.safetensors")), load_file(
+        str(tiny_model / "model.safetensors")
+    )
+    q, k = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"
+    assert not np.allclose(fused[q], base[q]) and np.array_equal(fused[k], base[k])
+
+    before = digests(out)
+    again = export_version(version, tiny_model, "fused", out)
+    assert again.skipped and again.files == first.files and digests(out) == before
+    rebuilt = export_version(version, tiny_model, "fused", out, force=True)
+    assert not rebuilt.skipped
+    assert {n: d for n, d in digests(out).items() if n != "export.json"} == {
+        n: d for n, d in before.items() if n != "export.json"
+    }
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.slow
+def test_verification_rejects_an_artifact_without_the_adapter(
+    tiny_model: Path, ref: Reference
+) -> None:
+    # The bare base loaded where the fused model should be: tokens may even agree, logits do not.
+    with pytest.raises(ExportFailed, match="adapter is missing|differs|diverge"):
+        check_transformers(tiny_model, ref, "model.safetensors")
+
+
+def test_compare_tolerates_only_near_ties(ref: Reference) -> None:
+    rows = np.concatenate([np.zeros((len(ref.prompt) - 1, 4096), np.float32), ref.logits])
+
+    def shifted(eps: float) -> Any:
+        def forward(ids: list[int]) -> np.ndarray:
+            out = np.tile(rows[-1], (len(ids), 1))
+            n = min(len(ids), len(rows))
+            out[:n] = rows[:n]
+            out[len(ref.prompt) - 1, ref.tokens[0]] -= eps  # lower the first chosen token
+            return out
+
+        return forward
+
+    ok = compare("same", "fake", shifted(0.0), ref, EXACT_F32)
+    assert ok["tokens_identical"] and ok["max_abs_logit_diff"] == 0.0
+    with pytest.raises(ExportFailed, match="confident positions"):
+        compare("flipped", "fake", shifted(100.0), ref, EXACT_F32)
+
+
+def test_corrupt_adapter_fails_cleanly(tiny_model: Path, version: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "versions" / "v9.9.9"
+    shutil.copytree(version, broken)
+    weights = broken / "adapters.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(ExportFailed, match="manifest checksum"):
+        export_version(broken, tiny_model, "mlx", tmp_path / "out")
+    # Corrupt at registration time: the checksum matches, the file does not parse.
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["checksum"] = checksum_dir(broken)
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ExportFailed, match=r"adapters\.safetensors is corrupt"):
+        export_version(broken, tiny_model, "peft", tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["versions"]
+
+
+def test_bad_arguments_are_refused(tiny_model: Path, version: Path, tmp_path: Path) -> None:
+    with pytest.raises(BadRequest, match="choose one of mlx, peft"):
+        export_version(version, tiny_model, "onnx", tmp_path / "o")
+    with pytest.raises(BadRequest, match="applies to gguf and ollama"):
+        export_version(version, tiny_model, "mlx", tmp_path / "o", quant="q4_k_m")
+    with pytest.raises(BadRequest, match="unknown quant"):
+        export_version(version, tiny_model, "gguf", tmp_path / "o", quant="q3_k")
+    with pytest.raises(NotFound):
+        export_version(tmp_path / "v0.0.0", tiny_model, "mlx", tmp_path / "o")
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    with pytest.raises(Conflict, match="not a SAM Brain export"):
+        export_version(version, tiny_model, "mlx", precious)
+    assert (precious / "notes.txt").read_text() == "mine"
+
+
+def test_missing_converter_is_a_clear_error(
+    tiny_model: Path, version: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SAM_BRAIN_LLAMA_CPP", str(tmp_path / "empty"))
+    if not HAS_LLAMA:  # the first missing tool is then llama-cpp-python itself
+        with pytest.raises(BackendUnavailable, match="pip install llama-cpp-python"):
+            export_version(version, tiny_model, "gguf", tmp_path / "o")
+        return
+    with pytest.raises(BackendUnavailable, match=r"convert_hf_to_gguf\.py.*install-converter"):
+        export_version(version, tiny_model, "gguf", tmp_path / "o")
+    monkeypatch.setitem(__import__("sys").modules, "llama_cpp", None)
+    with pytest.raises(BackendUnavailable, match="pip install llama-cpp-python"):
+        export_version(version, tiny_model, "ollama", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.fixture(scope="module")
+def gguf_export(
+    tiny_model: Path, version: Path, tmp_path_factory: pytest.TempPathFactory
+) -> ExportResult:
+    return export_version(version, tiny_model, "gguf", tmp_path_factory.mktemp("g") / "gguf")
+
+
+@needs_llama
+@pytest.mark.slow
+def test_gguf_export_quantizes_and_ships_a_lora(gguf_export: ExportResult) -> None:
+    import llama_cpp
+
+    res = gguf_export
+    assert set(res.files) == {"model-q4_k_m.gguf", "adapter-f16.gguf"}
+    assert [c["artifact"] for c in res.checks] == [
+        "model-f16.gguf",
+        "model-q4_k_m.gguf",
+        "base-f16.gguf + adapter-f16.gguf",
+    ]
+    assert_exact(res.checks[0])
+    assert_exact(res.checks[2])
+    assert res.checks[1]["ok"] and res.checks[1]["top1_agreement"] >= 0.6
+    llm = llama_cpp.Llama(model_path=str(res.out / "model-q4_k_m.gguf"), vocab_only=True, verbose=False)
+    try:
+        assert llm.metadata["tokenizer.ggml.pre"] == "qwen2"
+        assert "<|im_start|>" in llm.metadata["tokenizer.chat_template"]
+        assert llm.metadata["general.file_type"] == "15"  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+    finally:
+        llm.close()
+
+
+@needs_llama
+@pytest.mark.slow
+def test_gguf_export_twice_is_skipped(
+    gguf_export: ExportResult, tiny_model: Path, version: Path
+) -> None:
+    before = digests(gguf_export.out)
+    again = export_version(version, tiny_model, "gguf", gguf_export.out)
+    assert again.skipped and again.checks == gguf_export.checks and digests(gguf_export.out) == before
+
+
+@needs_llama
+@pytest.mark.slow
+def test_ollama_export_writes_a_chatml_modelfile(
+    tiny_model: Path, version: Path, tmp_path: Path
+) -> None:
+    res = export_version(version, tiny_model, "ollama", tmp_path / "ollama", quant="q8_0")
+    assert set(res.files) == {"model-q8_0.gguf", "Modelfile"}
+    text = (tmp_path / "ollama" / "Modelfile").read_text()
+    assert text.startswith("FROM ./model-q8_0.gguf\n")
+    assert 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|endoftext|>"' in text
+    assert "<|im_start|>assistant" in text and "{{ .Content }}" in text
+    assert 'SYSTEM """You are a helpful assistant."""' in text
+    assert res.checks[-1] == {
+        "artifact": "Modelfile",
+        "runtime": "Modelfile check",
+        "from": "model-q8_0.gguf",
+        "stops": ["<|im_end|>", "<|endoftext|>"],
+    }
+    assert res.checks[1]["ok"] and res.checks[1]["top1_agreement"] >= 0.9
+
+
+@needs_llama
+@pytest.mark.slow
+def test_unknown_tokenizer_fails_without_leaving_files(
+    tiny_model: Path, version: Path, tmp_path: Path
+) -> None:
+    base = tmp_path / "base"
+    shutil.copytree(tiny_model, base)
+    tok = json.loads((base / "tokenizer.json").read_text())
+    split = tok["pre_tokenizer"]["pretokenizers"][0]["pattern"]
+    split["Regex"] = split["Regex"].replace(r"\p{N}|", r"\p{N}{1,3}|", 1)  # Llama-3-style digits
+    (base / "tokenizer.json").write_text(json.dumps(tok))
+    with pytest.raises(ExportFailed, match="GGUF conversion failed"):
+        export_version(version, base, "gguf", tmp_path / "out", quant="f16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]

@@ -1,0 +1,249 @@
+"""The OpenAI-compatible chat endpoint on the tiny model: JSON, SSE, routing, swaps, errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from deployment import canary
+from deployment.canary import HealthLimits
+from deployment.rollback import RollbackMonitor
+from deployment.serving import ChatServer, ResidentModel, add_routes
+from deployment.versions import Versions
+from sam_brain.store import Store
+
+ClientFactory = Callable[[web.Application], Any]
+HELLO = [{"role": "user", "content": "How do I list the files in a folder?"}]
+
+
+def write_adapter(model_dir: Path, out: Path, seed: int, keys: list[str]) -> Path:
+    """An mlx-lm adapter folder with random, clearly non-zero LoRA weights (no training)."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_unflatten
+    from mlx_lm import load
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model, _ = load(str(model_dir))
+    model.freeze()
+    lora = {"rank": 4, "scale": 10.0, "dropout": 0.0, "keys": keys}
+    linear_to_lora_layers(model, 4, lora)
+    mx.random.seed(seed)
+    params = tree_flatten(model.trainable_parameters())
+    model.update(tree_unflatten([(k, mx.random.normal(v.shape) * 0.3) for k, v in params]))
+    out.mkdir(parents=True)
+    mx.save_safetensors(
+        str(out / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
+    )
+    config = {"fine_tune_type": "lora", "num_layers": 4, "lora_parameters": lora}
+    (out / "adapter_config.json").write_text(json.dumps(config))
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return [
+        write_adapter(tiny_model, root / "a0", 1, ["self_attn.q_proj", "self_attn.v_proj"]),
+        write_adapter(tiny_model, root / "a1", 2, ["self_attn.q_proj", "self_attn.v_proj"]),
+        # A different structure (other modules): the swap must rebuild the LoRA layers.
+        write_adapter(tiny_model, root / "a2", 3, ["mlp.down_proj", "self_attn.o_proj"]),
+    ]
+
+
+@pytest.fixture
+def versions(tmp_path: Path, adapters: list[Path]) -> Versions:
+    vs = Versions(Store(tmp_path / "state.db"), tmp_path / "versions")
+    for a in adapters:
+        vs.register(a)
+    vs.activate("v1.0.0")
+    return vs
+
+
+class CountingLoader:
+    """Wraps mlx_lm.load and counts base-model loads."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, path: str) -> tuple[Any, Any]:
+        from mlx_lm import load
+
+        self.calls += 1
+        return load(path)  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def served(
+    versions: Versions, tiny_model: Path, aiohttp_client: ClientFactory
+) -> AsyncIterator[tuple[TestClient[Any, Any], ChatServer, CountingLoader]]:
+    loader = CountingLoader()
+    server = ChatServer(versions, tiny_model, loader=loader, default_max_tokens=8)
+    app = web.Application()
+    add_routes(app, server)
+    client = await aiohttp_client(app)
+    yield client, server, loader
+    server.close()
+
+
+async def chat(client: TestClient[Any, Any], **body: Any) -> tuple[int, dict[str, Any], str]:
+    resp = await client.post("/v1/chat/completions", json={"messages": HELLO, **body})
+    return resp.status, await resp.json(), resp.headers.get("x-sam-version", "")
+
+
+async def test_non_streaming_completion_names_its_version(served: Any) -> None:
+    client, server, _ = served
+    status, body, header = await chat(client, max_tokens=6)
+    assert status == 200
+    assert header == body["model"] == body["sam_version"] == "v1.0.0"
+    choice = body["choices"][0]
+    assert choice["message"]["role"] == "assistant" and choice["message"]["content"]
+    assert choice["finish_reason"] == "length"  # a random tiny model never ends by itself
+    assert body["usage"]["completion_tokens"] == 6
+    assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + 6
+    window = server.metrics()["v1.0.0"]
+    assert (window.requests, window.errors, window.swaps) == (1, 0, 1)
+    assert window.mean_latency_ms > 0 and window.memory_mb > 50
+
+
+async def test_streaming_sends_sse_chunks_and_done(served: Any) -> None:
+    client, _, _ = served
+    _, plain, _ = await chat(client, max_tokens=6)
+    resp = await client.post(
+        "/v1/chat/completions", json={"messages": HELLO, "max_tokens": 6, "stream": True}
+    )
+    assert resp.status == 200
+    assert resp.headers["Content-Type"].startswith("text/event-stream")
+    assert resp.headers["x-sam-version"] == "v1.0.0"
+    events = [line[6:] for line in (await resp.text()).splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    text = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+    assert len(chunks) > 3 and text == plain["choices"][0]["message"]["content"]
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in chunks}) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("not json", "not valid JSON"),
+        ({"messages": []}, "'messages' must be a non-empty list"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0]"),
+        ({"messages": HELLO, "max_tokens": 0}, "'max_tokens' must be within 1..4096"),
+        ({"messages": HELLO, "stream": "yes"}, "'stream' must be true or false"),
+        ({"messages": HELLO, "temperature": 5}, "'temperature'"),
+        ({"messages": HELLO, "stop": ["\n"]}, "'stop'"),
+        ({"messages": HELLO, "model": "v9.9.9"}, "unknown model 'v9.9.9'"),
+    ],
+)
+async def test_bad_requests_get_400_with_a_message(served: Any, body: Any, message: str) -> None:
+    client, server, loader = served
+    data = body if isinstance(body, str) else json.dumps(body)
+    resp = await client.post("/v1/chat/completions", data=data)
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert message in error["message"] and error["type"] == "invalid_request_error"
+    assert loader.calls == 0 and server.metrics() == {}  # nothing was generated or counted
+
+
+async def test_models_lists_routed_pinned_and_base(served: Any, versions: Versions) -> None:
+    client, _, _ = served
+    canary.start_canary(versions, "v1.0.1", 10)
+    resp = await client.get("/v1/models")
+    ids = [m["id"] for m in (await resp.json())["data"]]
+    assert ids == ["sam-brain", "v1.0.0", "v1.0.1", "base"]
+
+
+async def test_canary_routing_is_sticky_per_user(served: Any, versions: Versions) -> None:
+    client, server, loader = served
+    canary.start_canary(versions, "v1.0.1", 50)
+    users = [f"user-{i}" for i in range(10)]
+    expected = {
+        u: "v1.0.1" if canary.routes_to_canary(u, "v1.0.1", 50) else "v1.0.0" for u in users
+    }
+    assert set(expected.values()) == {"v1.0.0", "v1.0.1"}
+    for _ in range(2):  # the second pass must land every user on the same version again
+        for u in users:
+            _, _, header = await chat(client, user=u, max_tokens=2)
+            assert header == expected[u]
+    window = server.metrics()
+    counts = {v: sum(2 for u in users if expected[u] == v) for v in ("v1.0.0", "v1.0.1")}
+    assert {v: m.requests for v, m in window.items()} == counts
+    assert loader.calls == 1
+    # Without a user id the first user message is the key: the same chat stays put.
+    headers = {(await chat(client, max_tokens=1))[2] for _ in range(4)}
+    assert len(headers) == 1
+
+
+async def test_adapters_swap_without_reloading_the_base(
+    served: Any, versions: Versions, tiny_model: Path
+) -> None:
+    client, server, loader = served
+    canary.start_canary(versions, "v1.0.1", 10)
+    order = ["v1.0.0", "v1.0.1", "base", "v1.0.0", "v1.0.1"]
+    texts = [(await chat(client, model=m, max_tokens=12))[1] for m in order]
+    out = {m: [t["choices"][0]["message"]["content"] for o, t in zip(order, texts) if o == m]
+           for m in order}
+    assert out["v1.0.0"][0] == out["v1.0.0"][1]  # swapping back restores the exact weights
+    assert out["v1.0.1"][0] == out["v1.0.1"][1]
+    assert len({out["v1.0.0"][0], out["v1.0.1"][0], out["base"][0]}) == 3
+    assert loader.calls == 1
+    # The bare base after adapters have been applied answers like a freshly loaded base.
+    fresh = ResidentModel(tiny_model)
+    assert fresh.generate(HELLO, 12).text == out["base"][0]
+    resident = server.resident
+    assert resident is not None and resident.last_swap_ms > 0
+    # Promote the other-structured v1.0.2: its LoRA layers replace the q/v ones.
+    canary.abort(versions)
+    canary.start_canary(versions, "v1.0.2", 100)
+    _, body, header = await chat(client, max_tokens=12)
+    seen = {text for texts in out.values() for text in texts}
+    assert header == "v1.0.2" and body["choices"][0]["message"]["content"] not in seen
+    lora = {k.rsplit(".", 2)[-2] for k, _ in _flat(resident.model) if k.endswith("lora_a")}
+    assert lora == {"down_proj", "o_proj"}
+    assert loader.calls == 1
+
+
+def _flat(model: Any) -> list[tuple[str, Any]]:
+    from mlx.utils import tree_flatten
+
+    return tree_flatten(model.parameters())  # type: ignore[no-any-return]
+
+
+async def test_routing_change_restarts_the_metrics_window(served: Any, versions: Versions) -> None:
+    client, server, _ = served
+    await chat(client, max_tokens=1)
+    assert server.metrics()["v1.0.0"].requests == 1
+    canary.start_canary(versions, "v1.0.1", 10)
+    assert server.metrics() == {}
+
+
+async def test_failing_version_counts_errors_and_is_rolled_back(
+    served: Any, versions: Versions
+) -> None:
+    client, server, _ = served
+    versions.activate("v1.0.1")
+    # Its files rot after activation: serving verifies the checksum and refuses them.
+    (Path(versions.get("v1.0.1").adapter_path) / "adapters.safetensors").write_bytes(b"rot")
+    for _ in range(3):
+        resp = await client.post("/v1/chat/completions", json={"messages": HELLO})
+        assert resp.status == 500
+        error = (await resp.json())["error"]
+        assert error["type"] == "server_error" and "checksum mismatch" in error["message"]
+    window = server.metrics()["v1.0.1"]
+    assert (window.requests, window.errors) == (3, 3)
+    monitor = RollbackMonitor(versions, server.metrics, HealthLimits(min_requests=3))
+    [action] = monitor.check()
+    assert (action.kind, action.to_version) == ("rollback", "v1.0.0")
+    assert action.reason == "auto: error rate 100.0% > 15.0% (3/3 requests)"
+    status, _, header = await chat(client, max_tokens=1)
+    assert (status, header) == (200, "v1.0.0")
+    assert server.metrics()["v1.0.0"].errors == 0

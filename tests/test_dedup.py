@@ -1,0 +1,197 @@
+"""DedupIndex: exact and near duplicates, updates, persistence, crash safety and recovery."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sam_brain import dedup
+from sam_brain.dedup import DedupIndex
+
+WORDS = [f"word{i}" for i in range(40)]
+
+
+def text_of(seed: int, n: int = 200) -> str:
+    rng = random.Random(seed)
+    return " ".join(f"{rng.choice(WORDS)}{rng.randint(0, 99)}" for _ in range(n))
+
+
+def edit(text: str, positions: range) -> str:
+    words = text.split()
+    for i in positions:
+        words[i] = "CHANGED"
+    return " ".join(words)
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> DedupIndex:
+    return DedupIndex.open(tmp_path / "dedup.idx")
+
+
+def test_exact_duplicate_after_normalisation(index: DedupIndex) -> None:
+    index.add("a", "Fix the  flaky test\nin CI, please.")
+    assert index.check("b", "fix the flaky TEST in ci, please.") == "a"
+    assert index.check("a", "Fix the flaky test in CI, please.") is None  # never itself
+
+
+def test_near_duplicate_above_threshold_is_found(index: DedupIndex) -> None:
+    base = text_of(1)
+    index.add("a", base)
+    index.add("other", text_of(2))
+    assert index.check("b", edit(base, range(100, 101))) == "a"  # one word of 200 changed
+
+
+def test_clearly_different_text_is_not_flagged(index: DedupIndex) -> None:
+    base = text_of(1)
+    index.add("a", base)
+    assert index.check("b", text_of(3)) is None
+    assert index.check("b", edit(base, range(0, 200, 8))) is None  # 25 of 200 words changed
+
+
+def test_short_texts_use_character_shingles(index: DedupIndex) -> None:
+    index.add("a", "fix typo in the readme")
+    assert index.check("b", "fix typo in the readme!") == "a"
+    assert index.check("c", "add tests for the api") is None
+
+
+def test_readding_is_a_noop_and_changed_text_replaces(index: DedupIndex) -> None:
+    first, second = text_of(1), text_of(2)
+    index.add("a", first)
+    index.add("a", first)
+    assert len(index) == 1
+    index.add("a", second)
+    assert len(index) == 1
+    assert index.check("b", first) is None
+    assert index.check("b", second) == "a"
+
+
+def test_remove(index: DedupIndex) -> None:
+    index.add("a", text_of(1))
+    index.add("b", "short one")
+    index.remove("a")
+    index.remove("missing")  # ignored
+    assert len(index) == 1 and "a" not in index
+    assert index.check("x", text_of(1)) is None
+    assert index.check("x", "short one") == "b"
+
+
+def test_persistence_across_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "dedup.idx"
+    index = DedupIndex.open(path)
+    for i in range(50):
+        index.add(f"k{i}", text_of(i))
+    index.add("empty", "")
+    index.save()
+    reopened = DedupIndex.open(path)
+    assert len(reopened) == 51 and not reopened.needs_rebuild
+    assert reopened.check("new", edit(text_of(7), range(3, 4))) == "k7"
+    assert reopened.check("new", "") == "empty"
+    reopened.remove("k7")
+    reopened.save()
+    assert DedupIndex.open(path).check("new", text_of(7)) is None
+    assert [p.name for p in path.parent.iterdir()] == ["dedup.idx"]  # no temporary files left
+
+
+def test_threshold_change_keeps_the_signatures(tmp_path: Path) -> None:
+    path = tmp_path / "dedup.idx"
+    index = DedupIndex.open(path, threshold=0.85)
+    index.add("a", text_of(1))
+    index.save()
+    loose = DedupIndex.open(path, threshold=0.5)
+    looser = edit(text_of(1), range(0, 200, 40))  # 5 words changed: Jaccard about 0.8
+    assert index.check("b", looser) is None
+    assert loose.check("b", looser) == "a"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: p.write_bytes(b"not an index"),
+        lambda p: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),  # truncated write
+        lambda p: p.write_bytes(p.read_bytes()[:-200] + bytes(200)),  # corrupted tail
+    ],
+    ids=["garbage", "truncated", "corrupted"],
+)
+def test_damaged_file_starts_empty_and_rebuilds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: object
+) -> None:
+    path = tmp_path / "dedup.idx"
+    items = [(f"k{i}", text_of(i)) for i in range(20)]
+    index = DedupIndex.open(path)
+    index.rebuild(items)
+    index.save()
+    damage(path)  # type: ignore[operator]
+    with caplog.at_level(logging.WARNING, logger="sam_brain.dedup"):
+        broken = DedupIndex.open(path)
+    assert len(broken) == 0 and broken.needs_rebuild
+    assert "unusable" in caplog.text
+    assert (tmp_path / "dedup.idx.corrupt").exists()
+    broken.rebuild(items)
+    broken.save()
+    healed = DedupIndex.open(path)
+    assert len(healed) == 20 and not healed.needs_rebuild
+    assert healed.check("new", text_of(5)) == "k5"
+
+
+def test_other_num_perm_is_discarded(tmp_path: Path) -> None:
+    path = tmp_path / "dedup.idx"
+    index = DedupIndex.open(path, num_perm=64)
+    index.add("a", text_of(1))
+    index.save()
+    other = DedupIndex.open(path, num_perm=128)
+    assert len(other) == 0 and other.needs_rebuild
+
+
+def test_crash_during_save_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "dedup.idx"
+    index = DedupIndex.open(path)
+    index.add("a", text_of(1))
+    index.save()
+    good = path.read_bytes()
+
+    def crash(fh: object, **arrays: object) -> None:
+        fh.write(b"PK\x03\x04 half a zip")  # type: ignore[attr-defined]
+        raise OSError("disk full")
+
+    index.add("b", text_of(2))
+    monkeypatch.setattr(dedup.np, "savez", crash)  # the process dies mid-write
+    with pytest.raises(OSError, match="disk full"):
+        index.save()
+    monkeypatch.undo()
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["dedup.idx"]
+    assert len(DedupIndex.open(path)) == 1
+
+
+def test_file_holds_no_pickle(tmp_path: Path) -> None:
+    path = tmp_path / "dedup.idx"
+    index = DedupIndex.open(path)
+    index.add("a", text_of(1))
+    index.save()
+    with np.load(path, allow_pickle=False) as data:  # would raise on object arrays
+        assert sorted(data.files) == ["digests", "meta", "sigs"]
+
+
+def test_throughput(tmp_path: Path) -> None:
+    """Measured, not asserted: check + add per text, then save and reopen."""
+    index = DedupIndex.open(tmp_path / "dedup.idx")
+    texts = [text_of(i, n=300) for i in range(500)]
+    start = time.process_time()
+    dups = 0
+    for i, text in enumerate(texts):
+        dups += index.check(f"k{i}", text) is not None
+        index.add(f"k{i}", text)
+    spent = time.process_time() - start
+    start = time.perf_counter()
+    index.save()
+    reopened = DedupIndex.open(tmp_path / "dedup.idx")
+    reload = time.perf_counter() - start
+    print(f"dedup: {len(texts) / spent:.0f} texts/s (300 words each); save+open {reload:.2f}s")
+    assert dups == 0 and len(reopened) == 500
