@@ -345,11 +345,14 @@ def _fuse(job: _Job, dst: Path) -> Path:
     """Merge the adapter into the base with mlx-lm and save a Hugging Face model folder."""
     from mlx.utils import tree_unflatten
     from mlx_lm import load
-    from mlx_lm.utils import dequantize_model, save
+    from mlx_lm.utils import dequantize_model, load_config, save
 
-    model, tokenizer, config = load(str(job.base), adapter_path=str(job.adapter), return_config=True)
+    model, tokenizer = load(str(job.base), adapter_path=str(job.adapter))[:2]
+    config = load_config(job.base)
     dequantize = job.quantized_base
-    fused = [(n, m.fuse(dequantize=dequantize)) for n, m in model.named_modules() if hasattr(m, "fuse")]
+    fused = [
+        (n, m.fuse(dequantize=dequantize)) for n, m in model.named_modules() if hasattr(m, "fuse")
+    ]
     model.update_modules(tree_unflatten(fused))
     if dequantize:
         model = dequantize_model(model)

@@ -97,7 +97,9 @@ def pretokenizer_fallback(model_dir: Path) -> str:
     from sam_brain.tinymodel import QWEN2_SPLIT_REGEX
 
     try:
-        pre = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))["pre_tokenizer"]
+        pre = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))[
+            "pre_tokenizer"
+        ]
     except (OSError, ValueError, KeyError, TypeError):
         return ""
     steps = pre.get("pretokenizers", [pre]) if isinstance(pre, dict) else []
@@ -124,7 +126,15 @@ def convert_model(model_dir: Path, out_file: Path, name: str, outtype: str = "f1
 
 def convert_lora(peft_dir: Path, base_dir: Path, out_file: Path, outtype: str = "f16") -> Path:
     """Convert a PEFT LoRA adapter to a GGUF LoRA that llama.cpp applies at load time."""
-    args = [str(peft_dir), "--base", str(base_dir), "--outfile", str(out_file), "--outtype", outtype]
+    args = [
+        str(peft_dir),
+        "--base",
+        str(base_dir),
+        "--outfile",
+        str(out_file),
+        "--outtype",
+        outtype,
+    ]
     _run("convert_lora_to_gguf.py", "", args, "GGUF LoRA conversion")
     return out_file
 
@@ -233,7 +243,13 @@ def install_converter(dest: Path | None = None) -> Path:
     """
     version = llama_cpp_module().__version__
     dest = dest or default_converter_dir()
-    keep = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+    keep = (
+        "convert_hf_to_gguf.py",
+        "convert_lora_to_gguf.py",
+        "conversion/",
+        "gguf-py/",
+        "LICENSE",
+    )
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                "--no-build-isolation", "-q", "-d", tmp, f"llama-cpp-python=={version}"]  # fmt: skip

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 ROUTED_MODEL = "sam-brain"  # the model id that follows active/canary routing
 BASE_MODEL = "base"  # the model id of the base without any adapter
 ROLES = ("system", "user", "assistant", "tool")
+T = TypeVar("T")
 
 
 @dataclass
@@ -97,28 +98,32 @@ class ResidentModel:
         from mlx_lm.tuner.utils import linear_to_lora_layers
 
         start = time.perf_counter()
-        if adapter_dir is None:
-            self._strip()
-        else:
-            config, weights = self._adapter(adapter_dir)
-            structure = json.dumps(
-                [config["num_layers"], config["lora_parameters"], config["fine_tune_type"]],
-                sort_keys=True,
-            )
-            if structure != self._structure or not self._fits(weights):
-                self._strip()
-                linear_to_lora_layers(
-                    self.model,
-                    int(config["num_layers"]),
-                    config["lora_parameters"],
-                    use_dora=config["fine_tune_type"] == "dora",
+        self.applied = None  # until the swap completes, nothing is known to be applied
+        try:
+            if adapter_dir is not None:
+                config, weights = self._adapter(adapter_dir)
+                structure = json.dumps(
+                    [config["num_layers"], config["lora_parameters"], config["fine_tune_type"]],
+                    sort_keys=True,
                 )
-                self._structure = structure
-                if not self._fits(weights):
+                if structure != self._structure or not self._fits(weights):
                     self._strip()
-                    raise BadRequest(f"adapter {adapter_dir} does not fit {self.base_model}")
-            self.model.load_weights(list(weights.items()), strict=False)
-            self.model.eval()  # new LoRA modules start in training mode (dropout on)
+                    linear_to_lora_layers(
+                        self.model,
+                        int(config["num_layers"]),
+                        config["lora_parameters"],
+                        use_dora=config["fine_tune_type"] == "dora",
+                    )
+                    self._structure = structure
+                    if not self._fits(weights):
+                        raise BadRequest(f"adapter {adapter_dir} does not fit {self.base_model}")
+                self.model.load_weights(list(weights.items()), strict=False)
+                self.model.eval()  # new LoRA modules start in training mode (dropout on)
+            else:
+                self._strip()
+        except Exception:
+            self._strip()  # never leave a half-swapped adapter behind
+            raise
         mx.eval(dict(tree_flatten(self.model.parameters())))
         self.applied = adapter_dir
         self.last_swap_ms = (time.perf_counter() - start) * 1000
@@ -441,6 +446,16 @@ class ChatServer:
                     window.swaps += 1
                     window.swap_ms_total += swap_ms
 
+    async def run_exclusive(self, fn: Callable[[ResidentModel], T]) -> T:
+        """Run `fn(resident)` on the worker thread between requests.
+
+        For work that needs the model, such as the evaluation gate, so it shares the one copy of
+        the base with serving instead of loading a second; the next request re-applies its adapter.
+        """
+        async with self.lock:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, lambda: fn(self._resident()))
+
     def _resident(self) -> ResidentModel:
         if self.resident is None:
             self.resident = ResidentModel(self.base_model, self._loader)
@@ -573,7 +588,7 @@ async def _stream(
             await response.write(f"data: {json.dumps(error)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
     except (ConnectionResetError, asyncio.CancelledError):
-        stop.set()  # the client left: stop generating, keep the lock until the worker is idle
+        pass  # the client left: stop generating, keep the lock until the worker is idle
         await asyncio.gather(task, return_exceptions=True)
         raise
     return response

@@ -81,7 +81,8 @@ def reference(base_dir: Path, adapter_dir: Path) -> Reference:
     """Run the source (mlx-lm, base + adapter) and the bare base on the fixed prompt."""
     from mlx_lm import load
 
-    model, tokenizer = load(str(base_dir), adapter_path=str(adapter_dir))
+    model, wrapper = load(str(base_dir), adapter_path=str(adapter_dir))[:2]
+    tokenizer: Any = wrapper
     prompt = list(tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True))
     text = str(tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False))
     eos = frozenset(int(t) for t in tokenizer.eos_token_ids)
@@ -90,7 +91,7 @@ def reference(base_dir: Path, adapter_dir: Path) -> Reference:
     logits = forward(prompt + tokens)[len(prompt) - 1 : -1]
     del model, forward
     gc.collect()
-    base, _ = load(str(base_dir))
+    base = load(str(base_dir))[0]
     base_logits = mlx_forward(base)(prompt + tokens)[len(prompt) - 1 : -1]
     return Reference(prompt, tokens, logits, base_logits, eos, text)
 
@@ -106,7 +107,9 @@ def greedy(forward: Forward, prompt: list[int], eos: frozenset[int]) -> list[int
     return out
 
 
-def compare(artifact: str, runtime: str, forward: Forward, ref: Reference, rule: Rule) -> dict[str, Any]:
+def compare(
+    artifact: str, runtime: str, forward: Forward, ref: Reference, rule: Rule
+) -> dict[str, Any]:
     """Score `forward` against `ref`; raise ExportFailed when `rule` is not met.
 
     Returns:
@@ -118,7 +121,9 @@ def compare(artifact: str, runtime: str, forward: Forward, ref: Reference, rule:
     agree = logits.argmax(-1) == np.array(ref.tokens)
     top2 = np.sort(ref.logits, axis=-1)[:, -2:]
     margins = top2[:, 1] - top2[:, 0]
-    diverge = next((i for i, (a, b) in enumerate(zip(tokens, ref.tokens)) if a != b), None)
+    diverge = next(
+        (i for i, (a, b) in enumerate(zip(tokens, ref.tokens, strict=False)) if a != b), None
+    )
     if diverge is None and len(tokens) != len(ref.tokens):
         diverge = min(len(tokens), len(ref.tokens))
     to_source = _rms(logits - ref.logits)
@@ -176,7 +181,7 @@ def check_mlx(base_dir: Path, adapter_dir: Path, ref: Reference, artifact: str) 
     """Load an mlx-lm adapter folder with mlx-lm and compare."""
     from mlx_lm import load
 
-    model, _ = load(str(base_dir), adapter_path=str(adapter_dir))
+    model = load(str(base_dir), adapter_path=str(adapter_dir))[0]
     return compare(artifact, "mlx-lm", mlx_forward(model), ref, EXACT_F32)
 
 
@@ -187,7 +192,7 @@ def check_transformers(
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     runtime = "transformers"
     if peft_dir is not None:
         from peft import PeftModel

@@ -225,8 +225,9 @@ def _header_ok(value: str) -> bool:
 _B, _E = r"(?<![\w-])", r"(?![\w-])"  # token boundaries: not inside a longer word
 # A PEM block up to its END line; cut short (truncated tool output), up to its last body line.
 _PEM = (
-    r"-{4,5} ?BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY(?: BLOCK)? ?-{4,5}(?:(?s:.{0,16384}?)-{4,5} ?END "
-    r"\1PRIVATE KEY(?: BLOCK)? ?-{4,5}|(?:(?:\r?\n|\\(?:r\\)?n)(?:[A-Za-z0-9+/=]+|[\w-]+: [^\r\n\\]*)?(?![^\r\n\\]))*)"
+    r"-{4,5} ?BEGIN ((?:[A-Z0-9]+ )*)PRIVATE KEY(?: BLOCK)? ?-{4,5}"
+    r"(?:(?s:.{0,16384}?)-{4,5} ?END \1PRIVATE KEY(?: BLOCK)? ?-{4,5}"
+    r"|(?:(?:\r?\n|\\(?:r\\)?n)(?:[A-Za-z0-9+/=]+|[\w-]+: [^\r\n\\]*)?(?![^\r\n\\]))*)"
 )
 _CURL = r"\bcurl\b(?:\\\r?\n|[^\n])*?\s(?:-u|--user)(?:\s+|=)((?:\"[^\"\n]*\"|'[^'\n]*'|[^\s\"'])+)"
 _MYSQL = r"\bmysql(?:dump|admin)?\b[^\n]*?\s-p('[^'\n]+'|\"[^\"\n]+\"|[^\s'\"-]\S*)"

@@ -68,11 +68,10 @@ class TrainingProcess:
         spec_path = self.run_dir / "spec.json"
         spec_path.write_text(self.spec.to_json(), encoding="utf-8")
         log_path = self.run_dir / "train.log"
-        nice = self.nice
-
-        def lower_priority() -> None:
-            os.nice(nice)
-
+        env = worker_env(self.backend)
+        # The worker lowers its own priority: a preexec_fn would force fork(), which LanceDB's
+        # runtime threads in this process do not survive reliably.
+        env["SAM_BRAIN_NICE"] = str(self.nice)
         with open(log_path, "ab") as log_fh:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -82,8 +81,7 @@ class TrainingProcess:
                 str(spec_path),
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_fh,
-                env=worker_env(self.backend),
-                preexec_fn=lower_priority if nice > 0 else None,
+                env=env,
             )
             try:
                 result, error = await asyncio.wait_for(

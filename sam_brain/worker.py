@@ -8,6 +8,7 @@ sees `cancelled()` turn true, saves its checkpoint, and the worker exits 3.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import traceback
@@ -32,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m sam_brain.worker BACKEND SPEC.json", file=sys.stderr)
         return 2
     backend_name, spec_path = args
+    nice = int(os.environ.get("SAM_BRAIN_NICE", "0") or 0)
+    if nice > 0:
+        os.nice(nice)
     stop = {"requested": False}
 
     def on_term(signum: int, frame: object) -> None:

@@ -36,8 +36,14 @@ def statuses(vs: Versions) -> dict[str, str]:
     return {v.version: v.status for v in vs.store.versions()}
 
 
-def metrics(version: str, requests: int, errors: int = 0, latency: float = 100.0,
-            memory: float = 500.0, since: float | None = None) -> VersionMetrics:
+def metrics(
+    version: str,
+    requests: int,
+    errors: int = 0,
+    latency: float = 100.0,
+    memory: float = 500.0,
+    since: float | None = None,
+) -> VersionMetrics:
     m = VersionMetrics(version, since=time.time() if since is None else since)
     for i in range(requests):
         m.record(latency, i < errors, memory)
@@ -86,7 +92,7 @@ def test_abort_rejects_the_canary_and_keeps_the_active(versions: Versions) -> No
 
 
 def test_start_canary_refusals(versions: Versions, tmp_path: Path) -> None:
-    with pytest.raises(BadRequest, match="1..100"):
+    with pytest.raises(BadRequest, match=r"1\.\.100"):
         canary.start_canary(versions, "v1.0.1", 0)
     with pytest.raises(Conflict, match="inactive"):
         canary.start_canary(versions, "v1.0.0", 10)  # the active one

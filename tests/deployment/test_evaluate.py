@@ -108,7 +108,9 @@ def test_margin_and_required_significance() -> None:
     margin = decide(ref, cand, [], GateConfig(margin=0.05))[1]
     assert not margin.promote and "margin 0.05" in margin.reasons[0]
     strict = decide(ref, cand, [], GateConfig(require_significant=True))[1]
-    assert not strict.promote and strict.reasons == ["improvement is not significant (wilcoxon p=0.125)"]
+    assert not strict.promote and strict.reasons == [
+        "improvement is not significant (wilcoxon p=0.125)"
+    ]
     assert not decide([], [], [], GateConfig())[1].promote
     with pytest.raises(BadRequest, match="wilcoxon"):
         GateConfig(test="t-test")
@@ -137,8 +139,12 @@ def test_check_helpers() -> None:
     rows = [
         [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
         [{"role": "assistant", "content": "no prompt"}],
-        [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"},
-         {"role": "user", "content": "e"}, {"role": "assistant", "content": "f"}],
+        [
+            {"role": "user", "content": "c"},
+            {"role": "assistant", "content": "d"},
+            {"role": "user", "content": "e"},
+            {"role": "assistant", "content": "f"},
+        ],
     ]
     prompts = prompts_from_rows(rows, 5)
     assert [len(p) for p in prompts] == [1, 3] and prompts[1][-1]["content"] == "e"
@@ -156,12 +162,13 @@ def write_adapter(model_dir: Path, out: Path, seed: int, rows: list[Any], steps:
     from mlx_lm import load
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    model, tok = load(str(model_dir))
+    loaded: Any = load(str(model_dir))
+    model, tok = loaded[0], loaded[1]
     model.freeze()
     lora = {"rank": 4, "scale": 4.0, "dropout": 0.0, "keys": ["self_attn.q_proj", "mlp.down_proj"]}
     linear_to_lora_layers(model, 4, lora)
     mx.random.seed(seed)
-    params = tree_flatten(model.trainable_parameters())
+    params: Any = tree_flatten(model.trainable_parameters())
     model.update(tree_unflatten([(k, mx.random.normal(v.shape) * 0.05) for k, v in params]))
     encoded = [encode_chat(tok, m, 256) for m in rows]
 
@@ -169,7 +176,7 @@ def write_adapter(model_dir: Path, out: Path, seed: int, rows: list[Any], steps:
         ce = nn.losses.cross_entropy(mdl(ids[None, :-1])[0], ids[1:])
         return (ce * mask[1:]).sum() / mask[1:].sum()
 
-    step = nn.value_and_grad(model, loss)
+    step = nn.value_and_grad(model, loss)  # type: ignore[attr-defined]
     opt = optim.Adam(learning_rate=3e-2)
     for i in range(steps):
         ids, mask = encoded[i % len(encoded)]
@@ -199,57 +206,58 @@ def setup(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     }
 
 
-def test_real_adapters_are_scored_and_gated(setup: dict[str, Any]) -> None:
-    resident: ResidentModel = setup["resident"]
-    report = evaluate_candidate(
-        resident, setup["test"], str(setup["candidate"]), str(setup["incumbent"]),
-        GateConfig(prompts=2, gen_max_tokens=24),
-    )
-    assert (report.rows, report.scored, report.skipped) == (6, 6, 0)
-    base, inc, cand = report.base, report.incumbent_loss, report.candidate_loss
-    assert inc is not None
-    # The trained candidate beats both on every row; the random incumbent is not the base.
-    assert cand.mean_loss < min(base.mean_loss, inc.mean_loss) - 0.5
-    assert report.comparison.reference == "incumbent" and report.comparison.better == 6
-    assert inc.per_sample != base.per_sample
-    assert base.perplexity == pytest.approx(
-        math.exp(sum(x * n for x, n in zip(base.per_sample, _counts(setup), strict=True))
-                 / base.tokens), rel=1e-5)
-    # Per-sample loss of row 0 equals an independent numpy computation over assistant tokens.
-    resident.use(None)
-    ids, mask = encode_chat(resident.tokenizer, setup["rows"][0], 2048)
-    logits = np.asarray(resident.model(_mx_array(ids[:-1]))[0], dtype=np.float64)
-    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
-        - logits.max(-1, keepdims=True)
-    picked = [-logp[i, t] for i, (t, m) in enumerate(zip(ids[1:], mask[1:], strict=True)) if m]
-    assert base.per_sample[0] == pytest.approx(float(np.mean(picked)), rel=1e-4)
-    # The tiny random model rambles, so the generation checks keep the gate shut.
-    assert not report.gate.promote
-    assert len(report.generation) == 2
-    assert any(r.startswith("only 0% of answers ended") for r in report.gate.reasons)
-    assert json.loads(report.to_json())["candidate_loss"]["tokens"] == cand.tokens
-
-
-def test_gate_without_generation_prompts_promotes_the_trained_candidate(
+def test_trained_candidate_beats_the_incumbent_on_every_row(
     setup: dict[str, Any], tmp_path: Path
 ) -> None:
+    resident: ResidentModel = setup["resident"]
     versions = Versions(Store(tmp_path / "s.db"), tmp_path / "versions")
     versions.register(setup["incumbent"])
     versions.activate("v1.0.0")
     versions.register(setup["candidate"])
-    report = evaluate_version(
-        versions, setup["resident"], "v1.0.1", setup["test"], GateConfig(prompts=0)
+    report = evaluate_version(versions, resident, "v1.0.1", setup["test"], GateConfig(prompts=0))
+    assert (report.rows, report.scored, report.skipped) == (6, 6, 0)
+    assert report.incumbent == versions.get("v1.0.0").adapter_path
+    base, inc, cand = report.base, report.incumbent_loss, report.candidate_loss
+    assert inc is not None and inc.per_sample != base.per_sample
+    assert cand.mean_loss < min(base.mean_loss, inc.mean_loss)
+    assert report.comparison.reference == "incumbent" and report.comparison.better == 6
+    assert report.comparison.wilcoxon_p_better == pytest.approx(1 / 64)
+    assert report.gate.promote and report.gate.reasons[0].startswith(
+        f"candidate mean loss {cand.mean_loss:.4f} < incumbent {inc.mean_loss:.4f}"
     )
-    assert report.gate.promote and report.incumbent == versions.get("v1.0.0").adapter_path
     event = versions.store.events("evaluated")[0]["data"]
     assert event["promote"] and event["against"] == "v1.0.0"
-    assert event["candidate_loss"] == pytest.approx(report.candidate_loss.mean_loss)
-    # Against itself as the incumbent's replacement the random adapter is rejected.
-    worse = evaluate_candidate(
-        setup["resident"], setup["test"], str(setup["incumbent"]), str(setup["candidate"]),
-        GateConfig(prompts=0),
+    assert event["candidate_loss"] == pytest.approx(cand.mean_loss)
+    assert json.loads(report.to_json())["candidate_loss"]["tokens"] == cand.tokens
+    # Perplexity is the token-weighted one; row 0's loss matches a plain numpy computation.
+    weighted = sum(x * n for x, n in zip(base.per_sample, _counts(setup), strict=True))
+    assert base.perplexity == pytest.approx(math.exp(weighted / base.tokens), rel=1e-5)
+    resident.use(None)
+    ids, mask = encode_chat(resident.tokenizer, setup["rows"][0], 2048)
+    logits = np.asarray(resident.model(_mx_array(ids[:-1]))[0], dtype=np.float64)
+    top = logits.max(-1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(-1, keepdims=True))
+    picked = [-logp[i, t] for i, (t, m) in enumerate(zip(ids[1:], mask[1:], strict=True)) if m]
+    assert base.per_sample[0] == pytest.approx(float(np.mean(picked)), rel=1e-4)
+
+
+def test_untrained_adapter_against_the_base_is_rejected_with_reasons(
+    setup: dict[str, Any],
+) -> None:
+    report = evaluate_candidate(
+        setup["resident"],
+        setup["test"],
+        str(setup["incumbent"]),
+        None,
+        GateConfig(prompts=2, gen_max_tokens=12),
     )
-    assert not worse.gate.promote and worse.comparison.worse == 6
+    assert report.incumbent_loss is None and report.comparison.reference == "base"
+    assert not report.gate.promote
+    assert [c.terminated for c in report.generation] == [False, False]  # the tiny model rambles
+    assert report.gate.reasons[0].startswith(
+        f"candidate mean loss {report.candidate_loss.mean_loss:.4f} is not below the base's"
+    )
+    assert "only 0% of answers ended within 12 tokens (need 75%)" in report.gate.reasons
 
 
 def _counts(setup: dict[str, Any]) -> list[int]:
@@ -269,9 +277,19 @@ def _mx_array(ids: list[int]) -> Any:
 CASES = [
     {"category": "shell", "prompt": "list files", "keywords": ["ls", "-la"], "min_words": 4},
     {"category": "shell", "prompt": "count lines", "keywords": ["wc", "-l", "file"]},
-    {"category": "git", "prompt": "history", "keywords": ["git log"], "expected": "git log --oneline"},
-    {"category": "json", "prompt": "config", "keywords": ["rank"], "format": "json",
-     "expected": '{"rank": 8}'},
+    {
+        "category": "git",
+        "prompt": "history",
+        "keywords": ["git log"],
+        "expected": "git log --oneline",
+    },
+    {
+        "category": "json",
+        "prompt": "config",
+        "keywords": ["rank"],
+        "format": "json",
+        "expected": '{"rank": 8}',
+    },
     {"category": "json", "prompt": "broken", "keywords": [], "format": "json"},
 ]
 ANSWERS = {

@@ -119,8 +119,9 @@ def test_fused_export_is_merged_and_exporting_twice_is_idempotent(
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(first.files)
     assert first.checks[0]["runtime"] == "transformers" and not first.skipped
     assert_exact(first.checks[0])
-    fused, base = load_file(str(out / "model.safetensors")), load_file(
-        str(tiny_model / "model.safetensors")
+    fused, base = (
+        load_file(str(out / "model.safetensors")),
+        load_file(str(tiny_model / "model.safetensors")),
     )
     q, k = "model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.k_proj.weight"
     assert not np.allclose(fused[q], base[q]) and np.array_equal(fused[k], base[k])
@@ -141,7 +142,7 @@ def test_verification_rejects_an_artifact_without_the_adapter(
     tiny_model: Path, ref: Reference
 ) -> None:
     # The bare base loaded where the fused model should be: tokens may even agree, logits do not.
-    with pytest.raises(ExportFailed, match="adapter is missing|differs|diverge"):
+    with pytest.raises(ExportFailed, match=r"adapter is missing|differs|diverge"):
         check_transformers(tiny_model, ref, "model.safetensors")
 
 
@@ -235,7 +236,9 @@ def test_gguf_export_quantizes_and_ships_a_lora(gguf_export: ExportResult) -> No
     assert_exact(res.checks[0])
     assert_exact(res.checks[2])
     assert res.checks[1]["ok"] and res.checks[1]["top1_agreement"] >= 0.6
-    llm = llama_cpp.Llama(model_path=str(res.out / "model-q4_k_m.gguf"), vocab_only=True, verbose=False)
+    llm = llama_cpp.Llama(
+        model_path=str(res.out / "model-q4_k_m.gguf"), vocab_only=True, verbose=False
+    )
     try:
         assert llm.metadata["tokenizer.ggml.pre"] == "qwen2"
         assert "<|im_start|>" in llm.metadata["tokenizer.chat_template"]
@@ -251,7 +254,9 @@ def test_gguf_export_twice_is_skipped(
 ) -> None:
     before = digests(gguf_export.out)
     again = export_version(version, tiny_model, "gguf", gguf_export.out)
-    assert again.skipped and again.checks == gguf_export.checks and digests(gguf_export.out) == before
+    assert (
+        again.skipped and again.checks == gguf_export.checks and digests(gguf_export.out) == before
+    )
 
 
 @needs_llama

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from deployment.canary import HealthLimits
 from deployment.rollback import RollbackMonitor
 from deployment.serving import ChatServer, ResidentModel, add_routes
 from deployment.versions import Versions
+from sam_brain.errors import BadRequest
 from sam_brain.store import Store
 
 ClientFactory = Callable[[web.Application], Any]
@@ -29,12 +32,13 @@ def write_adapter(model_dir: Path, out: Path, seed: int, keys: list[str]) -> Pat
     from mlx_lm import load
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    model, _ = load(str(model_dir))
+    loaded: Any = load(str(model_dir))
+    model = loaded[0]
     model.freeze()
     lora = {"rank": 4, "scale": 10.0, "dropout": 0.0, "keys": keys}
     linear_to_lora_layers(model, 4, lora)
     mx.random.seed(seed)
-    params = tree_flatten(model.trainable_parameters())
+    params: Any = tree_flatten(model.trainable_parameters())
     model.update(tree_unflatten([(k, mx.random.normal(v.shape) * 0.3) for k, v in params]))
     out.mkdir(parents=True)
     mx.save_safetensors(
@@ -75,7 +79,8 @@ class CountingLoader:
         from mlx_lm import load
 
         self.calls += 1
-        return load(path)  # type: ignore[no-any-return]
+        loaded: Any = load(path)
+        return loaded[0], loaded[1]
 
 
 @pytest.fixture
@@ -190,8 +195,14 @@ async def test_adapters_swap_without_reloading_the_base(
     canary.start_canary(versions, "v1.0.1", 10)
     order = ["v1.0.0", "v1.0.1", "base", "v1.0.0", "v1.0.1"]
     texts = [(await chat(client, model=m, max_tokens=12))[1] for m in order]
-    out = {m: [t["choices"][0]["message"]["content"] for o, t in zip(order, texts) if o == m]
-           for m in order}
+    out = {
+        m: [
+            t["choices"][0]["message"]["content"]
+            for o, t in zip(order, texts, strict=True)
+            if o == m
+        ]
+        for m in order
+    }
     assert out["v1.0.0"][0] == out["v1.0.0"][1]  # swapping back restores the exact weights
     assert out["v1.0.1"][0] == out["v1.0.1"][1]
     assert len({out["v1.0.0"][0], out["v1.0.1"][0], out["base"][0]}) == 3
@@ -215,7 +226,8 @@ async def test_adapters_swap_without_reloading_the_base(
 def _flat(model: Any) -> list[tuple[str, Any]]:
     from mlx.utils import tree_flatten
 
-    return tree_flatten(model.parameters())  # type: ignore[no-any-return]
+    flat: Any = tree_flatten(model.parameters())
+    return list(flat)
 
 
 async def test_routing_change_restarts_the_metrics_window(served: Any, versions: Versions) -> None:
@@ -247,3 +259,38 @@ async def test_failing_version_counts_errors_and_is_rolled_back(
     status, _, header = await chat(client, max_tokens=1)
     assert (status, header) == (200, "v1.0.0")
     assert server.metrics()["v1.0.0"].errors == 0
+
+
+async def test_failed_swap_leaves_a_clean_model_and_serving_recovers(
+    served: Any, adapters: list[Path], tmp_path: Path
+) -> None:
+    client, server, loader = served
+    _, before, _ = await chat(client, max_tokens=8)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "adapters.safetensors").write_bytes((adapters[0] / "adapters.safetensors").read_bytes())
+    config = json.loads((adapters[0] / "adapter_config.json").read_text())
+    config["lora_parameters"]["keys"] = ["mlp.up_proj"]  # names no tensor of the file
+    (bad / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(BadRequest, match="does not fit"):
+        await server.run_exclusive(lambda r: r.use(str(bad)))
+    resident = server.resident
+    assert resident is not None and resident.applied is None
+    assert not [k for k, _ in _flat(resident.model) if "lora" in k]
+    _, after, header = await chat(client, max_tokens=8)
+    assert header == "v1.0.0" and after["choices"] == before["choices"]
+    assert loader.calls == 1
+
+
+async def test_client_leaving_a_stream_stops_the_generation(served: Any) -> None:
+    client, server, _ = served
+    body = {"messages": HELLO, "stream": True, "max_tokens": 4096}
+    resp = await client.post("/v1/chat/completions", json=body)
+    assert (await resp.content.readline()).startswith(b"data: ")
+    resp.close()
+    started = time.perf_counter()
+    await asyncio.wait_for(server.lock.acquire(), timeout=30)  # ~60 s if it ran to the budget
+    server.lock.release()
+    assert time.perf_counter() - started < 30
+    window = server.metrics()["v1.0.0"]
+    assert (window.requests, window.errors) == (1, 0)

@@ -1,0 +1,434 @@
+"""CUDA backend on the CPU: real 4-bit QLoRA on the tiny model, resume, cancel, NaN, DPO, DDP.
+
+bitsandbytes >= 0.49 runs NF4 forward and backward on the CPU, so the 4-bit path itself is
+trained here, not a stand-in. The adapter conversions are checked both ways, and a trained PEFT
+adapter converted to mlx-lm's format must give the same logits in mlx-lm as in transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from backends.adapter_format import (
+    RawTensor,
+    mlx_to_peft,
+    peft_to_mlx,
+    read_safetensors,
+    write_safetensors,
+)
+from backends.cuda import CudaBackend
+from backends.cuda_loop import Buckets, evaluate, rank_batches, train_step
+from backends.cuda_options import check_options, lora_config, read_shape
+from sam_brain.config import Profile
+from sam_brain.errors import BackendUnavailable, TrainingFailed
+from sam_brain.masking import encode_rows, load_rows
+from sam_brain.protocols import Progress, TrainSpec
+
+REPO = Path(__file__).resolve().parents[2]
+WORDS = ["garden", "parser", "index", "config", "branch", "token", "cache", "request"]
+KEYS = [
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+    "mlp.gate_proj",
+    "mlp.up_proj",
+    "mlp.down_proj",
+]
+PROFILE = asdict(
+    Profile(
+        lora_rank=16,
+        lora_alpha=32.0,
+        lora_keys=KEYS,
+        batch_size=4,
+        grad_accum=1,
+        max_seq_length=128,
+        learning_rate=1e-2,
+        max_steps=24,
+        eval_every=8,
+        save_every=8,
+    )
+)
+QUESTION = [{"role": "user", "content": "Which word is number 3?"}]
+
+
+def _row(i: int) -> dict[str, Any]:
+    word = WORDS[i % len(WORDS)]
+    return {
+        "messages": [
+            {"role": "user", "content": f"Which word is number {i % len(WORDS)}?"},
+            {"role": "assistant", "content": f"The word is {word}."},
+            {"role": "user", "content": "Again?"},
+            {"role": "assistant", "content": f"Still {word}."},
+        ]
+    }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    # Tiny matrices: threads only add synchronisation, and the test machine is shared.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("data")
+    (d / "train.jsonl").write_text("".join(json.dumps(_row(i)) + "\n" for i in range(48)))
+    (d / "valid.jsonl").write_text("".join(json.dumps(_row(i)) + "\n" for i in range(100, 108)))
+    return d
+
+
+def _spec(base: Path, data: Path, out: Path, **profile: Any) -> TrainSpec:
+    return TrainSpec(
+        run_id="t",
+        base_model=str(base),
+        data_dir=str(data),
+        out_dir=str(out),
+        profile={**PROFILE, **profile},
+    )
+
+
+def _lora(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def test_preflight_counts_and_refuses_what_it_cannot_honour(
+    tiny_model: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SAM_BRAIN_CUDA_QUANTIZE", "0")
+    assert CudaBackend().quantize is False
+    monkeypatch.delenv("SAM_BRAIN_CUDA_QUANTIZE")
+    backend = CudaBackend()
+    assert backend.quantize is True
+    pre = backend.preflight(_spec(tiny_model, data_dir, tmp_path))
+    assert (pre.train_samples, pre.val_samples) == (48, 8)
+    assert pre.train_tokens > 48 * 20 and pre.estimated_memory_mb > 1
+    assert "4-bit NF4" in pre.notes[0]
+
+    bad = {"lora_keys": ["self_attn.q_proj", "self_attn.qq_proj"], "num_layers": 9, "fancy": 1}
+    with pytest.raises(BackendUnavailable) as err:
+        backend.preflight(_spec(tiny_model, data_dir, tmp_path, **bad))
+    for part in ("'self_attn.qq_proj'", "num_layers: 9", "fancy: not an option"):
+        assert part in str(err.value)
+
+
+@pytest.mark.slow
+def test_qlora_4bit_training_lowers_val_loss_and_the_adapter_reloads(
+    tiny_model: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    import bitsandbytes as bnb
+    from peft import PeftModel
+
+    backend = CudaBackend(quantize=True)
+    base = backend.load_model(tiny_model, training=False)
+    q_proj = base.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj, bnb.nn.Linear4bit) and q_proj.weight.quant_type == "nf4"
+
+    reports: list[Progress] = []
+    result = backend.train(_spec(tiny_model, data_dir, tmp_path), reports.append, lambda: False)
+    m = result.metrics
+    assert result.steps == 24 and [r.step for r in reports] == list(range(1, 25))
+    assert m["best_val_loss"] < m["initial_val_loss"] - 1.0
+    assert next(r.step for r in reports if r.val_loss is not None) == 8
+    assert all(r.tokens_per_sec and r.peak_memory_mb for r in reports)
+    assert reports[-1].eta_seconds == 0.0
+    assert any("torch AdamW instead of paged 8-bit AdamW" in n for n in result.notes)
+
+    weights = _lora(tmp_path / "peft" / "adapter_model.safetensors")
+    assert len(weights) == 2 * len(KEYS) * 4
+    # PEFT initialises every B to zero: non-zero B means training moved the weights.
+    assert all(w.abs().max() > 1e-3 for k, w in weights.items() if "lora_B" in k)
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "adapters.safetensors",
+        "adapter_config.json",
+        "peft",
+        "manifest.json",
+        "checkpoint",
+    }
+
+    # Reload the saved PEFT adapter on a fresh 4-bit base: same validation loss as recorded.
+    model = PeftModel.from_pretrained(
+        backend.load_model(tiny_model, training=False), str(tmp_path / "peft")
+    )
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    rows, _ = encode_rows(tok, load_rows(data_dir / "valid.jsonl"), 128)
+    assert evaluate(model, Buckets(rows, 4, 0, tok.pad_token_id)) == pytest.approx(
+        m["best_val_loss"], abs=1e-4
+    )
+
+    # generate() applies the adapter: it matches greedy decoding of the reloaded model.
+    text = tok.apply_chat_template(QUESTION, tokenize=False, add_generation_prompt=True)
+    enc = tok(text, add_special_tokens=False, return_tensors="pt")
+    out = model.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    expected = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    tuned = backend.generate(str(tiny_model), str(tmp_path), QUESTION, max_tokens=8)
+    assert tuned == expected != backend.generate(str(tiny_model), None, QUESTION, max_tokens=8)
+
+
+@pytest.mark.slow
+def test_cancel_saves_and_resume_continues_exactly(
+    tiny_model: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    backend = CudaBackend()
+    short = {"max_steps": 6, "save_every": 2, "eval_every": 2}
+    polls = iter(range(100))
+    stopped = backend.train(
+        _spec(tiny_model, data_dir, tmp_path / "a", **short),
+        lambda p: None,
+        lambda: next(polls) >= 3,  # the 4th poll, before step 4, asks to stop
+    )
+    assert stopped.steps == 3 and "stopped: cancelled at step 3/6" in stopped.notes
+    state = json.loads(next((tmp_path / "a" / "checkpoint").glob("step-*/state.json")).read_text())
+    assert (state["step"], state["micro"]) == (3, 3)
+    assert (tmp_path / "a" / "adapters.safetensors").exists()
+
+    reports: list[Progress] = []
+    resumed = backend.train(
+        _spec(tiny_model, data_dir, tmp_path / "a", **short), reports.append, lambda: False
+    )
+    assert "resumed from step 3" in resumed.notes and resumed.steps == 6
+    assert [r.step for r in reports] == [4, 5, 6]
+
+    straight = backend.train(
+        _spec(tiny_model, data_dir, tmp_path / "b", **short), lambda p: None, lambda: False
+    )
+    assert straight.steps == 6
+    a = _lora(next((tmp_path / "a" / "checkpoint").glob("step-*/adapter_model.safetensors")))
+    b = _lora(next((tmp_path / "b" / "checkpoint").glob("step-*/adapter_model.safetensors")))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_nan_loss_raises_training_failed(tiny_model: Path, data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(TrainingFailed, match=r"loss became (nan|inf)"):
+        CudaBackend(quantize=False).train(
+            _spec(tiny_model, data_dir, tmp_path, learning_rate=1e9, max_steps=8),
+            lambda p: None,
+            lambda: False,
+        )
+
+
+def _mlx_adapter(directory: Path, base: Path, dtype: str) -> dict[str, RawTensor]:
+    """A hand-made mlx-lm adapter on the last 2 of 4 layers with random values."""
+    rng = np.random.default_rng(1)
+    dims = {"self_attn.q_proj": (128, 128), "mlp.down_proj": (384, 128)}
+    tensors = {}
+    for layer in (2, 3):
+        for key, (n_in, n_out) in dims.items():
+            for name, shape in (("lora_a", (n_in, 4)), ("lora_b", (4, n_out))):
+                values = rng.normal(size=shape).astype(np.float32)
+                raw = values.view(np.uint32) >> 16 if dtype == "BF16" else values.view(np.uint32)
+                data = raw.astype(np.uint16 if dtype == "BF16" else np.uint32)
+                tensors[f"model.layers.{layer}.{key}.{name}"] = RawTensor(
+                    dtype, data.view(f"V{data.itemsize}")
+                )
+    write_safetensors(directory / "adapters.safetensors", tensors, {})
+    config = {
+        "fine_tune_type": "lora",
+        "num_layers": 2,
+        "model": str(base),
+        "lora_parameters": {"rank": 4, "scale": 2.5, "dropout": 0.0, "keys": sorted(dims)},
+    }
+    (directory / "adapter_config.json").write_text(json.dumps(config))
+    return tensors
+
+
+@pytest.mark.parametrize("dtype", ["F32", "BF16"])
+def test_mlx_to_peft_to_mlx_round_trip_is_identical(
+    tiny_model: Path, tmp_path: Path, dtype: str
+) -> None:
+    (tmp_path / "mlx").mkdir()
+    original = _mlx_adapter(tmp_path / "mlx", tiny_model, dtype)
+    mlx_to_peft(tmp_path / "mlx", tmp_path / "peft", str(tiny_model))
+    peft_cfg = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert (peft_cfg["r"], peft_cfg["lora_alpha"]) == (4, 10.0)
+    assert peft_cfg["layers_to_transform"] == [2, 3]
+    assert sorted(peft_cfg["target_modules"]) == ["down_proj", "q_proj"]
+    peft_tensors, _ = read_safetensors(tmp_path / "peft" / "adapter_model.safetensors")
+    a = peft_tensors["base_model.model.model.layers.2.mlp.down_proj.lora_A.weight"]
+    assert a.data.shape == (4, 384)
+
+    peft_to_mlx(tmp_path / "peft", tmp_path / "back")
+    back, _ = read_safetensors(tmp_path / "back" / "adapters.safetensors")
+    assert back.keys() == original.keys()
+    for key, tensor in original.items():
+        assert back[key].dtype == dtype and back[key].data.shape == tensor.data.shape
+        assert back[key].data.tobytes() == tensor.data.tobytes()
+    config = json.loads((tmp_path / "back" / "adapter_config.json").read_text())
+    assert config["num_layers"] == 2 and config["fine_tune_type"] == "lora"
+    assert config["lora_parameters"] == {
+        "rank": 4,
+        "scale": 2.5,
+        "dropout": 0.0,
+        "keys": ["mlp.down_proj", "self_attn.q_proj"],
+    }
+
+
+@pytest.mark.slow
+def test_trained_peft_adapter_gives_the_same_logits_in_mlx_lm(
+    tiny_model: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    mx = pytest.importorskip("mlx.core")
+    from mlx_lm import load
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    keys = ["self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj"]
+    spec = _spec(
+        tiny_model,
+        data_dir,
+        tmp_path / "out",
+        lora_keys=keys,
+        num_layers=2,
+        max_steps=8,
+        learning_rate=3e-2,
+        eval_every=100,
+    )
+    backend = CudaBackend(quantize=False)
+    backend.train(spec, lambda p: None, lambda: False)
+    mlx_cfg = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert mlx_cfg["num_layers"] == 2 and mlx_cfg["lora_parameters"]["scale"] == 2.0
+
+    ids = [[int(t) for t in np.random.default_rng(0).integers(0, 4000, size=24)]]
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
+    with torch.no_grad():
+        plain = base(input_ids=torch.tensor(ids)).logits.numpy()
+        peft = PeftModel.from_pretrained(base, str(tmp_path / "out" / "peft"))
+        tuned = peft(input_ids=torch.tensor(ids)).logits.numpy()
+    model, _ = load(str(tiny_model), adapter_path=str(tmp_path / "out"))
+    from_mlx = np.array(model(mx.array(ids)).astype(mx.float32))
+    assert np.abs(tuned - plain).max() > 1e-2  # the adapter matters, so agreement means something
+    np.testing.assert_allclose(from_mlx, tuned, rtol=0, atol=1e-4)
+
+    # An mlx-lm-only adapter directory is converted on the fly for generation.
+    (tmp_path / "mlx_only").mkdir()
+    for name in ("adapters.safetensors", "adapter_config.json"):
+        (tmp_path / "mlx_only" / name).write_bytes((tmp_path / "out" / name).read_bytes())
+    assert backend.generate(str(tiny_model), str(tmp_path / "mlx_only"), QUESTION, 6) == (
+        backend.generate(str(tiny_model), str(tmp_path / "out"), QUESTION, 6)
+    )
+
+
+@pytest.mark.slow
+def test_dpo_stage_grows_the_preference_margin(
+    tiny_model: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.jsonl", "valid.jsonl"):
+        (data / name).write_bytes((data_dir / name).read_bytes())
+    pairs = [
+        {
+            "prompt": [{"role": "user", "content": f"Which word is number {i}?"}],
+            "chosen": f"The word is {w}.",
+            "rejected": "I refuse to answer that question.",
+        }
+        for i, w in enumerate(WORDS)
+    ]
+    (data / "preference.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    reports: list[Progress] = []
+    backend = CudaBackend(dpo_learning_rate=5e-3, dpo_max_steps=8)
+    result = backend.train(
+        _spec(tiny_model, data, tmp_path / "out", max_steps=4), reports.append, lambda: False
+    )
+    m = result.metrics
+    assert m["dpo_steps"] == 8 and m["dpo_margin_after"] > m["dpo_margin_before"] + 2.0
+    assert sum(r.message.startswith("dpo") for r in reports) == 8
+    assert any(n.startswith("dpo: 8 pairs, 8 steps") for n in result.notes)
+    sft = _lora(next((tmp_path / "out" / "checkpoint").glob("step-*/adapter_model.safetensors")))
+    final = _lora(tmp_path / "out" / "peft" / "adapter_model.safetensors")
+    assert all(final[k].dtype == torch.float32 for k in final)
+    assert any(not torch.equal(sft[k], final[k]) for k in sft)
+
+
+DDP_WORKER = """
+import sys, torch, torch.distributed as dist
+from safetensors.torch import save_file
+torch.set_num_threads(1)
+rank, (init, base, data, out, repo) = int(sys.argv[1]), sys.argv[2:]
+dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+sys.path.insert(0, repo)
+from tests.backends.test_cuda import ddp_steps
+weights = ddp_steps(base, data, world=2)
+save_file(weights, f"{out}/rank{rank}.safetensors")
+dist.destroy_process_group()
+"""
+
+
+def ddp_steps(base: str, data: str, world: int) -> dict[str, torch.Tensor]:
+    """Two optimizer steps of `train_step` (wrapped in DDP when `world` > 1); the LoRA weights."""
+    from peft import get_peft_model, get_peft_model_state_dict
+    from transformers import AutoTokenizer
+
+    backend = CudaBackend(quantize=True)
+    shape = read_shape(Path(base))
+    opts, _ = check_options({**PROFILE, "lora_keys": KEYS[:2]}, shape, 3)
+    torch.manual_seed(0)
+    model = get_peft_model(backend.load_model(Path(base), training=True), lora_config(opts, shape))
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    tok = AutoTokenizer.from_pretrained(base)
+    rows, _ = encode_rows(tok, load_rows(Path(data) / "train.jsonl"), 128)
+    buckets = Buckets(rows, 3, 0, tok.pad_token_id)
+    micro = 0
+    for _ in range(2):
+        batches, used = rank_batches(buckets, micro, 4 // world)
+        micro += used
+        train_step(wrapped, optimizer, scheduler, batches)
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
+@pytest.mark.slow
+def test_ddp_on_gloo_keeps_ranks_identical_and_equal_to_one_process(
+    tiny_model: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    init = f"file://{tmp_path / 'rendezvous'}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                DDP_WORKER,
+                str(rank),
+                init,
+                str(tiny_model),
+                str(data_dir),
+                str(tmp_path),
+                str(REPO),
+            ],
+            env=env,
+        )
+        for rank in (0, 1)
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    rank0 = _lora(tmp_path / "rank0.safetensors")
+    rank1 = _lora(tmp_path / "rank1.safetensors")
+    single = ddp_steps(str(tiny_model), str(data_dir), world=1)
+    assert rank0.keys() == rank1.keys() == single.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key])
+        # Token-weighted scaling: two ranks of 2 micro-batches equal one process of 4.
+        torch.testing.assert_close(rank0[key], single[key], rtol=1e-4, atol=1e-5)
+    assert all(w.abs().max() > 0 for k, w in rank0.items() if "lora_B" in k)
