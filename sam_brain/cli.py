@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sam_brain.config import Config, load_config
-from sam_brain.errors import DaemonUnreachable, SamBrainError, TrainingFailed
+from sam_brain.errors import DaemonUnreachable, NotFound, SamBrainError, TrainingFailed
 
 EXIT_CODES = """exit codes: 0 ok, 1 error, 2 bad usage/config/request, 3 not found, 4 conflict,
 5 backend or model unavailable, 6 collector failed, 7 training failed, 8 promotion rejected,
@@ -232,7 +232,15 @@ def cmd_data(args: argparse.Namespace, config: Config) -> int:
     try:
         if args.data_command == "stats":
             stats = home.pool.stats()
+            stats["skipped"] = home.store.counters("skipped")
+            stats["dropped"] = home.store.counters("dropped")
             _print(stats, args.json)
+        elif args.data_command == "show":
+            found = home.pool.get(args.id)
+            if found is None:
+                raise NotFound(f"no sample {args.id!r} in the pool")
+            sample, columns = found
+            _print({**columns, **sample.to_dict()}, True)
         else:
             n = export_split(home, args.split, Path(args.out))
             print(f"wrote {n} samples to {args.out}")

@@ -39,6 +39,8 @@ def build(epilog: str) -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_command", required=True)
     ds = dsub.add_parser("stats", help="counts by source, tier, split")
     ds.add_argument("--json", action="store_true")
+    dshow = dsub.add_parser("show", help="one sample with its provenance")
+    dshow.add_argument("id")
     de = dsub.add_parser("export", help='write {"messages": [...]} JSONL')
     de.add_argument("--split", choices=["train", "val", "test", "all"], default="all")
     de.add_argument("--out", required=True)

@@ -162,6 +162,15 @@ class Pool:
         for row in rows:
             yield Sample(**json.loads(row["data"])), row["split"]
 
+    def get(self, sample_id: str) -> tuple[Sample, dict[str, Any]] | None:
+        """One sample with its pool columns (split, first_seen, ...), or None."""
+        rows = self._rows(f"id = '{sample_id.replace(chr(39), '')}'")
+        if not rows:
+            return None
+        row = rows[0]
+        sample = Sample(**json.loads(row.pop("data")))
+        return sample, row
+
     def stats(self) -> dict[str, Any]:
         """Counts by source, tier, split and kind."""
         rows = self._rows(None, ["source", "tier", "split", "kind", "ready_after"])

@@ -64,6 +64,10 @@ CREATE TABLE IF NOT EXISTS events (
     data TEXT NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS events_kind ON events(kind, id);
+CREATE TABLE IF NOT EXISTS counters (
+    name TEXT PRIMARY KEY,              -- e.g. skipped:sessions:truncated_line
+    value INTEGER NOT NULL DEFAULT 0
+);
 """
 
 
@@ -213,6 +217,22 @@ class Store:
             return
         with self.tx() as tx:
             tx.executemany(sql, rows)
+
+    # -- counters --------------------------------------------------------------------------------
+
+    def add_counts(self, prefix: str, counts: dict[str, int]) -> None:
+        """Add to cumulative counters (ingest skips and drops by reason)."""
+        rows = [(f"{prefix}:{k}", int(v)) for k, v in counts.items() if v]
+        if not rows:
+            return
+        with self.tx() as db:
+            db.executemany("INSERT INTO counters(name, value) VALUES (?, ?) ON CONFLICT(name)"
+                           " DO UPDATE SET value = value + excluded.value", rows)
+
+    def counters(self, prefix: str) -> dict[str, int]:
+        rows = self._query("SELECT name, value FROM counters WHERE name LIKE ? ORDER BY name",
+                           (prefix + ":%",))
+        return {str(r["name"])[len(prefix) + 1:]: int(r["value"]) for r in rows}
 
     # -- runs ------------------------------------------------------------------------------------
 

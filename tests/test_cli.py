@@ -35,6 +35,8 @@ def test_ingest_is_idempotent_and_data_commands_work(home: Path, tmp_path: Path,
 
     src = tmp_path / "projects"
     write_example_sessions(src, n_sessions=4, seed=1)
+    # Bad input next to good: counted under a reason, never fatal.
+    (src / "-home-dev-demo-project" / "broken.jsonl").write_bytes(b'42\n\x00\x00\x00\n{"type": "user", "mess')
     code, out = run(capsys, "ingest", "sessions", str(src), "--now", "--json")
     assert code == 0, out
     first = json.loads(out)
@@ -51,8 +53,20 @@ def test_ingest_is_idempotent_and_data_commands_work(home: Path, tmp_path: Path,
     lines = [json.loads(line) for line in dest.read_text().splitlines()]
     assert len(lines) == stats["total"]
     assert all(m["role"] in {"system", "user", "assistant", "tool"} for r in lines for m in r["messages"])
+    assert stats["skipped"], stats  # the broken file's lines are counted by reason
+    some_id = next(iter(first_ids(home)))
+    code, out = run(capsys, "data", "show", some_id)
+    shown = json.loads(out)
+    assert shown["id"] == some_id and shown["meta"] and shown["split"] in {"train", "val", "test"}
+    assert run(capsys, "data", "show", "nope")[0] == 3
     code, out = run(capsys, "status")
     assert code == 0 and "daemon: stopped" in out
+
+
+def first_ids(home: Path) -> list[str]:
+    from sam_brain.pool import Pool
+
+    return [s.id for s, _ in Pool(home / "pool").samples()]
 
 
 def test_versions_commands_offline(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
