@@ -588,7 +588,7 @@ async def _stream(
             await response.write(f"data: {json.dumps(error)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
     except (ConnectionResetError, asyncio.CancelledError):
-        pass  # the client left: stop generating, keep the lock until the worker is idle
+        stop.set()  # the client left: stop generating, keep the lock until the worker is idle
         await asyncio.gather(task, return_exceptions=True)
         raise
     return response

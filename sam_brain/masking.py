@@ -128,12 +128,12 @@ def _encode_full(tokenizer: Any, messages: list[Message]) -> tuple[list[int], li
             continue
         start_text = _render(tokenizer, messages[:i], add_generation_prompt=True)
         end_text = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
-        for prefix in (start_text, end_text):
+        for count, prefix in ((i, start_text), (i + 1, end_text)):
             if not full.startswith(prefix):
                 raise ChatTemplateError(
-                    "chat template is not prefix-stable: rendering the first "
-                    f"{i if prefix is start_text else i + 1} messages is not a prefix of the "
-                    "whole conversation, so assistant turns cannot be masked reliably"
+                    f"chat template is not prefix-stable: rendering the first {count} messages "
+                    "is not a prefix of the whole conversation, so assistant turns cannot be "
+                    "masked reliably"
                 )
         # Whitespace the template puts after the end-of-turn token is not the model's to predict.
         end = len(end_text.rstrip())
