@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers import PrinterCallback, TrainerCallback
 
 from sam_brain.errors import BadRequest
 from sam_brain.masking import encode_chat
@@ -122,6 +121,7 @@ def run_dpo(
         cancelled: Polled after every step; the stage stops early when it turns true.
     """
     from datasets import Dataset  # type: ignore[import-untyped]
+    from transformers import PrinterCallback
     from trl.trainer.dpo_config import DPOConfig
     from trl.trainer.dpo_trainer import DPOTrainer
 
@@ -156,7 +156,7 @@ def run_dpo(
         report_to="none",
         disable_tqdm=True,
     )
-    bridge = _Bridge(progress, cancelled)
+    bridge = _bridge(progress, cancelled)
     trainer = DPOTrainer(
         model=model,
         args=config,
@@ -178,33 +178,43 @@ def run_dpo(
     return DpoOutcome(before, after, int(trainer.state.global_step), bridge.stopped, finite)
 
 
-class _Bridge(TrainerCallback):  # type: ignore[misc]
-    """Forwards the trainer's logs as `Progress` and turns `cancelled()` into a stop."""
+def _bridge(progress: Callable[[Progress], None], cancelled: Callable[[], bool]) -> Any:
+    """A `TrainerCallback` forwarding logs as `Progress` and turning `cancelled()` into a stop.
 
-    def __init__(self, progress: Callable[[Progress], None], cancelled: Callable[[], bool]) -> None:
-        self.progress = progress
-        self.cancelled = cancelled
-        self.stopped = False
-        self.losses: list[float] = []
+    Built on first use: importing transformers' trainer machinery takes seconds.
+    """
+    from transformers import TrainerCallback
 
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.cancelled():
-            self.stopped = True
-            control.should_training_stop = True
+    class Bridge(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.stopped = False
+            self.losses: list[float] = []
 
-    def on_log(
-        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
-    ) -> None:
-        if not logs or "loss" not in logs:
-            return
-        loss = float(logs["loss"])
-        self.losses.append(loss)
-        margin = logs.get("rewards/margins")
-        self.progress(
-            Progress(
-                step=int(state.global_step),
-                total_steps=int(state.max_steps),
-                train_loss=loss,
-                message=f"dpo: reward margin {margin:.4f}" if margin is not None else "dpo",
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if cancelled():
+                self.stopped = True
+                control.should_training_stop = True
+
+        def on_log(
+            self,
+            args: Any,
+            state: Any,
+            control: Any,
+            logs: dict[str, Any] | None = None,
+            **kwargs: Any,
+        ) -> None:
+            if not logs or "loss" not in logs:
+                return
+            self.losses.append(float(logs["loss"]))
+            margin = logs.get("rewards/margins")
+            message = f"dpo: reward margin {margin:.4f}" if margin is not None else "dpo"
+            progress(
+                Progress(
+                    step=int(state.global_step),
+                    total_steps=int(state.max_steps),
+                    train_loss=float(logs["loss"]),
+                    message=message,
+                )
             )
-        )
+
+    return Bridge()

@@ -278,6 +278,21 @@ def abort(versions: Versions, reason: str = "manual") -> Version:
     return versions.get(running.version)
 
 
+def reject(versions: Versions, version: str, reason: str) -> Version:
+    """Mark a registered version that failed the gate `rejected`, so it is never deployed.
+
+    Raises:
+        Conflict: The version is not inactive (it serves, or was already judged).
+    """
+    v = versions.get(version)
+    if v.status != "inactive":
+        raise Conflict(f"{version} is {v.status}; only an inactive version can be rejected")
+    with versions.store.tx() as db:
+        db.execute("UPDATE versions SET status='rejected' WHERE version=?", (version,))
+        versions.store.add_event("version_rejected", {"version": version, "reason": reason}, db)
+    return versions.get(version)
+
+
 def advance(
     versions: Versions,
     metrics: VersionMetrics | None,

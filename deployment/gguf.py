@@ -14,6 +14,7 @@ needed.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -145,7 +146,14 @@ def quantize(src: Path, dst: Path, quant: str) -> Path:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANT_FTYPES[quant])
     params.nthread = 0  # all cores
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    # llama.cpp logs every tensor through this logger; keep only its warnings and errors.
+    log = logging.getLogger("llama-cpp-python")
+    level = log.level
+    log.setLevel(max(level, logging.WARNING))
+    try:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
+    finally:
+        log.setLevel(level)
     if rc != 0 or not dst.is_file():
         raise ExportFailed(f"llama.cpp could not quantize {src.name} to {quant} (code {rc})")
     return dst
@@ -252,7 +260,7 @@ def install_converter(dest: Path | None = None) -> Path:
     )
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--no-build-isolation", "-q", "-d", tmp, f"llama-cpp-python=={version}"]  # fmt: skip
+               "-q", "-d", tmp, f"llama-cpp-python=={version}"]  # fmt: skip
         subprocess.run(cmd, check=True)
         archive = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         with tarfile.open(archive) as tar:

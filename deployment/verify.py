@@ -6,9 +6,9 @@ produces greedy tokens (stopping at end-of-sequence) and its logits at every gen
 llama-cpp-python) through a `Forward` function, generates greedily from the same token ids and is
 scored on the reference sequence (teacher forcing). `compare` applies a `Rule`: unquantized
 artifacts must produce the identical tokens (a divergence is only tolerated at a near-tie of the
-source, where float rounding may legitimately flip the argmax), quantized ones a documented
-top-1 agreement rate; every artifact must also sit closer to the adapted model than to the bare
-base, so an export that silently dropped the adapter fails.
+source, where float rounding may legitimately flip the argmax) and sit closer to the adapted
+model than to the bare base, so an export that silently dropped the adapter fails; quantized
+ones, made from an f16 file that passed, need a documented top-1 agreement rate.
 """
 
 from __future__ import annotations
@@ -44,24 +44,26 @@ class ExportFailed(SamBrainError):
 class Rule:
     """What an artifact must show to pass.
 
-    `tie`: a token divergence at a position where the source's top-2 logit margin is below this
-    is a near-tie, not an error. `min_agree`: required teacher-forced top-1 agreement; 1.0 means
-    the greedy tokens must be identical.
+    `min_agree` 1.0 (unquantized): greedy tokens identical, except a flip where the source's
+    top-2 logit margin is below `tie` (float rounding may legitimately decide a near-tie), and the
+    logits nearer the adapted model than the bare base. Below 1.0 (quantized, derived from a
+    verified f16 file): at least that teacher-forced top-1 agreement with the source.
     """
 
     name: str
-    tie: float
+    tie: float = 0.0
     min_agree: float = 1.0
 
 
 EXACT_F32 = Rule("identical tokens (f32)", tie=1e-3)
 EXACT_F16 = Rule("identical tokens (f16)", tie=2e-2)
-# Measured on the tiny test model (docs/export.md); real models have wider margins.
+# Floors well below what the tiny test model measures (q8_0 1.0, q5_k_m/q4_k_m 0.94, see
+# docs/export.md): real-model noise passes, a broken conversion (agreement near 0) does not.
 QUANT_RULES = {
     "f16": EXACT_F16,
-    "q8_0": Rule("top-1 agreement >= 0.9 (q8_0)", tie=0.1, min_agree=0.9),
-    "q5_k_m": Rule("top-1 agreement >= 0.75 (q5_k_m)", tie=0.3, min_agree=0.75),
-    "q4_k_m": Rule("top-1 agreement >= 0.6 (q4_k_m)", tie=0.5, min_agree=0.6),
+    "q8_0": Rule("top-1 agreement >= 0.9 (q8_0)", min_agree=0.9),
+    "q5_k_m": Rule("top-1 agreement >= 0.75 (q5_k_m)", min_agree=0.75),
+    "q4_k_m": Rule("top-1 agreement >= 0.6 (q4_k_m)", min_agree=0.6),
 }
 
 
@@ -151,7 +153,7 @@ def compare(
             problems.append(f"greedy tokens diverge at position {diverge}")
     elif agree.mean() < rule.min_agree:
         problems.append(f"top-1 agreement {agree.mean():.2f} < {rule.min_agree}")
-    if to_source >= to_base:
+    if rule.min_agree >= 1.0 and to_source >= to_base:
         problems.append(
             f"logits are closer to the base without adapter (rms {to_base:.4g}) than to the"
             f" adapted model (rms {to_source:.4g}): the adapter is missing"
@@ -220,7 +222,7 @@ def check_gguf(gguf: Path, ref: Reference, rule: Rule, lora: Path | None = None)
         raise BackendUnavailable(
             "verifying a GGUF needs llama-cpp-python (pip install llama-cpp-python)"
         ) from err
-    llm = llama_cpp.Llama(
+    llm: Any = llama_cpp.Llama(
         model_path=str(gguf),
         lora_path=str(lora) if lora else None,
         n_ctx=max(512, len(ref.prompt) + MAX_NEW_TOKENS + 8),

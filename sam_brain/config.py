@@ -156,6 +156,9 @@ class TrainingConfig:
     retry_backoff_seconds: float = _f(300.0, "Delay before the first retry; doubles each time.")
     nice: int = _f(10, "Niceness added to the training subprocess so the machine stays responsive.")
     seed: int = _f(0, "Random seed for data order and adapter initialisation.")
+    continue_from_active: bool = _f(
+        True, "Start each run from the active version's adapter, so versions build on each other."
+    )
     timeout_minutes: float = _f(
         240.0, "A training run longer than this is stopped and marked failed."
     )
@@ -163,14 +166,39 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class DeploymentConfig:
-    """Versions, canary and rollback."""
+    """Evaluation gate, versions, serving, canary and rollback."""
 
     keep_versions: int = _f(10, "Versions kept on disk; older inactive ones are pruned.")
-    canary_percent: int = _f(10, "Share of chat traffic a new version gets while it is a canary.")
-    max_error_rate: float = _f(0.15, "Automatic rollback above this canary error rate.")
-    max_latency_ms: float = _f(5000.0, "Automatic rollback above this mean canary latency.")
+    max_adapter_mb: float = _f(2048.0, "Sanity bound: an adapter larger than this is refused.")
+    gate_margin: float = _f(
+        0.0, "The candidate's mean test loss must beat the incumbent's by this much."
+    )
+    gate_alpha: float = _f(
+        0.05, "Significance level of the paired test: a significantly worse candidate is blocked."
+    )
+    gate_prompts: int = _f(
+        4, "Test conversations generated for the repetition/termination/leak checks."
+    )
+    serve_chat: bool = _f(True, "Serve the OpenAI-compatible `/v1/chat/completions` (MLX hosts).")
+    canary_steps: list[int] = _f(
+        [10, 25, 50, 100],
+        "Canary traffic weights in percent; the last step promotes. `[100]` skips the canary.",
+    )
+    canary_interval_seconds: float = _f(
+        300.0, "How long each canary step lasts before analysis may advance it."
+    )
+    canary_min_requests: int = _f(20, "Requests a canary step must serve before it can advance.")
+    monitor_interval_seconds: float = _f(
+        30.0, "How often serving metrics are checked against the limits."
+    )
+    min_requests_to_judge: int = _f(10, "Requests a version must serve before the limits apply.")
+    max_error_rate: float = _f(0.15, "Automatic rollback above this error rate.")
+    max_latency_ms: float = _f(5000.0, "Automatic rollback above this mean latency.")
     max_memory_mb: float = _f(
         6144.0, "Automatic rollback above this resident memory while serving."
+    )
+    export_formats: list[str] = _f(
+        [], "Formats each promoted version is exported to automatically (`peft`, `gguf`, ...)."
     )
 
 
@@ -344,8 +372,9 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         problems.append("pipeline.split: must be three non-negative shares that sum to 1")
     if not 0.0 < cfg.pipeline.dedup_threshold <= 1.0:
         problems.append("pipeline.dedup_threshold: must be in (0, 1]")
-    if not 0 <= cfg.deployment.canary_percent <= 100:
-        problems.append("deployment.canary_percent: must be within 0..100")
+    steps = cfg.deployment.canary_steps
+    if not steps or steps != sorted(set(steps)) or any(not 0 < x <= 100 for x in steps):
+        problems.append("deployment.canary_steps: must be increasing percentages within 1..100")
     for name, p in cfg.profiles.items():
         for fname in ("lora_rank", "batch_size", "grad_accum", "max_seq_length"):
             if getattr(p, fname) < 1:

@@ -2,14 +2,16 @@
 
 A text is normalised (NFKC, lowercased, whitespace collapsed); its sha256 finds exact duplicates and
 a datasketch MinHash of its word 5-gram shingles (character 5-grams for texts under ten words, as
-crc32-based 32-bit hashes) finds near duplicates through MinHashLSH. LSH candidates are confirmed by the Jaccard estimate of the two
-signatures, so a hit is at or above the threshold. The file stores keys, digests and signatures in
-a NumPy `.npz` archive (no pickle, so a damaged or foreign file cannot run code); the LSH tables are
-rebuilt on open. Saving writes a temporary file and renames it over the old one.
+crc32-based 32-bit hashes) finds near duplicates through MinHashLSH. LSH candidates are confirmed
+by the Jaccard estimate of the two signatures, so a hit is at or above the threshold. The file
+holds keys, digests and signatures in a NumPy `.npz` archive (no pickle, so a damaged or foreign
+file cannot run code); the LSH tables are rebuilt on open, or reused within the process while the
+file is unchanged. Saving writes a temporary file, fsyncs it and renames it over the old one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,6 +29,10 @@ import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 log = logging.getLogger(__name__)
+# Opening re-inserts every signature into MinHashLSH (about 0.1 ms per key), so a long-running
+# process keeps the last saved or loaded index per file and reuses it while the file is unchanged
+# and the index holds no unsaved change.
+_CACHE: dict[Path, tuple[tuple[int, int, int] | None, DedupIndex]] = {}
 
 FORMAT_VERSION = 1  # bump when shingling or hashing changes: old files are then rebuilt
 SHINGLE = 5  # words per shingle (characters per shingle for short texts)
@@ -93,6 +99,11 @@ class DedupIndex:
             threshold: MinHash Jaccard similarity at or above which a text is a near duplicate.
             num_perm: MinHash permutations; an index saved with another value is discarded.
         """
+        cached = _CACHE.get(Path(path).resolve())
+        if cached is not None and cached[0] == _stamp(Path(path)):
+            index = cached[1]
+            if not index._dirty and (index.threshold, index.num_perm) == (threshold, num_perm):
+                return index  # same file, same state: skip rebuilding the LSH tables
         index = cls(path, threshold, num_perm)
         if not index.path.exists():
             return index
@@ -106,12 +117,14 @@ class DedupIndex:
                 err,
                 aside.name,
             )
-            index.path.replace(aside)
+            with contextlib.suppress(OSError):  # keep the evidence if we can, never fail on it
+                index.path.replace(aside)
             index.needs_rebuild = True
             return index
         for key, digest, sig in zip(keys, digests, sigs, strict=True):
             index._insert(key, bytes(digest), sig if sig.any() else None)
         index._dirty = False
+        index._remember()
         return index
 
     def __len__(self) -> int:
@@ -203,6 +216,10 @@ class DedupIndex:
         finally:
             os.close(dir_fd)
         self._dirty = False
+        self._remember()
+
+    def _remember(self) -> None:
+        _CACHE[self.path.resolve()] = (_stamp(self.path), self)
 
     def _fingerprint(self, text: str) -> tuple[bytes, np.ndarray[Any, Any] | None]:
         # check() then add() of the same text is the common path: compute the MinHash once.
@@ -229,6 +246,20 @@ class DedupIndex:
             self._sig[key] = sig
             self._lsh.insert(key, self._minhash(sig), check_duplication=False)
         self._dirty = True
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """What identifies one version of the file on disk (None when there is no file)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def clear_cache() -> None:
+    """Forget the in-process copies, so the next `open` reads the file (tests, tools)."""
+    _CACHE.clear()
 
 
 def _read(

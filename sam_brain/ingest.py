@@ -94,6 +94,8 @@ def store_result(
     shares = (cfg.split[0], cfg.split[1], cfg.split[2])
     with file_lock(home.pool.lock_path):
         index = DedupIndex.open(home.dedup_path, threshold=cfg.dedup_threshold)
+        if index.needs_rebuild:  # a damaged index file was set aside: refill it from the pool
+            index.rebuild((s.id, s.text()) for s, _ in home.pool.samples())
         old_ids: set[str] = set()
         if result.replace_keys:
             keys = sorted(result.replace_keys)
@@ -116,7 +118,8 @@ def store_result(
                 report.dropped["duplicate"] += 1
                 continue
             index.add(sample.id, text)
-            split = assign_split(sample.group, f"{sample.source}:{sample.tier}", shares)
+            # Stratum per group, not per sample: every sample of a session shares its split.
+            split = assign_split(sample.group, sample.source, shares)
             batch[sample.id] = (sample, split)
             report.by_source[sample.source] += 1
             report.by_tier[sample.tier] += 1

@@ -123,6 +123,7 @@ class TrainSpec:
     profile: dict[str, Any]
     seed: int = 0
     resume: bool = True
+    init_adapter: str = ""  # start from this adapter's weights (the active version), not from zero
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))

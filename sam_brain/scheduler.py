@@ -20,6 +20,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from sam_brain.errors import Conflict, TrainingFailed
 from sam_brain.home import Home
+from sam_brain.release import Exclusive
 from sam_brain.schedule_window import in_window
 from sam_brain.training import TrainingJob, new_samples_since_last_run
 
@@ -29,10 +30,19 @@ log = logging.getLogger(__name__)
 class Coordinator:
     """The daemon's scheduling brain; all methods run on the event loop."""
 
-    def __init__(self, home: Home, backend: str, collect: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        home: Home,
+        backend: str,
+        collect: Callable[[], Any] | None = None,
+        monitor: Callable[[], Any] | None = None,
+        exclusive: Exclusive[Any] | None = None,
+    ) -> None:
         self.home = home
         self.backend = backend
         self.collect = collect
+        self.monitor = monitor  # serving health + canary steps (deployment/)
+        self.exclusive = exclusive  # shares the chat server's resident base with the gate
         self.scheduler = AsyncIOScheduler()
         self.job: TrainingJob | None = None
         self.task: asyncio.Task[Any] | None = None
@@ -51,6 +61,15 @@ class Coordinator:
             max_instances=1,
             coalesce=True,
         )
+        if self.monitor is not None:
+            self.scheduler.add_job(
+                self.monitor,
+                "interval",
+                seconds=self.home.config.deployment.monitor_interval_seconds,
+                id="monitor",
+                max_instances=1,
+                coalesce=True,
+            )
         if self.collect is not None:
             self.scheduler.add_job(
                 self.collect,
@@ -120,7 +139,9 @@ class Coordinator:
             log.info("forced run goes past the daily cap")
         attempt = self._attempt if trigger == "retry" else 1
         self.retry_at = None
-        self.job = TrainingJob(self.home, self.backend, trigger, attempt=attempt)
+        self.job = TrainingJob(
+            self.home, self.backend, trigger, attempt=attempt, exclusive=self.exclusive
+        )
         self.task = asyncio.get_running_loop().create_task(self._run(self.job))
         return "started"
 

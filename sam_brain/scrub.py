@@ -14,6 +14,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import ipaddress
+import itertools
 import json
 import math
 import re
@@ -34,7 +35,9 @@ VENDOR, STRUCT, GENERIC, PII = 0, 1, 2, 3  # rule priority: the lowest names a m
 Span = tuple[int, int, int, str]  # start, end, priority, kind
 
 _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
-_TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "_-+/=.~")
+_TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "_-+/.~")
+_TAIL_CHARS = _TOKEN_CHARS | {"="}  # base64 padding ends a token; `=` before one is `key=`
+
 _STOPWORDS = (
     "your insert placeholder changeme change_me example dummy redacted replace here todo fixme"
 )
@@ -80,20 +83,17 @@ def _plausible_value(value: str) -> bool:
 
 _ID_PREFIX = re.compile(r"(?:toolu|srvtoolu|msg|req|call|chatcmpl|run|file|batch)[_-]")
 _ID_KEY = re.compile(r"(?i)id[\"']?\s*[:=]\s*[\"']$")
-_DS_FILTERS = (  # detect-secrets' default heuristic filters that look at the value alone
-    heuristic.is_sequential_string,
-    heuristic.is_potential_uuid,
-    heuristic.is_templated_secret,
-    heuristic.is_prefixed_with_dollar_sign,
-    heuristic.is_not_alphanumeric_string,
-)
+_DS_FILTERS = (heuristic.is_sequential_string, heuristic.is_potential_uuid,  # default filters
+               heuristic.is_templated_secret, heuristic.is_prefixed_with_dollar_sign,
+               heuristic.is_not_alphanumeric_string)  # fmt: skip
 
 
 def _generic_ok(value: str, line: str) -> bool:
     """detect-secrets' own heuristic filters plus ours, for keyword and high-entropy hits."""
     if any(f(value) for f in _DS_FILTERS) or heuristic.is_likely_id_string(value, line):
         return False
-    if _ID_PREFIX.match(value) or _ID_KEY.search(line, 0, max(line.find(value), 0)):
+    at = max(line.find(value), 0)
+    if _ID_PREFIX.match(value) or _ID_KEY.search(line, max(at - 40, 0), at):
         return False  # API object ids (toolu_..., "requestId": ...) are public identifiers
     if heuristic.is_indirect_reference(line) or _is_placeholder(value) or _is_templated(value):
         return False
@@ -108,7 +108,11 @@ def _hex_ok(value: str, line: str) -> bool:
 
 
 def _public_ip_ok(value: str, line: str) -> bool:
-    ip = ipaddress.ip_address(value.split(":")[0])
+    found = re.search(r"\d{1,3}(?:\.\d{1,3}){3}", value)
+    try:
+        ip = ipaddress.ip_address(found.group() if found else value)
+    except ValueError:
+        return True  # detect-secrets called it a public IP and we cannot tell otherwise
     return bool(ip.is_global) and not ip.is_multicast  # drops 169.254/16, 100.64/10, TEST-NETs
 
 
@@ -121,18 +125,6 @@ def _slack_ok(value: str) -> bool:
     if groups and len(groups[0]) == 1:
         groups = groups[1:]  # a leading one-digit version (xoxa-2-...)
     return bool(groups) and all(len(g) >= 8 for g in groups)
-
-
-def _vault_legacy_ok(value: str) -> bool:
-    return sum(c.isdigit() for c in value) >= 2 and _plausible_value(value[2:])
-
-
-def _hf_ok(value: str) -> bool:
-    return any(c.isupper() for c in value) and _entropy(value) >= 3.5
-
-
-def _sk_ok(value: str) -> bool:
-    return any(c.isdigit() for c in value) and not _is_placeholder(value)
 
 
 @dataclass(frozen=True)
@@ -189,9 +181,8 @@ _DS_CHECKS: dict[str, Callable[[str, str], bool]] = {
 _DS_PRIORITY = {"basic_auth": STRUCT, "public_ip": PII, "secret_keyword": GENERIC,
                 "high_entropy_base64": GENERIC, "high_entropy_hex": GENERIC}
 # fmt: on
-_DS_CLASSES: dict[str, Any] = {
-    c.__name__: c for c in get_mapping_from_secret_type_to_class().values()
-}
+_DS_MAPPING: dict[str, Any] = get_mapping_from_secret_type_to_class()  # secret type -> class
+_DS_CLASSES = {cls.__name__: cls for cls in _DS_MAPPING.values()}
 _PLUGINS = tuple(
     _Plugin(kind, _DS_CLASSES[name](), re.compile(trigger), tuple(gate.split()),
             _DS_CHECKS.get(kind), _DS_PRIORITY.get(kind, VENDOR))
@@ -209,17 +200,13 @@ class _Rule:
     priority: int = VENDOR
 
 
+def _mixed_letters(value: str) -> bool:
+    return any(c.isupper() for c in value) and _entropy(value) >= 3.5
+
+
 def _url_ok(userinfo: str) -> bool:
     password = userinfo.split(":", 1)[1]
     return not (_is_templated(password) or _is_placeholder(password))
-
-
-def _curl_ok(value: str) -> bool:
-    return ":" in value and not value.lstrip("\"'").startswith("$")
-
-
-def _header_ok(value: str) -> bool:
-    return value.lower() not in ("bearer", "basic", "token", "digest") and _plausible_value(value)
 
 
 _B, _E = r"(?<![\w-])", r"(?![\w-])"  # token boundaries: not inside a longer word
@@ -229,8 +216,9 @@ _PEM = (
     r"(?:(?s:.{0,16384}?)-{4,5} ?END \1PRIVATE KEY(?: BLOCK)? ?-{4,5}"
     r"|(?:(?:\r?\n|\\(?:r\\)?n)(?:[A-Za-z0-9+/=]+|[\w-]+: [^\r\n\\]*)?(?![^\r\n\\]))*)"
 )
-_CURL = r"\bcurl\b(?:\\\r?\n|[^\n])*?\s(?:-u|--user)(?:\s+|=)((?:\"[^\"\n]*\"|'[^'\n]*'|[^\s\"'])+)"
-_MYSQL = r"\bmysql(?:dump|admin)?\b[^\n]*?\s-p('[^'\n]+'|\"[^\"\n]+\"|[^\s'\"-]\S*)"
+# Bounded, and never past the next `curl`: a long line of many curls stays linear.
+_CURL = r"\bcurl\b(?:(?!curl\b)(?:\\\r?\n|[^\n])){0,4000}?\s(?:-u|--user)(?:\s+|=)((?:\"[^\"\n]*\"|'[^'\n]*'|[^\s\"'])+)"
+_MYSQL = r"\bmysql(?:dump|admin)?\b(?:(?!mysql)[^\n]){0,4000}?\s-p('[^'\n]+'|\"[^\"\n]+\"|[^\s'\"-]\S*)"  # fmt: skip
 _HEADER = (
     r"(?:-H|--header)\s*=?\s*([\"'])\s*[\w-]*(?i:auth|token|key|secret|passw)[\w-]*\s*:\s*"
     r"(?i:(?:bearer|basic|token|api-token|apikey|digest)\s+)?([^\"'\s]+)"
@@ -250,19 +238,25 @@ _RULE_TABLE: tuple[tuple[Any, ...], ...] = (
      "putty-user-key", 0, None, STRUCT),
     ("url_credentials", r"://([^\s:/?#\[\]@\"'<>{}]*:[^\s/?#\[\]@\"'<>]+)@", "://", 1, _url_ok,
      STRUCT),
-    ("curl_credentials", _CURL, "curl", 1, _curl_ok, STRUCT),
+    ("curl_credentials", _CURL, "curl", 1, lambda v: ":" in v and v.lstrip("\"'")[:1] != "$",
+     STRUCT),
     ("mysql_password", _MYSQL, "mysql", 1, lambda v: not _is_templated(v.strip("'\"")), STRUCT),
     ("auth_header", _HEADER, "-", 2, lambda v: not _is_templated(v), STRUCT),
-    ("auth_header", _AUTHORIZATION, "authorization", 1, _header_ok, STRUCT),
+    ("auth_header", _AUTHORIZATION, "authorization", 1,
+     lambda v: v.lower() not in ("bearer", "basic", "token", "digest") and _plausible_value(v),
+     STRUCT),
     ("slack_webhook", r"https?://hooks\.slack\.com/(?:services|workflows|triggers)/[\w+/-]+",
      "hooks.slack.com"),
     # Vendor token formats that detect-secrets lacks or matches too narrowly.
     ("anthropic_api_key", _B + r"sk-ant-[a-z]+\d\d-[A-Za-z0-9_-]{20,}", "sk-ant-"),
-    ("openai_api_key", _B + r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}", "sk-", 0, _sk_ok),
+    ("openai_api_key", _B + r"sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_-]{20,}", "sk-", 0,
+     lambda v: any(c.isdigit() for c in v) and not _is_placeholder(v)),
     ("google_api_key", r"\bAIza[0-9A-Za-z_-]{35}" + _E, "aiza"),
-    ("huggingface_token", _B + r"hf_[A-Za-z]{34}(?![A-Za-z0-9_])", "hf_", 0, _hf_ok),
-    ("huggingface_token", _B + r"api_org_[A-Za-z]{34}(?![A-Za-z0-9_])", "api_org_", 0, _hf_ok),
+    ("huggingface_token", _B + r"hf_[A-Za-z]{34}(?![A-Za-z0-9_])", "hf_", 0, _mixed_letters),
+    ("huggingface_token", _B + r"api_org_[A-Za-z]{34}(?![A-Za-z0-9_])", "api_org_", 0, _mixed_letters),
     ("github_token", _B + r"github_pat_[A-Za-z0-9_]{22,255}", "github_pat_", 0, _not_placeholder),
+    # GitLabTokenDetector reports an empty value for CI build tokens (glcbt-): we match them.
+    ("gitlab_token", _B + r"glcbt-(?:[0-9a-fA-F]{2}_)?[A-Za-z0-9_-]{20,50}(?!\w)", "glcbt-"),
     ("slack_token", _B + r"xox[abposr]-(?:\d+-)+[A-Za-z0-9-]+", "xox", 0, _slack_ok),
     ("slack_token", _B + r"(?:xoxe\.xox[bp]-|xoxe-)\d-[A-Za-z0-9]{100,}", "xoxe"),
     ("slack_token", _B + r"xapp-\d-[A-Z0-9]+-\d+-[a-z0-9]+", "xapp-"),
@@ -273,7 +267,8 @@ _RULE_TABLE: tuple[tuple[Any, ...], ...] = (
     ("notion_token", _B + r"ntn_[A-Za-z0-9]{40,50}" + _E, "ntn_"),
     ("onepassword_token", _B + r"ops_eyJ[A-Za-z0-9+/_=-]{50,}", "ops_eyj"),
     ("vault_token", _B + r"hvs\.[A-Za-z0-9_-]{90,}", "hvs."),
-    ("vault_token", r"s\.(?<![\w.]s\.)[A-Za-z0-9]{24}(?![\w.])", "s.", 0, _vault_legacy_ok),
+    ("vault_token", r"s\.(?<![\w.]s\.)[A-Za-z0-9]{24}(?![\w.])", "s.", 0,
+     lambda v: sum(c.isdigit() for c in v) >= 2 and _plausible_value(v[2:])),
     ("intra42_secret", r"\bs-s4t2(?:ud|af)-[a-f0-9]{64}\b", "s-s4t2"),
     ("octopus_api_key", r"\bAPI-[A-Z0-9]{26}\b", "api-"),
     ("perplexity_api_key", _B + r"pplx-[A-Za-z0-9]{48}", "pplx-", 0, _not_placeholder),
@@ -398,9 +393,8 @@ class Scrubber:
     ) -> tuple[str, Counter[str], dict[str, str]]:
         counts: Counter[str] = Counter()
         spans = self._find(text) if detect and len(text) >= 7 else []  # 1.1.1.1 is the shortest
-        spans += _outside_markers(
-            text, [s for v, k in known.items() for s in _occurrences(text, v, k)]
-        )
+        extra = [s for value, kind in known.items() for s in _occurrences(text, value, kind)]
+        spans += _outside_markers(text, extra)
         values = {text[a:b]: kind for a, b, _, kind in spans if len(text[a:b]) >= _MIN_REPEAT}
         if spans:
             text = _apply(text, spans, counts)
@@ -430,7 +424,7 @@ class Scrubber:
             spans += _emails(text)
         # An e-mail or IP inside a credential is left to the credential rule (no merged spans).
         strong = [s for s in spans if s[2] < PII]
-        spans = [s for s in spans if s[2] < PII or not _overlaps(s, strong)]
+        spans = strong + _not_overlapping([s for s in spans if s[2] >= PII], strong)
         return _everywhere(text, _outside_markers(text, spans))
 
 
@@ -448,10 +442,10 @@ def _plugin_spans(text: str, lower: str, spans: list[Span]) -> None:
             lo = starts[i]
             line = text[lo : starts[i + 1] - 1] if i + 1 < len(starts) else text[lo:]
             limit = getattr(entry.plugin, "entropy_limit", None)
-            for value in set(entry.plugin.analyze_string(line)):
+            for value in set(entry.plugin.analyze_string(line)) - {""}:
                 if limit is not None and entry.plugin.calculate_shannon_entropy(value) <= limit:
                     continue
-                for a, b in _locate(line, value) if value else _regex_spans(entry.plugin, line):
+                for a, b in _locate(line, value):
                     if entry.check is None or entry.check(line[a:b], line):
                         spans.append((lo + a, lo + b, entry.priority, entry.kind))
 
@@ -464,25 +458,10 @@ def _locate(line: str, value: str) -> list[tuple[int, int]]:
         a, b = pos, pos + len(value)
         while a > 0 and line[a - 1] in _TOKEN_CHARS and value[0] in _TOKEN_CHARS:
             a -= 1
-        while b < len(line) and line[b] in _TOKEN_CHARS and value[-1] in _TOKEN_CHARS:
+        while b < len(line) and line[b] in _TAIL_CHARS and value[-1] in _TAIL_CHARS:
             b += 1
         out.append((a, b))
         pos = line.find(value, pos + len(value))
-    return out
-
-
-def _regex_spans(plugin: Any, line: str) -> list[tuple[int, int]]:
-    """Spans of a plugin's own regexes, for plugins that report an empty secret (GitLab glcbt)."""
-    out = []
-    for regex in getattr(plugin, "denylist", ()):
-        for m in regex.finditer(line):
-            a, b = m.span()
-            while a < b and line[a] not in _TOKEN_CHARS:
-                a += 1
-            while b > a and line[b - 1] not in _TOKEN_CHARS:
-                b -= 1
-            if b > a:
-                out.append((a, b))
     return out
 
 
@@ -521,8 +500,19 @@ def _emails(text: str) -> list[Span]:
     return out
 
 
-def _overlaps(span: Span, others: list[Span]) -> bool:
-    return any(span[0] < o[1] and o[0] < span[1] for o in others)
+def _not_overlapping(spans: list[Span], blockers: list[Span]) -> list[Span]:
+    """The spans that overlap no blocker (sorted starts + running max of ends: n log n)."""
+    if not blockers:
+        return spans
+    ordered = sorted(blockers)
+    starts = [b[0] for b in ordered]
+    ends = list(itertools.accumulate((b[1] for b in ordered), max))  # furthest end so far
+    kept = []
+    for span in spans:
+        i = bisect.bisect_left(starts, span[1])  # blockers that start before the span ends
+        if i == 0 or ends[i - 1] <= span[0]:
+            kept.append(span)
+    return kept
 
 
 def _outside_markers(text: str, spans: list[Span]) -> list[Span]:
@@ -530,7 +520,7 @@ def _outside_markers(text: str, spans: list[Span]) -> list[Span]:
     if not spans or "[REDACTED:" not in text:
         return spans
     marks = [(m.start(), m.end(), 0, "") for m in MARKER_RE.finditer(text)]
-    return [s for s in spans if not _overlaps(s, marks)]
+    return _not_overlapping(spans, marks)
 
 
 def _occurrences(text: str, value: str, kind: str) -> list[Span]:

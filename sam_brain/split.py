@@ -3,12 +3,12 @@
 A group (one session, one commit series) is mapped to a point in [0, 1) by sha256 of
 `seed | stratum | group`, and the point picks the split by the cumulative shares. Nothing else
 enters the hash, so a group never changes split when other samples arrive, and every sample of a
-group lands in the same split as long as the caller passes one stratum per group (the stratum of
-the group's first sample). The stratum salts the hash: each stratum (source, tier) gets its own
-independent draw, so every stratum approaches the shares on its own rather than inheriting
-another's luck; exact per-stratum quotas would need ranks and break stability, so they are not
-used. `split_counts` reports the result per stratum. The one exception to stability is
-`ensure_nonempty`, for tiny pools (under ~20 groups) whose draw left validation empty.
+group lands in one split as long as the caller passes one stratum per group (the stratum of the
+group's first sample). Stratification: the stratum salts the hash, so each stratum (source, tier)
+draws independently and gets the shares in expectation, with binomial spread (about +-1 point of
+val share at 500 groups). Exact per-stratum quotas would need ranks, which shift as the pool grows,
+so they are not used; `split_counts` reports what each stratum got. The one exception to
+stability is `ensure_nonempty`, for tiny pools (under ~20 groups) whose draw left val empty.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 `TrainingJob` runs one training run end to end in the daemon's event loop (the heavy work is in
 the subprocess): it records the run and the pool version it trained on, streams progress into the
-state store, and on success registers the adapter as the next version and activates it. Thin
-here on purpose: evaluation gates and canary release (deployment/) hook in at `deploy()`.
+state store, and on success hands the adapter to `release` (gate, then canary or activation).
 """
 
 from __future__ import annotations
@@ -20,7 +19,8 @@ from sam_brain.errors import SamBrainError, TrainingFailed
 from sam_brain.home import Home
 from sam_brain.hub import resolve_model
 from sam_brain.pool import write_jsonl_atomic
-from sam_brain.protocols import Progress, TrainResult, TrainSpec
+from sam_brain.protocols import Progress, TrainSpec
+from sam_brain.release import Exclusive, Outcome, release
 from sam_brain.split import ensure_nonempty
 from sam_brain.store import Run, now_iso
 from sam_brain.supervisor import TrainingProcess
@@ -81,8 +81,17 @@ def new_samples_since_last_run(home: Home) -> int:
 class TrainingJob:
     """One run: create the record, build data, supervise the worker, register the result."""
 
-    def __init__(self, home: Home, backend: str, trigger: str, attempt: int = 1) -> None:
+    def __init__(
+        self,
+        home: Home,
+        backend: str,
+        trigger: str,
+        attempt: int = 1,
+        exclusive: Exclusive[Any] | None = None,
+    ) -> None:
         self.home = home
+        self.exclusive = exclusive
+        self.outcome: Outcome | None = None
         self.backend = backend
         self.trigger = trigger
         self.attempt = attempt
@@ -117,6 +126,10 @@ class TrainingJob:
                 output_path=str(run_dir / "adapter"),
             )
             profile = home.config.profile()
+            active = home.versions.current()
+            init = ""
+            if home.config.training.continue_from_active and active and active.base_model == ref:
+                init = active.adapter_path  # each version builds on the one users run now
             spec = TrainSpec(
                 run_id=run.run_id,
                 base_model=str(base),
@@ -124,6 +137,7 @@ class TrainingJob:
                 out_dir=str(run_dir / "adapter"),
                 profile=asdict(profile),
                 seed=home.config.training.seed,
+                init_adapter=init,
             )
             self.process = TrainingProcess(
                 self.backend,
@@ -138,7 +152,29 @@ class TrainingJob:
             home.store.update_run(
                 run.run_id, status="completed", finished_at=now_iso(), metrics=metrics
             )
-            await asyncio.to_thread(self.deploy, run.run_id, result, ref, counts["train"])
+            self.outcome = await asyncio.to_thread(
+                release,
+                home,
+                Path(result.adapter_dir),
+                base_model_dir=str(base),
+                base_ref=ref,
+                run_id=run.run_id,
+                samples=counts["train"],
+                metrics=result.metrics,
+                description=f"run {run.run_id} ({self.trigger})",
+                test_path=run_dir / "data" / "test.jsonl",
+                exclusive=self.exclusive,
+            )
+            home.store.add_event(
+                "released",
+                {
+                    "run_id": run.run_id,
+                    "version": self.outcome.version,
+                    "action": self.outcome.action,
+                    "reasons": self.outcome.reasons,
+                },
+            )
+            log.info("run %s -> %s %s", run.run_id, self.outcome.version, self.outcome.action)
         except asyncio.CancelledError:
             home.store.update_run(
                 run.run_id, status="failed", reason="daemon stopped", finished_at=now_iso()
@@ -159,19 +195,6 @@ class TrainingJob:
             log.exception("training run %s crashed", run.run_id)
             raise TrainingFailed(f"{type(err).__name__}: {err}") from err
         return home.store.get_run(run.run_id)
-
-    def deploy(self, run_id: str, result: TrainResult, base_ref: str, samples: int) -> None:
-        """Register the best adapter as the next version and make it active."""
-        version = self.home.versions.register(
-            Path(result.adapter_dir),
-            run_id=run_id,
-            base_model=base_ref,
-            training_samples=samples,
-            metrics=result.metrics,
-            description=f"run {run_id} ({self.trigger})",
-        )
-        self.home.versions.activate(version.version, reason=f"trained by run {run_id}")
-        log.info("version %s active (run %s)", version.version, run_id)
 
     def _on_progress(self, p: Progress) -> None:
         now = time.monotonic()

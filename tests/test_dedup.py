@@ -28,6 +28,11 @@ def edit(text: str, positions: range) -> str:
     return " ".join(words)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_cache() -> None:
+    dedup.clear_cache()
+
+
 @pytest.fixture
 def index(tmp_path: Path) -> DedupIndex:
     return DedupIndex.open(tmp_path / "dedup.idx")
@@ -87,12 +92,14 @@ def test_persistence_across_reopen(tmp_path: Path) -> None:
         index.add(f"k{i}", text_of(i))
     index.add("empty", "")
     index.save()
+    dedup.clear_cache()  # read the file, not this process's copy
     reopened = DedupIndex.open(path)
     assert len(reopened) == 51 and not reopened.needs_rebuild
     assert reopened.check("new", edit(text_of(7), range(3, 4))) == "k7"
     assert reopened.check("new", "") == "empty"
     reopened.remove("k7")
     reopened.save()
+    dedup.clear_cache()
     assert DedupIndex.open(path).check("new", text_of(7)) is None
     assert [p.name for p in path.parent.iterdir()] == ["dedup.idx"]  # no temporary files left
 
@@ -126,6 +133,7 @@ def test_damaged_file_starts_empty_and_rebuilds(
     index.rebuild(items)
     index.save()
     damage(path)  # type: ignore[operator]
+    dedup.clear_cache()  # a damaged tail can keep size and mtime: make sure the file is read
     with caplog.at_level(logging.WARNING, logger="sam_brain.dedup"):
         broken = DedupIndex.open(path)
     assert len(broken) == 0 and broken.needs_rebuild
@@ -133,9 +141,25 @@ def test_damaged_file_starts_empty_and_rebuilds(
     assert (tmp_path / "dedup.idx.corrupt").exists()
     broken.rebuild(items)
     broken.save()
+    dedup.clear_cache()
     healed = DedupIndex.open(path)
     assert len(healed) == 20 and not healed.needs_rebuild
     assert healed.check("new", text_of(5)) == "k5"
+
+
+def test_reopen_in_process_reuses_only_a_clean_unchanged_index(tmp_path: Path) -> None:
+    path = tmp_path / "dedup.idx"
+    index = DedupIndex.open(path)
+    index.add("a", text_of(1))
+    index.save()
+    assert DedupIndex.open(path) is index  # saved and unchanged: no LSH rebuild
+    index.add("b", text_of(2))  # unsaved change: the file is the truth again
+    fresh = DedupIndex.open(path)
+    assert fresh is not index and len(fresh) == 1
+    other = DedupIndex.open(path)
+    other.add("c", text_of(3))
+    other.save()  # the file changed under `fresh`
+    assert len(DedupIndex.open(path)) == 2
 
 
 def test_other_num_perm_is_discarded(tmp_path: Path) -> None:
@@ -191,7 +215,9 @@ def test_throughput(tmp_path: Path) -> None:
     spent = time.process_time() - start
     start = time.perf_counter()
     index.save()
+    dedup.clear_cache()  # a cold open rebuilds the LSH tables
     reopened = DedupIndex.open(tmp_path / "dedup.idx")
     reload = time.perf_counter() - start
-    print(f"dedup: {len(texts) / spent:.0f} texts/s (300 words each); save+open {reload:.2f}s")
+    print(f"dedup: {len(texts) / spent:.0f} texts/s (300 words each); save + cold open of "
+          f"{len(texts)} keys {reload:.2f}s")  # fmt: skip
     assert dups == 0 and len(reopened) == 500

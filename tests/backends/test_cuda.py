@@ -137,7 +137,7 @@ def test_qlora_4bit_training_lowers_val_loss_and_the_adapter_reloads(
     result = backend.train(spec, reports.append, lambda: False)
     m = result.metrics
     assert result.steps == 16 and [r.step for r in reports] == list(range(1, 17))
-    assert m["best_val_loss"] < m["initial_val_loss"] - 1.0
+    assert m["best_val_loss"] < m["initial_val_loss"] - 0.5
     assert next(r.step for r in reports if r.val_loss is not None) == 8
     assert all(r.tokens_per_sec and r.peak_memory_mb for r in reports)
     assert reports[-1].eta_seconds == 0.0
@@ -324,11 +324,20 @@ def ddp_steps(base: str, data: str, world: int) -> dict[str, torch.Tensor]:
     model = get_peft_model(backend.load_model(Path(base), training=True), lora_config(opts, shape))
     wrapped = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.0)
+    # Plain SGD: the update is linear in the gradient, so any mis-scaling across ranks shows.
+    optimizer = torch.optim.SGD(params, lr=5.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     tok = AutoTokenizer.from_pretrained(base)
-    rows, _ = encode_rows(tok, load_rows(Path(data) / "train.jsonl"), 128)
-    buckets = Buckets(rows, 3, 0, tok.pad_token_id)
+    # Answers of very different lengths, so the ranks see different token counts.
+    talks = [
+        [
+            {"role": "user", "content": f"Say {w} {n} times."},
+            {"role": "assistant", "content": " ".join([w] * n)},
+        ]
+        for n, w in zip((1, 9, 2, 14, 3, 6, 1, 11), WORDS, strict=True)
+    ]
+    rows, _ = encode_rows(tok, talks, 128)
+    buckets = Buckets(rows, 1, 0, tok.pad_token_id)
     micro = 0
     for _ in range(2):
         batches, used = rank_batches(buckets, micro, 4 // world)
@@ -356,5 +365,5 @@ def test_ddp_on_gloo_keeps_ranks_identical_and_equal_to_one_process(
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key])
         # Token-weighted scaling: two ranks of 2 micro-batches equal one process of 4.
-        torch.testing.assert_close(rank0[key], single[key], rtol=1e-4, atol=1e-5)
-    assert all(w.abs().max() > 0 for k, w in rank0.items() if "lora_B" in k)
+        torch.testing.assert_close(rank0[key], single[key], rtol=1e-4, atol=1e-6)
+    assert all(w.abs().max() > 1e-3 for k, w in rank0.items() if "lora_B" in k)

@@ -91,6 +91,16 @@ def test_abort_rejects_the_canary_and_keeps_the_active(versions: Versions) -> No
     assert versions.rollback_target() is None  # a rejected canary is never a rollback target
 
 
+def test_a_version_failing_the_gate_is_rejected(versions: Versions) -> None:
+    v = canary.reject(versions, "v1.0.2", reason="gate: candidate mean loss 2.1 is not below 2.0")
+    assert v.status == "rejected"
+    assert versions.store.events("version_rejected")[0]["data"]["version"] == "v1.0.2"
+    with pytest.raises(Conflict, match="active"):
+        canary.reject(versions, "v1.0.0", reason="x")
+    with pytest.raises(Conflict, match="rejected"):
+        canary.start_canary(versions, "v1.0.2", 10)
+
+
 def test_start_canary_refusals(versions: Versions, tmp_path: Path) -> None:
     with pytest.raises(BadRequest, match=r"1\.\.100"):
         canary.start_canary(versions, "v1.0.1", 0)

@@ -1,0 +1,215 @@
+"""Releasing a trained adapter: register -> evaluate -> canary, activate or reject.
+
+A candidate reaches traffic only when the gate (deployment/evaluate.py) finds it better than the
+incumbent on the held-out test split and its generations healthy. The first version goes live
+directly (there is nothing to canary against); later ones start as a canary at the first weight
+step and climb through `deployment.canary_steps`. The gate's report is kept beside the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from deployment import canary
+from deployment.canary import CanaryPolicy, HealthLimits
+from deployment.evaluate import EvalReport, GateConfig, evaluate_version
+from sam_brain.config import Config
+from sam_brain.errors import PromotionRejected
+from sam_brain.home import Home
+from sam_brain.store import Version
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Runs `fn(resident_model)` with the one resident copy of the base (the chat server's, or a
+# fresh one when nothing is serving).
+Exclusive = Callable[[Callable[[Any], T]], T]
+
+
+@dataclass
+class Outcome:
+    """What happened to a candidate."""
+
+    version: str
+    action: str  # activated, canary, rejected, registered
+    reasons: list[str]
+    report: dict[str, Any] | None = None
+
+
+def gate_config(config: Config) -> GateConfig:
+    d = config.deployment
+    return GateConfig(
+        margin=d.gate_margin,
+        alpha=d.gate_alpha,
+        prompts=d.gate_prompts,
+        max_length=config.profile().max_seq_length,
+    )
+
+
+def canary_policy(config: Config) -> CanaryPolicy:
+    d = config.deployment
+    return CanaryPolicy(
+        steps=tuple(d.canary_steps),
+        interval_seconds=d.canary_interval_seconds,
+        min_requests=d.canary_min_requests,
+        limits=health_limits(config),
+    )
+
+
+def health_limits(config: Config) -> HealthLimits:
+    return HealthLimits.from_config(
+        config.deployment, min_requests=config.deployment.min_requests_to_judge
+    )
+
+
+def check_size(adapter_dir: Path, max_mb: float) -> None:
+    size = sum(f.stat().st_size for f in adapter_dir.glob("*.safetensors")) / 2**20
+    if size > max_mb:
+        raise PromotionRejected(
+            f"adapter is {size:.0f} MB, above deployment.max_adapter_mb={max_mb:.0f}"
+        )
+
+
+def local_exclusive(base_model: str) -> Exclusive[Any]:
+    """An `Exclusive` that loads its own resident base (CLI, daemon without chat serving)."""
+    from deployment.serving import ResidentModel
+
+    holder: dict[str, Any] = {}
+
+    def run(fn: Callable[[Any], Any]) -> Any:
+        if "m" not in holder:
+            holder["m"] = ResidentModel(base_model)
+        return fn(holder["m"])
+
+    return run
+
+
+def release(
+    home: Home,
+    adapter_dir: Path,
+    *,
+    base_model_dir: str,
+    base_ref: str,
+    run_id: str = "",
+    samples: int = 0,
+    metrics: dict[str, Any] | None = None,
+    description: str = "",
+    test_path: Path | None = None,
+    exclusive: Exclusive[Any] | None = None,
+    dry_run: bool = False,
+) -> Outcome:
+    """Register `adapter_dir` and let the gate decide what happens to it."""
+    cfg = home.config
+    check_size(adapter_dir, cfg.deployment.max_adapter_mb)
+    if dry_run:
+        from deployment.versions import sanity_check
+
+        sanity_check(adapter_dir)
+        return Outcome(version="", action="dry-run", reasons=["files present, sizes within bounds"])
+    v = home.versions.register(
+        adapter_dir,
+        run_id=run_id,
+        base_model=base_ref,
+        training_samples=samples,
+        metrics=metrics,
+        description=description,
+    )
+    report: EvalReport | None = None
+    if test_path is not None and test_path.exists() and test_path.stat().st_size > 0:
+        run = exclusive or local_exclusive(base_model_dir)
+        report = run(
+            lambda resident: evaluate_version(
+                home.versions, resident, v.version, test_path, gate_config(cfg)
+            )
+        )
+        _save_report(home, run_id or v.version, report)
+        if not report.gate.promote:
+            canary.reject(home.versions, v.version, "; ".join(report.gate.reasons))
+            log.warning("%s rejected by the gate: %s", v.version, "; ".join(report.gate.reasons))
+            return Outcome(v.version, "rejected", report.gate.reasons, report.to_dict())
+    reasons = report.gate.reasons if report else ["no test split: gate skipped"]
+    return _roll_out(home, v, reasons, report)
+
+
+def _roll_out(home: Home, v: Version, reasons: list[str], report: EvalReport | None) -> Outcome:
+    steps = home.config.deployment.canary_steps
+    rep = report.to_dict() if report else None
+    if home.versions.current() is None or steps[0] >= 100:
+        home.versions.activate(v.version, reason="passed the gate")
+        return Outcome(v.version, "activated", reasons, rep)
+    if canary.canary_state(home.versions) is not None:
+        # One canary at a time: the newer candidate replaces the one still climbing.
+        canary.abort(home.versions, reason=f"superseded by {v.version}")
+    canary.start_canary(home.versions, v.version, steps[0])
+    return Outcome(v.version, "canary", reasons, rep)
+
+
+def _save_report(home: Home, name: str, report: EvalReport) -> None:
+    out = home.reports_dir / f"eval-{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(report.to_json(), encoding="utf-8")
+    tmp.replace(out)
+    md = out.with_suffix(".md")
+    md.write_text(render_markdown(report), encoding="utf-8")
+
+
+def render_markdown(report: EvalReport) -> str:
+    d = report.to_dict()
+    lines = [
+        f"# Evaluation of {d['candidate']} against {d['incumbent'] or 'the base model'}",
+        "",
+        f"Decision: **{'promote' if report.gate.promote else 'reject'}**",
+        "",
+    ]
+    lines += [f"- {r}" for r in report.gate.reasons]
+    lines += ["", "| model | mean loss | perplexity |", "|---|---|---|"]
+    for name, stats in (
+        ("base", d["base"]),
+        ("incumbent", d["incumbent_loss"]),
+        ("candidate", d["candidate_loss"]),
+    ):
+        if stats:
+            lines.append(
+                f"| {name} | {stats.get('mean_loss', 0):.4f} | {stats.get('perplexity', 0):.2f} |"
+            )
+    lines += ["", "```json", json.dumps(d["comparison"], indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def rollback_or_abort(home: Home, version: str | None = None) -> tuple[str, Version]:
+    """`samctl rollback`: during a canary abort it (weight 0); otherwise go back a version."""
+    running = canary.canary_state(home.versions)
+    if running is not None and version is None:
+        canary.abort(home.versions, reason="manual rollback during canary")
+        active = home.versions.current()
+        assert active is not None  # a canary always runs next to an active version
+        return "aborted canary " + running.version, active
+    back = home.versions.rollback(version)
+    return "rolled back", back
+
+
+def start_canary_from(home: Home, target: str, traffic: int) -> Version:
+    """`samctl canary VERSION|PATH --traffic N`: a registered version or an adapter folder."""
+    path = Path(target).expanduser()
+    if path.is_dir():
+        check_size(path, home.config.deployment.max_adapter_mb)
+        v = home.versions.register(path, base_model=_base_ref(home), description=f"canary from {path}")
+        name = v.version
+    else:
+        name = home.versions.get(target).version
+    canary.start_canary(home.versions, name, traffic)
+    return home.versions.get(name)
+
+
+def _base_ref(home: Home) -> str:
+    from sam_brain.registry import choose_backend
+
+    backend, _ = choose_backend(home.config.training.backend)
+    t = home.config.training
+    return t.mlx_base_model if backend == "mlx" else t.cuda_base_model
