@@ -124,7 +124,7 @@ class CudaBackend:
 
         Raises:
             BackendUnavailable: The profile asks for something this backend cannot honour.
-            TrainingFailed: No trainable rows or a NaN/inf loss.
+            TrainingFailed: No trainable rows, a NaN/inf loss, or out of GPU memory.
         """
         from peft import get_peft_model
 
@@ -176,10 +176,16 @@ class CudaBackend:
             save_best()  # the untrained adapter is the best until something beats it
         cfg = LoopConfig(steps, opts.eval_every, opts.save_every, opts.patience, spec.seed)
         train = Buckets(train_rows, state.batch_size, spec.seed, pad_id, self.device)
-        reason = resume_reason(state, cfg) or run_steps(
-            model, optimizer, scheduler, train, valid, state, cfg, progress, cancelled,
-            on_best=save_best, on_save=save_ckpt,
-        )  # fmt: skip
+        try:
+            reason = resume_reason(state, cfg) or run_steps(
+                model, optimizer, scheduler, train, valid, state, cfg, progress, cancelled,
+                on_best=save_best, on_save=save_ckpt,
+            )  # fmt: skip
+        except torch.OutOfMemoryError as err:  # the last periodic checkpoint stays resumable
+            raise TrainingFailed(
+                f"out of memory at step {state.step + 1}: lower batch_size or max_seq_length, "
+                "or set grad_checkpoint"
+            ) from err
         save_ckpt()
         if valid is None or not (out / MLX_WEIGHTS).exists():
             save_best()

@@ -17,8 +17,10 @@ from typing import Any
 
 from aiohttp import web
 
+from deployment.serving import ChatServer, add_routes
 from sam_brain.errors import BadRequest, SamBrainError
 from sam_brain.home import Home
+from sam_brain.release import Exclusive
 from sam_brain.scheduler import Coordinator
 from sam_brain.status import self_status
 
@@ -35,6 +37,11 @@ class AppContext:
     backend_why: str
     started: float = field(default_factory=time.time)
     distill: Callable[[list[object]], dict[str, Any]] | None = None
+    chat: ChatServer | None = None  # the OpenAI-compatible endpoint (MLX hosts)
+    chat_unavailable: str = "chat serving is off"
+    base_ref: str = ""
+    base_model_dir: str | None = None
+    exclusive: Exclusive[Any] | None = None
 
 
 CTX = web.AppKey("ctx", AppContext)
@@ -154,16 +161,6 @@ async def get_current(request: web.Request) -> web.Response:
     return web.json_response({"version": v.to_dict() if v else None})
 
 
-async def post_rollback(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    body = await read_json(request, {"version"})
-    version = body.get("version")
-    if version is not None and not isinstance(version, str):
-        raise BadRequest("field 'version' must be a string like 'v1.0.0'")
-    v = await asyncio.to_thread(ctx.home.versions.rollback, version)
-    return web.json_response({"version": v.to_dict()})
-
-
 async def post_distill(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     body = await read_json(request, {"records", "record"})
@@ -196,7 +193,19 @@ def make_app(ctx: AppContext) -> web.Application:
     app.router.add_post("/api/train/cancel", post_cancel)
     app.router.add_get("/api/versions", get_versions)
     app.router.add_get("/api/versions/current", get_current)
-    app.router.add_post("/api/rollback", post_rollback)
     app.router.add_post("/api/distill", post_distill)
     app.router.add_get("/api/data/stats", get_data_stats)
+    from sam_brain.api_deploy import add_deploy_routes
+
+    add_deploy_routes(app)
+    if ctx.chat is not None:
+        add_routes(app, ctx.chat)
+    else:
+        app.router.add_post("/v1/chat/completions", chat_unavailable)
+        app.router.add_get("/v1/models", chat_unavailable)
     return app
+
+
+async def chat_unavailable(request: web.Request) -> web.Response:
+    reason = request.app[CTX].chat_unavailable
+    return web.json_response({"error": {"message": reason, "type": "unavailable"}}, status=503)

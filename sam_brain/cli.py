@@ -202,8 +202,11 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
                 for f in sorted(p.glob("*.jsonl")) if p.is_dir() else [p]:
                     records.extend(_read_jsonl(f))
             d = home.data / "distill"
-            collector = cls(inbox=home.distill_inbox, rejects_path=d / "rejects.jsonl",
-                            processed_dir=d / "processed")
+            collector = cls(
+                inbox=home.distill_inbox,
+                rejects_path=d / "rejects.jsonl",
+                processed_dir=d / "processed",
+            )
             result, rejects = collector.ingest_records(records)
             report = store_result(home, "distill", result)
             report.dropped["rejected"] += len(rejects)
@@ -257,7 +260,7 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
             )
             if code >= 400:
                 raise _from_http(code, doc)
-            print(f"rolled back; active version: {doc['version']['version']}")
+            print(f"{doc['action']}; active version: {doc['version']['version']}")
             return 0
         except DaemonUnreachable:
             pass
@@ -279,11 +282,117 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
             v = home.versions.current()
             print(v.version if v else "base (no adapter active)")
         else:
-            v = home.versions.rollback(args.version)
-            print(f"rolled back; active version: {v.version}")
+            from sam_brain.release import rollback_or_abort
+
+            what, v = rollback_or_abort(home, args.version)
+            print(f"{what}; active version: {v.version}")
     finally:
         home.close()
     return 0
+
+
+def cmd_deploy(args: argparse.Namespace, config: Config) -> int:
+    """deploy / canary / promote: through the daemon when it runs, else on the home."""
+    client = Client(args.url)
+    if args.command == "deploy":
+        body: dict[str, Any] = {
+            "path": str(Path(args.path).expanduser().resolve()),
+            "dry_run": args.dry_run,
+        }
+        if args.description:
+            body["description"] = args.description
+        path = "/api/deploy"
+    elif args.command == "canary":
+        target = args.target
+        if Path(target).expanduser().is_dir():
+            body, path = {"path": str(Path(target).expanduser().resolve())}, "/api/canary"
+        else:
+            body, path = {"version": target}, "/api/canary"
+        if args.traffic is not None:
+            body["traffic"] = args.traffic
+    else:
+        body, path = {}, "/api/promote"
+    try:
+        code, doc = client.call("POST", path, body)
+    except DaemonUnreachable:
+        return _deploy_offline(args, config)
+    if code >= 400:
+        raise _from_http(code, doc)
+    _print(doc, args.json)
+    return 0
+
+
+def _deploy_offline(args: argparse.Namespace, config: Config) -> int:
+    from deployment import canary
+    from sam_brain.hub import resolve_model
+    from sam_brain.release import _base_ref, release, start_canary_from
+
+    home = _home(config)
+    try:
+        if args.command == "deploy":
+            ref = _base_ref(home)
+            base = "" if args.dry_run else str(resolve_model(ref))
+            outcome = release(
+                home,
+                Path(args.path).expanduser(),
+                base_model_dir=base,
+                base_ref=ref,
+                description=args.description or f"deployed from {args.path}",
+                dry_run=args.dry_run,
+            )
+            _print(
+                {"version": outcome.version, "action": outcome.action, "reasons": outcome.reasons},
+                args.json,
+            )
+        elif args.command == "canary":
+            traffic = args.traffic or config.deployment.canary_steps[0]
+            v = start_canary_from(home, args.target, traffic)
+            _print({"canary": v.version, "traffic": traffic}, args.json)
+        else:
+            v = canary.promote(home.versions)
+            _print({"promoted": v.version}, args.json)
+    finally:
+        home.close()
+    return 0
+
+
+def cmd_history(args: argparse.Namespace, config: Config) -> int:
+    home = _home(config)
+    try:
+        if args.command == "history":
+            events = home.store.events(None, args.limit)
+            if args.json:
+                _print(events, True)
+            for e in [] if args.json else reversed(events):
+                print(f"{e['ts']}  {e['kind']:20} {json.dumps(e['data'], default=str)}")
+        else:
+            versions = home.store.versions()
+            by_status: dict[str, int] = {}
+            for v in versions:
+                by_status[v.status] = by_status.get(v.status, 0) + 1
+            active = home.versions.current()
+            _print(
+                {
+                    "total_versions": len(versions),
+                    "by_status": by_status,
+                    "active": active.version if active else None,
+                    "rollback_target": (
+                        t.version if (t := home.versions.rollback_target()) else None
+                    ),
+                    "runs": _run_counts(home),
+                },
+                args.json,
+            )
+    finally:
+        home.close()
+    return 0
+
+
+def _run_counts(home: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in home.store.runs(100000):
+        out[r.status] = out.get(r.status, 0) + 1
+    return out
 
 
 def cmd_dev(args: argparse.Namespace, config: Config) -> int:

@@ -16,20 +16,26 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from aiohttp import web
 
+from deployment import canary
+from deployment.rollback import RollbackMonitor
+from deployment.serving import ChatServer
 from sam_brain import registry
 from sam_brain.api import AppContext, make_app
 from sam_brain.config import Config, load_config
 from sam_brain.errors import AlreadyRunning, SamBrainError
 from sam_brain.home import Home
+from sam_brain.hub import resolve_model
 from sam_brain.ingest import make_collectors, store_result
 from sam_brain.protocols import Collector
+from sam_brain.release import Exclusive, canary_policy, health_limits
 from sam_brain.scheduler import Coordinator
+from sam_brain.training import base_model_ref
 from sam_brain.watchers import Watchers
 
 log = logging.getLogger("sam_brain")
@@ -70,6 +76,7 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self.ingest_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()  # strong refs so tasks are not collected
+        self.chat: ChatServer | None = None
 
     async def ingest(self, kind: str, paths: list[Path] | None = None) -> None:
         collector: Collector | None = self.collectors.get(kind)
@@ -120,6 +127,27 @@ class Daemon:
                     # The inbox collector leaves files younger than 2 s for later: look again soon.
                     asyncio.get_running_loop().call_later(2.5, self._repoll_distill)
 
+    async def monitor(self) -> None:
+        """Serving health against the limits, then the canary's next step (deployment/)."""
+        chat = self.chat
+        if chat is None:
+            return
+        try:
+            limits = health_limits(self.config)
+            await asyncio.to_thread(RollbackMonitor(self.home.versions, chat.metrics, limits).check)
+            running = canary.canary_state(self.home.versions)
+            if running is not None:
+                decision = await asyncio.to_thread(
+                    canary.advance,
+                    self.home.versions,
+                    chat.metrics().get(running.version),
+                    canary_policy(self.config),
+                )
+                if decision != "hold":
+                    log.info("canary %s: %s", running.version, decision)
+        except Exception:  # a monitoring bug must not stop the daemon
+            log.exception("deployment monitor failed")
+
     def _repoll_distill(self) -> None:
         self._tasks.add(task := asyncio.get_running_loop().create_task(self.ingest("distill")))
         task.add_done_callback(self._tasks.discard)
@@ -147,13 +175,39 @@ class Daemon:
         self.watchers.add("distill", home.distill_inbox, (".jsonl",))
         for d in self.config.sources.docs_paths:
             self.watchers.add("docs", Path(d).expanduser(), (".md",))
-        coordinator = Coordinator(home, backend, collect=self.collect_all)
+        ref = base_model_ref(home, backend)
+        base_dir: str | None = None
+        unavailable = "chat serving is off (deployment.serve_chat = false)"
+        try:
+            base_dir = str(await asyncio.to_thread(resolve_model, ref))
+        except SamBrainError as err:
+            unavailable = str(err)
+            log.warning("base model not available yet: %s", err)
+        chat: ChatServer | None = None
+        if self.config.deployment.serve_chat and base_dir and backend == "mlx":
+            chat = ChatServer(home.versions, base_dir)
+        elif backend != "mlx":
+            unavailable = "chat serving runs on the MLX backend; on CUDA serve versions with vLLM"
+        self.chat = chat
+        exclusive = make_exclusive(chat, loop) if chat is not None else None
+        coordinator = Coordinator(
+            home,
+            backend,
+            collect=self.collect_all,
+            monitor=self.monitor if chat is not None else None,
+            exclusive=exclusive,
+        )
         ctx = AppContext(
             home=home,
             coordinator=coordinator,
             backend=backend,
             backend_why=why,
             distill=self.distill,
+            chat=chat,
+            chat_unavailable=unavailable,
+            base_ref=ref,
+            base_model_dir=base_dir,
+            exclusive=exclusive,
         )
         runner = web.AppRunner(make_app(ctx), access_log=None)
         await runner.setup()
@@ -181,7 +235,18 @@ class Daemon:
             await coordinator.stop()
             self.watchers.stop()
             await runner.cleanup()
+            if chat is not None:
+                chat.close()
             log.info("stopped")
+
+
+def make_exclusive(chat: ChatServer, loop: asyncio.AbstractEventLoop) -> Exclusive[Any]:
+    """Let a worker thread run `fn(resident)` on the chat server's resident base model."""
+
+    def run(fn: Callable[[Any], Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(chat.run_exclusive(fn), loop).result()
+
+    return run
 
 
 def setup_logging(level: str) -> None:

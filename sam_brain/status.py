@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from deployment.canary import canary_state
 from sam_brain.home import Home
 from sam_brain.training import new_samples_since_last_run
 
@@ -20,7 +21,8 @@ def self_status(home: Home, *, daemon: dict[str, Any] | None = None) -> dict[str
     stats = home.pool.stats()
     new = new_samples_since_last_run(home)
     versions = home.store.versions()
-    running = daemon is not None
+    running = canary_state(home.versions)
+    daemon_up = daemon is not None
     version = active.version if active else "base"
     explanation = (
         f"I am SAM Brain. I serve {version} and learn from your own work: "
@@ -31,7 +33,7 @@ def self_status(home: Home, *, daemon: dict[str, Any] | None = None) -> dict[str
         "success": True,
         "explanation": explanation,
         "status": {
-            "daemon": "running" if running else "stopped",
+            "daemon": "running" if daemon_up else "stopped",
             **(daemon or {}),
             "data_dir": str(home.data),
         },
@@ -55,8 +57,16 @@ def self_status(home: Home, *, daemon: dict[str, Any] | None = None) -> dict[str
             },
             "deployment": {
                 "total_versions": len(versions),
-                "rollback_available": home.versions.rollback_target() is not None,
-                "canary_active": any(v.status == "canary" for v in versions),
+                "rollback_available": home.versions.rollback_target() is not None
+                or running is not None,
+                "canary_active": running is not None,
+                "canary": {
+                    "version": running.version,
+                    "percent": running.percent,
+                    "since": running.since,
+                }
+                if running
+                else None,
             },
         },
     }

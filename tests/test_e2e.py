@@ -140,15 +140,29 @@ save_every = 6
         )
         assert isinstance(reply, str)
 
-        # A forced run trains again below the threshold; rollback goes back to v1.0.0.
+        # The chat endpoint serves the active version and names it.
+        req = urllib.request.Request(url + "/v1/chat/completions", method="POST",
+                                     data=json.dumps({"messages": [{"role": "user", "content": "hi"}],
+                                                      "max_tokens": 4}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            assert resp.headers["x-sam-version"] == "v1.0.0"
+            assert json.loads(resp.read())["choices"][0]["message"]["role"] == "assistant"
+
+        # A forced run trains again below the threshold, from v1.0.0's adapter; it passes the
+        # gate and starts as a canary; promote makes it active; rollback goes back to v1.0.0.
         code, body = post(url + "/api/train", {"force": True})
         assert code == 202 and body["run_id"]
-        wait(
-            lambda: get(url + "/api/self")["training_stats"]["model_version"] == "v1.0.1",
-            240,
-            proc,
-            log,
-        )
+
+        def canary_or_rejected() -> Any:
+            versions = get(url + "/api/versions")["versions"]
+            return versions[-1] if len(versions) == 2 and versions[-1]["status"] != "inactive" else None
+
+        second = wait(canary_or_rejected, 240, proc, log)
+        assert second["version"] == "v1.0.1" and second["status"] == "canary", second
+        assert get(url + "/api/self")["training_stats"]["deployment"]["canary_active"] is True
+        code, body = post(url + "/api/promote", {})
+        assert code == 200 and body["version"]["version"] == "v1.0.1"
         code, body = post(url + "/api/rollback", {})
         assert code == 200 and body["version"]["version"] == "v1.0.0"
     finally:

@@ -49,7 +49,7 @@ def tokenizers(tiny_model: Path) -> tuple[Any, Any]:
     from mlx_lm import load
     from transformers import AutoTokenizer
 
-    _, mlx_tokenizer = load(str(tiny_model))
+    mlx_tokenizer = load(str(tiny_model))[1]
     return AutoTokenizer.from_pretrained(str(tiny_model)), mlx_tokenizer
 
 

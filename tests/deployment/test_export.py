@@ -274,7 +274,7 @@ def test_ollama_export_writes_a_chatml_modelfile(
     assert res.checks[-1] == {
         "artifact": "Modelfile",
         "runtime": "Modelfile check",
-        "from": "model-q8_0.gguf",
+        "from": "./model-q8_0.gguf",
         "stops": ["<|im_end|>", "<|endoftext|>"],
     }
     assert res.checks[1]["ok"] and res.checks[1]["top1_agreement"] >= 0.9

@@ -1,0 +1,178 @@
+"""Deployment endpoints of the control API: versions, deploy, canary, promote, rollback, metrics.
+
+Every state change goes through `deployment/` functions that are single SQLite transactions, and
+the handlers serialise them on one asyncio lock, so concurrent deploy/promote/rollback calls
+queue instead of interleaving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from deployment import canary
+from sam_brain.api import CTX, AppContext, read_json
+from sam_brain.errors import BadRequest
+from sam_brain.release import release, rollback_or_abort, start_canary_from
+
+DEPLOY_LOCK = web.AppKey("deploy_lock", asyncio.Lock)
+
+
+def _str(body: dict[str, Any], key: str, required: bool = False) -> str | None:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise BadRequest(f"field {key!r} is required")
+        return None
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"field {key!r} must be a non-empty string")
+    return value
+
+
+def canary_doc(ctx: AppContext) -> dict[str, Any]:
+    state = canary.canary_state(ctx.home.versions)
+    doc: dict[str, Any] = {"active": state is not None}
+    if state is not None:
+        doc.update(
+            version=state.version,
+            percent=state.percent,
+            since=state.since,
+            steps=list(ctx.home.config.deployment.canary_steps),
+        )
+        if ctx.chat is not None:
+            m = ctx.chat.metrics().get(state.version)
+            doc["metrics"] = m.to_dict() if m else None
+    return doc
+
+
+async def get_canary(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    return web.json_response(await asyncio.to_thread(canary_doc, ctx))
+
+
+async def post_canary(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    body = await read_json(request, {"version", "path", "traffic"})
+    target = _str(body, "version") or _str(body, "path")
+    if target is None:
+        raise BadRequest("send {'version': 'v1.0.3'} or {'path': '/adapter/dir'} and 'traffic'")
+    traffic = body.get("traffic", ctx.home.config.deployment.canary_steps[0])
+    if not isinstance(traffic, int) or isinstance(traffic, bool):
+        raise BadRequest("field 'traffic' must be an integer percentage")
+    async with request.app[DEPLOY_LOCK]:
+        v = await asyncio.to_thread(start_canary_from, ctx.home, target, traffic)
+    return web.json_response({"canary": v.to_dict(), "traffic": traffic})
+
+
+async def post_promote(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    await read_json(request, set())
+    async with request.app[DEPLOY_LOCK]:
+        v = await asyncio.to_thread(canary.promote, ctx.home.versions)
+    return web.json_response({"version": v.to_dict()})
+
+
+async def post_rollback(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    body = await read_json(request, {"version"})
+    version = _str(body, "version")
+    async with request.app[DEPLOY_LOCK]:
+        what, v = await asyncio.to_thread(rollback_or_abort, ctx.home, version)
+    return web.json_response({"action": what, "version": v.to_dict()})
+
+
+async def post_deploy(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    body = await read_json(request, {"path", "dry_run", "description", "test"})
+    path = Path(_str(body, "path", required=True) or "").expanduser()
+    if not path.is_dir():
+        raise BadRequest(f"{path} is not an adapter folder")
+    dry = body.get("dry_run", False)
+    if not isinstance(dry, bool):
+        raise BadRequest("field 'dry_run' must be true or false")
+    test = _str(body, "test")
+    if ctx.base_model_dir is None:
+        raise BadRequest(f"the base model is not available: {ctx.chat_unavailable}")
+    base_dir = ctx.base_model_dir
+    async with request.app[DEPLOY_LOCK]:
+        outcome = await asyncio.to_thread(
+            release,
+            ctx.home,
+            path,
+            base_model_dir=base_dir,
+            base_ref=ctx.base_ref,
+            description=_str(body, "description") or f"deployed from {path}",
+            test_path=Path(test) if test else None,
+            exclusive=ctx.exclusive,
+            dry_run=dry,
+        )
+    return web.json_response(
+        {"version": outcome.version, "action": outcome.action, "reasons": outcome.reasons}
+    )
+
+
+def _prom_line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
+    if labels:
+        inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
+        return f"{name}{{{inner}}} {value}"
+    return f"{name} {value}"
+
+
+def metrics_text(ctx: AppContext) -> str:
+    home = ctx.home
+    stats = home.pool.stats()
+    lines = [
+        "# HELP sam_brain_samples Samples in the pool.",
+        "# TYPE sam_brain_samples gauge",
+        _prom_line("sam_brain_samples", stats["total"]),
+        "# TYPE sam_brain_training gauge",
+        _prom_line("sam_brain_training", 1.0 if ctx.coordinator.training else 0.0),
+        "# TYPE sam_brain_uptime_seconds gauge",
+        _prom_line("sam_brain_uptime_seconds", round(time.time() - ctx.started, 1)),
+        "# TYPE sam_brain_runs_total counter",
+    ]
+    runs: dict[str, int] = {}
+    for r in home.store.runs(10000):
+        runs[r.status] = runs.get(r.status, 0) + 1
+    lines += [_prom_line("sam_brain_runs_total", n, {"status": s}) for s, n in sorted(runs.items())]
+    if ctx.chat is not None:
+        lines += [
+            "# TYPE sam_brain_requests_total counter",
+            "# TYPE sam_brain_errors_total counter",
+            "# TYPE sam_brain_latency_ms gauge",
+            "# TYPE sam_brain_memory_mb gauge",
+        ]
+        for name, m in sorted(ctx.chat.metrics().items()):
+            labels = {"version": name}
+            lines.append(_prom_line("sam_brain_requests_total", m.requests, labels))
+            lines.append(_prom_line("sam_brain_errors_total", m.errors, labels))
+            lines.append(_prom_line("sam_brain_latency_ms", round(m.mean_latency_ms, 3), labels))
+            lines.append(_prom_line("sam_brain_memory_mb", round(m.memory_mb, 1), labels))
+    return "\n".join(lines) + "\n"
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    text = await asyncio.to_thread(metrics_text, ctx)
+    return web.Response(text=text, content_type="text/plain", charset="utf-8")
+
+
+async def get_history(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    events = await asyncio.to_thread(ctx.home.store.events, None, 100)
+    return web.json_response({"events": events})
+
+
+def add_deploy_routes(app: web.Application) -> None:
+    app[DEPLOY_LOCK] = asyncio.Lock()
+    app.router.add_get("/api/canary", get_canary)
+    app.router.add_post("/api/canary", post_canary)
+    app.router.add_post("/api/promote", post_promote)
+    app.router.add_post("/api/rollback", post_rollback)
+    app.router.add_post("/api/deploy", post_deploy)
+    app.router.add_get("/api/history", get_history)
+    app.router.add_get("/metrics", get_metrics)
