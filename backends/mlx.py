@@ -153,6 +153,8 @@ class MLXBackend:
             notes.append(f"resumed from step {state.step}")
         elif found is not None:
             notes.append("checkpoint ignored: it belongs to different data, base or profile")
+        if state.step == 0 and spec.init_adapter:
+            notes.append(_init_from(model, Path(spec.init_adapter)))
 
         def save_best() -> None:
             _save_adapter(model, out / ADAPTER_FILE)
@@ -350,6 +352,19 @@ def _restore(directory: Path, saved: dict[str, Any], model: Any, optimizer: Any)
     optimizer.state = tree_unflatten(list(opt_state.items()))
     known = {f.name for f in fields(RunState)}
     return RunState(**{k: v for k, v in saved.items() if k in known})
+
+
+def _init_from(model: Any, adapter_dir: Path) -> str:
+    """Start from an earlier adapter's LoRA weights when their names and shapes match."""
+    path = adapter_dir / ADAPTER_FILE
+    if not path.is_file():
+        return f"init adapter {adapter_dir} has no {ADAPTER_FILE}; started from zero"
+    weights = _load_tensors(path)
+    current = _adapter_weights(model)
+    if set(weights) != set(current) or any(weights[k].shape != current[k].shape for k in weights):
+        return f"init adapter {adapter_dir} has another LoRA layout; started from zero"
+    model.load_weights(list(weights.items()), strict=False)
+    return f"started from the weights of {adapter_dir}"
 
 
 def _load_tensors(path: Path) -> dict[str, mx.array]:

@@ -35,7 +35,12 @@ def make_version(root: Path, hidden: int, layers: int) -> tuple[Path, Path]:
     base = build_tiny_model(root / "base", hidden_size=hidden, num_layers=layers, num_heads=8)
     model = load(str(base))[0]
     model.freeze()
-    lora = {"rank": 8, "scale": 2.0, "dropout": 0.0, "keys": ["self_attn.q_proj", "self_attn.v_proj"]}
+    lora = {
+        "rank": 8,
+        "scale": 2.0,
+        "dropout": 0.0,
+        "keys": ["self_attn.q_proj", "self_attn.v_proj"],
+    }
     linear_to_lora_layers(model, layers, lora)
     mx.random.seed(0)
     params = dict(tree_flatten(model.trainable_parameters()))
@@ -131,7 +136,10 @@ def main() -> None:
             ("llama.cpp Q4_K_M GGUF", decode_llama(q4, prompt, args.tokens, args.threads)),
             ("llama.cpp F16 GGUF", decode_llama(f16, prompt, args.tokens, args.threads)),
             ("mlx-lm base + adapter", decode_mlx(base, version, prompt, args.tokens)),
-            ("mlx-lm fused", decode_mlx(root / "exports" / "fused-none", None, prompt, args.tokens)),
+            (
+                "mlx-lm fused",
+                decode_mlx(root / "exports" / "fused-none", None, prompt, args.tokens),
+            ),
         ]
 
     print(

@@ -309,7 +309,10 @@ def _build_gguf(job: _Job) -> list[dict[str, Any]]:
     lora = gguf.convert_lora(peft_dir, job.hf_base(), job.stage / "adapter-f16.gguf")
     base_gguf = gguf.convert_model(job.hf_base(), job.work / "base-f16.gguf", f"{job.version}-base")
     checks.append(check_gguf(base_gguf, job.ref, EXACT_F16, lora=lora))
-    job.notes.append("adapter-f16.gguf is the adapter alone: llama.cpp --lora on an f16 base GGUF")
+    job.notes.append(
+        "adapter-f16.gguf is the adapter alone: `llama-cli -m <base>.gguf --lora adapter-f16.gguf`"
+        " (verified on an f16 GGUF of the base)"
+    )
     return checks
 
 

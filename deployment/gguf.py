@@ -114,7 +114,14 @@ def _run(script: str, fallback: str, args: list[str], what: str) -> None:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
+        output = (proc.stderr or proc.stdout).strip()
+        if "pre-tokenizer was not recognized" in output:
+            raise ExportFailed(
+                f"{what} failed: llama.cpp's converter does not know this tokenizer's"
+                " pre-tokenizer (its hash is not in convert_hf_to_gguf.py and its split regex is"
+                " not Qwen2's); a newer llama-cpp-python/converter may know it"
+            )
+        tail = "\n".join(output.splitlines()[-6:])
         raise ExportFailed(f"{what} failed ({script}, exit {proc.returncode}):\n{tail}")
 
 
@@ -146,10 +153,10 @@ def quantize(src: Path, dst: Path, quant: str) -> Path:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, QUANT_FTYPES[quant])
     params.nthread = 0  # all cores
-    # llama.cpp logs every tensor through this logger; keep only its warnings and errors.
+    # llama.cpp logs every tensor (and each fallback type) through this logger; keep errors only.
     log = logging.getLogger("llama-cpp-python")
     level = log.level
-    log.setLevel(max(level, logging.WARNING))
+    log.setLevel(max(level, logging.ERROR))
     try:
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params)
     finally:

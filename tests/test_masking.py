@@ -81,7 +81,7 @@ def test_every_assistant_turn_is_supervised_exactly(tokenizer: Any) -> None:
 
 def test_tool_call_only_turn_is_supervised_from_the_first_token(tokenizer: Any) -> None:
     call = {"type": "function", "function": {"name": "ls", "arguments": {"path": "."}}}
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "user", "content": "List files."},
         {"role": "assistant", "content": None, "tool_calls": [call]},
         {"role": "tool", "content": "a.py"},

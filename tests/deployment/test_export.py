@@ -291,6 +291,23 @@ def test_unknown_tokenizer_fails_without_leaving_files(
     split = tok["pre_tokenizer"]["pretokenizers"][0]["pattern"]
     split["Regex"] = split["Regex"].replace(r"\p{N}|", r"\p{N}{1,3}|", 1)  # Llama-3-style digits
     (base / "tokenizer.json").write_text(json.dumps(tok))
-    with pytest.raises(ExportFailed, match="GGUF conversion failed"):
+    with pytest.raises(ExportFailed, match="does not know this tokenizer's pre-tokenizer"):
         export_version(version, base, "gguf", tmp_path / "out", quant="f16")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["base"]
+
+
+@pytest.mark.slow
+def test_quantized_mlx_base_is_dequantized_and_says_so(tiny_model: Path, tmp_path: Path) -> None:
+    from mlx_lm import convert
+
+    base = tmp_path / "base-4bit"
+    convert(str(tiny_model), str(base), quantize=True, q_group_size=64, q_bits=4)
+    adapter = make_adapter(base, tmp_path / "versions" / "v1.0.0")
+    res = export_version(adapter, base, "fused", tmp_path / "fused")
+    assert any("dequantized before fusing" in note for note in res.notes)
+    config = json.loads((tmp_path / "fused" / "config.json").read_text())
+    assert "quantization" not in config and "quantization_config" not in config
+    assert_exact(res.checks[0])
+    peft = export_version(adapter, base, "peft", tmp_path / "peft")
+    assert any("dequantized copy" in note for note in peft.notes)
+    assert_exact(peft.checks[0])
