@@ -90,6 +90,25 @@ def test_versions_commands_offline(home: Path, tmp_path: Path, capsys: pytest.Ca
     assert code == 4 and "nothing to roll back" in out
     code, out = run(capsys, "rollback", "v7.7.7")
     assert code == 3
+    # Canary by hand with the daemon stopped: start, inspect, abort through rollback.
+    assert run(capsys, "promote")[0] == 4  # no canary running
+    assert run(capsys, "canary", "v1.0.1")[0] == 4  # rolled back: not a canary candidate
+    a2 = tmp_path / "a2"
+    a2.mkdir()
+    (a2 / "adapters.safetensors").write_bytes(b"w2")
+    (a2 / "adapter_config.json").write_text("{}")
+    code, out = run(capsys, "canary", str(a2), "--traffic", "25", "--json")
+    assert code == 0 and json.loads(out) == {"canary": "v1.0.2", "traffic": 25}
+    code, out = run(capsys, "stats", "--json")
+    stats = json.loads(out)
+    assert stats["active"] == "v1.0.0" and stats["by_status"]["canary"] == 1
+    code, out = run(capsys, "rollback")
+    assert code == 0 and "aborted canary v1.0.2" in out
+    code, out = run(capsys, "history", "--json")
+    kinds = [e["kind"] for e in json.loads(out)]
+    assert "rollback" in kinds and "version_registered" in kinds
+    code, out = run(capsys, "deploy", str(tmp_path / "a0"), "--dry-run", "--json")
+    assert code == 0 and json.loads(out)["action"] == "dry-run"
 
 
 def test_errors_are_one_line_with_documented_codes(home: Path, capsys: pytest.CaptureFixture[str]) -> None:

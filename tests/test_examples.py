@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
 from collections import defaultdict
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sam_brain.examples import example_session, example_session_lines, write_example_sessions
+from sam_brain.examples import (
+    FUNC_FORMS,
+    KINDS,
+    MODULES,
+    SLUG_WORDS,
+    SOURCE,
+    TEMPLATES,
+    example_session,
+    example_session_lines,
+    write_example_sessions,
+)
 
 SPOTTER = (
     Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "claude-sessions" / "spotter"
@@ -229,6 +241,30 @@ def test_deterministic_per_seed(tmp_path: Path) -> None:
     assert _load(a[0])[0]["timestamp"].startswith("2026-01-05T08:00:00")
     assert example_session_lines(3) == example_session_lines(3)
     assert example_session(3).session_id != example_session(4).session_id
+
+
+# Output of the default 12 sessions, pinned when the templates moved to data/example_templates.txt.
+# Only an intended change to the templates or the writer may change it; update it then.
+GOLDEN_SHA256 = "18a1db33702d4f99e8ec4c5aae8f0729b0966b8e124fd82b55c750a29cbe2219"
+
+
+def test_output_is_byte_identical_to_pinned(written: tuple[Path, list[Path]]) -> None:
+    root, paths = written
+    digest = hashlib.sha256()
+    files = sorted(root.rglob("*.jsonl"))
+    assert len(files) == len(paths) + 3  # sessions 1, 6 and 11 each write one subagent file
+    for path in files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    assert digest.hexdigest() == GOLDEN_SHA256
+
+
+def test_templates_load_from_package_data() -> None:
+    text = resources.files("sam_brain").joinpath("data/example_templates.txt").read_text("utf-8")
+    assert text == TEMPLATES
+    assert {k.split(":")[0] for k in KINDS} == {"first", "follow", "qa", "agent"}
+    assert len([k for k in KINDS if k.startswith("first:")]) == 8
+    assert len(MODULES.split()) == 14 and len(SLUG_WORDS.split()) == 26
+    assert FUNC_FORMS[0] == "filter_{n}s" and SOURCE.startswith('"""{Noun} helpers')
 
 
 def test_sessions_are_varied() -> None:

@@ -1,0 +1,120 @@
+"""`samctl deploy | canary | promote | stats | history`: releasing versions by hand.
+
+Each command goes through the daemon when it runs (so serving switches at once) and works on the
+home directly when it does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from sam_brain.cli import Client, _from_http, _home, _print
+from sam_brain.config import Config
+from sam_brain.errors import DaemonUnreachable
+
+
+def deploy(args: argparse.Namespace, config: Config) -> int:
+    """deploy / canary / promote: through the daemon when it runs, else on the home."""
+    client = Client(args.url)
+    if args.command == "deploy":
+        body: dict[str, Any] = {
+            "path": str(Path(args.path).expanduser().resolve()),
+            "dry_run": args.dry_run,
+        }
+        if args.description:
+            body["description"] = args.description
+        path = "/api/deploy"
+    elif args.command == "canary":
+        target = args.target
+        if Path(target).expanduser().is_dir():
+            body, path = {"path": str(Path(target).expanduser().resolve())}, "/api/canary"
+        else:
+            body, path = {"version": target}, "/api/canary"
+        if args.traffic is not None:
+            body["traffic"] = args.traffic
+    else:
+        body, path = {}, "/api/promote"
+    try:
+        code, doc = client.call("POST", path, body)
+    except DaemonUnreachable:
+        return _deploy_offline(args, config)
+    if code >= 400:
+        raise _from_http(code, doc)
+    _print(doc, args.json)
+    return 0
+
+
+def _deploy_offline(args: argparse.Namespace, config: Config) -> int:
+    from deployment import canary
+    from sam_brain.hub import resolve_model
+    from sam_brain.release import _base_ref, release, start_canary_from
+
+    home = _home(config)
+    try:
+        if args.command == "deploy":
+            ref = _base_ref(home)
+            base = "" if args.dry_run else str(resolve_model(ref))
+            outcome = release(
+                home,
+                Path(args.path).expanduser(),
+                base_model_dir=base,
+                base_ref=ref,
+                description=args.description or f"deployed from {args.path}",
+                dry_run=args.dry_run,
+            )
+            _print(
+                {"version": outcome.version, "action": outcome.action, "reasons": outcome.reasons},
+                args.json,
+            )
+        elif args.command == "canary":
+            traffic = args.traffic or config.deployment.canary_steps[0]
+            v = start_canary_from(home, args.target, traffic)
+            _print({"canary": v.version, "traffic": traffic}, args.json)
+        else:
+            v = canary.promote(home.versions)
+            _print({"promoted": v.version}, args.json)
+    finally:
+        home.close()
+    return 0
+
+
+def history(args: argparse.Namespace, config: Config) -> int:
+    home = _home(config)
+    try:
+        if args.command == "history":
+            events = home.store.events(None, args.limit)
+            if args.json:
+                _print(events, True)
+            for e in [] if args.json else reversed(events):
+                print(f"{e['ts']}  {e['kind']:20} {json.dumps(e['data'], default=str)}")
+        else:
+            versions = home.store.versions()
+            by_status: dict[str, int] = {}
+            for v in versions:
+                by_status[v.status] = by_status.get(v.status, 0) + 1
+            active = home.versions.current()
+            _print(
+                {
+                    "total_versions": len(versions),
+                    "by_status": by_status,
+                    "active": active.version if active else None,
+                    "rollback_target": (
+                        t.version if (t := home.versions.rollback_target()) else None
+                    ),
+                    "runs": _run_counts(home),
+                },
+                args.json,
+            )
+    finally:
+        home.close()
+    return 0
+
+
+def _run_counts(home: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in home.store.runs(100000):
+        out[r.status] = out.get(r.status, 0) + 1
+    return out
