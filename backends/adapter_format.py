@@ -8,13 +8,17 @@ with keys `<module>.lora_a` (`(in, r)`) and `lora_b` (`(r, out)`), the transpose
 (adapters on the last N blocks). The update is the same: PEFT scales by `lora_alpha / r`, mlx-lm
 by `scale`, so `lora_alpha = scale * r`. Tensors are moved as raw bytes (transposed element
 records), so any dtype converts bit-exactly, bf16 included, which numpy cannot represent; the
-module imports neither torch nor mlx, so either side can use it.
+module imports neither torch nor mlx, so either side can use it. A backend's adapter directory
+holds the mlx-lm files at its top (what the version registry and `mlx_lm.load` read) and the
+PEFT files in `peft/` (`save_adapter` writes both; `peft_files` finds or makes the PEFT ones).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +26,10 @@ from typing import Any
 import numpy as np
 
 from backends.checkpoint import atomic_file, write_text_atomic
-from sam_brain.errors import BadRequest
+from sam_brain.errors import BadRequest, NotFound
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
+PEFT_DIR = "peft"  # where a backend keeps the PEFT copy of its adapter
 MLX_WEIGHTS = "adapters.safetensors"
 CONFIG = "adapter_config.json"
 _PEFT_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])\.weight$")
@@ -172,6 +177,34 @@ def mlx_to_peft(src_dir: Path | str, dst_dir: Path | str, base_model_path: str) 
     dst.mkdir(parents=True, exist_ok=True)
     write_safetensors(dst / PEFT_WEIGHTS, out, {"format": "pt"})
     write_text_atomic(dst / CONFIG, json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
+
+
+def save_adapter(model: Any, out: Path, base: Path) -> None:
+    """Write a PEFT model's "default" adapter as PEFT files in `out/peft/` and mlx-lm files in
+    `out/` (each file replaced atomically)."""
+    peft_dir = out / PEFT_DIR
+    peft_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        model.save_pretrained(tmp, selected_adapters=["default"])
+        for name in (PEFT_WEIGHTS, CONFIG):
+            os.replace(Path(tmp) / name, peft_dir / name)
+    peft_to_mlx(peft_dir, out, str(base))
+
+
+def peft_files(adapter: Path, base: Path, scratch: Path) -> Path:
+    """The directory holding PEFT files for an adapter: its `peft/`, itself, or `scratch` with
+    a conversion of its mlx-lm files.
+
+    Raises:
+        NotFound: Neither format is there.
+    """
+    for candidate in (adapter / PEFT_DIR, adapter):
+        if (candidate / PEFT_WEIGHTS).exists():
+            return candidate
+    if (adapter / MLX_WEIGHTS).exists():
+        mlx_to_peft(adapter, scratch, str(base))
+        return scratch
+    raise NotFound(f"no adapter files in {adapter}")
 
 
 def peft_target_modules(keys: list[str], module_names: list[str] | None = None) -> list[str]:

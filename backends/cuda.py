@@ -1,7 +1,7 @@
 """The CUDA LoRA backend: transformers + peft + bitsandbytes (QLoRA), with SAM Brain's own loop.
 
 `CudaBackend.train` loads the base in 4-bit NF4 (double quantization; compute dtype bf16 on CUDA,
-float32 on CPU, where bitsandbytes >= 0.49 runs NF4 too) unless the constructor or the environment
+float32 on CPU, where bitsandbytes 0.50 runs NF4 too) unless the constructor or the environment
 says `quantize=False` (`SAM_BRAIN_CUDA_QUANTIZE=0`), adds LoRA from the profile (`lora_keys` such
 as `self_attn.q_proj` become PEFT `target_modules`, `num_layers` the last N `layers_to_transform`)
 and runs `backends.cuda_loop.run_steps`: paged 8-bit AdamW on CUDA (torch AdamW elsewhere, said in
@@ -36,8 +36,8 @@ from typing import Any, cast
 import torch
 from safetensors.torch import load_file
 
-from backends.adapter_format import CONFIG, MLX_WEIGHTS, PEFT_WEIGHTS, mlx_to_peft, peft_to_mlx
-from backends.checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
+from backends.adapter_format import MLX_WEIGHTS, PEFT_DIR, PEFT_WEIGHTS, peft_files, save_adapter
+from backends.checkpoint import atomic_file, load_checkpoint, save_checkpoint, write_text_atomic
 from backends.cuda_dpo import DpoOptions, load_pairs, run_dpo
 from backends.cuda_loop import (
     Buckets,
@@ -59,11 +59,11 @@ from backends.cuda_options import (
     read_shape,
     total_steps,
 )
-from sam_brain.errors import BackendUnavailable, ModelUnavailable, NotFound, TrainingFailed
+from sam_brain.errors import BackendUnavailable, ModelUnavailable, TrainingFailed
 from sam_brain.masking import MaskStats, encode_rows, load_rows
 from sam_brain.protocols import Message, Preflight, Progress, TrainResult, TrainSpec
 
-PEFT_DIR = "peft"
+SFT_BEST = "sft_best.safetensors"  # in checkpoint/: where DPO starts, even on a re-run
 
 
 class CudaBackend:
@@ -160,6 +160,8 @@ class CudaBackend:
 
         def save_best() -> None:
             save_adapter(model, out, base)
+            with atomic_file(ckpt_root / SFT_BEST) as tmp:
+                tmp.write_bytes((out / PEFT_DIR / PEFT_WEIGHTS).read_bytes())
 
         def save_ckpt() -> None:
             write = partial(save_state, model=model, optimizer=optimizer, scheduler=scheduler)
@@ -217,7 +219,7 @@ class CudaBackend:
         model = self.load_model(base, training=False, grad_checkpoint=False)
         if adapter_dir is not None:
             with tempfile.TemporaryDirectory() as tmp:
-                peft_dir = _peft_dir(Path(adapter_dir), base, Path(tmp))
+                peft_dir = peft_files(Path(adapter_dir), base, Path(tmp))
                 model = PeftModel.from_pretrained(model, str(peft_dir))
         model.eval()
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -238,7 +240,7 @@ class CudaBackend:
         from peft import set_peft_model_state_dict
 
         out = Path(spec.out_dir)
-        set_peft_model_state_dict(model, load_file(str(out / PEFT_DIR / PEFT_WEIGHTS)))
+        set_peft_model_state_dict(model, load_file(str(out / "checkpoint" / SFT_BEST)))
         with tempfile.TemporaryDirectory(dir=out) as work:
             dpo = run_dpo(
                 model, tokenizer, pairs, self.dpo, max_length=opts.max_seq_length,
@@ -248,8 +250,8 @@ class CudaBackend:
         metrics["dpo_margin_before"] = dpo.margin_before
         metrics["dpo_margin_after"] = dpo.margin_after
         metrics["dpo_steps"] = float(dpo.steps)
-        if dpo.improved and not dpo.cancelled:
-            save_adapter(model, out, Path(spec.base_model))
+        if dpo.finite and not dpo.cancelled:
+            save_adapter(model, out, _base_dir(spec.base_model))
             notes.append(f"dpo: {len(pairs)} pairs, {dpo.steps} steps, beta {self.dpo.beta}")
         else:
             notes.append("dpo: cancelled or diverged; the SFT adapter is kept")
@@ -310,17 +312,6 @@ class CudaBackend:
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
 
-def save_adapter(model: Any, out: Path, base: Path) -> None:
-    """Write the "default" adapter as PEFT files in `out/peft/` and mlx-lm files in `out/`."""
-    peft_dir = out / PEFT_DIR
-    peft_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out) as tmp:
-        model.save_pretrained(tmp, selected_adapters=["default"])
-        for name in (PEFT_WEIGHTS, CONFIG):
-            os.replace(Path(tmp) / name, peft_dir / name)  # each file replaced atomically
-    peft_to_mlx(peft_dir, out, str(base))
-
-
 def _checked(profile: dict[str, Any], shape: Any, patience: int) -> Options:
     opts, unsupported = check_options(profile, shape, patience)
     if unsupported:
@@ -349,17 +340,6 @@ def _encode(tokenizer: Any, data: Path, max_length: int) -> tuple[Rows, Rows, li
     train, tstats = encode_rows(tokenizer, load_rows(data / "train.jsonl"), max_length)
     val, vstats = encode_rows(tokenizer, load_rows(data / "valid.jsonl"), max_length)
     return train, val, _data_notes(tstats, vstats)
-
-
-def _peft_dir(adapter: Path, base: Path, scratch: Path) -> Path:
-    """The PEFT files of an adapter dir: `peft/`, the dir itself, or converted from mlx-lm's."""
-    for candidate in (adapter / PEFT_DIR, adapter):
-        if (candidate / PEFT_WEIGHTS).exists():
-            return candidate
-    if (adapter / MLX_WEIGHTS).exists():
-        mlx_to_peft(adapter, scratch, str(base))
-        return scratch
-    raise NotFound(f"no adapter files in {adapter}")
 
 
 def _data_notes(train: MaskStats, val: MaskStats) -> list[str]:

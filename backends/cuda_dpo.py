@@ -40,13 +40,13 @@ class DpoOptions:
 
 @dataclass
 class DpoOutcome:
-    """What the stage measured; `improved` is false when it diverged and nothing was kept."""
+    """What the stage measured; `finite` is false when the loss or the margin diverged."""
 
     margin_before: float
     margin_after: float
     steps: int
     cancelled: bool
-    improved: bool
+    finite: bool
 
 
 def load_pairs(path: Path) -> list[Pair]:

@@ -140,6 +140,7 @@ class SessionCollector:
         thinking: include thinking as a `<think>...</think>` prefix of assistant content.
         tool_output_chars: longest tool output kept in a sample (head and tail around a marker).
         quality: scoring configuration (the defaults when None).
+        max_tokens: token budget of one strategy A window (pass `pipeline.max_tokens`).
 
     `collect` never raises for one file's problem: unreadable or vanished files are counted.
     """
@@ -154,11 +155,14 @@ class SessionCollector:
         thinking: bool = True,
         tool_output_chars: int = 2000,
         quality: QualityConfig | None = None,
+        max_tokens: int = 4096,
     ) -> None:
         self.dirs = [Path(d).expanduser().absolute() for d in dirs]
         self.quiet_minutes = quiet_minutes
         self.archive_dir = Path(archive_dir).expanduser().absolute() if archive_dir else None
-        self.options = CurateOptions(thinking=thinking, tool_output_chars=tool_output_chars)
+        self.options = CurateOptions(
+            thinking=thinking, tool_output_chars=tool_output_chars, max_tokens=max_tokens
+        )
         self.quality = quality
 
     def collect(self, cursors: Cursors, paths: Sequence[Path] | None = None) -> CollectResult:

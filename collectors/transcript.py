@@ -1,25 +1,27 @@
 """Parse Claude Code transcript files (`~/.claude/projects/**.jsonl`) into threaded conversations.
 
 A transcript is a tree, not a list: each line names its parent by `parentUuid`. This module reads
-a file line by line (bad lines are counted, never fatal), rebuilds the tree through the metadata
-lines it drops (progress, attachment, system, meta and command lines), stitches compaction via
-`logicalParentUuid`, keeps the path to the newest leaf while re-attaching parallel tool-call forks,
-merges the one-block-per-line pieces of an API message into one assistant turn, pairs tool calls
-with their results, and splits inline sidechain runs (1.0.x subagents) off the main line.
-`collectors/sessions.py` attaches subagent files and links them to their Task/Agent calls. The
-format notes are in /work/shared/reference/claude-code-session-format.md.
+a file line by line (`jsonl_lines`: bad lines are counted, never fatal), turns each line into a
+turn, rebuilds the tree through the metadata lines it drops (progress, attachment, system, meta and
+command lines), stitches compaction via `logicalParentUuid`, keeps the path to the newest leaf
+while re-attaching parallel tool-call forks (`transcript_tree`), merges the one-block-per-line
+pieces of an API message into one assistant turn, pairs tool calls with their results, and splits
+inline sidechain runs (1.0.x subagents) off the main line. `collectors/sessions.py` attaches
+subagent files and links them to their Task/Agent calls. The format notes are in
+/work/shared/reference/claude-code-session-format.md.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
-Record = dict[str, Any]
+from collectors.jsonl_lines import Record as Record
+from collectors.jsonl_lines import read_records as read_records
+from collectors.transcript_tree import Node, thread
 
 # User text that Claude Code writes itself (slash commands, `!` shell mode, background tasks).
 WRAPPER_PREFIXES = (
@@ -101,85 +103,8 @@ class Conversation:
     task: ToolCall | None = None
 
 
-@dataclass
-class _Node:
-    uuid: str
-    parent: str | None
-    index: int
-    ts: str
-    sidechain: bool
-    turn: Turn | None  # None: a link that is dropped but keeps the chain together
-
-
 # --------------------------------------------------------------------------------------------
 # Lines
-
-
-def read_records(path: Path, skipped: Counter[str]) -> list[Record]:
-    """Read a JSONL transcript, returning its JSON objects and counting every unusable line.
-
-    Args:
-        path: The transcript file.
-        skipped: Receives counts for `blank`, `nul_line`, `undecodable`, `bad_json`,
-            `truncated_last_line` (no newline yet: the file may still be written), `not_object`.
-    """
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    records = []
-    for i, raw in enumerate(lines):
-        open_last = i == len(lines) - 1 and not data.endswith(b"\n")
-        rec = _decode_line(raw, skipped, open_last)
-        if rec is not None:
-            records.append(rec)
-    return records
-
-
-def _decode_line(raw: bytes, skipped: Counter[str], open_last: bool) -> Record | None:
-    line = raw.strip()
-    if b"\x00" in line:
-        # Raw NULs are never valid JSON (strings escape them); they come from interrupted appends.
-        line = line.replace(b"\x00", b"").strip()
-        skipped["nul_bytes" if line else "nul_line"] += 1
-        if not line:
-            return None
-    if not line:
-        skipped["blank"] += 1
-        return None
-    try:
-        text = line.decode("utf-8")
-    except UnicodeDecodeError:
-        skipped["undecodable"] += 1
-        return None
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError:
-        if open_last:
-            skipped["truncated_last_line"] += 1
-            return None
-        obj = _salvage(text)
-        if obj is None:
-            skipped["bad_json"] += 1
-            return None
-        skipped["salvaged_line"] += 1
-    if not isinstance(obj, dict):
-        skipped["not_object"] += 1
-        return None
-    return obj
-
-
-def _salvage(text: str) -> Record | None:
-    """Recover the second object of two written onto one line by a torn append (CC#52387)."""
-    decoder = json.JSONDecoder()
-    for m in list(re.finditer(r'\{"', text))[1:20]:
-        try:
-            obj, end = decoder.raw_decode(text, m.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(obj, dict) and not text[end:].strip():
-            return obj
-    return None
 
 
 def _str(value: Any) -> str:
@@ -315,8 +240,8 @@ def _assistant_turn(rec: Record, message: Record, base: Turn, skipped: Counter[s
 # Threading
 
 
-def _nodes(records: list[Record], skipped: Counter[str], subagent_file: bool) -> dict[str, _Node]:
-    nodes: dict[str, _Node] = {}
+def _nodes(records: list[Record], skipped: Counter[str], subagent_file: bool) -> dict[str, Node]:
+    nodes: dict[str, Node] = {}
     for index, rec in enumerate(records):
         kind = rec.get("type")
         if kind in ("user", "assistant") and not isinstance(rec.get("message"), dict):
@@ -340,7 +265,7 @@ def _nodes(records: list[Record], skipped: Counter[str], subagent_file: bool) ->
         parent = rec.get("parentUuid")
         if rec.get("subtype") == "compact_boundary":
             parent = rec.get("logicalParentUuid")  # stitch the pre-compaction history back on
-        nodes[uuid] = _Node(
+        nodes[uuid] = Node(
             uuid=uuid,
             parent=parent if isinstance(parent, str) and parent else None,
             index=index,
@@ -349,94 +274,6 @@ def _nodes(records: list[Record], skipped: Counter[str], subagent_file: bool) ->
             turn=turn,
         )
     return nodes
-
-
-def _kept_parents(nodes: dict[str, _Node], skipped: Counter[str]) -> dict[str, str | None]:
-    """Each kept node's nearest kept ancestor (None: a root, including dangling parents)."""
-    memo: dict[str, str | None] = {}
-    for node in nodes.values():
-        if node.turn is None:
-            continue
-        walked: list[str] = []
-        seen = {node.uuid}
-        target = node.parent
-        while target is not None:
-            above = nodes.get(target)
-            if above is None or target in seen:
-                skipped["dangling_parent" if above is None else "parent_cycle"] += 1
-                target = None
-                break
-            if above.turn is not None:
-                break
-            if target in memo:
-                target = memo[target]
-                break
-            walked.append(target)
-            seen.add(target)
-            target = above.parent
-        for uuid in walked:
-            memo[uuid] = target
-        memo[node.uuid] = target
-    return {u: memo[u] for u, n in nodes.items() if n.turn is not None}
-
-
-def _thread(nodes: dict[str, _Node], skipped: Counter[str]) -> list[tuple[_Node, list[Turn]]]:
-    """Per root (in file order): the kept turns on the path to its newest leaf, tree-ordered."""
-    parents = _kept_parents(nodes, skipped)
-    children: dict[str, list[_Node]] = defaultdict(list)
-    roots: list[_Node] = []
-    for uuid, parent in parents.items():
-        (children[parent] if parent is not None else roots).append(nodes[uuid])
-    for kids in children.values():
-        kids.sort(key=lambda n: n.index)
-    trees = []
-    for root in sorted(roots, key=lambda n: n.index):
-        members, stack = [], [root]
-        while stack:
-            node = stack.pop()
-            members.append(node)
-            stack.extend(children[node.uuid])
-        leaf = max((m for m in members if not children[m.uuid]), key=lambda m: (m.ts, m.index))
-        on_path = {leaf.uuid}
-        cursor = parents[leaf.uuid]
-        while cursor is not None:
-            on_path.add(cursor)
-            cursor = parents[cursor]
-        keep = _with_parallel_forks(on_path, nodes, children)
-        if abandoned := len(members) - len(keep):
-            skipped["abandoned_branch"] += abandoned
-        order, stack = [], [root]
-        while stack:
-            node = stack.pop()
-            assert node.turn is not None
-            order.append(node.turn)
-            kids = [c for c in children[node.uuid] if c.uuid in keep]
-            # Side forks (parallel tool calls) first, so the main line continues after them.
-            kids.sort(key=lambda c: (c.uuid in on_path, c.index))
-            stack.extend(reversed(kids))
-        trees.append((root, order))
-    return trees
-
-
-def _with_parallel_forks(
-    on_path: set[str], nodes: dict[str, _Node], children: dict[str, list[_Node]]
-) -> set[str]:
-    """Add off-path parallel tool-call forks: more lines of a path message, and tool results.
-
-    A rewind starts its branch with a new user prompt or a new message, so it is never re-added.
-    """
-    message_ids = {n.turn.message_id for u in on_path if (n := nodes[u]).turn and n.turn.message_id}
-    keep = set(on_path)
-    stack = list(on_path)
-    while stack:
-        for child in children[stack.pop()]:
-            turn = child.turn
-            if child.uuid in keep or turn is None:
-                continue
-            if turn.role == "tool" or (turn.role == "assistant" and turn.message_id in message_ids):
-                keep.add(child.uuid)
-                stack.append(child.uuid)
-    return keep
 
 
 def _merge(items: list[Turn], skipped: Counter[str]) -> tuple[list[Turn], int]:
@@ -537,7 +374,7 @@ def parse_file(path: Path, *, subagent: bool = False) -> Conversation:
     nodes = _nodes(records, skipped, subagent_file=subagent)
     main_items: list[Turn] = []
     sidechains: list[list[Turn]] = []
-    for root, items in _thread(nodes, skipped):
+    for root, items in thread(nodes, skipped):
         if root.sidechain:
             sidechains.append(items)
         else:

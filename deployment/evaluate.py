@@ -1,12 +1,12 @@
 """The evaluation gate: a candidate adapter is deployed only when it is measurably better.
 
 On the held-out test split (`{"messages": [...]}` per line) the base, the incumbent (the active
-version, if any) and the candidate are scored with one resident model (`serving.ResidentModel`
+version, if any) and the candidate are scored with one resident model (`resident.ResidentModel`
 swaps the adapters): per-sample mean NLL over the assistant tokens (`sam_brain.masking`, the same
 tokens training supervises), mean loss and perplexity. The candidate is compared per sample with
 the reference (the incumbent, else the base) by a paired Wilcoxon signed-rank test (or the sign
-test), both implemented exactly here with a normal approximation for large samples, so the
-daemon does not need scipy. The gate also generates answers to a few test prompts and checks
+test), both implemented exactly in `deployment.stats` (normal approximation for large samples), so
+the daemon does not need scipy. The gate also generates answers to a few test prompts and checks
 them: repeated token n-grams, ending with end-of-turn within the budget, no chat-template markers
 in the text, not empty. `EvalReport` holds every number, the decision and its reasons, as JSON.
 """
@@ -23,7 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from deployment.serving import ResidentModel
+from deployment.resident import ResidentModel
+from deployment.stats import EXACT_LIMIT as EXACT_LIMIT
+from deployment.stats import Comparison as Comparison
+from deployment.stats import compare as compare
+from deployment.stats import sign_test as sign_test
+from deployment.stats import wilcoxon_signed_rank as wilcoxon_signed_rank
 from deployment.versions import Versions
 from sam_brain.errors import BadRequest
 from sam_brain.masking import ChatTemplateError, encode_chat, load_rows
@@ -37,7 +42,6 @@ TEMPLATE_MARKERS = (
     "<|start_header_id|>",
     "<|end_header_id|>",
 )
-EXACT_LIMIT = 200  # Wilcoxon: exact distribution up to this many non-zero differences
 
 
 @dataclass(frozen=True)
@@ -71,22 +75,6 @@ class LossStats:
     perplexity: float  # exp of the token-weighted mean NLL
     tokens: int
     per_sample: list[float]
-
-
-@dataclass
-class Comparison:
-    """Paired candidate-minus-reference loss differences and their tests (p: one-sided)."""
-
-    reference: str
-    n: int
-    mean_diff: float
-    better: int
-    worse: int
-    ties: int
-    sign_p_worse: float
-    sign_p_better: float
-    wilcoxon_p_worse: float
-    wilcoxon_p_better: float
 
 
 @dataclass
@@ -133,94 +121,6 @@ class EvalReport:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
-
-
-# -- statistics ---------------------------------------------------------------------------------
-
-
-def sign_test(diffs: Sequence[float]) -> tuple[float, float]:
-    """Exact paired sign test on candidate-minus-reference differences (zeros dropped).
-
-    Returns:
-        `(p_worse, p_better)`: one-sided p-values that the candidate is worse / better.
-    """
-    worse = sum(1 for d in diffs if d > 0)
-    n = worse + sum(1 for d in diffs if d < 0)
-    if n == 0:
-        return 1.0, 1.0
-    # Python ints divide exactly, so large n cannot overflow 2**n.
-    upper = sum(math.comb(n, i) for i in range(worse, n + 1)) / 2**n
-    lower = sum(math.comb(n, i) for i in range(0, worse + 1)) / 2**n
-    return min(1.0, upper), min(1.0, lower)
-
-
-def wilcoxon_signed_rank(diffs: Sequence[float]) -> tuple[float, float]:
-    """Paired Wilcoxon signed-rank test (zeros dropped, ties get average ranks).
-
-    Exact permutation distribution of W+ for up to `EXACT_LIMIT` non-zero differences (ties are
-    handled exactly on doubled ranks), normal approximation with tie and continuity correction
-    beyond.
-
-    Returns:
-        `(p_worse, p_better)`: one-sided p-values that the candidate is worse / better.
-    """
-    nonzero = np.asarray([d for d in diffs if d != 0], dtype=np.float64)
-    n = len(nonzero)
-    if n == 0:
-        return 1.0, 1.0
-    ranks = _average_ranks(np.abs(nonzero))
-    w_plus = float(ranks[nonzero > 0].sum())
-    if n <= EXACT_LIMIT:
-        doubled = np.rint(ranks * 2).astype(np.int64)
-        dist = np.zeros(int(doubled.sum()) + 1)
-        dist[0] = 1.0
-        for r in doubled:  # each rank joins W+ with probability 1/2 (r >= 2: ranks are >= 1)
-            dist[r:] = (dist[r:] + dist[: len(dist) - r]) / 2
-            dist[:r] /= 2
-        observed = round(w_plus * 2)
-        return min(1.0, float(dist[observed:].sum())), min(1.0, float(dist[: observed + 1].sum()))
-    mean = n * (n + 1) / 4
-    _, counts = np.unique(ranks, return_counts=True)
-    var = n * (n + 1) * (2 * n + 1) / 24 - float((counts**3 - counts).sum()) / 48
-    sd = math.sqrt(var)
-    p_worse = 0.5 * math.erfc((w_plus - mean - 0.5) / sd / math.sqrt(2))
-    p_better = 0.5 * math.erfc((mean - w_plus - 0.5) / sd / math.sqrt(2))
-    return min(1.0, p_worse), min(1.0, p_better)
-
-
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    order = np.argsort(values, kind="mergesort")
-    ranks = np.empty(len(values), dtype=np.float64)
-    sorted_vals = values[order]
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and sorted_vals[j + 1] == sorted_vals[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
-def compare(reference: Sequence[float], candidate: Sequence[float], name: str) -> Comparison:
-    """Paired comparison of per-sample losses (same rows, same order)."""
-    if len(reference) != len(candidate):
-        raise BadRequest("paired comparison needs the same rows for both models")
-    diffs = [c - r for r, c in zip(reference, candidate, strict=True)]
-    sign = sign_test(diffs)
-    wil = wilcoxon_signed_rank(diffs)
-    return Comparison(
-        reference=name,
-        n=len(diffs),
-        mean_diff=float(np.mean(diffs)) if diffs else 0.0,
-        better=sum(1 for d in diffs if d < 0),
-        worse=sum(1 for d in diffs if d > 0),
-        ties=sum(1 for d in diffs if d == 0),
-        sign_p_worse=sign[0],
-        sign_p_better=sign[1],
-        wilcoxon_p_worse=wil[0],
-        wilcoxon_p_better=wil[1],
-    )
 
 
 # -- generation checks --------------------------------------------------------------------------

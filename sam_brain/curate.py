@@ -1,6 +1,8 @@
 """Turn a scored session into chat training samples, by curation strategy.
 
-Strategy A: the whole main conversation as one multi-turn sample (tier A sessions only).
+Strategy A: the main conversation as multi-turn samples (tier A sessions only), cut into windows
+of consecutive whole exchanges (a user prompt up to the next one) that each fit the token budget,
+so a long session gives several samples instead of one the validator must trim or drop.
 Strategy B: one single-turn sample per exchange, the user prompt and the final assistant answer
 of that exchange (tiers A and B). Strategy D: each subagent run as "Task prompt -> subagent
 conversation" (subagent runs scored tier A or B). Strategy C (docs and skills) is another
@@ -16,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sam_brain.protocols import Message, Sample, stable_id
 from sam_brain.quality import QualityConfig, Score, exchanges, score_conversation
+from sam_brain.validate import estimate_tokens
 
 if TYPE_CHECKING:  # only the shape is needed; sam_brain must not import plug-ins at runtime
     from collectors.transcript import Conversation, Turn
@@ -35,6 +38,8 @@ class CurateOptions:
         multi_turn_tiers: tiers whose sessions give a strategy A sample.
         single_turn_tiers: tiers whose sessions give strategy B samples.
         subagent_tiers: tiers (of the subagent run's own score) that give strategy D samples.
+        max_tokens: token budget of a strategy A window (estimated as the validator does); one
+            exchange longer than this is still emitted alone, for the validator to trim or drop.
     """
 
     thinking: bool = True
@@ -43,6 +48,7 @@ class CurateOptions:
     multi_turn_tiers: tuple[str, ...] = ("A",)
     single_turn_tiers: tuple[str, ...] = ("A", "B")
     subagent_tiers: tuple[str, ...] = ("A", "B")
+    max_tokens: int = 4096
 
 
 def truncate(text: str, limit: int) -> str:
@@ -109,6 +115,41 @@ def to_messages(turns: list[Turn], options: CurateOptions) -> list[Message]:
     return messages
 
 
+def windows(turns: list[Turn], options: CurateOptions) -> list[tuple[list[Turn], list[Message]]]:
+    """Cut turns into consecutive, non-overlapping windows of whole exchanges within the budget.
+
+    An exchange is a user prompt and everything up to the next one; turns before the first prompt
+    are left out. Exchanges are packed greedily, in order, while the window's messages fit
+    `options.max_tokens` (`validate.estimate_tokens`), so a grown session keeps its earlier windows.
+
+    Args:
+        turns: Conversation turns (user, assistant, tool).
+        options: Budget, thinking and truncation settings.
+
+    Returns:
+        Each window's turns and chat messages (windows that give no messages are left out).
+    """
+    groups: list[list[Turn]] = []
+    for turn in turns:
+        if turn.role == "user":
+            groups.append([])
+        if groups:
+            groups[-1].append(turn)
+    out: list[tuple[list[Turn], list[Message]]] = []
+    window: list[Turn] = []
+    messages: list[Message] = []
+    for group in groups:
+        candidate = to_messages(window + group, options)
+        if window and estimate_tokens(candidate) > options.max_tokens:
+            out.append((window, messages))
+            window, messages = group, to_messages(group, options)
+        else:
+            window, messages = window + group, candidate
+    if window:
+        out.append((window, messages))
+    return [(w, m) for w, m in out if m]
+
+
 def _meta(conv: Conversation, turns: list[Turn], strategy: str, tier: str) -> dict[str, Any]:
     return {
         "path": str(conv.path),
@@ -172,10 +213,7 @@ def curate(
     score = score_conversation(conv, quality)
     samples: list[Sample] = []
     if score.tier in options.multi_turn_tiers:
-        start = next((i for i, t in enumerate(conv.turns) if t.role == "user"), len(conv.turns))
-        turns = conv.turns[start:]
-        messages = to_messages(turns, options)
-        if messages:
+        for turns, messages in windows(conv.turns, options):
             samples.append(_sample(conv, conv, turns, messages, "A", score, ready_after))
     if score.tier in options.single_turn_tiers:
         for group in exchanges(conv.turns):

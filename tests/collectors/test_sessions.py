@@ -6,15 +6,16 @@ import gzip
 import json
 import os
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from collectors.sessions import SessionCollector, load_session
-from sam_brain.curate import CurateOptions, curate, truncate
+from sam_brain.curate import CurateOptions, curate, truncate, windows
 from sam_brain.protocols import Collector, CollectResult, stable_id
-from sam_brain.validate import check_sample
+from sam_brain.validate import check_sample, estimate_tokens
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "claude-sessions"
 SPOTTER = "spotter/258c7280-ae70-4798-800f-63464d01a85d"
@@ -175,14 +176,14 @@ def test_collector_over_fixtures_then_unchanged(tmp_path: Path) -> None:
     collector = SessionCollector([root], archive_dir=tmp_path / "archive")
     assert isinstance(collector, Collector)
     first = collector.collect(Cursors())
-    assert by_strategy(first) == {"A": 4, "B": 8, "D": 6}
+    assert by_strategy(first) == {"A": 5, "B": 8, "D": 6}  # 258c gives two A windows
     mains = {s.source_key for s in first.samples}
     assert len(first.replace_keys) == 8  # every main transcript, sample or not
     assert mains <= first.replace_keys
     assert len(first.cursors) == 10  # 8 mains + 2 nested subagent files
     assert first.skipped["warmup_agent"] == 1 and first.skipped["acompact_agent"] == 1
     # Every sample is a well-formed chat (starts with user, ends with assistant, no empty turns).
-    assert [check_sample(s, max_tokens=10**9, min_chars=1)[1] for s in first.samples] == [None] * 18
+    assert [check_sample(s, max_tokens=10**9, min_chars=1)[1] for s in first.samples] == [None] * 19
     d = next(s for s in first.samples if s.strategy == "D" and "a881341" in s.meta["path"])
     assert d.group == "258c7280-ae70-4798-800f-63464d01a85d"
     assert d.source_key == str(root / f"{SPOTTER}.jsonl")
@@ -289,7 +290,7 @@ def test_ingest_file_of_a_subagent_means_its_parent(tmp_path: Path) -> None:
     nested = fixture(f"{SPOTTER}/subagents/agent-a881341.jsonl")
     result = SessionCollector([]).ingest_file(nested)
     assert result.replace_keys == {str(fixture(f"{SPOTTER}.jsonl"))}
-    assert by_strategy(result) == {"A": 1, "B": 1, "D": 1}
+    assert by_strategy(result) == {"A": 2, "B": 1, "D": 1}
 
 
 # --------------------------------------------------------------------------------------------
@@ -331,6 +332,70 @@ def test_samples_use_the_chat_format(tmp_path: Path) -> None:
     ]
     no_think = curate(load_session(session.path), CurateOptions(thinking=False))
     assert all("<think>" not in str(m["content"]) for s in no_think for m in s.messages)
+
+
+# --------------------------------------------------------------------------------------------
+# Strategy A windows
+
+
+def users(messages: list[Any]) -> int:
+    return sum(m["role"] == "user" for m in messages)
+
+
+def test_long_session_is_windowed_by_whole_exchanges(tmp_path: Path) -> None:
+    # Estimated tokens per exchange: 1076, 1076, 1076, 3076, 5076 (over budget alone), 576.
+    session = Session(tmp_path / "sess-1.jsonl")
+    for i, size in enumerate([4000, 4000, 4000, 12000, 20000, 2000], 1):
+        session.exchange(i, output="x" * size)
+    session.save()
+    conv = load_session(session.path)
+    options = CurateOptions(tool_output_chars=10**6)  # default budget: 4096
+    multi = [s for s in curate(conv, options) if s.strategy == "A"]
+    assert [users(s.messages) for s in multi] == [3, 1, 1, 1]
+    assert [estimate_tokens(s.messages) for s in multi] == [3226, 3076, 5076, 576]
+    # Each window is anchored on its first exchange's prompt (5 lines per exchange).
+    anchors = ["sess-1-001", "sess-1-016", "sess-1-021", "sess-1-026"]
+    assert [s.id for s in multi] == [stable_id("sessions", "sess-1", "A", a) for a in anchors]
+    assert {s.group for s in multi} == {"sess-1"}
+    uuids = [u for s in multi for u in s.meta["uuids"]]
+    assert len(uuids) == len(set(uuids)) == 30  # no overlap, no exchange left out
+    # The over-budget single exchange is left to the validator, which drops it.
+    reasons = [check_sample(s, max_tokens=4096, min_chars=1)[1] for s in multi]
+    assert reasons == [None, None, "too_long", None]
+    # The budget is inclusive: 3226 still holds the first window, one token less splits it.
+    exact = windows(conv.turns, replace(options, max_tokens=3226))
+    assert [users(m) for _, m in exact] == [3, 1, 1, 1]
+    tight = windows(conv.turns, replace(options, max_tokens=3225))
+    assert [users(m) for _, m in tight] == [2, 1, 1, 1, 1]
+
+    session.exchange(7)
+    session.save()
+    grown = [s for s in curate(load_session(session.path), options) if s.strategy == "A"]
+    assert [s.id for s in grown] == [s.id for s in multi]  # the last window grew in place
+    assert [users(s.messages) for s in grown] == [3, 1, 1, 2]
+
+
+def test_collector_passes_max_tokens_to_windows(tmp_path: Path) -> None:
+    session = Session(tmp_path / "sess-1.jsonl")
+    for i in range(1, 5):
+        session.exchange(i)  # about 76 estimated tokens each
+    session.save()
+    assert by_strategy(SessionCollector([tmp_path]).collect(Cursors())) == {"A": 1, "B": 4}
+    small = SessionCollector([tmp_path], max_tokens=160).collect(Cursors())
+    assert by_strategy(small) == {"A": 2, "B": 4}
+    assert all(estimate_tokens(s.messages) <= 160 for s in small.samples)
+
+
+def test_spotter_session_windows_fit_the_budget_unless_single_exchange() -> None:
+    conv = load_session(fixture(f"{SPOTTER}.jsonl"))
+    multi = [s for s in curate(conv) if s.strategy == "A"]
+    # 2 prompts: the first starts 338 messages of agent work (~70.7k tokens), the second is short.
+    assert [(users(s.messages), len(s.messages)) for s in multi] == [(1, 338), (1, 2)]
+    assert estimate_tokens(multi[0].messages) > 4096 >= estimate_tokens(multi[1].messages)
+    assert all(estimate_tokens(s.messages) <= 4096 or users(s.messages) == 1 for s in multi)
+    assert len({s.id for s in multi}) == 2
+    assert {s.group for s in multi} == {"258c7280-ae70-4798-800f-63464d01a85d"}
+    assert not set(multi[0].meta["uuids"]) & set(multi[1].meta["uuids"])
 
 
 def test_truncate_keeps_head_and_tail() -> None:

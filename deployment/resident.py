@@ -1,0 +1,192 @@
+"""One base model kept in memory, with LoRA adapters swapped in and out in place.
+
+`ResidentModel` loads the base once (mlx-lm) and swaps LoRA adapters in place: the LoRA layers
+are rebuilt only when an adapter's structure (layers, keys, rank, scale) differs from the one
+applied, otherwise only the `lora_a`/`lora_b` tensors are loaded (`model.load_weights(...,
+strict=False)`), so a swap costs milliseconds, not a model load (mlx_lm.server reloads the whole
+model instead). Recently used adapters stay cached in memory. Serving (`deployment.serving`), the
+evaluation gate and the benchmarks all share one instance.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sam_brain.errors import BadRequest, ModelUnavailable
+from sam_brain.protocols import Message
+
+
+@dataclass
+class Completion:
+    """One generation: text, why it stopped ("stop": end of turn, "length": budget) and sizes."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class ResidentModel:
+    """A base model kept in memory, with LoRA adapters swapped in and out in place."""
+
+    def __init__(
+        self,
+        base_model: str | Path,
+        loader: Callable[[str], tuple[Any, Any]] | None = None,
+        cache_size: int = 4,
+    ) -> None:
+        """Load the base model (once).
+
+        Args:
+            base_model: A local mlx-lm model directory.
+            loader: `mlx_lm.load`-like function; injectable so tests can count base loads.
+            cache_size: Adapters whose weights are kept in memory (least recently used dropped).
+
+        Raises:
+            ModelUnavailable: The base model cannot be loaded.
+        """
+        from mlx_lm import load
+
+        self.base_model = str(base_model)
+        try:
+            loaded: Any = (loader or load)(self.base_model)
+        except (OSError, ValueError) as err:
+            raise ModelUnavailable(f"cannot load base model {self.base_model}: {err}") from err
+        self.model: Any = loaded[0]
+        self.tokenizer: Any = loaded[1]
+        self.model.eval()
+        self.applied: str | None = None
+        self.last_swap_ms = 0.0
+        self._structure: str | None = None
+        self._cache: OrderedDict[str, tuple[dict[str, Any], dict[str, Any]]] = OrderedDict()
+        self._cache_size = cache_size
+
+    def use(self, adapter_dir: str | None) -> float:
+        """Apply the adapter in `adapter_dir` (None: the bare base); returns the swap time in ms."""
+        if adapter_dir == self.applied:
+            return 0.0
+        import mlx.core as mx
+        from mlx.utils import tree_flatten
+        from mlx_lm.tuner.utils import linear_to_lora_layers
+
+        start = time.perf_counter()
+        self.applied = None  # until the swap completes, nothing is known to be applied
+        try:
+            if adapter_dir is not None:
+                config, weights = self._adapter(adapter_dir)
+                structure = json.dumps(
+                    [config["num_layers"], config["lora_parameters"], config["fine_tune_type"]],
+                    sort_keys=True,
+                )
+                if structure != self._structure or not self._fits(weights):
+                    self._strip()
+                    linear_to_lora_layers(
+                        self.model,
+                        int(config["num_layers"]),
+                        config["lora_parameters"],
+                        use_dora=config["fine_tune_type"] == "dora",
+                    )
+                    self._structure = structure
+                    if not self._fits(weights):
+                        raise BadRequest(f"adapter {adapter_dir} does not fit {self.base_model}")
+                self.model.load_weights(list(weights.items()), strict=False)
+                self.model.eval()  # new LoRA modules start in training mode (dropout on)
+            else:
+                self._strip()
+        except Exception:
+            self._strip()  # never leave a half-swapped adapter behind
+            raise
+        mx.eval(dict(tree_flatten(self.model.parameters())))
+        self.applied = adapter_dir
+        self.last_swap_ms = (time.perf_counter() - start) * 1000
+        return self.last_swap_ms
+
+    def generate(
+        self,
+        messages: list[Message],
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        on_text: Callable[[str], None] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> Completion:
+        """Complete `messages` (chat template applied) with the adapter currently in use.
+
+        Args:
+            messages: The conversation so far.
+            max_tokens: Token budget of the answer.
+            temperature: 0 is greedy.
+            top_p: Nucleus sampling share (1: off).
+            on_text: Called with each decoded text segment, for streaming.
+            cancelled: Polled between tokens; True stops early (finish_reason "cancelled").
+        """
+        from mlx_lm import stream_generate
+        from mlx_lm.sample_utils import make_sampler
+
+        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        sampler = make_sampler(temp=temperature, top_p=top_p if top_p < 1.0 else 0.0)
+        parts: list[str] = []
+        finish, tokens = "length", 0
+        for response in stream_generate(
+            self.model, self.tokenizer, prompt, max_tokens=max_tokens, sampler=sampler
+        ):
+            if response.text:
+                parts.append(response.text)
+                if on_text is not None:
+                    on_text(response.text)
+            tokens = int(response.generation_tokens)
+            finish = response.finish_reason or finish
+            if cancelled is not None and cancelled():
+                finish = "cancelled"
+                break
+        return Completion("".join(parts), finish, len(prompt), tokens)
+
+    def _adapter(self, adapter_dir: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        if adapter_dir in self._cache:
+            self._cache.move_to_end(adapter_dir)
+            return self._cache[adapter_dir]
+        import mlx.core as mx
+
+        path = Path(adapter_dir)
+        try:
+            config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+            tensors: Any = mx.load(str(path / "adapters.safetensors"))
+            weights = dict(tensors)
+        except (OSError, ValueError) as err:
+            raise BadRequest(f"cannot read adapter {adapter_dir}: {err}") from err
+        config.setdefault("fine_tune_type", "lora")
+        if config["fine_tune_type"] not in ("lora", "dora"):
+            raise BadRequest(f"adapter {adapter_dir}: {config['fine_tune_type']} is not an adapter")
+        self._cache[adapter_dir] = (config, weights)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return config, weights
+
+    def _fits(self, weights: dict[str, Any]) -> bool:
+        """The adapter names exactly the LoRA tensors the model has, with the same shapes."""
+        from mlx.utils import tree_flatten
+
+        flat: Any = tree_flatten(self.model.parameters())
+        params = {k: v for k, v in flat if k.rsplit(".", 1)[-1] in ("lora_a", "lora_b", "m")}
+        return set(params) == set(weights) and all(
+            params[k].shape == w.shape for k, w in weights.items()
+        )
+
+    def _strip(self) -> None:
+        """Put the original layers back (also DoRA ones, which mlx-lm's remove_lora_layers skips)."""
+        from mlx.utils import tree_unflatten
+
+        originals = [
+            (name, getattr(m, "linear", None) or getattr(m, "embedding", None))
+            for name, m in self.model.named_modules()
+            if hasattr(m, "lora_a")
+        ]
+        if originals:
+            self.model.update_modules(tree_unflatten(originals))
+        self._structure = None
