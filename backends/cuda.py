@@ -82,13 +82,16 @@ class CudaBackend:
     ) -> None:
         """Args:
         quantize: Load the base in 4-bit NF4. None reads `SAM_BRAIN_CUDA_QUANTIZE` ("0", "false"
-            or "no" turn it off), default on, on CUDA and on the CPU alike.
+            or "no" turn it off, "1" on); default on with CUDA, off on the CPU.
         patience: Validation passes without improvement before stopping early (a `patience`
             key in the profile overrides it).
         dpo_beta, dpo_learning_rate, dpo_epochs, dpo_max_steps: The DPO stage's settings
             (max_steps 0 runs the epochs).
         """
-        env = os.environ.get("SAM_BRAIN_CUDA_QUANTIZE", "1").strip().lower()
+        # 4-bit exists to fit a GPU's memory; on a CPU it only costs speed (measured 1.7x
+        # slower here), so without CUDA it is opt-in.
+        default = "1" if torch.cuda.is_available() else "0"
+        env = os.environ.get("SAM_BRAIN_CUDA_QUANTIZE", default).strip().lower()
         self.quantize = quantize if quantize is not None else env not in ("0", "false", "no")
         self.patience = patience
         self.dpo = DpoOptions(dpo_beta, dpo_learning_rate, dpo_epochs, dpo_max_steps)

@@ -104,7 +104,9 @@ class Profile:
     max_steps: int = _f(0, "Stop after this many optimizer steps; 0 means run the epochs.")
     eval_every: int = _f(50, "Optimizer steps between validation passes.")
     save_every: int = _f(50, "Optimizer steps between resumable checkpoints.")
-    patience: int = _f(3, "Early stopping: validation passes without improvement before the run stops.")
+    patience: int = _f(
+        3, "Early stopping: validation passes without improvement before the run stops."
+    )
 
 
 def _builtin_profiles() -> dict[str, Profile]:

@@ -184,10 +184,13 @@ class Daemon:
             unavailable = str(err)
             log.warning("base model not available yet: %s", err)
         chat: ChatServer | None = None
-        if self.config.deployment.serve_chat and base_dir and backend == "mlx":
+        # Serving and the gate use MLX whichever backend trains: every adapter is also written
+        # in mlx-lm format. Without mlx-lm, serve the versions with vLLM (PEFT export).
+        if not registry.mlx_available():
+            unavailable = "chat serving needs mlx-lm (pip install 'sam-brain[mlx]'); or serve a PEFT export with vLLM"
+        elif self.config.deployment.serve_chat and base_dir:
             chat = ChatServer(home.versions, base_dir)
-        elif backend != "mlx":
-            unavailable = "chat serving runs on the MLX backend; on CUDA serve versions with vLLM"
+
         self.chat = chat
         exclusive = make_exclusive(chat, loop) if chat is not None else None
         coordinator = Coordinator(

@@ -130,8 +130,9 @@ def store_result(
         index.save()
         home.store.set_cursors(result.cursors)
         # "unchanged" is the normal state of a polled source, not a problem worth a counter.
-        home.store.add_counts(f"skipped:{name}",
-                              {k: v for k, v in report.skipped.items() if k != "unchanged"})
+        home.store.add_counts(
+            f"skipped:{name}", {k: v for k, v in report.skipped.items() if k != "unchanged"}
+        )
         home.store.add_counts(f"dropped:{name}", dict(report.dropped))
     report.stored = len(batch)
     report.inserted, report.updated, report.deleted = (

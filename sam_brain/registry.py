@@ -71,9 +71,9 @@ def _exists(path: str) -> bool:
 def choose_backend(setting: str) -> tuple[str, str]:
     """Resolve `training.backend`; returns (name, why) for `/api/self`.
 
-    Apple Silicon -> MLX; a CUDA GPU -> CUDA; otherwise (CPU-only Linux) MLX when installed, since
-    it needs no torch; the bench shows torch LoRA faster on CPU, so CUDA's CPU path is used when
-    MLX is missing.
+    Apple Silicon -> MLX; a CUDA GPU -> CUDA; a CPU-only Linux host -> the torch path (named
+    "cuda"; it runs on the CPU) when torch is installed, because bench/train.py measures torch
+    LoRA faster than MLX-with-OpenBLAS on x86 CPUs; otherwise MLX.
     """
     if setting != "auto":
         return setting, "set in config"
@@ -81,10 +81,15 @@ def choose_backend(setting: str) -> tuple[str, str]:
         return "mlx", "Apple Silicon"
     if cuda_available() and _has_module("torch"):
         return "cuda", "CUDA GPU present"
-    if _has_module("mlx_lm"):
-        return "mlx", "no GPU; MLX on CPU is installed"
     if _has_module("torch"):
-        return "cuda", "no GPU; torch on CPU is installed"
+        return "cuda", "no GPU; torch LoRA on the CPU is faster than MLX here (docs/benchmarks.md)"
+    if _has_module("mlx_lm"):
+        return "mlx", "no GPU and no torch; MLX on the CPU"
     raise BackendUnavailable(
         "no training backend installed: pip install 'sam-brain[mlx]' or 'sam-brain[cuda]'"
     )
+
+
+def mlx_available() -> bool:
+    """mlx-lm is installed: chat serving and the evaluation gate can run (they use MLX)."""
+    return _has_module("mlx_lm")

@@ -21,6 +21,7 @@ from deployment.evaluate import EvalReport, GateConfig, evaluate_version
 from sam_brain.config import Config
 from sam_brain.errors import PromotionRejected
 from sam_brain.home import Home
+from sam_brain.registry import mlx_available
 from sam_brain.store import Version
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,10 @@ def release(
         description=description,
     )
     report: EvalReport | None = None
-    if test_path is not None and test_path.exists() and test_path.stat().st_size > 0:
+    gate_possible = exclusive is not None or mlx_available()
+    if not gate_possible:
+        log.warning("evaluation gate skipped for %s: it needs mlx-lm", v.version)
+    elif test_path is not None and test_path.exists() and test_path.stat().st_size > 0:
         run = exclusive or local_exclusive(base_model_dir)
         report = run(
             lambda resident: evaluate_version(
@@ -132,7 +136,12 @@ def release(
             canary.reject(home.versions, v.version, "; ".join(report.gate.reasons))
             log.warning("%s rejected by the gate: %s", v.version, "; ".join(report.gate.reasons))
             return Outcome(v.version, "rejected", report.gate.reasons, report.to_dict())
-    reasons = report.gate.reasons if report else ["no test split: gate skipped"]
+    if report is not None:
+        reasons = report.gate.reasons
+    elif not gate_possible:
+        reasons = ["gate skipped: the evaluation gate needs mlx-lm (pip install 'sam-brain[mlx]')"]
+    else:
+        reasons = ["no test split: gate skipped"]
     return _roll_out(home, v, reasons, report)
 
 
@@ -199,7 +208,9 @@ def start_canary_from(home: Home, target: str, traffic: int) -> Version:
     path = Path(target).expanduser()
     if path.is_dir():
         check_size(path, home.config.deployment.max_adapter_mb)
-        v = home.versions.register(path, base_model=_base_ref(home), description=f"canary from {path}")
+        v = home.versions.register(
+            path, base_model=_base_ref(home), description=f"canary from {path}"
+        )
         name = v.version
     else:
         name = home.versions.get(target).version

@@ -226,13 +226,17 @@ class Store:
         if not rows:
             return
         with self.tx() as db:
-            db.executemany("INSERT INTO counters(name, value) VALUES (?, ?) ON CONFLICT(name)"
-                           " DO UPDATE SET value = value + excluded.value", rows)
+            db.executemany(
+                "INSERT INTO counters(name, value) VALUES (?, ?) ON CONFLICT(name)"
+                " DO UPDATE SET value = value + excluded.value",
+                rows,
+            )
 
     def counters(self, prefix: str) -> dict[str, int]:
-        rows = self._query("SELECT name, value FROM counters WHERE name LIKE ? ORDER BY name",
-                           (prefix + ":%",))
-        return {str(r["name"])[len(prefix) + 1:]: int(r["value"]) for r in rows}
+        rows = self._query(
+            "SELECT name, value FROM counters WHERE name LIKE ? ORDER BY name", (prefix + ":%",)
+        )
+        return {str(r["name"])[len(prefix) + 1 :]: int(r["value"]) for r in rows}
 
     # -- runs ------------------------------------------------------------------------------------
 

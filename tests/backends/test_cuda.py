@@ -106,6 +106,8 @@ def test_preflight_counts_and_refuses_what_it_cannot_honour(
     monkeypatch.setenv("SAM_BRAIN_CUDA_QUANTIZE", "0")
     assert CudaBackend().quantize is False
     monkeypatch.delenv("SAM_BRAIN_CUDA_QUANTIZE")
+    assert CudaBackend().quantize is torch.cuda.is_available()
+    monkeypatch.setenv("SAM_BRAIN_CUDA_QUANTIZE", "1")
     backend = CudaBackend()
     assert backend.quantize is True
     pre = backend.preflight(_spec(tiny_model, data_dir, tmp_path))
