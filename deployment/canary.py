@@ -206,6 +206,7 @@ def start_canary(versions: Versions, version: str, percent: int) -> CanaryState:
         db.execute("UPDATE versions SET status='canary' WHERE version=?", (version,))
         versions.store.set_cursors({CANARY_KEY: json.dumps(asdict(state))}, db)
         versions.store.add_event("canary_started", {"version": version, "percent": percent}, db)
+    versions.write_index()
     return state
 
 
@@ -226,6 +227,7 @@ def set_weight(versions: Versions, percent: int, reason: str = "manual") -> Cana
             {"version": running.version, "from": running.percent, "to": percent, "reason": reason},
             db,
         )
+    versions.write_index()
     return state
 
 
@@ -257,6 +259,7 @@ def promote(versions: Versions, reason: str = "manual") -> Version:
             db,
         )
     _write_current(versions.root, running.version)
+    versions.write_index()
     return versions.get(running.version)
 
 
@@ -275,6 +278,7 @@ def abort(versions: Versions, reason: str = "manual") -> Version:
             {"version": running.version, "percent": running.percent, "reason": reason},
             db,
         )
+    versions.write_index()
     return versions.get(running.version)
 
 
@@ -290,6 +294,7 @@ def reject(versions: Versions, version: str, reason: str) -> Version:
     with versions.store.tx() as db:
         db.execute("UPDATE versions SET status='rejected' WHERE version=?", (version,))
         versions.store.add_event("version_rejected", {"version": version, "reason": reason}, db)
+    versions.write_index()
     return versions.get(version)
 
 

@@ -40,6 +40,12 @@ def sanity_check(adapter_dir: Path) -> None:
         raise PromotionRejected(f"adapter at {adapter_dir} lacks {', '.join(missing)}")
     if (adapter_dir / "adapters.safetensors").stat().st_size == 0:
         raise PromotionRejected(f"adapter at {adapter_dir} has an empty adapters.safetensors")
+    try:
+        config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise PromotionRejected(f"adapter at {adapter_dir}: adapter_config.json is not JSON") from err
+    if not isinstance(config, dict):
+        raise PromotionRejected(f"adapter at {adapter_dir}: adapter_config.json is not an object")
 
 
 def version_name(seq: int) -> str:
@@ -126,6 +132,7 @@ class Versions:
                 ),
             )
             self.store.add_event("version_registered", {"version": name, "run_id": run_id}, db)
+        self.write_index()
         return self.store.get_version(name)
 
     def verify(self, version: str) -> None:
@@ -149,6 +156,7 @@ class Versions:
             )
             self.store.add_event("version_activated", {"version": version, "reason": reason}, db)
         _write_text_atomic(self.root / "current.txt", version + "\n")
+        self.write_index()
         return self.store.get_version(version)
 
     def current(self) -> Version | None:
@@ -199,7 +207,13 @@ class Versions:
                 db,
             )
         _write_text_atomic(self.root / "current.txt", target.version + "\n")
+        self.write_index()
         return self.store.get_version(target.version)
 
     def get(self, version: str) -> Version:
         return self.store.get_version(version)
+
+    def write_index(self) -> None:
+        """Mirror the version index to `versions.json` for outside tools (the store is the truth)."""
+        doc = {"versions": [v.to_dict() for v in self.store.versions()]}
+        _write_text_atomic(self.root / "versions.json", json.dumps(doc, indent=2) + "\n")

@@ -76,6 +76,28 @@ def check_size(adapter_dir: Path, max_mb: float) -> None:
         )
 
 
+def check_base(adapter_dir: Path, base_ref: str, base_model_dir: str) -> None:
+    """Refuse an adapter whose manifest names another base model than the one we serve."""
+    for name in ("manifest.json", "train_manifest.json"):
+        path = adapter_dir / name
+        if not path.is_file():
+            continue
+        try:
+            recorded = str(json.loads(path.read_text(encoding="utf-8")).get("base_model") or "")
+        except (OSError, ValueError, AttributeError):
+            continue
+        known = {
+            base_ref,
+            base_model_dir,
+            str(Path(base_model_dir).resolve()) if base_model_dir else "",
+        }
+        if recorded and recorded not in known:
+            raise PromotionRejected(
+                f"adapter at {adapter_dir} was trained on {recorded}, "
+                f"not on the configured base model {base_ref}"
+            )
+
+
 def local_exclusive(base_model: str) -> Exclusive[Any]:
     """An `Exclusive` that loads its own resident base (CLI, daemon without chat serving)."""
     from deployment.serving import ResidentModel
@@ -107,6 +129,7 @@ def release(
     """Register `adapter_dir` and let the gate decide what happens to it."""
     cfg = home.config
     check_size(adapter_dir, cfg.deployment.max_adapter_mb)
+    check_base(adapter_dir, base_ref, base_model_dir)
     if dry_run:
         from deployment.versions import sanity_check
 

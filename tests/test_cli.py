@@ -109,6 +109,9 @@ def test_versions_commands_offline(home: Path, tmp_path: Path, capsys: pytest.Ca
     assert "rollback" in kinds and "version_registered" in kinds
     code, out = run(capsys, "deploy", str(tmp_path / "a0"), "--dry-run", "--json")
     assert code == 0 and json.loads(out)["action"] == "dry-run"
+    (tmp_path / "a0" / "manifest.json").write_text('{"base_model": "someone/else-7B"}')
+    code, out = run(capsys, "deploy", str(tmp_path / "a0"), "--dry-run")
+    assert code == 8 and "someone/else-7B" in out
 
 
 def test_errors_are_one_line_with_documented_codes(home: Path, capsys: pytest.CaptureFixture[str]) -> None:

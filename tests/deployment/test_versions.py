@@ -70,3 +70,19 @@ def test_missing_files_fail_the_sanity_check(versions: Versions, tmp_path: Path)
     with pytest.raises(PromotionRejected, match=r"adapters\.safetensors"):
         versions.register(d)
     assert versions.store.versions() == []
+
+
+def test_versions_json_mirrors_the_index(versions: Versions, tmp_path: Path) -> None:
+    import json
+
+    v = versions.register(make_adapter(tmp_path / "a", b"w"))
+    versions.activate(v.version)
+    doc = json.loads((versions.root / "versions.json").read_text())
+    assert [(d["version"], d["status"]) for d in doc["versions"]] == [("v1.0.0", "active")]
+
+
+def test_unknown_adapter_format_is_refused(versions: Versions, tmp_path: Path) -> None:
+    d = make_adapter(tmp_path / "a", b"w")
+    (d / "adapter_config.json").write_text("not json")
+    with pytest.raises(PromotionRejected, match="not JSON"):
+        versions.register(d)
