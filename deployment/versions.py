@@ -43,7 +43,9 @@ def sanity_check(adapter_dir: Path) -> None:
     try:
         config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise PromotionRejected(f"adapter at {adapter_dir}: adapter_config.json is not JSON") from err
+        raise PromotionRejected(
+            f"adapter at {adapter_dir}: adapter_config.json is not JSON"
+        ) from err
     if not isinstance(config, dict):
         raise PromotionRejected(f"adapter at {adapter_dir}: adapter_config.json is not an object")
 

@@ -29,14 +29,17 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return h
 
 
-def test_ingest_is_idempotent_and_data_commands_work(home: Path, tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_ingest_is_idempotent_and_data_commands_work(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from sam_brain.examples import write_example_sessions
 
     src = tmp_path / "projects"
     write_example_sessions(src, n_sessions=4, seed=1)
     # Bad input next to good: counted under a reason, never fatal.
-    (src / "-home-dev-demo-project" / "broken.jsonl").write_bytes(b'42\n\x00\x00\x00\n{"type": "user", "mess')
+    (src / "-home-dev-demo-project" / "broken.jsonl").write_bytes(
+        b'42\n\x00\x00\x00\n{"type": "user", "mess'
+    )
     code, out = run(capsys, "ingest", "sessions", str(src), "--now", "--json")
     assert code == 0, out
     first = json.loads(out)
@@ -52,7 +55,9 @@ def test_ingest_is_idempotent_and_data_commands_work(home: Path, tmp_path: Path,
     code, out = run(capsys, "data", "export", "--split", "all", "--out", str(dest))
     lines = [json.loads(line) for line in dest.read_text().splitlines()]
     assert len(lines) == stats["total"]
-    assert all(m["role"] in {"system", "user", "assistant", "tool"} for r in lines for m in r["messages"])
+    assert all(
+        m["role"] in {"system", "user", "assistant", "tool"} for r in lines for m in r["messages"]
+    )
     assert stats["skipped"], stats  # the broken file's lines are counted by reason
     some_id = next(iter(first_ids(home)))
     code, out = run(capsys, "data", "show", some_id)
@@ -69,7 +74,9 @@ def first_ids(home: Path) -> list[str]:
     return [s.id for s, _ in Pool(home / "pool").samples()]
 
 
-def test_versions_commands_offline(home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_versions_commands_offline(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from sam_brain.config import load_config
     from sam_brain.home import Home
 
@@ -114,7 +121,9 @@ def test_versions_commands_offline(home: Path, tmp_path: Path, capsys: pytest.Ca
     assert code == 8 and "someone/else-7B" in out
 
 
-def test_errors_are_one_line_with_documented_codes(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_errors_are_one_line_with_documented_codes(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out = run(capsys, "train", "--force")
     assert code == 9 and out.count("\n") == 1 and "sam-brain serve" in out
     (home / "config.toml").write_text("[api]\nport = 'x'\n")

@@ -141,10 +141,14 @@ save_every = 6
         assert isinstance(reply, str)
 
         # The chat endpoint serves the active version and names it.
-        req = urllib.request.Request(url + "/v1/chat/completions", method="POST",
-                                     data=json.dumps({"messages": [{"role": "user", "content": "hi"}],
-                                                      "max_tokens": 4}).encode(),
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            url + "/v1/chat/completions",
+            method="POST",
+            data=json.dumps(
+                {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+            ).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=60) as resp:
             assert resp.headers["x-sam-version"] == "v1.0.0"
             assert json.loads(resp.read())["choices"][0]["message"]["role"] == "assistant"
@@ -156,7 +160,11 @@ save_every = 6
 
         def canary_or_rejected() -> Any:
             versions = get(url + "/api/versions")["versions"]
-            return versions[-1] if len(versions) == 2 and versions[-1]["status"] != "inactive" else None
+            return (
+                versions[-1]
+                if len(versions) == 2 and versions[-1]["status"] != "inactive"
+                else None
+            )
 
         second = wait(canary_or_rejected, 240, proc, log)
         assert second["version"] == "v1.0.1" and second["status"] == "canary", second

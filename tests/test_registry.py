@@ -24,15 +24,16 @@ def test_explicit_setting_wins_and_auto_explains_itself() -> None:
 
 def test_orchestration_imports_neither_mlx_nor_torch() -> None:
     """The daemon starts without paying for (or requiring) either ML stack."""
-    code = ("import sys, sam_brain.daemon, sam_brain.cli, sam_brain.ingest; "
-            "bad = [m for m in ('mlx', 'mlx_lm', 'torch', 'transformers') if m in sys.modules]; "
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, sam_brain.daemon, sam_brain.cli, sam_brain.ingest; "
+        "bad = [m for m in ('mlx', 'mlx_lm', 'torch', 'transformers') if m in sys.modules]; "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_mlx_backend_module_never_imports_torch() -> None:
-    code = ("import sys, backends.mlx; "
-            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    code = "import sys, backends.mlx; sys.exit(1 if 'torch' in sys.modules else 0)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

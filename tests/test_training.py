@@ -19,9 +19,13 @@ from sam_brain.training import TrainingJob, build_dataset
 
 
 def make_home(tmp_path: Path, model: str, **training: Any) -> Home:
-    cfg = parse_config({"data_dir": str(tmp_path / "data"),
-                        "sources": {"sessions_dirs": [str(tmp_path / "s")]},
-                        "training": {"mlx_base_model": model, "min_for_training": 5, **training}})
+    cfg = parse_config(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "sources": {"sessions_dirs": [str(tmp_path / "s")]},
+            "training": {"mlx_base_model": model, "min_for_training": 5, **training},
+        }
+    )
     return Home.open(cfg)
 
 
@@ -29,10 +33,21 @@ def fill(home: Home, n: int, groups: int = 4) -> None:
     rows = []
     for i in range(n):
         g = f"g{i % groups}"
-        rows.append((Sample(id=stable_id("t", str(i)), source="sessions", source_key=g, group=g,
-                            messages=[{"role": "user", "content": f"question {i}"},
-                                      {"role": "assistant", "content": f"answer number {i}"}]),
-                     "train"))
+        rows.append(
+            (
+                Sample(
+                    id=stable_id("t", str(i)),
+                    source="sessions",
+                    source_key=g,
+                    group=g,
+                    messages=[
+                        {"role": "user", "content": f"question {i}"},
+                        {"role": "assistant", "content": f"answer number {i}"},
+                    ],
+                ),
+                "train",
+            )
+        )
     with file_lock(home.pool.lock_path):
         home.pool.upsert(rows)
 
