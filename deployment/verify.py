@@ -3,8 +3,8 @@
 The source is mlx-lm running the base with the version's adapter. For one fixed chat prompt it
 produces greedy tokens (stopping at end-of-sequence) and its logits at every generated position
 (`reference`). Each artifact is loaded by the runtime it is for (mlx-lm, transformers + peft,
-llama-cpp-python) through a `Forward` function, generates greedily from the same token ids and is
-scored on the reference sequence (teacher forcing). `compare` applies a `Rule`: unquantized
+llama-cpp-python) as a `Runtime`, generates greedily with that runtime's own decoding loop from the same token
+ids, and is scored on the reference sequence (teacher forcing). `compare` applies a `Rule`: unquantized
 artifacts must produce the identical tokens (a divergence is only tolerated at a near-tie of the
 source, where float rounding may legitimately flip the argmax) and sit closer to the adapted
 model than to the bare base, so an export that silently dropped the adapter fails; quantized
@@ -31,6 +31,20 @@ MAX_NEW_TOKENS = 16
 
 Forward = Callable[[list[int]], np.ndarray]
 """Token ids in, float32 logits `(len(ids), vocab)` out."""
+Generate = Callable[[list[int], frozenset[int]], list[int]]
+"""Prompt ids and end-of-sequence ids in, the runtime's own greedy continuation out."""
+
+
+@dataclass
+class Runtime:
+    """A loaded artifact: its runtime's name, a teacher-forced forward and greedy generation.
+
+    Without `generate`, greedy tokens are recomputed from `forward` (for hand-written fakes).
+    """
+
+    name: str
+    forward: Forward
+    generate: Generate | None = None
 
 
 class ExportFailed(SamBrainError):
@@ -88,18 +102,19 @@ def reference(base_dir: Path, adapter_dir: Path) -> Reference:
     prompt = list(tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True))
     text = str(tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False))
     eos = frozenset(int(t) for t in tokenizer.eos_token_ids)
-    forward = mlx_forward(model)
-    tokens = greedy(forward, prompt, eos)
-    logits = forward(prompt + tokens)[len(prompt) - 1 : -1]
-    del model, forward
+    source = mlx_runtime(model)
+    assert source.generate is not None
+    tokens = source.generate(prompt, eos)
+    logits = source.forward(prompt + tokens)[len(prompt) - 1 : -1]
+    del model, source
     gc.collect()
-    base = load(str(base_dir))[0]
-    base_logits = mlx_forward(base)(prompt + tokens)[len(prompt) - 1 : -1]
+    base = mlx_runtime(load(str(base_dir))[0])
+    base_logits = base.forward(prompt + tokens)[len(prompt) - 1 : -1]
     return Reference(prompt, tokens, logits, base_logits, eos, text)
 
 
 def greedy(forward: Forward, prompt: list[int], eos: frozenset[int]) -> list[int]:
-    """Greedy continuation of `prompt` (full recompute per step: short, runtime-independent)."""
+    """Greedy continuation of `prompt` by full recomputation (for runtimes without generate)."""
     out: list[int] = []
     for _ in range(MAX_NEW_TOKENS):
         token = int(np.argmax(forward(prompt + out)[-1]))
@@ -109,17 +124,23 @@ def greedy(forward: Forward, prompt: list[int], eos: frozenset[int]) -> list[int
     return out
 
 
-def compare(
-    artifact: str, runtime: str, forward: Forward, ref: Reference, rule: Rule
-) -> dict[str, Any]:
-    """Score `forward` against `ref`; raise ExportFailed when `rule` is not met.
+def _until_eos(tokens: list[int], eos: frozenset[int]) -> list[int]:
+    end = next((i for i, t in enumerate(tokens) if t in eos), len(tokens) - 1)
+    return tokens[: end + 1]
+
+
+def compare(artifact: str, runtime: Runtime, ref: Reference, rule: Rule) -> dict[str, Any]:
+    """Score `runtime` against `ref`; raise ExportFailed when `rule` is not met.
 
     Returns:
         The measurements (JSON-ready): tokens identical, first divergence, top-1 agreement,
         logit distances to the source and to the bare base.
     """
-    tokens = greedy(forward, ref.prompt, ref.eos)
-    logits = forward(ref.prompt + ref.tokens)[len(ref.prompt) - 1 : -1]
+    if runtime.generate is not None:
+        tokens = runtime.generate(ref.prompt, ref.eos)
+    else:
+        tokens = greedy(runtime.forward, ref.prompt, ref.eos)
+    logits = runtime.forward(ref.prompt + ref.tokens)[len(ref.prompt) - 1 : -1]
     agree = logits.argmax(-1) == np.array(ref.tokens)
     top2 = np.sort(ref.logits, axis=-1)[:, -2:]
     margins = top2[:, 1] - top2[:, 0]
@@ -132,7 +153,7 @@ def compare(
     to_base = _rms(logits - ref.base_logits)
     result: dict[str, Any] = {
         "artifact": artifact,
-        "runtime": runtime,
+        "runtime": runtime.name,
         "rule": rule.name,
         "prompt_tokens": len(ref.prompt),
         "tokens": len(ref.tokens),
@@ -160,7 +181,9 @@ def compare(
         )
     result["ok"] = not problems
     if problems:
-        raise ExportFailed(f"{artifact} failed verification in {runtime}: " + "; ".join(problems))
+        raise ExportFailed(
+            f"{artifact} failed verification in {runtime.name}: " + "; ".join(problems)
+        )
     return result
 
 
@@ -168,15 +191,24 @@ def _rms(x: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
 
 
-def mlx_forward(model: Any) -> Forward:
-    """Forward function of a loaded mlx-lm model."""
+def mlx_runtime(model: Any) -> Runtime:
+    """A loaded mlx-lm model; generation is mlx-lm's own greedy `generate_step`."""
     import mlx.core as mx
+    from mlx_lm.generate import generate_step
 
     def forward(ids: list[int]) -> np.ndarray:
-        out = model(mx.array([ids]))[0].astype(mx.float32)
-        return np.array(out)
+        return np.array(model(mx.array([ids]))[0].astype(mx.float32))
 
-    return forward
+    def generate(prompt: list[int], eos: frozenset[int]) -> list[int]:
+        steps = generate_step(mx.array(prompt), model, max_tokens=MAX_NEW_TOKENS)
+        out: list[int] = []
+        for token, _ in steps:
+            out.append(int(token))
+            if out[-1] in eos:
+                break
+        return out
+
+    return Runtime("mlx-lm", forward, generate)
 
 
 def check_mlx(base_dir: Path, adapter_dir: Path, ref: Reference, artifact: str) -> dict[str, Any]:
@@ -184,7 +216,7 @@ def check_mlx(base_dir: Path, adapter_dir: Path, ref: Reference, artifact: str) 
     from mlx_lm import load
 
     model = load(str(base_dir), adapter_path=str(adapter_dir))[0]
-    return compare(artifact, "mlx-lm", mlx_forward(model), ref, EXACT_F32)
+    return compare(artifact, mlx_runtime(model), ref, EXACT_F32)
 
 
 def check_transformers(
@@ -207,7 +239,20 @@ def check_transformers(
         with torch.no_grad():
             return model(torch.tensor([ids])).logits[0].float().numpy()  # type: ignore[no-any-return]
 
-    return compare(artifact, runtime, forward, ref, EXACT_F32)
+    def generate(prompt: list[int], eos: frozenset[int]) -> list[int]:
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=MAX_NEW_TOKENS,
+                do_sample=False,
+                eos_token_id=sorted(eos),
+                pad_token_id=min(eos),
+            )
+        return _until_eos([int(t) for t in out[0, len(prompt) :]], eos)
+
+    return compare(artifact, Runtime(runtime, forward, generate), ref, EXACT_F32)
 
 
 def check_gguf(gguf: Path, ref: Reference, rule: Rule, lora: Path | None = None) -> dict[str, Any]:
@@ -244,9 +289,20 @@ def check_gguf(gguf: Path, ref: Reference, rule: Rule, lora: Path | None = None)
             llm.eval(tokens)
             return np.array(llm.scores[: len(tokens)], dtype=np.float32)
 
+        def generate(prompt: list[int], eos: frozenset[int]) -> list[int]:
+            llm.reset()
+            llm.eval(prompt)
+            out: list[int] = []
+            for _ in range(MAX_NEW_TOKENS):
+                out.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+                if out[-1] in eos:
+                    break
+                llm.eval(out[-1:])
+            return out
+
         name = f"{gguf.name} + {lora.name}" if lora else gguf.name
-        runtime = f"llama-cpp-python {llama_cpp.__version__}"
-        return compare(name, runtime, forward, ref, rule)
+        runtime = Runtime(f"llama-cpp-python {llama_cpp.__version__}", forward, generate)
+        return compare(name, runtime, ref, rule)
     finally:
         llm.close()
 

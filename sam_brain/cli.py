@@ -181,6 +181,7 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
             collector = cls(
                 dirs=dirs,
                 quiet_minutes=0.0 if args.now else config.sources.quiet_minutes,
+                max_tokens=config.pipeline.max_tokens,
                 archive_dir=home.archive_dir if config.sources.archive_transcripts else None,
             )
             report = ingest(home, collector, files or None)

@@ -72,7 +72,8 @@ class PipelineConfig:
 
     min_chars: int = _f(8, "Samples whose assistant text is shorter than this are dropped.")
     max_tokens: int = _f(
-        4096, "Conversations longer than this (estimated tokens) are trimmed at a turn boundary."
+        4096,
+        "Token budget of a sample (estimated): multi-turn sessions are cut into windows of whole exchanges within it; a longer one is trimmed at a turn boundary.",
     )
     dedup_threshold: float = _f(
         0.85, "MinHash Jaccard similarity at or above which a sample is a near-duplicate."

@@ -138,7 +138,9 @@ def run(home: Path, n_sessions: int = 12) -> None:
         doc = wait_for("the first version", active, 150, proc)
         say("GET /api/self")
         print(json.dumps(doc, indent=2))
-        say("forcing a second training run (it starts from v1.0.0's adapter)")
+        # Sessions that arrived after the first run started may have started another run.
+        wait_for("the training slot", lambda: not get(url + "/api/training")["training"], 150, proc)
+        say("forcing a second training run (it starts from the active adapter)")
         samctl(env, "train", "--force", "--wait")
         say("the gate compared it with v1.0.0 on the test split; a better one starts as a canary")
         samctl(env, "list")

@@ -61,6 +61,7 @@ def make_collectors(home: Home) -> dict[str, Collector]:
     out["sessions"] = registry.load(registry.COLLECTORS, "sessions", "collector")(
         dirs=dirs,
         quiet_minutes=src.quiet_minutes,
+        max_tokens=home.config.pipeline.max_tokens,
         archive_dir=home.archive_dir if src.archive_transcripts else None,
     )
     if src.git_repos:

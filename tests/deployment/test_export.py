@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,14 @@ import numpy as np
 import pytest
 
 from deployment.export import ExportFailed, ExportResult, export_version
-from deployment.verify import EXACT_F32, Reference, check_transformers, compare, reference
+from deployment.verify import (
+    EXACT_F32,
+    Reference,
+    Runtime,
+    check_transformers,
+    compare,
+    reference,
+)
 from deployment.versions import Versions, checksum_dir
 from sam_brain.errors import BackendUnavailable, BadRequest, Conflict, NotFound
 from sam_brain.store import Store
@@ -146,23 +154,31 @@ def test_verification_rejects_an_artifact_without_the_adapter(
         check_transformers(tiny_model, ref, "model.safetensors")
 
 
-def test_compare_tolerates_only_near_ties(ref: Reference) -> None:
-    rows = np.concatenate([np.zeros((len(ref.prompt) - 1, 4096), np.float32), ref.logits])
+def test_compare_tolerates_a_flip_only_at_a_near_tie(ref: Reference) -> None:
+    """A fake runtime replays the source logits, with the first token flipped by `eps`."""
+    first, pos = ref.tokens[0], len(ref.prompt) - 1
+    runner_up = int(np.argsort(ref.logits[0])[-2])
+    tied = ref.logits.copy()
+    tied[0, runner_up] = tied[0, first] - 5e-4  # the source barely preferred `first`
+    near_tie = replace(ref, logits=tied)
 
-    def shifted(eps: float) -> Any:
+    def fake(source: Reference, eps: float) -> Runtime:
+        rows = np.concatenate([np.zeros((pos, 4096), np.float32), source.logits])
+
         def forward(ids: list[int]) -> np.ndarray:
             out = np.tile(rows[-1], (len(ids), 1))
-            n = min(len(ids), len(rows))
-            out[:n] = rows[:n]
-            out[len(ref.prompt) - 1, ref.tokens[0]] -= eps  # lower the first chosen token
+            out[: min(len(ids), len(rows))] = rows[: len(ids)]
+            out[pos, runner_up] = out[pos, first] + eps
             return out
 
-        return forward
+        return Runtime("fake", forward)
 
-    ok = compare("same", "fake", shifted(0.0), ref, EXACT_F32)
-    assert ok["tokens_identical"] and ok["max_abs_logit_diff"] == 0.0
-    with pytest.raises(ExportFailed, match="confident positions"):
-        compare("flipped", "fake", shifted(100.0), ref, EXACT_F32)
+    same = compare("same", fake(ref, -1.0), ref, EXACT_F32)
+    assert same["tokens_identical"] and same["top1_agreement"] == 1.0
+    tolerated = compare("tie", fake(near_tie, 5e-4), near_tie, EXACT_F32)
+    assert tolerated["first_divergence"] == 0 and tolerated["ok"]
+    with pytest.raises(ExportFailed, match=r"confident positions \[0\]"):
+        compare("flipped", fake(ref, 5e-4), ref, EXACT_F32)
 
 
 def test_corrupt_adapter_fails_cleanly(tiny_model: Path, version: Path, tmp_path: Path) -> None:
