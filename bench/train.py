@@ -39,6 +39,7 @@ FALLBACK_FIT = (7.2, 2.2)
 KEYS = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"]
 TRAIN_LINE = re.compile(r"^\s*(\d+)\s+[-\d.naninf]+\s*[▼▲]")
 VAL_LINE = re.compile(r"^\s*(\d+)\s+val\s")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # rich colours mlx-lm's output even into a pipe
 
 
 @dataclass
@@ -192,7 +193,7 @@ def run_process(
     assert proc.stdout is not None
     with log.open("w", encoding="utf-8") as fh:
         for line in proc.stdout:
-            lines.append((time.perf_counter(), line))
+            lines.append((time.perf_counter(), ANSI.sub("", line)))
             fh.write(line)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)

@@ -38,7 +38,13 @@ def read_records(path: Path, skipped: Counter[str]) -> list[Record]:
     return records
 
 
+MAX_LINE_BYTES = 10 * 2**20  # a transcript line this large is a pasted blob, not a conversation
+
+
 def _decode_line(raw: bytes, skipped: Counter[str], open_last: bool) -> Record | None:
+    if len(raw) > MAX_LINE_BYTES:
+        skipped["line_too_long"] += 1
+        return None
     line = raw.strip()
     if b"\x00" in line:
         # Raw NULs are never valid JSON (strings escape them); they come from interrupted appends.

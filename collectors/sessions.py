@@ -224,6 +224,9 @@ class SessionCollector:
         mains: set[Path] = set()
         for f in files:
             main = parent_transcript(f) if is_subagent_file(f) else f
+            if main is not None and main.is_symlink() and not main.is_file():
+                result.skipped["broken_link"] += 1  # dangling or looping symlink
+                continue
             if main is None or not main.is_file():
                 result.skipped["orphan_subagent"] += 1
                 continue

@@ -167,7 +167,7 @@ def compare(artifact: str, runtime: Runtime, ref: Reference, rule: Rule) -> dict
     problems = []
     if rule.min_agree >= 1.0:
         # A flip is acceptable only where the source itself was nearly undecided.
-        bad = [i for i in np.flatnonzero(~agree) if margins[i] >= rule.tie]
+        bad = [int(i) for i in np.flatnonzero(~agree) if margins[i] >= rule.tie]
         if bad:
             problems.append(f"top-1 differs at confident positions {bad[:5]}")
         if diverge is not None and diverge < len(margins) and margins[diverge] >= rule.tie:
