@@ -81,6 +81,7 @@ class Versions:
         metrics: dict[str, Any] | None = None,
         description: str = "",
         status: str = "inactive",
+        provenance: dict[str, Any] | None = None,
     ) -> Version:
         """Copy an adapter into the registry as the next version."""
         sanity_check(adapter_dir)
@@ -104,6 +105,7 @@ class Versions:
             "checksum": digest,
             "created_at": now_iso(),
             "description": description,
+            **(provenance or {}),  # pool version, base hash: what the version was built from
         }
         old_manifest = tmp / "manifest.json"
         if old_manifest.exists():  # the trainer's manifest is kept under its own name

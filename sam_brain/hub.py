@@ -47,3 +47,17 @@ def _how(ref: str, why: str) -> str:
         f"`huggingface-cli download {ref}` on a connected machine, or set "
         f"training.mlx_base_model / training.cuda_base_model to a local model directory"
     )
+
+
+def base_fingerprint(model_dir: Path | str) -> str:
+    """A cheap identity of a base model: config.json bytes plus weight file names and sizes."""
+    import hashlib
+
+    root = Path(model_dir)
+    h = hashlib.sha256()
+    config = root / "config.json"
+    if config.is_file():
+        h.update(config.read_bytes())
+    for f in sorted(root.glob("*.safetensors")):
+        h.update(f"{f.name}:{f.stat().st_size}".encode())
+    return h.hexdigest()[:16]

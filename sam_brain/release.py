@@ -21,6 +21,7 @@ from deployment.evaluate import EvalReport, GateConfig, evaluate_version
 from sam_brain.config import Config
 from sam_brain.errors import PromotionRejected
 from sam_brain.home import Home
+from sam_brain.hub import base_fingerprint
 from sam_brain.registry import mlx_available
 from sam_brain.store import Version
 
@@ -76,6 +77,15 @@ def check_size(adapter_dir: Path, max_mb: float) -> None:
         )
 
 
+def _provenance(base_model_dir: str, pool_version: int | None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "base_model_hash": base_fingerprint(base_model_dir) if base_model_dir else ""
+    }
+    if pool_version is not None:
+        out["pool_version"] = pool_version
+    return out
+
+
 def check_base(adapter_dir: Path, base_ref: str, base_model_dir: str) -> None:
     """Refuse an adapter whose manifest names another base model than the one we serve."""
     for name in ("manifest.json", "train_manifest.json"):
@@ -125,6 +135,7 @@ def release(
     test_path: Path | None = None,
     exclusive: Exclusive[Any] | None = None,
     dry_run: bool = False,
+    pool_version: int | None = None,
 ) -> Outcome:
     """Register `adapter_dir` and let the gate decide what happens to it."""
     cfg = home.config
@@ -142,6 +153,7 @@ def release(
         training_samples=samples,
         metrics=metrics,
         description=description,
+        provenance=_provenance(base_model_dir, pool_version),
     )
     report: EvalReport | None = None
     gate_possible = exclusive is not None or mlx_available()

@@ -164,6 +164,7 @@ class TrainingJob:
                 description=f"run {run.run_id} ({self.trigger})",
                 test_path=run_dir / "data" / "test.jsonl",
                 exclusive=self.exclusive,
+                pool_version=run.pool_version,
             )
             home.store.add_event(
                 "released",
