@@ -6,7 +6,8 @@
 length-bucketed batches, token-weighted gradient accumulation, optional gradient checkpointing,
 validation with early stopping, and a resumable checkpoint (adapter + optimizer state + step +
 data position) written atomically every `save_every` steps. The best adapter by validation loss
-is kept in `out_dir/adapters.safetensors` with an mlx-lm `adapter_config.json`, so
+(then DPO'd on `preference.jsonl`, if any, by `backends.mlx_dpo`) is kept in
+`out_dir/adapters.safetensors` with an mlx-lm `adapter_config.json`, so
 `mlx_lm.load(base, adapter_path=out_dir)` and `mlx_lm server --adapter-path` use it directly.
 Profile options this backend cannot honour are refused, never ignored.
 """
@@ -28,6 +29,7 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
 from backends.checkpoint import atomic_file, load_checkpoint, save_checkpoint, write_text_atomic
+from backends.mlx_dpo import SFT_BEST, DpoOptions, dpo_stage
 from backends.mlx_loop import (
     Buckets,
     Hooks,
@@ -66,12 +68,17 @@ class MLXBackend:
     Args:
         patience: Validation passes without improvement before stopping early; a `patience`
             key in the profile overrides it.
+        dpo_beta, dpo_learning_rate, dpo_epochs, dpo_max_steps: The DPO stage's settings.
     """
 
     name = "mlx"
 
-    def __init__(self, patience: int = 3) -> None:
+    def __init__(
+        self, patience: int = 3, dpo_beta: float = 0.1, dpo_learning_rate: float = 5e-6,
+        dpo_epochs: float = 1.0, dpo_max_steps: int = 0,
+    ) -> None:  # fmt: skip
         self.patience = patience
+        self.dpo = DpoOptions(dpo_beta, dpo_learning_rate, dpo_epochs, dpo_max_steps)
         self._loaded: tuple[Any, Any, Any] | None = None  # (key, model, tokenizer) for generate
 
     def preflight(self, spec: TrainSpec) -> Preflight:
@@ -98,7 +105,7 @@ class MLXBackend:
             val_samples=val_stats.kept,
             train_tokens=train_stats.tokens,
             estimated_memory_mb=estimate_memory_mb(shape, opts, min(longest, opts.max_seq_length)),
-            notes=_data_notes(data, train_stats, val_stats),
+            notes=_data_notes(train_stats, val_stats),
         )
 
     def train(
@@ -132,7 +139,7 @@ class MLXBackend:
         val_rows, val_stats = encode_rows(
             tokenizer, load_rows(data / "valid.jsonl"), opts.max_seq_length
         )
-        notes += _data_notes(data, train_stats, val_stats)
+        notes += _data_notes(train_stats, val_stats)
         if not train_rows:
             raise TrainingFailed(f"no trainable rows in {data / 'train.jsonl'}")
 
@@ -158,6 +165,7 @@ class MLXBackend:
 
         def save_best() -> None:
             _save_adapter(model, out / ADAPTER_FILE)
+            _save_adapter(model, ckpt_root / SFT_BEST)
 
         def save_ckpt() -> None:
             def write(d: Path) -> None:
@@ -200,6 +208,8 @@ class MLXBackend:
             save_best()
         notes.append(f"stopped: {reason} at step {state.step}/{total_steps}")
         metrics = state.metrics(time.perf_counter() - wall)
+        if reason != "cancelled":  # DPO on the best SFT adapter when preference.jsonl has rows
+            dpo_stage(model, tokenizer, spec, opts, self.dpo, metrics, notes, progress, cancelled)
         effective = {
             **asdict(opts),
             "patience": patience,
@@ -286,15 +296,13 @@ def _checked(profile: dict[str, Any], shape: ModelShape, patience: int) -> tuple
     return replace(opts, num_layers=layers), patience
 
 
-def _data_notes(data: Path, train: MaskStats, val: MaskStats) -> list[str]:
+def _data_notes(train: MaskStats, val: MaskStats) -> list[str]:
     notes = []
     for split, st in (("train", train), ("valid", val)):
         if st.truncated:
             notes.append(f"{split}: {st.truncated} of {st.rows} rows truncated to max_seq_length")
         if st.fully_masked:
             notes.append(f"{split}: {st.fully_masked} rows dropped with no assistant tokens")
-    if (data / "preference.jsonl").exists():
-        notes.append("preference.jsonl not used: the MLX backend trains SFT only")
     return notes
 
 
