@@ -13,7 +13,7 @@ TORCH_PIN ?= torch==2.13.0
 ifeq ($(UNAME),Darwin)
 EXTRAS := mlx,dev
 else
-EXTRAS := mlx,cuda,dev
+EXTRAS := mlx,cuda,export,dev
 endif
 
 # MLX's Linux CPU wheel bundles a slow reference BLAS; Debian's OpenBLAS is ~5-20x faster.
@@ -29,6 +29,10 @@ ifneq ($(UNAME),Darwin)
 	$(PY) -m pip install -q $(TORCH_PIN)
 endif
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+ifneq ($(UNAME),Darwin)
+	# llama.cpp's converter scripts ship only in llama-cpp-python's sdist (docs/export.md).
+	$(PY) -m deployment.gguf install-converter
+endif
 	@touch $@
 
 # Best effort: install Debian's OpenBLAS when apt is there and we may use it; MLX still works without.

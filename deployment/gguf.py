@@ -23,8 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from deployment.verify import ExportFailed
-from sam_brain.errors import BackendUnavailable
+from sam_brain.errors import BackendUnavailable, ExportFailed
 
 CONVERTER_ENV = "SAM_BRAIN_LLAMA_CPP"
 CONVERTER_FILES = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "gguf-py/gguf/__init__.py")
@@ -71,7 +70,7 @@ def find_converter() -> Path:
     """
     env = os.environ.get(CONVERTER_ENV)
     root = Path(env).expanduser() if env else default_converter_dir()
-    missing = [f for f in CONVERTER_FILES if not (root / f).is_file()]
+    missing = _missing(root)
     if missing:
         raise BackendUnavailable(
             f"GGUF export needs llama.cpp's converter scripts; {root} lacks {', '.join(missing)}."
@@ -79,6 +78,10 @@ def find_converter() -> Path:
             f" them from the llama-cpp-python sdist) or set {CONVERTER_ENV} to a llama.cpp checkout"
         )
     return root
+
+
+def _missing(root: Path) -> list[str]:
+    return [f for f in CONVERTER_FILES if not (root / f).is_file()]
 
 
 def llama_cpp_module() -> Any:
@@ -228,14 +231,20 @@ def _default_system(base_dir: Path) -> str:
     return text[len(head) : text.find("<|im_end|>")]
 
 
-def check_modelfile(path: Path, llm_vocab_ids: dict[str, list[int]]) -> dict[str, Any]:
+def check_modelfile(path: Path) -> dict[str, Any]:
     """Check a Modelfile against its GGUF: FROM points at it, every stop string is one token."""
     text = path.read_text(encoding="utf-8")
     source = next((ln[5:].strip() for ln in text.splitlines() if ln.startswith("FROM ")), "")
-    if not (path.parent / source).is_file():
+    if not source or not (path.parent / source).is_file():
         raise ExportFailed(f"{path.name}: FROM {source} is not a file next to it")
     stops = [ln.split('"')[1] for ln in text.splitlines() if ln.startswith("PARAMETER stop")]
-    bad = [s for s in stops if len(llm_vocab_ids.get(s, [])) != 1]
+    llm = llama_cpp_module().Llama(
+        model_path=str(path.parent / source), vocab_only=True, verbose=False
+    )
+    try:
+        bad = [s for s in stops if len(llm.tokenize(s.encode(), add_bos=False, special=True)) != 1]
+    finally:
+        llm.close()
     if bad or not stops:
         raise ExportFailed(f"{path.name}: stop strings {bad or stops} are not single GGUF tokens")
     return {"artifact": path.name, "runtime": "Modelfile check", "from": source, "stops": stops}
@@ -266,9 +275,11 @@ def install_converter(dest: Path | None = None) -> Path:
         "LICENSE",
     )
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "-q", "-d", tmp, f"llama-cpp-python=={version}"]  # fmt: skip
-        subprocess.run(cmd, check=True)
+        # Source-only for this one package: its build requirements may still come as wheels.
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
+               "llama-cpp-python", "-q", "-d", tmp, f"llama-cpp-python=={version}"]  # fmt: skip
+        if subprocess.run(cmd, check=False).returncode != 0:
+            raise BackendUnavailable(f"pip could not download the llama-cpp-python {version} sdist")
         archive = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
         with tarfile.open(archive) as tar:
             members = []
@@ -279,7 +290,8 @@ def install_converter(dest: Path | None = None) -> Path:
                     members.append(m)
             dest.mkdir(parents=True, exist_ok=True)
             tar.extractall(dest, members=members, filter="data")
-    find_converter()
+    if missing := _missing(dest):
+        raise BackendUnavailable(f"the sdist lacked {', '.join(missing)}; is it too old?")
     return dest
 
 

@@ -8,12 +8,13 @@ ids, and is scored on the reference sequence (teacher forcing). `compare` applie
 artifacts must produce the identical tokens (a divergence is only tolerated at a near-tie of the
 source, where float rounding may legitimately flip the argmax) and sit closer to the adapted
 model than to the bare base, so an export that silently dropped the adapter fails; quantized
-ones, made from an f16 file that passed, need a documented top-1 agreement rate.
+ones, made from an f16 file that passed, must keep their logit error within a documented bound.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from sam_brain.errors import BackendUnavailable, SamBrainError
+from sam_brain.errors import BackendUnavailable, ExportFailed
 
 PROMPT = [
     {"role": "system", "content": "You are a helpful coding assistant."},
@@ -47,37 +48,33 @@ class Runtime:
     generate: Generate | None = None
 
 
-class ExportFailed(SamBrainError):
-    """An export could not be built or did not verify; nothing was written to its destination."""
-
-    exit_code = 11
-    http_status = 500
-
-
 @dataclass(frozen=True)
 class Rule:
     """What an artifact must show to pass.
 
-    `min_agree` 1.0 (unquantized): greedy tokens identical, except a flip where the source's
-    top-2 logit margin is below `tie` (float rounding may legitimately decide a near-tie), and the
-    logits nearer the adapted model than the bare base. Below 1.0 (quantized, derived from a
-    verified f16 file): at least that teacher-forced top-1 agreement with the source.
+    Unquantized (`max_rel_err` None): greedy tokens identical, except a flip where the source's
+    top-2 logit margin is below `tie` or the source's own `tie_floor` (float rounding may
+    legitimately decide a near-tie), and
+    logits nearer the adapted model than the bare base. Quantized (made from a verified f16
+    file): logit error at most `max_rel_err` of the spread of the source's logits (RMS over RMS);
+    top-1 agreement and the identical prefix are reported, not required, because they hinge on
+    how many near-ties the prompt happens to hit.
     """
 
     name: str
     tie: float = 0.0
-    min_agree: float = 1.0
+    max_rel_err: float | None = None
 
 
 EXACT_F32 = Rule("identical tokens (f32)", tie=1e-3)
 EXACT_F16 = Rule("identical tokens (f16)", tie=2e-2)
-# Floors well below what the tiny test model measures (q8_0 1.0, q5_k_m/q4_k_m 0.94, see
-# docs/export.md): real-model noise passes, a broken conversion (agreement near 0) does not.
+# Over 2x the largest error measured on the tiny models (docs/export.md: 0.025, 0.12, 0.22);
+# a broken conversion (wrong tensors, rope or tokenizer) gives uncorrelated logits, about 1.4.
 QUANT_RULES = {
     "f16": EXACT_F16,
-    "q8_0": Rule("top-1 agreement >= 0.9 (q8_0)", min_agree=0.9),
-    "q5_k_m": Rule("top-1 agreement >= 0.75 (q5_k_m)", min_agree=0.75),
-    "q4_k_m": Rule("top-1 agreement >= 0.6 (q4_k_m)", min_agree=0.6),
+    "q8_0": Rule("relative logit error <= 0.1 (q8_0)", max_rel_err=0.1),
+    "q5_k_m": Rule("relative logit error <= 0.35 (q5_k_m)", max_rel_err=0.35),
+    "q4_k_m": Rule("relative logit error <= 0.5 (q4_k_m)", max_rel_err=0.5),
 }
 
 
@@ -91,6 +88,11 @@ class Reference:
     base_logits: np.ndarray  # the same positions from the base without the adapter
     eos: frozenset[int]
     text: str  # the prompt as text, for runtimes that tokenize themselves
+    tie_floor: float = 0.0  # near-tie margin the source's own precision (bf16/f16) imposes
+
+
+# A 16-bit source rounds logits of size ~10-30 by ~0.05-0.1, so margins below this are ties.
+HALF_PRECISION_TIE = 0.1
 
 
 def reference(base_dir: Path, adapter_dir: Path) -> Reference:
@@ -110,7 +112,10 @@ def reference(base_dir: Path, adapter_dir: Path) -> Reference:
     gc.collect()
     base = mlx_runtime(load(str(base_dir))[0])
     base_logits = base.forward(prompt + tokens)[len(prompt) - 1 : -1]
-    return Reference(prompt, tokens, logits, base_logits, eos, text)
+    config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
+    dtype = str(config.get("torch_dtype") or config.get("dtype") or "float32")
+    tie_floor = HALF_PRECISION_TIE if dtype in ("bfloat16", "float16") else 0.0
+    return Reference(prompt, tokens, logits, base_logits, eos, text, tie_floor)
 
 
 def greedy(forward: Forward, prompt: list[int], eos: frozenset[int]) -> list[int]:
@@ -151,6 +156,7 @@ def compare(artifact: str, runtime: Runtime, ref: Reference, rule: Rule) -> dict
         diverge = min(len(tokens), len(ref.tokens))
     to_source = _rms(logits - ref.logits)
     to_base = _rms(logits - ref.base_logits)
+    rel_err = to_source / _rms(ref.logits - ref.logits.mean(axis=-1, keepdims=True))
     result: dict[str, Any] = {
         "artifact": artifact,
         "runtime": runtime.name,
@@ -160,25 +166,27 @@ def compare(artifact: str, runtime: Runtime, ref: Reference, rule: Rule) -> dict
         "tokens_identical": diverge is None,
         "first_divergence": diverge,
         "top1_agreement": round(float(agree.mean()), 4),
+        "relative_logit_error": round(rel_err, 6),
         "max_abs_logit_diff": round(float(np.abs(logits - ref.logits).max()), 6),
         "rms_to_source": round(to_source, 6),
         "rms_to_base": round(to_base, 6),
     }
     problems = []
-    if rule.min_agree >= 1.0:
+    if rule.max_rel_err is None:
         # A flip is acceptable only where the source itself was nearly undecided.
-        bad = [int(i) for i in np.flatnonzero(~agree) if margins[i] >= rule.tie]
+        tie = max(rule.tie, ref.tie_floor)
+        bad = [int(i) for i in np.flatnonzero(~agree) if margins[i] >= tie]
         if bad:
             problems.append(f"top-1 differs at confident positions {bad[:5]}")
-        if diverge is not None and diverge < len(margins) and margins[diverge] >= rule.tie:
+        if diverge is not None and diverge < len(margins) and margins[diverge] >= tie:
             problems.append(f"greedy tokens diverge at position {diverge}")
-    elif agree.mean() < rule.min_agree:
-        problems.append(f"top-1 agreement {agree.mean():.2f} < {rule.min_agree}")
-    if rule.min_agree >= 1.0 and to_source >= to_base:
-        problems.append(
-            f"logits are closer to the base without adapter (rms {to_base:.4g}) than to the"
-            f" adapted model (rms {to_source:.4g}): the adapter is missing"
-        )
+        if to_source >= to_base:
+            problems.append(
+                f"logits are closer to the base without adapter (rms {to_base:.4g}) than to the"
+                f" adapted model (rms {to_source:.4g}): the adapter is missing"
+            )
+    elif rel_err > rule.max_rel_err:
+        problems.append(f"relative logit error {rel_err:.3f} > {rule.max_rel_err}")
     result["ok"] = not problems
     if problems:
         raise ExportFailed(
@@ -226,7 +234,8 @@ def check_transformers(
     import torch
     from transformers import AutoModelForCausalLM
 
-    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    # The checkpoint's own dtype: a float32 upcast of a 7B model would need 28 GB.
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="auto")
     runtime = "transformers"
     if peft_dir is not None:
         from peft import PeftModel

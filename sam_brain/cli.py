@@ -334,6 +334,12 @@ def cmd_history(args: argparse.Namespace, config: Config) -> int:
     return history(args, config)
 
 
+def cmd_export(args: argparse.Namespace, config: Config) -> int:
+    from sam_brain.cli_deploy import export
+
+    return export(args, config)
+
+
 HANDLERS = {
     "status": cmd_status,
     "train": cmd_train,
@@ -349,6 +355,7 @@ HANDLERS = {
     "promote": cmd_deploy,
     "stats": cmd_history,
     "history": cmd_history,
+    "export": cmd_export,
 }
 
 

@@ -118,3 +118,23 @@ def _run_counts(home: Any) -> dict[str, int]:
     for r in home.store.runs(100000):
         out[r.status] = out.get(r.status, 0) + 1
     return out
+
+
+def export(args: argparse.Namespace, config: Config) -> int:
+    """`samctl export VERSION --format F --out DIR [--quant Q]`: works on the home directly."""
+    from sam_brain.release import export_version_cmd
+
+    home = _home(config)
+    try:
+        doc = export_version_cmd(
+            home,
+            args.version,
+            args.format,
+            Path(args.out).expanduser(),
+            args.quant,
+            force=args.force,
+        )
+    finally:
+        home.close()
+    _print(doc, args.json)
+    return 0

@@ -68,6 +68,14 @@ def build(epilog: str) -> argparse.ArgumentParser:
     hi.add_argument("--limit", type=int, default=50)
     hi.add_argument("--json", action="store_true")
 
+    ex = sub.add_parser("export", help="export a version for llama.cpp, Ollama, vLLM, LM Studio")
+    ex.add_argument("version")
+    ex.add_argument("--format", required=True, choices=["mlx", "peft", "fused", "gguf", "ollama"])
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--quant", choices=["q4_k_m", "q5_k_m", "q8_0", "f16"])
+    ex.add_argument("--force", action="store_true", help="rebuild even if already exported")
+    ex.add_argument("--json", action="store_true")
+
     dev = sub.add_parser("dev", help="developer helpers")
     dsub2 = dev.add_subparsers(dest="dev_command", required=True)
     tm = dsub2.add_parser("tiny-model", help="build a tiny offline Qwen2-style model")

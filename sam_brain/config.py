@@ -202,7 +202,8 @@ class DeploymentConfig:
         6144.0, "Automatic rollback above this resident memory while serving."
     )
     export_formats: list[str] = _f(
-        [], "Formats each promoted version is exported to automatically (`peft`, `gguf`, ...)."
+        [],
+        "Formats the active version is exported to automatically, under `<data>/exports/VERSION/FORMAT` (`mlx`, `peft`, `fused`, `gguf`, `ollama`).",
     )
 
 

@@ -74,6 +74,15 @@ def to_messages(turns: list[Turn], options: CurateOptions) -> list[Message]:
         turns: Conversation turns (user, assistant, tool).
         options: Thinking and truncation settings.
     """
+    return _finish(_raw_messages(turns, options), options)
+
+
+def _raw_messages(turns: list[Turn], options: CurateOptions) -> list[Message]:
+    """`to_messages` before its trailing non-assistant messages are cut and the system added.
+
+    For runs that each start with a user turn, the raw messages of the runs joined are the
+    runs' raw messages joined: each run's first message does not depend on what came before.
+    """
     messages: list[Message] = []
     for turn in turns:
         if turn.role == "user":
@@ -108,6 +117,11 @@ def to_messages(turns: list[Turn], options: CurateOptions) -> list[Message]:
                 messages.append(
                     {"role": "tool", "tool_call_id": r["tool_use_id"], "content": content}
                 )
+    return messages
+
+
+def _finish(raw: list[Message], options: CurateOptions) -> list[Message]:
+    messages = list(raw)
     while messages and messages[-1]["role"] != "assistant":
         messages.pop()
     if messages and options.system_prompt:
@@ -137,16 +151,18 @@ def windows(turns: list[Turn], options: CurateOptions) -> list[tuple[list[Turn],
             groups[-1].append(turn)
     out: list[tuple[list[Turn], list[Message]]] = []
     window: list[Turn] = []
-    messages: list[Message] = []
+    raw: list[Message] = []
     for group in groups:
-        candidate = to_messages(window + group, options)
+        # Each exchange is turned into messages once (see _raw_messages), not once per window try.
+        raw_group = _raw_messages(group, options)
+        candidate = _finish(raw + raw_group, options)
         if window and estimate_tokens(candidate) > options.max_tokens:
-            out.append((window, messages))
-            window, messages = group, to_messages(group, options)
+            out.append((window, _finish(raw, options)))
+            window, raw = group, raw_group
         else:
-            window, messages = window + group, candidate
+            window, raw = window + group, raw + raw_group
     if window:
-        out.append((window, messages))
+        out.append((window, _finish(raw, options)))
     return [(w, m) for w, m in out if m]
 
 

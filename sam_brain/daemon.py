@@ -33,7 +33,7 @@ from sam_brain.home import Home
 from sam_brain.hub import resolve_model
 from sam_brain.ingest import make_collectors, store_result
 from sam_brain.protocols import Collector
-from sam_brain.release import Exclusive, canary_policy, health_limits
+from sam_brain.release import Exclusive, canary_policy, export_active, health_limits
 from sam_brain.scheduler import Coordinator
 from sam_brain.training import base_model_ref
 from sam_brain.watchers import Watchers
@@ -145,6 +145,8 @@ class Daemon:
                 )
                 if decision != "hold":
                     log.info("canary %s: %s", running.version, decision)
+            if self.config.deployment.export_formats:
+                await asyncio.to_thread(export_active, self.home)
         except Exception:  # a monitoring bug must not stop the daemon
             log.exception("deployment monitor failed")
 

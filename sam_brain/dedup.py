@@ -1,76 +1,206 @@
 """Exact and near-duplicate detection against the whole pool, with an index persisted on disk.
 
-A text is normalised (NFKC, lowercased, whitespace collapsed); its sha256 finds exact duplicates and
-a datasketch MinHash of its word 5-gram shingles (character 5-grams for texts under ten words, as
-crc32-based 32-bit hashes) finds near duplicates through MinHashLSH. LSH candidates are confirmed
-by the Jaccard estimate of the two signatures, so a hit is at or above the threshold. The file
-holds keys, digests and signatures in a NumPy `.npz` archive (no pickle, so a damaged or foreign
-file cannot run code); the LSH tables are rebuilt on open, or reused within the process while the
-file is unchanged. Saving writes a temporary file, fsyncs it and renames it over the old one.
+A text is normalised (NFKC, lowercased, whitespace collapsed); its sha256 finds exact duplicates
+and a MinHash of its word 5-gram shingles (byte 5-grams for texts under ten words) finds near
+ones. Shingles are hashed with NumPy over the whole batch at once (a 64-bit polynomial hash of
+each word from prefix sums, mixed into 5-gram hashes) and rensa computes the signatures in Rust,
+so no Python code runs per shingle. A banded LSH of our own (dicts of band hashes, bands chosen
+for recall at the threshold) proposes candidates, which are confirmed by the Jaccard estimate
+of the two signatures, so a hit is at or above the threshold. The file holds keys, digests and
+signatures in a NumPy `.npz` archive (no pickle, so a damaged or foreign file cannot run code);
+the band tables are rebuilt on open, or reused within the process while the file is unchanged.
+Saving writes a temporary file, fsyncs it and renames it over the old one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
-import re
 import tempfile
 import unicodedata
 import zipfile
-import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
-from datasketch import LeanMinHash, MinHash, MinHashLSH
+import numpy.typing as npt
+from rensa import RMinHash  # type: ignore[import-untyped]  # no stubs; lead: mypy override
 
 log = logging.getLogger(__name__)
-# Opening re-inserts every signature into MinHashLSH (about 0.1 ms per key), so a long-running
-# process keeps the last saved or loaded index per file and reuses it while the file is unchanged
-# and the index holds no unsaved change.
+
+U64 = npt.NDArray[np.uint64]
+U32 = npt.NDArray[np.uint32]
+I64 = npt.NDArray[np.int64]
+Sig = npt.NDArray[np.uint32]
+# (sha256 of the normalised text, MinHash signature or None when it has no shingles, band keys)
+Fingerprint = tuple[bytes, Sig | None, list[int]]
+
+# Opening re-inserts every signature into the band tables, so a long-running process keeps the
+# last saved or loaded index per file and reuses it while the file is unchanged and the index
+# holds no unsaved change.
 _CACHE: dict[Path, tuple[tuple[int, int, int] | None, DedupIndex]] = {}
 
-FORMAT_VERSION = 1  # bump when shingling or hashing changes: old files are then rebuilt
-SHINGLE = 5  # words per shingle (characters per shingle for short texts)
-_SCHEME = "affine32"  # datasketch's default MinHash scheme; its hash values fit in uint32
+FORMAT_VERSION = 2  # bump when shingling or hashing changes: old files are then rebuilt
+HASHING = (
+    f"poly32-5gram64-mix/rensa-r{RMinHash.ALGORITHM_VERSION}"  # stored: another value rebuilds
+)
+SHINGLE = 5  # words per shingle (bytes per shingle for short texts)
 _SEED = 1
-_MIX = 0x9E3779B1  # odd multiplier combining word hashes into a 5-gram hash
+# Words are hashed in 32 bits (a third of the memory traffic of 64); 5-grams of them in 64.
+_P = 0x01000193  # FNV-1's 32-bit prime: odd, so it has an inverse modulo 2**32
+_P_INV = pow(_P, -1, 2**32)
+_MIX = np.uint64(0x9E3779B97F4A7C15)
+_MIX_OUT = np.uint64(0xBF58476D1CE4E5B9)
+_CHUNK = 1 << 20  # bytes hashed per vectorised pass: bounds the temporary arrays (~50 MB)
+_MEMO_MIN = 4096
+_powers: tuple[U32, U32] = (np.ones(1, np.uint32), np.ones(1, np.uint32))
 
 
 def normalize(text: str) -> str:
     """NFKC, lowercase, collapse whitespace: what both duplicate tests compare."""
-    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+    if not text.isascii():  # NFKC leaves ASCII unchanged; skipping it saves a pass
+        text = unicodedata.normalize("NFKC", text)
+    return " ".join(text.lower().split())
 
 
-def shingle_hashes(norm: str) -> list[int]:
-    """32-bit hashes of the word 5-grams of a normalised text (character 5-grams under ten words).
+def _mix(x: U64) -> U64:
+    """Multiply, then fold the high half into the low one (returns a new array).
 
-    Words are hashed once with crc32 and each 5-gram hash is a polynomial of its words' hashes,
-    computed with NumPy: about four times faster than hashing every joined 5-gram string.
+    Every output bit then depends on every input bit, for three NumPy calls where splitmix64's
+    finaliser takes eight.
     """
-    words = re.findall(r"\w+", norm)
-    if len(words) < 2 * SHINGLE:
-        grams = {norm[i : i + SHINGLE] for i in range(max(len(norm) - SHINGLE + 1, 1))} - {""}
-        return sorted(zlib.crc32(g.encode("utf-8")) for g in grams)
-    vocab = {x: zlib.crc32(x.encode("utf-8")) for x in set(words)}  # words repeat: hash once
-    w = np.array([vocab[x] for x in words], dtype=np.uint64)
+    x = x * _MIX_OUT
+    x ^= x >> np.uint64(32)
+    return x
+
+
+def _power_tables(n: int) -> tuple[U32, U32]:
+    """P**i and P**-i modulo 2**32 for i < n (kept for the process up to twice `_CHUNK`)."""
+    global _powers
+    if len(_powers[0]) >= n:
+        return _powers
+    size = max(n, min(2 * len(_powers[0]), 2 * _CHUNK))
+    fwd = np.full(size, _P, dtype=np.uint32)
+    inv = np.full(size, _P_INV, dtype=np.uint32)
+    fwd[0] = inv[0] = 1
+    tables = (np.cumprod(fwd, dtype=np.uint32), np.cumprod(inv, dtype=np.uint32))
+    if size <= 2 * _CHUNK:  # one huge text must not pin hundreds of MB for good
+        _powers = tables
+    return tables
+
+
+def _prefix(buf: npt.NDArray[np.uint8]) -> tuple[U32, U32]:
+    """Prefix sums of a polynomial hash over `buf`, and the inverse powers that undo a shift.
+
+    `(prefix[hi] - prefix[lo]) * inv[lo]` is then the hash of `buf[lo:hi]` wherever it sits.
+    """
+    fwd, inv = _power_tables(len(buf) + 1)
+    weighted = np.multiply(buf, fwd[: len(buf)], dtype=np.uint32)
+    weighted += fwd[: len(buf)]  # (byte + 1) * P**i: a NUL byte still counts
+    prefix = np.zeros(len(buf) + 1, dtype=np.uint32)
+    np.cumsum(weighted, out=prefix[1:])
+    return prefix, inv
+
+
+def _grams(words32: U32) -> U64:
+    """Hashes of every run of `SHINGLE` consecutive word hashes (a polynomial in them)."""
+    words = words32.astype(np.uint64)
     n = len(words) - SHINGLE + 1
-    h = np.zeros(n, dtype=np.uint64)
-    for j in range(SHINGLE):
-        h = (h * np.uint64(_MIX) + w[j : j + n]) & np.uint64(0xFFFFFFFF)
-    return [int(x) for x in np.unique(h)]
+    grams = words[:n] * _MIX
+    for j in range(1, SHINGLE):
+        grams += words[j : j + n]
+        if j < SHINGLE - 1:
+            grams *= _MIX
+    return grams
+
+
+def shingle_hashes(norms: Sequence[str]) -> tuple[U64, I64]:
+    """64-bit shingle hashes of normalised texts, grouped by text: `(hashes, row offsets)`.
+
+    Texts of ten or more words give their word 5-grams, shorter ones their byte 5-grams (a
+    single shingle when under five bytes), empty ones nothing. Text `i`'s hashes are
+    `hashes[offsets[i]:offsets[i + 1]]`. One text takes a shorter path with the same result.
+    """
+    return _shingles([n.encode("utf-8") for n in norms])
+
+
+def _shingles(encoded: Sequence[bytes]) -> tuple[U64, I64]:
+    """`shingle_hashes` of texts already normalised and UTF-8 encoded."""
+    if len(encoded) == 1:
+        one = _shingle_one(encoded[0])
+        return one, np.array([0, len(one)], dtype=np.int64)
+    lens = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    buf = np.frombuffer(b" ".join(encoded), dtype=np.uint8)  # normalised texts hold no b"  "
+    starts = np.cumsum(lens + 1) - lens - 1
+    prefix, inv = _prefix(buf)
+    spaces = np.flatnonzero(buf == 32)
+    w_lo = np.concatenate(([0], spaces + 1))
+    w_hi = np.concatenate((spaces, [len(buf)]))
+    real = w_hi > w_lo  # an empty text leaves an empty "word" between two separators
+    w_lo, w_hi = w_lo[real], w_hi[real]
+    w_doc = np.searchsorted(starts, w_lo, side="right") - 1
+    n_words = np.bincount(w_doc, minlength=len(encoded))
+    parts: list[U64] = []
+    part_docs: list[I64] = []
+    if len(w_lo) >= SHINGLE:
+        n = len(w_lo) - SHINGLE + 1
+        grams = _grams((prefix[w_hi] - prefix[w_lo]) * inv[w_lo])
+        ok = (w_doc[SHINGLE - 1 :] == w_doc[:n]) & (n_words[w_doc[:n]] >= 2 * SHINGLE)
+        parts.append(grams[ok])
+        part_docs.append(w_doc[:n][ok])
+    short = np.flatnonzero((n_words < 2 * SHINGLE) & (lens > 0))
+    if len(short):
+        count = np.maximum(lens[short] - SHINGLE + 1, 1)
+        first = np.repeat(np.cumsum(count) - count, count)
+        lo = np.repeat(starts[short], count) + np.arange(int(count.sum())) - first
+        hi = np.minimum(lo + SHINGLE, np.repeat(starts[short] + lens[short], count))
+        parts.append(((prefix[hi] - prefix[lo]) * inv[lo]).astype(np.uint64))
+        part_docs.append(np.repeat(short, count))
+    offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+    if not parts:
+        return np.zeros(0, dtype=np.uint64), offsets
+    docs = np.concatenate(part_docs)
+    np.cumsum(np.bincount(docs, minlength=len(encoded)), out=offsets[1:])
+    return _mix(np.concatenate(parts)[np.argsort(docs, kind="stable")]), offsets
+
+
+def _shingle_one(norm: bytes) -> U64:
+    """`_shingles` of a single text, with about half the NumPy calls."""
+    buf = np.frombuffer(norm, dtype=np.uint8)
+    if not len(buf):
+        return np.zeros(0, dtype=np.uint64)
+    prefix, inv = _prefix(buf)
+    spaces = np.flatnonzero(buf == 32)
+    if len(spaces) + 1 >= 2 * SHINGLE:
+        lo = np.concatenate(([0], spaces + 1))
+        hi = np.concatenate((spaces, [len(buf)]))
+        return _mix(_grams((prefix[hi] - prefix[lo]) * inv[lo]))
+    lo = np.arange(max(len(buf) - SHINGLE + 1, 1))
+    hi = np.minimum(lo + SHINGLE, len(buf))
+    return _mix(((prefix[hi] - prefix[lo]) * inv[lo]).astype(np.uint64))
+
+
+def _bands(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows): the longest bands that still propose 99% of pairs at the threshold."""
+    for rows in range(num_perm, 0, -1):
+        bands = num_perm // rows
+        if 1 - (1 - threshold**rows) ** bands >= 0.99:
+            return bands, rows
+    return num_perm, 1
 
 
 class DedupIndex:
     """Exact (sha256) and near (MinHash LSH) duplicate index over `key -> text`.
 
     Use `open` rather than the constructor. `needs_rebuild` is true when the file on disk was
-    unreadable or built with another `num_perm`; the caller then passes every pooled
-    `(key, text)` to `rebuild`.
+    unreadable or built with another `num_perm` or hashing; the caller then passes every
+    pooled `(key, text)` to `rebuild`. `prefetch` fingerprints a batch of texts in one
+    vectorised pass, which makes the `check`/`add` calls that follow several times faster.
     """
 
     def __init__(self, path: Path, threshold: float = 0.85, num_perm: int = 128) -> None:
@@ -78,16 +208,20 @@ class DedupIndex:
         self.threshold = threshold
         self.num_perm = num_perm
         self.needs_rebuild = False
-        # The values fed in are already 32-bit shingle hashes (shingle_hashes), so hashfunc=int.
-        self._template = MinHash(num_perm=num_perm, seed=_SEED, scheme=_SCHEME, hashfunc=int)
+        self._bands, self._rows = _bands(threshold, num_perm)
+        self._coef = np.cumprod(np.full(self._rows, _MIX, dtype=np.uint64))
+        self._salt = np.arange(self._bands, dtype=np.uint64) * np.uint64(0xD6E8FEB86659FD93)
         self._clear()
 
     def _clear(self) -> None:
-        self._lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
+        # band key -> the key (or keys) whose signature has it; a lone key is kept bare, since
+        # nearly every bucket holds one and a list per bucket would double the insert cost
+        self._buckets: dict[int, str | list[str]] = {}
         self._digest: dict[str, bytes] = {}  # key -> sha256 of the normalised text
-        self._sig: dict[str, np.ndarray[Any, Any]] = {}  # key -> MinHash values (uint32)
+        self._sig: dict[str, Sig] = {}  # key -> MinHash values
         self._by_digest: dict[bytes, set[str]] = {}
-        self._memo: tuple[str, bytes, np.ndarray[Any, Any] | None] | None = None
+        self._memo: dict[str, Fingerprint] = {}
+        self._memo_cap = _MEMO_MIN
         self._dirty = False
 
     @classmethod
@@ -103,7 +237,7 @@ class DedupIndex:
         if cached is not None and cached[0] == _stamp(Path(path)):
             index = cached[1]
             if not index._dirty and (index.threshold, index.num_perm) == (threshold, num_perm):
-                return index  # same file, same state: skip rebuilding the LSH tables
+                return index  # same file, same state: skip rebuilding the band tables
         index = cls(path, threshold, num_perm)
         if not index.path.exists():
             return index
@@ -121,8 +255,14 @@ class DedupIndex:
                 index.path.replace(aside)
             index.needs_rebuild = True
             return index
-        for key, digest, sig in zip(keys, digests, sigs, strict=True):
-            index._insert(key, bytes(digest), sig if sig.any() else None)
+        has_sig: npt.NDArray[np.bool_] = np.any(sigs != 0, axis=1)
+        band_keys = index._band_keys(sigs[has_sig])
+        rows = iter(band_keys.tolist())
+        for key, digest, sig, signed in zip(keys, digests, sigs, has_sig.tolist(), strict=True):
+            fp: Fingerprint = (
+                (bytes(digest), sig, next(rows)) if signed else (bytes(digest), None, [])
+            )
+            index._insert(key, fp)
         index._dirty = False
         index._remember()
         return index
@@ -133,6 +273,12 @@ class DedupIndex:
     def __contains__(self, key: object) -> bool:
         return key in self._digest
 
+    def prefetch(self, texts: Iterable[str]) -> None:
+        """Fingerprint texts about to be checked or added, all in one vectorised pass."""
+        todo = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        self._memo_cap = len(self._memo) + len(todo) + _MEMO_MIN
+        self._memo.update(zip(todo, self._fingerprints(todo), strict=True))
+
     def check(self, key: str, text: str) -> str | None:
         """The key of an indexed text that duplicates `text`, or None.
 
@@ -140,16 +286,23 @@ class DedupIndex:
         smallest key) is returned. `key` itself is never reported, so re-checking a stored
         sample finds only other samples.
         """
-        digest, sig = self._fingerprint(text)
-        exact = self._by_digest.get(digest, set()) - {key}
-        if exact:
-            return min(exact)
+        digest, sig, band_keys = self._fingerprint(text)
+        exact = self._by_digest.get(digest)
+        if exact and (len(exact) > 1 or key not in exact):
+            return min(exact - {key})
         if sig is None:
             return None
+        candidates: set[str] = set()
+        buckets = self._buckets
+        for band in band_keys:
+            if (hit := buckets.get(band)) is not None:
+                if isinstance(hit, str):
+                    candidates.add(hit)
+                else:
+                    candidates.update(hit)
+        candidates.discard(key)
         best: tuple[float, str] | None = None
-        for other in self._lsh.query(self._minhash(sig)):
-            if other == key:
-                continue
+        for other in candidates:
             similarity = float(np.count_nonzero(self._sig[other] == sig)) / self.num_perm
             if similarity >= self.threshold and (best is None or (-similarity, other) < best):
                 best = (-similarity, other)
@@ -157,11 +310,12 @@ class DedupIndex:
 
     def add(self, key: str, text: str) -> None:
         """Index `text` under `key`; the same text again is a no-op, a changed text replaces it."""
-        digest, sig = self._fingerprint(text)
-        if self._digest.get(key) == digest:
+        fp = self._fingerprint(text)
+        self._memo.pop(text, None)  # check() then add() is the common path: done with it now
+        if self._digest.get(key) == fp[0]:
             return
         self.remove(key)
-        self._insert(key, digest, sig)
+        self._insert(key, fp)
 
     def remove(self, key: str) -> None:
         """Forget `key` (unknown keys are ignored)."""
@@ -172,20 +326,32 @@ class DedupIndex:
         keys.discard(key)
         if not keys:
             del self._by_digest[digest]
-        if self._sig.pop(key, None) is not None:
-            self._lsh.remove(key)
+        sig = self._sig.pop(key, None)
+        if sig is not None:
+            for band in self._band_keys(sig[None, :])[0].tolist():
+                bucket = self._buckets.get(band)
+                if bucket == key:
+                    del self._buckets[band]
+                elif isinstance(bucket, list) and key in bucket:
+                    bucket.remove(key)
+                    if len(bucket) == 1:
+                        self._buckets[band] = bucket[0]
         self._dirty = True
 
     def rebuild(self, items: Iterable[tuple[str, str]]) -> None:
         """Replace the whole index with `(key, text)` pairs (recovery from a damaged file)."""
         self._clear()
-        for key, text in items:
-            self.add(key, text)
+        pairs = list(items)
+        for (key, _), fp in zip(pairs, self._fingerprints([t for _, t in pairs]), strict=True):
+            if self._digest.get(key) != fp[0]:
+                self.remove(key)
+                self._insert(key, fp)
         self.needs_rebuild = False
         self._dirty = True
 
     def save(self) -> None:
         """Write the index atomically (temporary file, fsync, rename); skipped if unchanged."""
+        self._memo.clear()
         if not self._dirty and self.path.exists():
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,7 +360,8 @@ class DedupIndex:
         for i, key in enumerate(keys):
             if key in self._sig:
                 sigs[i] = self._sig[key]
-        meta = {"version": FORMAT_VERSION, "num_perm": self.num_perm, "keys": keys}
+        meta = {"version": FORMAT_VERSION, "hashing": HASHING, "num_perm": self.num_perm}
+        meta["keys"] = keys
         arrays: dict[str, np.ndarray[Any, Any]] = {
             "meta": np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8),
             "digests": np.frombuffer(b"".join(self._digest[k] for k in keys), dtype=np.uint8),
@@ -221,30 +388,74 @@ class DedupIndex:
     def _remember(self) -> None:
         _CACHE[self.path.resolve()] = (_stamp(self.path), self)
 
-    def _fingerprint(self, text: str) -> tuple[bytes, np.ndarray[Any, Any] | None]:
-        # check() then add() of the same text is the common path: compute the MinHash once.
-        if self._memo is not None and self._memo[0] == text:
-            return self._memo[1], self._memo[2]
-        norm = normalize(text)
-        digest = hashlib.sha256(norm.encode("utf-8")).digest()
-        grams = shingle_hashes(norm)
-        sig: np.ndarray[Any, Any] | None = None
-        if grams:
-            m = self._template.copy()
-            m.update_batch(grams)
-            sig = np.asarray(m.hashvalues, dtype=np.uint32)
-        self._memo = (text, digest, sig)
-        return digest, sig
+    def _fingerprint(self, text: str) -> Fingerprint:
+        fp = self._memo.get(text)
+        if fp is None:
+            if len(self._memo) >= self._memo_cap:
+                self._memo.clear()  # texts checked but never added: do not keep them forever
+            fp = self._memo[text] = self._fingerprint_one(text)
+        return fp
 
-    def _minhash(self, sig: np.ndarray[Any, Any]) -> LeanMinHash:
-        return LeanMinHash(seed=_SEED, hashvalues=sig, scheme=_SCHEME)
+    def _fingerprint_one(self, text: str) -> Fingerprint:
+        """`_fingerprints([text])[0]` with fewer NumPy calls (the per-sample path)."""
+        norm = normalize(text).encode("utf-8")
+        digest = hashlib.sha256(norm).digest()
+        grams = _shingle_one(norm)
+        if not len(grams):
+            return digest, None, []
+        offsets = np.array([0, len(grams)], dtype=np.uint64)
+        matrix = RMinHash.digest_matrix_from_flat_token_hashes(grams, offsets, self.num_perm, _SEED)
+        sig: Sig = np.array(matrix.to_rows()[0], dtype=np.uint32)
+        return digest, sig, self._band_keys(sig[None, :])[0].tolist()
 
-    def _insert(self, key: str, digest: bytes, sig: np.ndarray[Any, Any] | None) -> None:
+    def _fingerprints(self, texts: Sequence[str]) -> list[Fingerprint]:
+        """Digests, signatures and band keys of many texts, in chunks of about `_CHUNK` bytes."""
+        out: list[Fingerprint] = []
+        start = size = 0
+        for i, text in enumerate(texts):
+            size += len(text)
+            if size >= _CHUNK or i == len(texts) - 1:
+                chunk = texts[start : i + 1]
+                out += self._fingerprint_chunk([normalize(t).encode("utf-8") for t in chunk])
+                start, size = i + 1, 0
+        return out
+
+    def _fingerprint_chunk(self, norms: list[bytes]) -> list[Fingerprint]:
+        hashes, offsets = _shingles(norms)
+        matrix = RMinHash.digest_matrix_from_flat_token_hashes(
+            hashes, offsets.astype(np.uint64), self.num_perm, _SEED
+        )
+        values = itertools.chain.from_iterable(matrix.to_rows())
+        sigs = np.fromiter(values, dtype=np.uint32, count=len(norms) * self.num_perm)
+        sigs = sigs.reshape(len(norms), self.num_perm)
+        band_keys = self._band_keys(sigs).tolist()
+        signed = (offsets[1:] > offsets[:-1]).tolist()
+        return [
+            (hashlib.sha256(norm).digest(), sig, bk) if ok else
+            (hashlib.sha256(norm).digest(), None, [])
+            for norm, sig, bk, ok in zip(norms, sigs, band_keys, signed, strict=True)
+        ]  # fmt: skip
+
+    def _band_keys(self, sigs: Sig) -> U64:
+        """One 64-bit key per (signature, band): a polynomial of its values plus the band number."""
+        cols = sigs[:, : self._bands * self._rows].reshape(len(sigs), self._bands, self._rows)
+        keys = cast(U64, cols.astype(np.uint64) @ self._coef)  # integer matmul wraps mod 2**64
+        return keys + self._salt
+
+    def _insert(self, key: str, fp: Fingerprint) -> None:
+        digest, sig, band_keys = fp
         self._digest[key] = digest
         self._by_digest.setdefault(digest, set()).add(key)
         if sig is not None:  # an empty text has no shingles: exact matching only
             self._sig[key] = sig
-            self._lsh.insert(key, self._minhash(sig), check_duplication=False)
+            buckets = self._buckets
+            for band in band_keys:
+                held = buckets.setdefault(band, key)
+                if held is not key:
+                    if isinstance(held, str):
+                        buckets[band] = [held, key]
+                    else:
+                        held.append(key)
         self._dirty = True
 
 
@@ -262,16 +473,14 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def _read(
-    path: Path, num_perm: int
-) -> tuple[list[str], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+def _read(path: Path, num_perm: int) -> tuple[list[str], np.ndarray[Any, Any], Sig]:
     """Load and validate an index file; raises ValueError when anything does not add up."""
     with np.load(path, allow_pickle=False) as data:
         meta = json.loads(bytes(data["meta"]).decode("utf-8"))
         digests = data["digests"].reshape(-1, 32)
         sigs = data["sigs"]
-    if meta.get("version") != FORMAT_VERSION:
-        raise ValueError(f"format version {meta.get('version')!r}, expected {FORMAT_VERSION}")
+    if meta.get("version") != FORMAT_VERSION or meta.get("hashing") != HASHING:
+        raise ValueError(f"format {meta.get('version')!r}/{meta.get('hashing')!r}, not {HASHING}")
     if meta.get("num_perm") != num_perm:
         raise ValueError(f"built with num_perm={meta.get('num_perm')}, expected {num_perm}")
     keys = meta.get("keys")

@@ -96,3 +96,10 @@ class AlreadyRunning(SamBrainError):
 
     exit_code = 10
     http_status = 409
+
+
+class ExportFailed(SamBrainError):
+    """An export could not be built or did not verify; nothing was written to its destination."""
+
+    exit_code = 11
+    http_status = 500
