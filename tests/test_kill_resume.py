@@ -22,9 +22,15 @@ pytestmark = pytest.mark.slow
 
 def rows(n: int) -> list[dict[str, Any]]:
     words = ["red", "green", "blue", "amber", "violet", "teal"]
-    return [{"messages": [{"role": "user", "content": f"What colour is box {i}?"},
-                          {"role": "assistant", "content": f"Box {i} is {words[i % 6]}."}]}
-            for i in range(n)]
+    return [
+        {
+            "messages": [
+                {"role": "user", "content": f"What colour is box {i}?"},
+                {"role": "assistant", "content": f"Box {i} is {words[i % 6]}."},
+            ]
+        }
+        for i in range(n)
+    ]
 
 
 def write_data(d: Path) -> None:
@@ -34,11 +40,26 @@ def write_data(d: Path) -> None:
 
 
 def spec_for(tmp: Path, model: Path, name: str) -> Path:
-    profile = Profile(lora_rank=4, lora_alpha=8.0, num_layers=-1, batch_size=2, grad_accum=1,
-                      max_seq_length=64, learning_rate=5e-3, max_steps=16, eval_every=4,
-                      save_every=2)
-    spec = TrainSpec(run_id=name, base_model=str(model), data_dir=str(tmp / "data"),
-                     out_dir=str(tmp / name), profile=asdict(profile), seed=1)
+    profile = Profile(
+        lora_rank=4,
+        lora_alpha=8.0,
+        num_layers=-1,
+        batch_size=2,
+        grad_accum=1,
+        max_seq_length=64,
+        learning_rate=5e-3,
+        max_steps=16,
+        eval_every=4,
+        save_every=2,
+    )
+    spec = TrainSpec(
+        run_id=name,
+        base_model=str(model),
+        data_dir=str(tmp / "data"),
+        out_dir=str(tmp / name),
+        profile=asdict(profile),
+        seed=1,
+    )
     path = tmp / f"{name}.json"
     path.write_text(spec.to_json())
     return path
@@ -46,9 +67,13 @@ def spec_for(tmp: Path, model: Path, name: str) -> Path:
 
 def run_worker(spec: Path, kill_at_step: int = 0) -> list[dict[str, Any]]:
     """Run `python -m sam_brain.worker mlx spec`; SIGKILL it once it reports `kill_at_step`."""
-    proc = subprocess.Popen([sys.executable, "-m", "sam_brain.worker", "mlx", str(spec)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env=worker_env("mlx"))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sam_brain.worker", "mlx", str(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=worker_env("mlx"),
+    )
     assert proc.stdout is not None
     reports = []
     for line in proc.stdout:
@@ -78,6 +103,8 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(tmp_path: Path, tiny_mo
     result = next(m for m in second if m["kind"] == "result")
     assert result["steps"] == clean_result["steps"] == 16
     assert result["metrics"]["final_train_loss"] == pytest.approx(
-        clean_result["metrics"]["final_train_loss"], rel=1e-3)
+        clean_result["metrics"]["final_train_loss"], rel=1e-3
+    )
     assert result["metrics"]["best_val_loss"] == pytest.approx(
-        clean_result["metrics"]["best_val_loss"], rel=1e-3)
+        clean_result["metrics"]["best_val_loss"], rel=1e-3
+    )

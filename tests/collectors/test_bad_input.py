@@ -25,9 +25,7 @@ def test_bad_files_and_lines_are_counted_and_never_fatal(tmp_path: Path) -> None
     # The same session with a huge line, a NUL run, a torn double object and a truncated tail.
     huge = json.dumps({"type": "user", "blob": "x" * (10 * 2**20 + 10)}).encode() + b"\n"
     torn = lines[1].rstrip(b"\n")[:40] + lines[1]
-    damaged = (
-        [*lines[:1], huge, b"\x00" * 64 + b"\n", torn, *lines[2:], b'{"type": "user", "mes']
-    )
+    damaged = [*lines[:1], huge, b"\x00" * 64 + b"\n", torn, *lines[2:], b'{"type": "user", "mes']
     main.write_bytes(b"".join(damaged))
     (project / "empty.jsonl").write_bytes(b"")
     (project / "binary.jsonl").write_bytes(os.urandom(4096))
