@@ -16,6 +16,11 @@ from typing import Any
 
 Record = dict[str, Any]
 
+try:  # orjson parses transcript lines 3-5x faster than json; both give the same objects
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is a dependency; keep working without it
+    _orjson = None  # type: ignore[assignment]
+
 
 def read_records(path: Path, skipped: Counter[str]) -> list[Record]:
     """Read a JSONL transcript, returning its JSON objects and counting every unusable line.
@@ -30,9 +35,22 @@ def read_records(path: Path, skipped: Counter[str]) -> list[Record]:
     if lines and lines[-1] == b"":
         lines.pop()
     records = []
+    last = len(lines) - 1 if not data.endswith(b"\n") else -1
+    fast = _orjson.loads if _orjson is not None else None
     for i, raw in enumerate(lines):
-        open_last = i == len(lines) - 1 and not data.endswith(b"\n")
-        rec = _decode_line(raw, skipped, open_last)
+        # Fast path: a well-formed object line (nearly all of them). Anything else, including
+        # what orjson is stricter about than json (NaN, huge ints, lone surrogates), goes the
+        # careful way below, which counts or salvages it.
+        if fast is not None and len(raw) <= MAX_LINE_BYTES:
+            try:
+                obj = fast(raw)
+            except ValueError:
+                pass
+            else:
+                if type(obj) is dict:
+                    records.append(obj)
+                    continue
+        rec = _decode_line(raw, skipped, i == last)
         if rec is not None:
             records.append(rec)
     return records

@@ -11,12 +11,14 @@ an archive directory, a gzip copy of every raw transcript is kept there under it
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import gzip
 import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from collectors.transcript import SUBAGENT_TOOLS, Conversation, parse_file
@@ -112,6 +114,23 @@ def load_session(main: Path, subagent_files: Sequence[Path] | None = None) -> Co
         conv.subagents.append(sub)
     conv.subagents.sort(key=lambda s: (s.started, str(s.path)))
     return conv
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while one session is parsed and curated.
+
+    Parsing allocates hundreds of thousands of dicts and lists, all freed by reference counting
+    (the parsed structures hold no cycles); the collector would only rescan them again and
+    again, which took a quarter of the extraction time.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _identity(path: Path) -> dict[str, float]:
@@ -250,8 +269,9 @@ class SessionCollector:
         result = CollectResult()
         ready_after = max(i["mtime"] for i in idents.values()) + self.quiet_minutes * 60
         try:
-            conv = load_session(main, agents)
-            result.samples = curate(conv, self.options, self.quality, ready_after)
+            with _no_cyclic_gc():
+                conv = load_session(main, agents)
+                result.samples = curate(conv, self.options, self.quality, ready_after)
         except OSError as err:
             log.warning("sessions collector: cannot read %s: %s", main, err)
             result.skipped["read_error"] += 1

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
 
@@ -135,6 +135,8 @@ def _flatten(content: Any, skipped: Counter[str]) -> str:
 
 
 def _strip_reminders(text: str, skipped: Counter[str]) -> str:
+    if "<system-reminder>" not in text:  # the common case; a substring test is far cheaper
+        return text
     stripped, n = _REMINDER.subn("\n", text)
     if n:
         skipped["system_reminder"] += n
@@ -142,18 +144,33 @@ def _strip_reminders(text: str, skipped: Counter[str]) -> str:
     return text
 
 
+def _set(turn: Turn, **changes: Any) -> Turn:
+    """Fill in a turn built moments ago and not yet shared (`dataclasses.replace` is slow)."""
+    turn.__dict__.update(changes)
+    return turn
+
+
+def _clone(turn: Turn, **changes: Any) -> Turn:
+    """A copy with its own lists, so merging into it leaves the parsed line's turn alone."""
+    new = object.__new__(Turn)
+    new.__dict__.update(turn.__dict__, tool_calls=list(turn.tool_calls), uuids=list(turn.uuids))
+    new.__dict__.update(results=list(turn.results), **changes)
+    return new
+
+
 def _line_turn(rec: Record, skipped: Counter[str]) -> Turn | None:
     """The content a user/assistant line contributes, or None when the line is dropped."""
     message: Record = rec["message"]
+    if rec.get("type") != "assistant":
+        if rec.get("isCompactSummary"):
+            skipped["compact_summary"] += 1
+            return None
+        if rec.get("isMeta") or rec.get("isVisibleInTranscriptOnly"):
+            skipped["meta"] += 1
+            return None
     base = Turn(role="", uuids=[_str(rec.get("uuid"))], timestamp=_str(rec.get("timestamp")))
     if rec.get("type") == "assistant":
         return _assistant_turn(rec, message, base, skipped)
-    if rec.get("isCompactSummary"):
-        skipped["compact_summary"] += 1
-        return None
-    if rec.get("isMeta") or rec.get("isVisibleInTranscriptOnly"):
-        skipped["meta"] += 1
-        return None
     blocks = _blocks(message.get("content"))
     results: list[ToolResult] = []
     texts = []
@@ -168,7 +185,9 @@ def _line_turn(rec: Record, skipped: Counter[str]) -> Turn | None:
             )
             if isinstance(tur, dict) and isinstance(tur.get("agentId"), str):
                 result["agent_id"] = tur["agentId"]
-            elif m := _AGENT_ID_IN_TEXT.search(result["content"]):
+            elif "agentId: " in result["content"] and (
+                m := _AGENT_ID_IN_TEXT.search(result["content"])
+            ):
                 result["agent_id"] = m.group(1)
             results.append(result)
         elif kind == "text":
@@ -181,20 +200,20 @@ def _line_turn(rec: Record, skipped: Counter[str]) -> Turn | None:
     if results:
         if texts:
             skipped["tool_line_text"] += len(texts)
-        return replace(base, role="tool", results=results)
+        return _set(base, role="tool", results=results)
     text = "\n\n".join(texts)
     if text.startswith(EVENT_PREFIX):
         skipped["task_notification"] += 1
-        return replace(base, role="event")
+        return _set(base, role="event")
     if text.startswith(WRAPPER_PREFIXES):
         skipped["command"] += 1
         return None
     if text.startswith(INTERRUPT_PREFIX):
-        return replace(base, role="interrupt")
+        return _set(base, role="interrupt")
     if not text:
         skipped["empty_user"] += 1
         return None
-    return replace(base, role="user", text=text)
+    return _set(base, role="user", text=text)
 
 
 def _assistant_turn(rec: Record, message: Record, base: Turn, skipped: Counter[str]) -> Turn | None:
@@ -226,7 +245,7 @@ def _assistant_turn(rec: Record, message: Record, base: Turn, skipped: Counter[s
     if not (texts or thoughts or calls):
         skipped["empty_assistant"] += 1
         return None
-    return replace(
+    return _set(
         base,
         role="assistant",
         text="\n\n".join(texts),
@@ -240,40 +259,69 @@ def _assistant_turn(rec: Record, message: Record, base: Turn, skipped: Counter[s
 # Threading
 
 
-def _nodes(records: list[Record], skipped: Counter[str], subagent_file: bool) -> dict[str, Node]:
+@dataclass
+class _FileMeta:
+    """What every conversation of one file shares.
+
+    The most common session id (the file stem if none), and the first cwd and branch and the
+    last version found on its user and assistant lines.
+    """
+
+    session_id: str
+    cwd: str
+    git_branch: str
+    version: str
+
+
+def _nodes(
+    path: Path, records: list[Record], skipped: Counter[str], subagent_file: bool
+) -> tuple[dict[str, Node], _FileMeta]:
+    """Every line as a tree node, and the file's metadata, in one pass over the records."""
     nodes: dict[str, Node] = {}
+    sessions: Counter[str] = Counter()
+    cwd = branch = version = ""
     for index, rec in enumerate(records):
-        kind = rec.get("type")
-        if kind in ("user", "assistant") and not isinstance(rec.get("message"), dict):
-            skipped["bad_message"] += 1  # a malformed line must not claim its uuid
-            continue
-        if kind in ("user", "assistant"):
+        get = rec.get  # the hot loop of parsing: one attribute lookup per line, not ten
+        kind = get("type")
+        if sid := get("sessionId"):
+            sessions[sid if isinstance(sid, str) else ""] += 1
+        if kind == "user" or kind == "assistant":
+            cwd = cwd or _str(get("cwd"))
+            branch = branch or _str(get("gitBranch"))
+            version = _str(get("version")) or version
+            if not isinstance(get("message"), dict):
+                skipped["bad_message"] += 1  # a malformed line must not claim its uuid
+                continue
             turn = _line_turn(rec, skipped)
         else:
-            data = rec.get("data")
-            agent_copy = isinstance(data, dict) and data.get("type") == "agent_progress"
-            skipped["agent_progress" if agent_copy else f"type:{kind or 'missing'}"] += 1
+            data = get("data")
+            if isinstance(data, dict) and data.get("type") == "agent_progress":
+                skipped["agent_progress"] += 1
+            else:
+                skipped[f"type:{kind or 'missing'}"] += 1
             turn = None
-        uuid = _str(rec.get("uuid"))
-        if not uuid:
+        uuid = get("uuid")
+        if not uuid or not isinstance(uuid, str):
             if turn is None:
                 continue  # unchained metadata (summary, snapshot, queue-operation)
             uuid = f"line-{index}"
         if uuid in nodes:
             skipped["duplicate_uuid"] += 1
             continue
-        parent = rec.get("parentUuid")
-        if rec.get("subtype") == "compact_boundary":
-            parent = rec.get("logicalParentUuid")  # stitch the pre-compaction history back on
+        # A compact boundary stitches the pre-compaction history back on.
+        compact = get("subtype") == "compact_boundary"
+        parent = get("logicalParentUuid") if compact else get("parentUuid")
+        ts = get("timestamp")
         nodes[uuid] = Node(
-            uuid=uuid,
-            parent=parent if isinstance(parent, str) and parent else None,
-            index=index,
-            ts=_str(rec.get("timestamp")),
-            sidechain=bool(rec.get("isSidechain")) and not subagent_file,
-            turn=turn,
+            uuid,
+            parent if parent and isinstance(parent, str) else None,
+            index,
+            ts if isinstance(ts, str) else "",
+            bool(get("isSidechain")) and not subagent_file,
+            turn,
         )
-    return nodes
+    session = sessions.most_common(1)[0][0] if sessions else path.stem
+    return nodes, _FileMeta(session, cwd, branch, version)
 
 
 def _merge(items: list[Turn], skipped: Counter[str]) -> tuple[list[Turn], int]:
@@ -301,14 +349,15 @@ def _merge(items: list[Turn], skipped: Counter[str]) -> tuple[list[Turn], int]:
                 target.uuids.extend(item.uuids)
                 continue
             open_at = {item.message_id: len(turns)} if item.message_id else {}
-            item = replace(item, trigger=trigger)
+            turns.append(_clone(item, trigger=trigger))
             trigger = ""
+            continue
         elif last is not None and last.role == item.role and item.role in ("tool", "user"):
             last.results.extend(item.results)
             last.text = "\n\n".join(p for p in (last.text, item.text) if p)
             last.uuids.extend(item.uuids)
             continue
-        turns.append(replace(item, tool_calls=list(item.tool_calls), results=list(item.results)))
+        turns.append(_clone(item))
     if interrupts:
         skipped["interrupt"] += interrupts
     return _pair(turns, skipped), interrupts
@@ -341,23 +390,16 @@ def _pair(turns: list[Turn], skipped: Counter[str]) -> list[Turn]:
 # Files
 
 
-def _conversation(path: Path, records: list[Record], turns: list[Turn]) -> Conversation:
-    sessions = Counter(_str(r.get("sessionId")) for r in records if r.get("sessionId"))
-    chained = [r for r in records if r.get("type") in ("user", "assistant")]
-
-    def first(key: str) -> str:
-        return next((_str(r.get(key)) for r in chained if _str(r.get(key))), "")
-
-    versions = [_str(r.get("version")) for r in chained if _str(r.get("version"))]
-    stamps = sorted(t.timestamp for t in turns if t.timestamp)
+def _conversation(path: Path, meta: _FileMeta, turns: list[Turn]) -> Conversation:
+    stamps = [t.timestamp for t in turns if t.timestamp]
     return Conversation(
-        session_id=sessions.most_common(1)[0][0] if sessions else path.stem,
+        session_id=meta.session_id,
         path=path,
-        cwd=first("cwd"),
-        git_branch=first("gitBranch"),
-        version=versions[-1] if versions else "",
-        started=stamps[0] if stamps else "",
-        ended=stamps[-1] if stamps else "",
+        cwd=meta.cwd,
+        git_branch=meta.git_branch,
+        version=meta.version,
+        started=min(stamps, default=""),
+        ended=max(stamps, default=""),
         turns=turns,
     )
 
@@ -371,7 +413,7 @@ def parse_file(path: Path, *, subagent: bool = False) -> Conversation:
     """
     skipped: Counter[str] = Counter()
     records = read_records(path, skipped)
-    nodes = _nodes(records, skipped, subagent_file=subagent)
+    nodes, meta = _nodes(path, records, skipped, subagent_file=subagent)
     main_items: list[Turn] = []
     sidechains: list[list[Turn]] = []
     for root, items in thread(nodes, skipped):
@@ -380,7 +422,7 @@ def parse_file(path: Path, *, subagent: bool = False) -> Conversation:
         else:
             main_items.extend(items)
     turns, interrupts = _merge(main_items, skipped)
-    conv = _conversation(path, records, turns)
+    conv = _conversation(path, meta, turns)
     conv.skipped, conv.interrupts = skipped, interrupts
     if subagent:
         conv.agent_id = next((_str(r["agentId"]) for r in records if r.get("agentId")), "")
@@ -388,7 +430,7 @@ def parse_file(path: Path, *, subagent: bool = False) -> Conversation:
     for items in sidechains:
         side = Counter[str]()
         side_turns, side_interrupts = _merge(items, side)
-        sub = _conversation(path, records, side_turns)
+        sub = _conversation(path, meta, side_turns)
         sub.skipped, sub.interrupts = side, side_interrupts
         conv.subagents.append(sub)
     return conv

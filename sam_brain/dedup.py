@@ -2,9 +2,10 @@
 
 A text is normalised (NFKC, lowercased, whitespace collapsed); its sha256 finds exact duplicates
 and a MinHash of its word 5-gram shingles (byte 5-grams for texts under ten words) finds near
-ones. Shingles are hashed with NumPy over the whole batch at once (a 64-bit polynomial hash of
-each word from prefix sums, mixed into 5-gram hashes) and rensa computes the signatures in Rust,
-so no Python code runs per shingle. A banded LSH of our own (dicts of band hashes, bands chosen
+ones. Shingles are hashed with NumPy over the whole batch at once (a 32-bit polynomial hash of
+each word from prefix sums, combined into mixed 64-bit 5-gram hashes) and rensa computes the
+signatures in Rust, so no Python code runs per shingle; `prefetch` does this for a batch ahead
+of its `check`/`add` calls. A banded LSH of our own (dicts of band hashes, bands chosen
 for recall at the threshold) proposes candidates, which are confirmed by the Jaccard estimate
 of the two signatures, so a hit is at or above the threshold. The file holds keys, digests and
 signatures in a NumPy `.npz` archive (no pickle, so a damaged or foreign file cannot run code);
@@ -29,7 +30,7 @@ from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
-from rensa import RMinHash  # type: ignore[import-untyped]  # no stubs; lead: mypy override
+from rensa import RMinHash
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,8 @@ Fingerprint = tuple[bytes, Sig | None, list[int]]
 _CACHE: dict[Path, tuple[tuple[int, int, int] | None, DedupIndex]] = {}
 
 FORMAT_VERSION = 2  # bump when shingling or hashing changes: old files are then rebuilt
-HASHING = (
-    f"poly32-5gram64-mix/rensa-r{RMinHash.ALGORITHM_VERSION}"  # stored: another value rebuilds
-)
+# Stored in the file: an index hashed another way is rebuilt.
+HASHING = f"poly32-5gram64-mulxor/rensa-r{RMinHash.ALGORITHM_VERSION}"
 SHINGLE = 5  # words per shingle (bytes per shingle for short texts)
 _SEED = 1
 # Words are hashed in 32 bits (a third of the memory traffic of 64); 5-grams of them in 64.
@@ -119,18 +119,13 @@ def _grams(words32: U32) -> U64:
     return grams
 
 
-def shingle_hashes(norms: Sequence[str]) -> tuple[U64, I64]:
-    """64-bit shingle hashes of normalised texts, grouped by text: `(hashes, row offsets)`.
+def shingle_hashes(encoded: Sequence[bytes]) -> tuple[U64, I64]:
+    """64-bit shingle hashes of normalised UTF-8 texts, grouped by text: `(hashes, offsets)`.
 
     Texts of ten or more words give their word 5-grams, shorter ones their byte 5-grams (a
     single shingle when under five bytes), empty ones nothing. Text `i`'s hashes are
     `hashes[offsets[i]:offsets[i + 1]]`. One text takes a shorter path with the same result.
     """
-    return _shingles([n.encode("utf-8") for n in norms])
-
-
-def _shingles(encoded: Sequence[bytes]) -> tuple[U64, I64]:
-    """`shingle_hashes` of texts already normalised and UTF-8 encoded."""
     if len(encoded) == 1:
         one = _shingle_one(encoded[0])
         return one, np.array([0, len(one)], dtype=np.int64)
@@ -170,7 +165,7 @@ def _shingles(encoded: Sequence[bytes]) -> tuple[U64, I64]:
 
 
 def _shingle_one(norm: bytes) -> U64:
-    """`_shingles` of a single text, with about half the NumPy calls."""
+    """`shingle_hashes` of a single text, with about half the NumPy calls."""
     buf = np.frombuffer(norm, dtype=np.uint8)
     if not len(buf):
         return np.zeros(0, dtype=np.uint64)
@@ -243,6 +238,10 @@ class DedupIndex:
             return index
         try:
             keys, digests, sigs = _read(index.path, num_perm)
+        except _Outdated as err:  # sound, but hashed another way: the rebuild's save replaces it
+            log.info("dedup index %s was built differently (%s): rebuilding it", path, err)
+            index.needs_rebuild = True
+            return index
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
             aside = index.path.with_name(index.path.name + ".corrupt")
             log.warning(
@@ -421,7 +420,7 @@ class DedupIndex:
         return out
 
     def _fingerprint_chunk(self, norms: list[bytes]) -> list[Fingerprint]:
-        hashes, offsets = _shingles(norms)
+        hashes, offsets = shingle_hashes(norms)
         matrix = RMinHash.digest_matrix_from_flat_token_hashes(
             hashes, offsets.astype(np.uint64), self.num_perm, _SEED
         )
@@ -473,6 +472,10 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
+class _Outdated(ValueError):
+    """A readable index file from another version or with another `num_perm`."""
+
+
 def _read(path: Path, num_perm: int) -> tuple[list[str], np.ndarray[Any, Any], Sig]:
     """Load and validate an index file; raises ValueError when anything does not add up."""
     with np.load(path, allow_pickle=False) as data:
@@ -480,9 +483,9 @@ def _read(path: Path, num_perm: int) -> tuple[list[str], np.ndarray[Any, Any], S
         digests = data["digests"].reshape(-1, 32)
         sigs = data["sigs"]
     if meta.get("version") != FORMAT_VERSION or meta.get("hashing") != HASHING:
-        raise ValueError(f"format {meta.get('version')!r}/{meta.get('hashing')!r}, not {HASHING}")
+        raise _Outdated(f"format {meta.get('version')!r} {meta.get('hashing')!r}, not {HASHING}")
     if meta.get("num_perm") != num_perm:
-        raise ValueError(f"built with num_perm={meta.get('num_perm')}, expected {num_perm}")
+        raise _Outdated(f"built with num_perm={meta.get('num_perm')}, expected {num_perm}")
     keys = meta.get("keys")
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise ValueError("keys are not a list of strings")

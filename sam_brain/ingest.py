@@ -102,7 +102,7 @@ def store_result(
             keys = sorted(result.replace_keys)
             quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
             old_ids = {s.id for s, _ in home.pool.samples(f"source_key IN ({quoted})")}
-        batch: dict[str, tuple[Sample, str]] = {}
+        prepared: list[tuple[Sample, str]] = []
         for raw in result.samples:
             sample, reason = check_sample(raw, cfg.max_tokens, cfg.min_chars)
             if sample is None:
@@ -113,7 +113,11 @@ def store_result(
             # Scrub before dedup and storage: no credential reaches the pool or its index.
             sample, found = scrubber.scrub_sample(sample)
             report.redactions.update(found)
-            text = sample.text()
+            prepared.append((sample, sample.text()))
+        # Fingerprint the whole batch in one vectorised pass, then check one by one.
+        index.prefetch(text for _, text in prepared)
+        batch: dict[str, tuple[Sample, str]] = {}
+        for sample, text in prepared:
             dup = index.check(sample.id, text)
             if (dup is not None and dup != sample.id) or sample.id in batch:
                 report.dropped["duplicate"] += 1

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -169,6 +171,26 @@ def test_other_num_perm_is_discarded(tmp_path: Path) -> None:
     index.save()
     other = DedupIndex.open(path, num_perm=128)
     assert len(other) == 0 and other.needs_rebuild
+    assert not (tmp_path / "dedup.idx.corrupt").exists()  # outdated, not damaged
+    other.rebuild([("a", text_of(1))])
+    other.save()
+    dedup.clear_cache()
+    assert len(DedupIndex.open(path, num_perm=128)) == 1
+
+
+def test_index_of_an_older_format_is_rebuilt_not_set_aside(tmp_path: Path) -> None:
+    path = tmp_path / "dedup.idx"
+    meta = {"version": 1, "num_perm": 128, "keys": ["a"]}  # the datasketch-era layout
+    arrays: dict[str, np.ndarray[Any, Any]] = {
+        "meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+        "digests": np.zeros(32, dtype=np.uint8),
+        "sigs": np.ones((1, 128), dtype=np.uint32),
+    }
+    with path.open("wb") as fh:
+        np.savez(fh, allow_pickle=False, **arrays)
+    old = DedupIndex.open(path)
+    assert len(old) == 0 and old.needs_rebuild
+    assert [p.name for p in tmp_path.iterdir()] == ["dedup.idx"]
 
 
 def test_crash_during_save_keeps_the_old_file(
@@ -185,7 +207,7 @@ def test_crash_during_save_keeps_the_old_file(
         raise OSError("disk full")
 
     index.add("b", text_of(2))
-    monkeypatch.setattr(dedup.np, "savez", crash)  # the process dies mid-write
+    monkeypatch.setattr(np, "savez", crash)  # the process dies mid-write
     with pytest.raises(OSError, match="disk full"):
         index.save()
     monkeypatch.undo()
@@ -221,3 +243,67 @@ def test_throughput(tmp_path: Path) -> None:
     print(f"dedup: {len(texts) / spent:.0f} texts/s (300 words each); save + cold open of "
           f"{len(texts)} keys {reload:.2f}s")  # fmt: skip
     assert dups == 0 and len(reopened) == 500
+
+
+def test_prefetch_gives_the_fingerprints_of_one_at_a_time(tmp_path: Path) -> None:
+    texts = [text_of(1), "", "   ", "fix typo", "fix typo in the readme now", text_of(2, n=12)]
+    texts += ["Ünïcode  text\u3000with odd  spaces " * 3, "a b c d e f g h i j"]
+    one = DedupIndex.open(tmp_path / "a.idx")
+    many = DedupIndex.open(tmp_path / "b.idx")
+    singles = [one._fingerprint_one(t) for t in texts]
+    batch = many._fingerprints(texts)
+    assert [one._fingerprints([t])[0][0] for t in texts] == [d for d, _, _ in batch]
+    for (d1, s1, b1), (d2, s2, b2) in zip(singles, batch, strict=True):
+        assert d1 == d2 and b1 == b2
+        assert (s1 is None and s2 is None) or (
+            s1 is not None and s2 is not None and (s1 == s2).all()
+        )
+    assert [s is None for _, s, _ in batch] == [
+        False,
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+    ]
+
+
+def test_prefetched_and_unprefetched_runs_agree(tmp_path: Path) -> None:
+    base = [text_of(i) for i in range(40)]
+    texts = base + [edit(t, range(50, 51)) for t in base[:10]] + base[:5]
+    results = []
+    for prefetch in (False, True):
+        index = DedupIndex.open(tmp_path / f"{prefetch}.idx")
+        if prefetch:
+            index.prefetch(texts)
+        found = []
+        for i, text in enumerate(texts):
+            found.append(index.check(f"k{i}", text))
+            if found[-1] is None:
+                index.add(f"k{i}", text)
+        results.append(found)
+    assert results[0] == results[1]
+    assert results[0][40:] == [f"k{i}" for i in range(10)] + [f"k{i}" for i in range(5)]
+    assert results[0][:40] == [None] * 40
+
+
+def test_bands_propose_nearly_every_pair_at_the_threshold() -> None:
+    for threshold in (0.5, 0.7, 0.85, 0.95):
+        bands, rows = dedup._bands(threshold, 128)
+        assert bands * rows <= 128
+        assert 1 - (1 - threshold**rows) ** bands >= 0.99
+    assert dedup._bands(0.85, 128) == (16, 8)
+
+
+def test_remove_keeps_shared_buckets_for_the_other_keys(index: DedupIndex) -> None:
+    index.add("a", text_of(1))
+    index.add("b", edit(text_of(1), range(100, 101)))  # shares most band buckets with "a"
+    index.add("c", text_of(2))
+    index.remove("a")
+    assert index.check("x", text_of(1)) == "b"
+    index.remove("b")
+    assert index.check("x", text_of(1)) is None
+    index.remove("c")
+    assert index._buckets == {} and len(index) == 0
