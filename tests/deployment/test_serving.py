@@ -294,3 +294,27 @@ async def test_client_leaving_a_stream_stops_the_generation(served: Any) -> None
     assert time.perf_counter() - started < 30
     window = server.metrics()["v1.0.0"]
     assert (window.requests, window.errors) == (1, 0)
+
+
+async def test_the_official_openai_client_works_unchanged(served: Any) -> None:
+    """Any OpenAI client works against the endpoint: the official `openai` package is the test."""
+    openai = pytest.importorskip("openai")
+    client, _, _ = served
+    oc = openai.AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused")
+    raw = await oc.chat.completions.with_raw_response.create(
+        model="sam-brain", messages=HELLO, max_tokens=6
+    )
+    completion = raw.parse()
+    assert raw.headers["x-sam-version"] == completion.model == "v1.0.0"
+    assert completion.choices[0].message.role == "assistant"
+    assert isinstance(completion.choices[0].message.content, str)
+    stream = await oc.chat.completions.create(
+        model="sam-brain", messages=HELLO, max_tokens=6, stream=True
+    )
+    chunks = [c async for c in stream]
+    assert chunks and all(c.model == "v1.0.0" for c in chunks)
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == completion.choices[0].message.content
+    models = await oc.models.list()
+    assert "v1.0.0" in [m.id for m in models.data]
+    await oc.close()
