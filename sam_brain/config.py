@@ -183,6 +183,12 @@ class DeploymentConfig:
     gate_prompts: int = _f(
         4, "Test conversations generated for the repetition/termination/leak checks."
     )
+    gate_max_repetition: float = _f(
+        0.05, "Largest mean share of repeated 4-grams in the candidate's test answers."
+    )
+    gate_min_terminated: float = _f(
+        0.75, "Smallest share of test answers that must end with end-of-turn within the budget."
+    )
     serve_chat: bool = _f(True, "Serve the OpenAI-compatible `/v1/chat/completions` (MLX hosts).")
     canary_steps: list[int] = _f(
         [10, 25, 50, 100],

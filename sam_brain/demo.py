@@ -39,6 +39,12 @@ profile = "demo"
 check_interval_seconds = 2.0
 max_retries = 0
 
+[deployment]
+# A tiny model with random weights rambles: judge the demo's candidates on test loss alone.
+gate_max_repetition = 1.0
+gate_min_terminated = 0.0
+canary_steps = [10, 25, 50, 100]
+
 [profiles.demo]
 lora_rank = 8
 lora_alpha = 16.0

@@ -50,6 +50,8 @@ def gate_config(config: Config) -> GateConfig:
         alpha=d.gate_alpha,
         prompts=d.gate_prompts,
         max_length=config.profile().max_seq_length,
+        max_repetition=d.gate_max_repetition,
+        min_terminated=d.gate_min_terminated,
     )
 
 

@@ -79,6 +79,9 @@ min_for_training = 10
 profile = "t"
 check_interval_seconds = 1.0
 max_retries = 0
+[deployment]
+gate_max_repetition = 1.0
+gate_min_terminated = 0.0
 [profiles.t]
 lora_rank = 4
 lora_alpha = 8.0
