@@ -97,6 +97,9 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     )
     dep = ts["deployment"]
     print(f"versions: {dep['total_versions']}, rollback available: {dep['rollback_available']}")
+    if dep.get("canary"):
+        c = dep["canary"]
+        print(f"canary: {c['version']} at {c['percent']}% of conversations since {c['since']}")
     return 0
 
 

@@ -90,7 +90,7 @@ def wait_for(what: str, check: Any, timeout: float, proc: subprocess.Popen[bytes
     raise SystemExit(f"demo: timed out after {timeout:.0f}s waiting for {what}")
 
 
-def samctl(env: dict[str, str], *args: str) -> str:
+def samctl(env: dict[str, str], *args: str, ok: tuple[int, ...] = (0,)) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "sam_brain.cli", *args], env=env, capture_output=True, text=True
     )
@@ -98,7 +98,7 @@ def samctl(env: dict[str, str], *args: str) -> str:
     print("    $ samctl " + " ".join(args))
     for line in text.splitlines():
         print("      " + line)
-    if out.returncode != 0:
+    if out.returncode not in ok:
         raise SystemExit(f"demo: samctl {' '.join(args)} failed with exit {out.returncode}")
     return text
 
@@ -144,15 +144,27 @@ def run(home: Path, n_sessions: int = 12) -> None:
         doc = wait_for("the first version", active, 150, proc)
         say("GET /api/self")
         print(json.dumps(doc, indent=2))
-        # Sessions that arrived after the first run started may have started another run.
+        say("more work arrives: 12 new transcripts")
+        write_example_sessions(sessions, n_sessions=12, seed=1)
+        # Wait until they are ingested and any automatic run they started has finished.
+        wait_for(
+            "the new samples",
+            lambda: (
+                get(url + "/api/self")["training_stats"]["training_data"]["total_samples"]
+                > doc["training_stats"]["training_data"]["total_samples"]
+            ),
+            60,
+            proc,
+        )
         wait_for("the training slot", lambda: not get(url + "/api/training")["training"], 150, proc)
-        say("forcing a second training run (it starts from the active adapter)")
+        say("forcing a training run (it starts from the active adapter)")
         samctl(env, "train", "--force", "--wait")
-        say("the gate compared it with v1.0.0 on the test split; a better one starts as a canary")
+        say("the gate compared it with the active version on the test split:")
+        say("better -> a canary on 10% of conversations; not better -> rejected, nothing changes")
         samctl(env, "list")
         samctl(env, "status")
         say("samctl rollback: aborts a running canary, else returns to the previous version")
-        samctl(env, "rollback")
+        samctl(env, "rollback", ok=(0, 4))
         samctl(env, "current")
         samctl(env, "data", "stats")
     finally:

@@ -147,11 +147,11 @@ class TrainingJob:
                 timeout_s=home.config.training.timeout_minutes * 60,
             )
             result = await self.process.run(self._on_progress)
-            metrics = dict(result.metrics)
-            metrics["dataset"] = counts  # type: ignore[assignment]
-            home.store.update_run(
-                run.run_id, status="completed", finished_at=now_iso(), metrics=metrics
-            )
+            metrics: dict[str, Any] = dict(result.metrics)
+            metrics["dataset"] = counts
+            # The run stays "training" while the gate evaluates it, so `--wait` returns only
+            # once its version is active, a canary or rejected.
+            home.store.update_run(run.run_id, metrics=metrics, progress={"message": "evaluating"})
             self.outcome = await asyncio.to_thread(
                 release,
                 home,
@@ -176,6 +176,14 @@ class TrainingJob:
                 },
             )
             log.info("run %s -> %s %s", run.run_id, self.outcome.version, self.outcome.action)
+            metrics["release"] = {
+                "version": self.outcome.version,
+                "action": self.outcome.action,
+                "reasons": self.outcome.reasons,
+            }
+            home.store.update_run(
+                run.run_id, status="completed", finished_at=now_iso(), metrics=metrics
+            )
         except asyncio.CancelledError:
             home.store.update_run(
                 run.run_id, status="failed", reason="daemon stopped", finished_at=now_iso()
