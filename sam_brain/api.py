@@ -45,6 +45,7 @@ class AppContext:
 
 
 CTX = web.AppKey("ctx", AppContext)
+SELF_CACHE = web.AppKey("self_cache", dict)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -100,9 +101,22 @@ def daemon_info(ctx: AppContext) -> dict[str, Any]:
     }
 
 
+SELF_TTL_S = 1.0  # /api/self is polled by scripts and dashboards: compute it at most once a second
+
+
 async def get_self(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    doc = await asyncio.to_thread(self_status, ctx.home, daemon=daemon_info(ctx))
+    cache = request.app[SELF_CACHE]
+    now = time.monotonic()
+    task = cache.get("task")
+    if task is None or (task.done() and now - cache.get("at", 0.0) > SELF_TTL_S):
+        # One computation serves every request that arrives while it runs or within the TTL.
+        task = asyncio.ensure_future(
+            asyncio.to_thread(self_status, ctx.home, daemon=daemon_info(ctx))
+        )
+        cache["task"], cache["at"] = task, now
+    doc = dict(await asyncio.shield(task))
+    doc["status"] = {**doc["status"], **daemon_info(ctx)}
     return web.json_response(doc)
 
 
@@ -186,6 +200,7 @@ def make_app(ctx: AppContext) -> web.Application:
     """Build the aiohttp application for one daemon."""
     app = web.Application(middlewares=[error_middleware], client_max_size=16 * 1024 * 1024)
     app[CTX] = ctx
+    app[SELF_CACHE] = {}
     app.router.add_get("/api/self", get_self)
     app.router.add_get("/api/health", get_health)
     app.router.add_get("/api/training", get_training)
