@@ -31,7 +31,7 @@ endif
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
 ifneq ($(UNAME),Darwin)
 	# llama.cpp's converter scripts ship only in llama-cpp-python's sdist (docs/export.md).
-	$(PY) -m deployment.gguf install-converter
+	$(PY) -m deployment.gguf install-converter || $(PY) -m deployment.gguf install-converter
 endif
 	@touch $@
 
