@@ -530,8 +530,8 @@ def report(
         ratio = rate(best[key]) / rate(best[ref])
         pooled = rate(by[key]) / rate(by[ref])
         print(
-            f"ratio {name} {label} sam-mlx/mlx-lm: {ratio:.2f}x "
-            f"(goal >= {goal}x) {verdict(ratio, goal, True)} [pooled {pooled:.2f}x]"
+            f"ratio {name} {label} sam-mlx/mlx-lm: {ratio:.3f}x "
+            f"(goal >= {goal}x) {verdict(ratio, goal, True)} [pooled {pooled:.3f}x]"
         )
     for name in info:
         ratio = by[("sam-mlx", name)].peak_rss_mb / by[("mlx-lm", name)].peak_rss_mb
