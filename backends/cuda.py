@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 
 from backends.adapter_format import MLX_WEIGHTS, PEFT_DIR, PEFT_WEIGHTS, peft_files, save_adapter
 from backends.checkpoint import atomic_file, load_checkpoint, save_checkpoint, write_text_atomic
-from backends.cuda_dpo import DpoOptions, load_pairs, run_dpo
+from backends.cuda_dpo import DpoOptions, run_dpo
 from backends.cuda_loop import (
     Buckets,
     LoopConfig,
@@ -60,7 +60,7 @@ from backends.cuda_options import (
     total_steps,
 )
 from sam_brain.errors import BackendUnavailable, ModelUnavailable, TrainingFailed
-from sam_brain.masking import MaskStats, encode_rows, load_rows
+from sam_brain.masking import MaskStats, encode_rows, load_pairs, load_rows
 from sam_brain.protocols import Message, Preflight, Progress, TrainResult, TrainSpec
 
 SFT_BEST = "sft_best.safetensors"  # in checkpoint/: where DPO starts, even on a re-run

@@ -10,7 +10,6 @@ supervises in SFT. Progress and cancellation reach the trainer through a `Traine
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +19,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sam_brain.errors import BadRequest
 from sam_brain.masking import encode_chat
 from sam_brain.protocols import Message, Progress
 
@@ -47,29 +45,6 @@ class DpoOutcome:
     steps: int
     cancelled: bool
     finite: bool
-
-
-def load_pairs(path: Path) -> list[Pair]:
-    """Read `preference.jsonl`; a missing file means no pairs.
-
-    Raises:
-        BadRequest: A line is not JSON or lacks `prompt` (a message list), `chosen`, `rejected`.
-    """
-    if not path.exists():
-        return []
-    pairs = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise BadRequest(f"{path}:{lineno}: not JSON ({err.msg})") from err
-        ok = isinstance(row, dict) and isinstance(row.get("prompt"), list)
-        if not ok or not all(isinstance(row.get(k), str) for k in ("chosen", "rejected")):
-            raise BadRequest(f'{path}:{lineno}: expected {{"prompt": [...], "chosen", "rejected"}}')
-        pairs.append(row)
-    return pairs
 
 
 @torch.no_grad()

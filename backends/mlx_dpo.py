@@ -13,7 +13,6 @@ replaces the SFT one only when the stage finished with finite numbers and was no
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -31,8 +30,8 @@ from mlx.utils import tree_flatten
 from backends.checkpoint import atomic_file
 from backends.mlx_loop import enable_grad_checkpoint
 from sam_brain.config import Profile
-from sam_brain.errors import BadRequest, TrainingFailed
-from sam_brain.masking import encode_chat
+from sam_brain.errors import TrainingFailed
+from sam_brain.masking import encode_chat, load_pairs
 from sam_brain.protocols import Message, Progress, TrainSpec
 
 ADAPTER_FILE = "adapters.safetensors"  # the adapter `backends.mlx` writes into out_dir
@@ -63,29 +62,6 @@ class DpoOutcome:
     cancelled: bool
     finite: bool
     pairs: int = 0  # pairs trained on: those with answer tokens within max_length
-
-
-def load_pairs(path: Path) -> list[Pair]:
-    """Read `preference.jsonl`; a missing file means no pairs.
-
-    Raises:
-        BadRequest: A line is not JSON or lacks `prompt` (a message list), `chosen`, `rejected`.
-    """
-    if not path.exists():
-        return []
-    pairs = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise BadRequest(f"{path}:{lineno}: not JSON ({err.msg})") from err
-        ok = isinstance(row, dict) and isinstance(row.get("prompt"), list)
-        if not ok or not all(isinstance(row.get(k), str) for k in ("chosen", "rejected")):
-            raise BadRequest(f'{path}:{lineno}: expected {{"prompt": [...], "chosen", "rejected"}}')
-        pairs.append(row)
-    return pairs
 
 
 def encode_pairs(tokenizer: Any, pairs: list[Pair], max_length: int) -> list[Encoded]:

@@ -189,3 +189,26 @@ def _render(tokenizer: Any, messages: list[Message], *, add_generation_prompt: b
     if not isinstance(text, str):
         raise ChatTemplateError(f"chat template rendered {type(text).__name__}, not text")
     return text
+
+
+def load_pairs(path: Path) -> list[dict[str, Any]]:
+    """Read `preference.jsonl`; a missing file means no pairs.
+
+    Raises:
+        BadRequest: A line is not JSON or lacks `prompt` (a message list), `chosen`, `rejected`.
+    """
+    if not path.exists():
+        return []
+    pairs = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise BadRequest(f"{path}:{lineno}: not JSON ({err.msg})") from err
+        ok = isinstance(row, dict) and isinstance(row.get("prompt"), list)
+        if not ok or not all(isinstance(row.get(k), str) for k in ("chosen", "rejected")):
+            raise BadRequest(f'{path}:{lineno}: expected {{"prompt": [...], "chosen", "rejected"}}')
+        pairs.append(row)
+    return pairs
