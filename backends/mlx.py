@@ -38,7 +38,6 @@ from backends.mlx_loop import (
     RunState,
     enable_grad_checkpoint,
     estimate_memory_mb,
-    evaluate,
     finished_reason,
     govern_memory,
     is_oom,
@@ -46,6 +45,7 @@ from backends.mlx_loop import (
     run_steps,
     shrink_after_oom,
 )
+from backends.mlx_loss import evaluate
 from sam_brain.config import Profile
 from sam_brain.errors import BackendUnavailable, ModelUnavailable, TrainingFailed
 from sam_brain.masking import MaskStats, encode_rows, load_rows

@@ -26,6 +26,7 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_map
 
+from backends.mlx_loss import evaluate, masked_loss
 from sam_brain.config import Profile
 from sam_brain.errors import ModelUnavailable, TrainingFailed
 from sam_brain.protocols import Progress
@@ -132,28 +133,6 @@ class Buckets:
             ids[r, : len(row_ids)] = row_ids
             mask[r, : len(row_mask)] = row_mask
         return mx.array(ids), mx.array(mask), sum(lengths)
-
-
-def masked_loss(model: Any, ids: mx.array, mask: mx.array) -> tuple[mx.array, mx.array]:
-    """Mean cross-entropy over supervised target tokens, and how many there were."""
-    logits = model(ids[:, :-1])
-    weights = mask[:, 1:]
-    ce = nn.losses.cross_entropy(logits, ids[:, 1:]) * weights
-    ntoks = weights.sum()
-    return ce.astype(mx.float32).sum() / ntoks, ntoks
-
-
-def evaluate(model: Any, buckets: Buckets) -> float:
-    """Token-weighted validation loss over the whole split."""
-    model.eval()
-    total, count = mx.array(0.0), mx.array(0.0)
-    for ids, mask, _ in buckets.in_order():
-        loss, ntoks = masked_loss(model, ids, mask)
-        total = total + loss * ntoks
-        count = count + ntoks
-        mx.eval(total, count)
-    model.train()
-    return float((total / count).item())  # type: ignore[arg-type]
 
 
 def enable_grad_checkpoint(model: Any) -> Callable[[], None]:

@@ -397,3 +397,46 @@ def test_ddp_on_gloo_keeps_ranks_identical_and_equal_to_one_process(
         # Token-weighted scaling: two ranks of 2 micro-batches equal one process of 4.
         torch.testing.assert_close(rank0[key], single[key], rtol=1e-4, atol=1e-6)
     assert all(w.abs().max() > 1e-3 for k, w in rank0.items() if "lora_B" in k)
+
+
+def test_loss_on_kept_logits_equals_the_full_logits_loss(tiny_model: Path, data_dir: Path) -> None:
+    """Logits only where the next token is supervised: same loss and LoRA gradients."""
+    from peft import get_peft_model
+    from transformers import AutoTokenizer
+
+    from backends.cuda_loop import _keeps_logits, masked_loss_sum
+
+    backend = CudaBackend(quantize=False)
+    opts = Profile(**{**PROFILE, "lora_keys": ["self_attn.q_proj", "self_attn.v_proj"]})
+    torch.manual_seed(0)
+    model: Any = get_peft_model(
+        backend.load_model(tiny_model, training=True), lora_config(opts, read_shape(tiny_model))
+    )
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)  # non-zero B: every LoRA gradient is non-trivial
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    rows, _ = encode_rows(tok, load_rows(data_dir / "valid.jsonl"), 96)
+    batch = Buckets(rows, 3, 0, tok.pad_token_id).micro_batch(0)
+    assert 0 < batch.supervised < batch.labels[:, 1:].numel()  # some context is masked
+    assert _keeps_logits(model)  # the PEFT-wrapped qwen2 takes the kept-logits path
+
+    def grads(loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        model.zero_grad()
+        loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    kept = masked_loss_sum(model, batch)
+    kept_grads = grads(kept)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    full = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        batch.labels[:, 1:].reshape(-1),
+        ignore_index=-100,
+        reduction="sum",
+    )
+    full_grads = grads(full)
+    assert kept.item() == pytest.approx(full.item(), rel=1e-5)
+    assert kept_grads.keys() == full_grads.keys() and kept_grads
+    for name, g in kept_grads.items():
+        assert torch.allclose(g, full_grads[name], atol=1e-6), name

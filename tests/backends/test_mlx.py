@@ -11,7 +11,8 @@ import pytest
 
 from backends.checkpoint import LATEST, load_checkpoint, save_checkpoint
 from backends.mlx import HONOURED, MLXBackend
-from backends.mlx_loop import Buckets, enable_grad_checkpoint, evaluate, masked_loss
+from backends.mlx_loop import Buckets, enable_grad_checkpoint
+from backends.mlx_loss import evaluate, masked_loss, split_head
 from sam_brain.config import Profile
 from sam_brain.errors import BackendUnavailable, TrainingFailed
 from sam_brain.masking import encode_rows, load_rows
@@ -393,3 +394,39 @@ def test_grad_checkpoint_gives_the_same_gradients(tiny_model: Path, data_dir: Pa
     ckpt_grads = dict(tree_flatten(ckpt))
     for name, g in dict(tree_flatten(plain)).items():
         assert mx.allclose(g, ckpt_grads[name], atol=1e-6).item(), name
+
+
+def test_split_head_loss_matches_full_logits(tiny_model: Path, data_dir: Path) -> None:
+    """The head on supervised positions only gives the loss and gradients of full logits."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    from mlx.utils import tree_flatten, tree_map
+    from mlx_lm import load
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    model, tok = load(str(tiny_model))[:2]
+    assert split_head(model) is not None  # the tiny model is a qwen2: the split path runs
+    model.freeze()
+    linear_to_lora_layers(model, 4, {"rank": 4, "scale": 2.0, "dropout": 0.0, "keys": KEYS})
+    model.update(tree_map(lambda p: p + 0.01, model.trainable_parameters()))
+    rows, _ = encode_rows(tok, load_rows(data_dir / "valid.jsonl"), 96)
+    ids, mask, _ = Buckets(rows, 3, 0).micro_batch(0)
+    assert 0 < float(mask[:, 1:].sum().item()) < mask[:, 1:].size  # some context is masked
+
+    def full_loss(model: Any, ids: Any, mask: Any) -> Any:
+        weights = mask[:, 1:]
+        ce = nn.losses.cross_entropy(model(ids[:, :-1]), ids[:, 1:]) * weights
+        return ce.sum() / weights.sum(), weights.sum()
+
+    (split, n_split), g_split = nn.value_and_grad(model, masked_loss)(model, ids, mask)  # type: ignore[attr-defined]
+    (full, n_full), g_full = nn.value_and_grad(model, full_loss)(model, ids, mask)  # type: ignore[attr-defined]
+    assert n_split.item() == n_full.item()
+    assert split.item() == pytest.approx(full.item(), rel=1e-5)
+    full_grads = dict(tree_flatten(g_full))
+    for name, g in dict(tree_flatten(g_split)).items():
+        assert mx.allclose(g, full_grads[name], atol=1e-5).item(), name
+
+    model.model_type = "unknown-family"  # not known to be head(body(x)): the plain path
+    assert split_head(model) is None
+    (plain, _), _ = nn.value_and_grad(model, masked_loss)(model, ids, mask)  # type: ignore[attr-defined]
+    assert plain.item() == pytest.approx(full.item(), rel=1e-5)
