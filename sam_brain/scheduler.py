@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,8 +34,8 @@ class Coordinator:
         self,
         home: Home,
         backend: str,
-        collect: Callable[[], Any] | None = None,
-        monitor: Callable[[], Any] | None = None,
+        collect: Callable[[], Awaitable[None]] | None = None,
+        monitor: Callable[[], Awaitable[None]] | None = None,
         exclusive: Exclusive[Any] | None = None,
     ) -> None:
         self.home = home
@@ -53,7 +53,7 @@ class Coordinator:
     def start(self) -> None:
         t = self.home.config.training
         self.scheduler.add_job(
-            self.check,
+            _ends_quietly(self.check),
             "interval",
             seconds=t.check_interval_seconds,
             id="threshold",
@@ -63,7 +63,7 @@ class Coordinator:
         )
         if self.monitor is not None:
             self.scheduler.add_job(
-                self.monitor,
+                _ends_quietly(self.monitor),
                 "interval",
                 seconds=self.home.config.deployment.monitor_interval_seconds,
                 id="monitor",
@@ -72,7 +72,7 @@ class Coordinator:
             )
         if self.collect is not None:
             self.scheduler.add_job(
-                self.collect,
+                _ends_quietly(self.collect),
                 "interval",
                 seconds=t.check_interval_seconds,
                 id="collect",
@@ -82,6 +82,7 @@ class Coordinator:
         self.scheduler.start()
 
     async def stop(self) -> None:
+        # Jobs still running are cancelled by the shutdown; `_ends_quietly` keeps that out of the log.
         self.scheduler.shutdown(wait=False)
         if self.task is not None and not self.task.done():
             if self.job is not None:
@@ -176,3 +177,18 @@ class Coordinator:
             return False
         await self.job.cancel()
         return True
+
+
+def _ends_quietly(job: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """A periodic job that returns, instead of raising, when shutdown cancels it mid-run.
+
+    apscheduler logs a cancelled job as a failure with a traceback; at shutdown it is not one.
+    """
+
+    async def run() -> None:
+        try:
+            await job()
+        except asyncio.CancelledError:
+            log.debug("job %s cancelled by shutdown", getattr(job, "__name__", job))
+
+    return run

@@ -88,3 +88,34 @@ def test_scheduler_rules(tmp_path: Path) -> None:
     home.store.create_run("threshold", "mlx", "m", 6, 1)
     assert "cap" in (coord.why_not(datetime(2026, 1, 1, 2, 0)) or "")
     home.close()
+
+
+async def test_shutdown_cancels_a_running_job_without_logging_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A periodic job still running at shutdown ends quietly: no apscheduler error traceback."""
+    import asyncio
+    import logging
+
+    home = make_home(tmp_path, "unused", check_interval_seconds=0.05)
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def slow_collect() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    coord = Coordinator(home, "mlx", collect=slow_collect)
+    caplog.set_level(logging.DEBUG)
+    coord.start()
+    await asyncio.wait_for(started.wait(), 10)
+    await coord.stop()
+    await asyncio.wait_for(cancelled.wait(), 10)
+    await asyncio.sleep(0.1)  # let the executor's done-callbacks run
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+    assert any("cancelled by shutdown" in r.getMessage() for r in caplog.records)
+    home.close()
