@@ -292,8 +292,10 @@ def measure(
     from deployment.canary import routes_to_canary
     from deployment.resident import ResidentModel
 
-    def ours_send(version: str, max_tokens: int = 1, user: str = "bench") -> Any:
-        body: dict[str, Any] = {"model": version, "messages": PROMPT, "user": user}
+    def ours_send(
+        version: str, max_tokens: int = 1, user: str = "bench", messages: Any = PROMPT
+    ) -> Any:
+        body: dict[str, Any] = {"model": version, "messages": messages, "user": user}
         body["max_tokens"] = max_tokens
         return http(ours + "/v1/chat/completions", body)
 
@@ -321,17 +323,27 @@ def measure(
     )
     loaded: Any = load(str(base), adapter_path=pair[0])
     model, tokenizer = loaded[0], loaded[1]
-    prompt = tokenizer.apply_chat_template(PROMPT, add_generation_prompt=True)
-    direct_text = generate(model, tokenizer, prompt, max_tokens=tokens)  # warm-up
-    ours_send("sam-brain", tokens, user)
-    routed, direct, counts = [], [], set()
-    for _ in range(reps):  # interleaved, so both see the same background load
-        ms, body = timed(lambda: ours_send("sam-brain", tokens, user))
+
+    # A new question each round: neither side may reuse a cached prompt (ours keeps a prompt
+    # cache, mlx-lm's generate does not), so both read the whole prompt every time.
+    def question(i: int) -> list[dict[str, str]]:
+        return [{"role": "user", "content": f"{PROMPT[0]['content']} (case {i})"}]
+
+    def prompt(i: int) -> Any:
+        return tokenizer.apply_chat_template(question(i), add_generation_prompt=True)
+
+    direct_text = generate(model, tokenizer, prompt(-1), max_tokens=tokens)  # warm-up
+    ours_send("sam-brain", tokens, user, question(-2))
+    routed, direct, counts, same = [], [], set(), True
+    for i in range(reps):  # interleaved, so both see the same background load
+        ms, body = timed(lambda i=i: ours_send("sam-brain", tokens, user, question(i)))
         routed.append(ms)
         counts.add(body["usage"]["completion_tokens"])
-        same = body["choices"][0]["message"]["content"] == direct_text
-        ms, direct_text = timed(lambda: generate(model, tokenizer, prompt, max_tokens=tokens))
+        ms, direct_text = timed(
+            lambda i=i: generate(model, tokenizer, prompt(i), max_tokens=tokens)
+        )
         direct.append(ms)
+        same = same and body["choices"][0]["message"]["content"] == direct_text
     n_direct = len(tokenizer.encode(direct_text, add_special_tokens=False))
     out |= {"routed": routed, "direct": direct, "tokens": sorted(counts), "same_text": same}
     out["direct_tokens"] = n_direct

@@ -7,8 +7,9 @@ is then promoted to `active`; an unhealthy step aborts it (weight 0: the canary 
 the active version never changed). The canary is the one version with status `canary`; its weight
 lives in the store's key/value table under `CANARY_KEY`, written in the same transaction. Routing
 is sticky: a conversation key hashes (with the canary's name) to a bucket in 0..9999, so a
-conversation keeps its version while the weight only grows. `VersionMetrics` and `HealthLimits`
-are shared with the server (which records) and the rollback monitor (which judges).
+conversation keeps its version while the weight only grows. `VersionMetrics`
+(`deployment.serving_metrics`) and `HealthLimits` are shared with the server (which records) and
+the rollback monitor (which judges); the judgement uses error rate, mean latency and memory only.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from deployment.serving_metrics import VersionMetrics as VersionMetrics
 from deployment.versions import Versions
 from sam_brain.errors import BadRequest, Conflict
 from sam_brain.store import Version, now_iso
@@ -30,43 +32,6 @@ CANARY_KEY = "deployment.canary"
 """Store key holding `{"version", "percent", "since"}` of the running canary."""
 
 Decision = Literal["promote", "hold", "abort"]
-
-
-@dataclass
-class VersionMetrics:
-    """What one version did while serving, since `since` (the start of the current window)."""
-
-    version: str
-    since: float = field(default_factory=time.time)
-    requests: int = 0
-    errors: int = 0
-    latency_ms_total: float = 0.0
-    latency_ms_max: float = 0.0
-    memory_mb: float = 0.0  # process RSS after the latest request this version served
-    swaps: int = 0
-    swap_ms_total: float = 0.0
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
-
-    @property
-    def mean_latency_ms(self) -> float:
-        return self.latency_ms_total / self.requests if self.requests else 0.0
-
-    def record(self, latency_ms: float, error: bool, memory_mb: float) -> None:
-        """Count one finished request."""
-        self.requests += 1
-        self.errors += int(error)
-        self.latency_ms_total += latency_ms
-        self.latency_ms_max = max(self.latency_ms_max, latency_ms)
-        self.memory_mb = memory_mb
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["error_rate"] = self.error_rate
-        d["mean_latency_ms"] = self.mean_latency_ms
-        return d
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,11 @@
 are rebuilt only when an adapter's structure (layers, keys, rank, scale) differs from the one
 applied, otherwise only the `lora_a`/`lora_b` tensors are loaded (`model.load_weights(...,
 strict=False)`), so a swap costs milliseconds, not a model load (mlx_lm.server reloads the whole
-model instead). Recently used adapters stay cached in memory. Serving (`deployment.serving`), the
-evaluation gate and the benchmarks all share one instance.
+model instead). Recently used adapters stay cached in memory. The KV caches of recent prompts stay
+too (mlx-lm's `LRUPromptCache`, keyed by the adapter applied, bounded in entries and bytes), so a
+request that repeats or extends an earlier conversation only prefills its new tokens, as
+mlx_lm.server does. Serving (`deployment.serving`), the evaluation gate and the benchmarks all
+share one instance.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ class Completion:
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    seconds: float = 0.0  # generation wall time, prefill included
+    cached_tokens: int = 0  # prompt tokens whose KV cache was reused
 
 
 class ResidentModel:
@@ -40,6 +45,8 @@ class ResidentModel:
         base_model: str | Path,
         loader: Callable[[str], tuple[Any, Any]] | None = None,
         cache_size: int = 4,
+        prompt_cache_entries: int = 8,
+        prompt_cache_mb: float = 256.0,
     ) -> None:
         """Load the base model (once).
 
@@ -47,11 +54,14 @@ class ResidentModel:
             base_model: A local mlx-lm model directory.
             loader: `mlx_lm.load`-like function; injectable so tests can count base loads.
             cache_size: Adapters whose weights are kept in memory (least recently used dropped).
+            prompt_cache_entries: Conversations whose KV cache is kept (0: no prompt cache).
+            prompt_cache_mb: Bound on the kept KV caches' size (0: no prompt cache).
 
         Raises:
             ModelUnavailable: The base model cannot be loaded.
         """
         from mlx_lm import load
+        from mlx_lm.models.cache import LRUPromptCache
 
         self.base_model = str(base_model)
         try:
@@ -64,8 +74,15 @@ class ResidentModel:
         self.applied: str | None = None
         self.last_swap_ms = 0.0
         self._structure: str | None = None
-        self._cache: OrderedDict[str, tuple[dict[str, Any], dict[str, Any]]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[dict[str, Any], dict[str, Any], str]] = OrderedDict()
         self._cache_size = cache_size
+        self._loads = 0  # numbers adapter reads, so a re-read adapter never meets stale KV caches
+        self._applied_key = ""
+        self._prompts: Any = (
+            LRUPromptCache(prompt_cache_entries, int(prompt_cache_mb * 2**20))
+            if prompt_cache_entries > 0 and prompt_cache_mb > 0
+            else None
+        )
 
     def use(self, adapter_dir: str | None) -> float:
         """Apply the adapter in `adapter_dir` (None: the bare base); returns the swap time in ms."""
@@ -77,9 +94,10 @@ class ResidentModel:
 
         start = time.perf_counter()
         self.applied = None  # until the swap completes, nothing is known to be applied
+        self._applied_key = key = ""
         try:
             if adapter_dir is not None:
-                config, weights = self._adapter(adapter_dir)
+                config, weights, key = self._adapter(adapter_dir)
                 structure = json.dumps(
                     [config["num_layers"], config["lora_parameters"], config["fine_tune_type"]],
                     sort_keys=True,
@@ -104,6 +122,7 @@ class ResidentModel:
             raise
         mx.eval(dict(tree_flatten(self.model.parameters())))
         self.applied = adapter_dir
+        self._applied_key = key
         self.last_swap_ms = (time.perf_counter() - start) * 1000
         return self.last_swap_ms
 
@@ -129,25 +148,61 @@ class ResidentModel:
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler
 
-        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        start = time.perf_counter()
+        prompt = list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        cache, rest = self._cached(prompt)
         sampler = make_sampler(temp=temperature, top_p=top_p if top_p < 1.0 else 0.0)
         parts: list[str] = []
-        finish, tokens = "length", 0
+        tokens: list[int] = []
+        finish = "length"
         for response in stream_generate(
-            self.model, self.tokenizer, prompt, max_tokens=max_tokens, sampler=sampler
+            self.model,
+            self.tokenizer,
+            rest,
+            max_tokens=max_tokens,
+            sampler=sampler,
+            prompt_cache=cache,
         ):
             if response.text:
                 parts.append(response.text)
                 if on_text is not None:
                     on_text(response.text)
-            tokens = int(response.generation_tokens)
+            tokens.append(int(response.token))
             finish = response.finish_reason or finish
             if cancelled is not None and cancelled():
                 finish = "cancelled"
                 break
-        return Completion("".join(parts), finish, len(prompt), tokens)
+        self._keep(prompt + tokens, cache)
+        seconds = time.perf_counter() - start
+        cached = len(prompt) - len(rest)
+        return Completion("".join(parts), finish, len(prompt), len(tokens), seconds, cached)
 
-    def _adapter(self, adapter_dir: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _cached(self, prompt: list[int]) -> tuple[list[Any], list[int]]:
+        """A KV cache for `prompt` and the tokens it still has to prefill (a fresh cache: all)."""
+        from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache, trim_prompt_cache
+
+        if self._prompts is not None:
+            cache, rest = self._prompts.fetch_nearest_cache(self._applied_key, prompt)
+            if cache is not None and not rest:
+                # Cached in full: recompute the last token, whose logits start the answer.
+                if can_trim_prompt_cache(cache):
+                    trim_prompt_cache(cache, 1)
+                    return cache, prompt[-1:]
+            elif cache is not None:
+                return cache, rest
+        return make_prompt_cache(self.model), prompt
+
+    def _keep(self, tokens: list[int], cache: list[Any]) -> None:
+        """Keep the KV cache of a finished generation for the next turn of the conversation."""
+        from mlx_lm.models.cache import can_trim_prompt_cache
+
+        if self._prompts is None or not cache or not can_trim_prompt_cache(cache):
+            return
+        held = int(cache[0].offset)  # tokens the cache holds: the prompt and the answer so far
+        if 0 < held <= len(tokens):
+            self._prompts.insert_cache(self._applied_key, tokens[:held], cache)
+
+    def _adapter(self, adapter_dir: str) -> tuple[dict[str, Any], dict[str, Any], str]:
         if adapter_dir in self._cache:
             self._cache.move_to_end(adapter_dir)
             return self._cache[adapter_dir]
@@ -163,10 +218,12 @@ class ResidentModel:
         config.setdefault("fine_tune_type", "lora")
         if config["fine_tune_type"] not in ("lora", "dora"):
             raise BadRequest(f"adapter {adapter_dir}: {config['fine_tune_type']} is not an adapter")
-        self._cache[adapter_dir] = (config, weights)
+        self._loads += 1
+        entry = (config, weights, f"{adapter_dir}#{self._loads}")
+        self._cache[adapter_dir] = entry
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
-        return config, weights
+        return entry
 
     def _fits(self, weights: dict[str, Any]) -> bool:
         """The adapter names exactly the LoRA tensors the model has, with the same shapes."""

@@ -7,19 +7,22 @@ query), routes each conversation sticky-per-key (`canary.routes_to_canary`), run
 its one worker thread (MLX state is per thread, and the loop must never block), serialises
 requests with an asyncio lock (a swap mutates the shared model) and keeps a `VersionMetrics`
 window per version for the canary and rollback monitors; the window restarts whenever the routing
-changes. `add_routes` mounts `POST /v1/chat/completions` (JSON or SSE) and `GET /v1/models`; every
+changes. With `shadow` on, routed requests the active version answered are replayed on the canary
+afterwards (`deployment.shadow`); a replay yields the model to any client request that waits.
+`add_routes` mounts `POST /v1/chat/completions` (JSON or SSE) and `GET /v1/models`; every
 response names the version that served it in `x-sam-version`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +36,8 @@ from deployment.chat_request import ChatRequest as ChatRequest
 from deployment.chat_request import parse_request as parse_request
 from deployment.resident import Completion as Completion
 from deployment.resident import ResidentModel as ResidentModel
+from deployment.serving_metrics import rss_mb as rss_mb
+from deployment.shadow import Outcome, ShadowMirror, answer_then_mirror
 from deployment.versions import Versions
 from sam_brain.errors import BadRequest, SamBrainError
 from sam_brain.store import Version
@@ -61,20 +66,6 @@ class Routing:
         )
 
 
-def rss_mb() -> float:
-    """Resident memory of this process in MB (psutil; peak RSS where psutil is missing)."""
-    try:
-        import psutil  # type: ignore[import-untyped]
-
-        return float(psutil.Process().memory_info().rss) / 2**20
-    except ImportError:
-        import resource
-        import sys
-
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
-
-
 class ChatServer:
     """Serves chat completions from the active/canary versions of one registry."""
 
@@ -86,6 +77,9 @@ class ChatServer:
         loader: Callable[[str], tuple[Any, Any]] | None = None,
         max_tokens_limit: int = 4096,
         default_max_tokens: int = 256,
+        shadow: bool = False,
+        shadow_queue: int = 8,
+        prompt_cache_mb: float = 256.0,
     ) -> None:
         """Args:
         versions: The registry whose active and canary versions are served.
@@ -93,12 +87,18 @@ class ChatServer:
         loader: Passed to `ResidentModel` (tests count loads with it).
         max_tokens_limit: Largest `max_tokens` a request may ask for.
         default_max_tokens: Budget when a request names none.
+        shadow: Replay routed requests the active version answered on the canary.
+        shadow_queue: Replays waiting at most; more are dropped and counted.
+        prompt_cache_mb: Bound on the KV caches of recent prompts the resident model keeps.
         """
         self.versions = versions
         self.base_model = str(base_model)
         self.max_tokens_limit = max_tokens_limit
         self.default_max_tokens = default_max_tokens
         self.lock = asyncio.Lock()  # one generation at a time: a swap mutates the shared model
+        self.waiting = 0  # client requests and exclusive work waiting for the lock
+        self.shadow = ShadowMirror(self._replay, shadow_queue) if shadow else None
+        self._prompt_cache_mb = prompt_cache_mb
         self.resident: ResidentModel | None = None
         self._loader = loader
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-chat")
@@ -125,7 +125,7 @@ class ChatServer:
         """The current metrics window per version name (copies; refreshed from the store first)."""
         routing = self.refresh()
         with self._state_lock:
-            return {k: VersionMetrics(**vars(v)) for k, v in routing.windows.items()}
+            return {k: v.copy() for k, v in routing.windows.items()}
 
     def choose(self, request: ChatRequest) -> Version | None:
         """The version that serves `request` (None: the base). Raises BadRequest for unknown ids."""
@@ -146,6 +146,38 @@ class ChatServer:
             f"unknown model {request.model!r}; available: {', '.join(self.model_ids())}"
         )
 
+    def mirror_target(self, request: ChatRequest, served: Version | None) -> str | None:
+        """The canary to replay `request` on in shadow mode, when the active version routed it."""
+        routing = self._routing
+        if self.shadow is None or routing.canary is None or routing.active is None:
+            return None
+        routed = request.model in (None, "", ROUTED_MODEL)
+        stable = served is not None and served.version == routing.active.version
+        return routing.canary.version if routed and stable else None
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Hold the model for a client request (a running shadow replay stops for it)."""
+        self.waiting += 1
+        try:
+            await self.lock.acquire()
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+    async def _replay(self, name: str, request: ChatRequest) -> Outcome:
+        async with self.lock:
+            routing = await asyncio.to_thread(self.refresh)
+            if routing.canary is None or routing.canary.version != name:
+                return "skipped"
+            completion = await self.generate(
+                routing.canary, request, cancelled=lambda: self.waiting > 0, shadow=True
+            )
+            return "preempted" if completion.finish_reason == "cancelled" else "mirrored"
+
     def model_ids(self) -> list[str]:
         routing = self.refresh()
         pinned = [v.version for v in (routing.active, routing.canary) if v is not None]
@@ -157,10 +189,12 @@ class ChatServer:
         request: ChatRequest,
         on_text: Callable[[str], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
+        shadow: bool = False,
     ) -> Completion:
         """Run one generation on the worker thread and record it in the version's window.
 
-        The caller holds `self.lock` (so the adapter cannot change mid-stream).
+        The caller holds `self.lock` (so the adapter cannot change mid-stream). A `shadow`
+        replay is recorded as such, and not at all when it was cancelled.
         """
         name = version.version if version else BASE_MODEL
         loop = asyncio.get_running_loop()
@@ -182,20 +216,26 @@ class ChatServer:
             )
             return completion, swap_ms
 
-        error = True
+        done: Completion | None = None
         swap_ms = 0.0
         try:
-            completion, swap_ms = await loop.run_in_executor(self._executor, work)
-            error = False
-            return completion
+            out = await loop.run_in_executor(self._executor, work)
+            done, swap_ms = out
+            return out[0]
         finally:
-            latency = (time.perf_counter() - start) * 1000
-            with self._state_lock:
-                window = self._routing.windows.setdefault(name, VersionMetrics(name))
-                window.record(latency, error, rss_mb())
-                if swap_ms:
-                    window.swaps += 1
-                    window.swap_ms_total += swap_ms
+            if not (shadow and done is not None and done.finish_reason == "cancelled"):
+                tokens = done.completion_tokens if done is not None else 0
+                with self._state_lock:
+                    window = self._routing.windows.setdefault(name, VersionMetrics(name))
+                    window.record(
+                        (time.perf_counter() - start) * 1000,
+                        done is None,
+                        rss_mb(),
+                        tokens=tokens,
+                        seconds=done.seconds if done is not None and tokens else 0.0,
+                        swap_ms=swap_ms,
+                        shadow=shadow,
+                    )
 
     async def run_exclusive(self, fn: Callable[[ResidentModel], T]) -> T:
         """Run `fn(resident)` on the worker thread between requests.
@@ -203,16 +243,20 @@ class ChatServer:
         For work that needs the model, such as the evaluation gate, so it shares the one copy of
         the base with serving instead of loading a second; the next request re-applies its adapter.
         """
-        async with self.lock:
+        async with self.turn():
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, lambda: fn(self._resident()))
 
     def _resident(self) -> ResidentModel:
         if self.resident is None:
-            self.resident = ResidentModel(self.base_model, self._loader)
+            self.resident = ResidentModel(
+                self.base_model, self._loader, prompt_cache_mb=self._prompt_cache_mb
+            )
         return self.resident
 
     def close(self) -> None:
+        if self.shadow is not None:
+            self.shadow.close()
         self._executor.shutdown(wait=True)
 
 
@@ -249,14 +293,16 @@ async def post_chat_completions(request: web.Request) -> web.StreamResponse:
         chat = parse_request(body, server.max_tokens_limit, server.default_max_tokens)
     except BadRequest as err:
         return _error(400, str(err), "invalid_request_error")
-    async with server.lock:
+    async with server.turn():
         try:
             version = await asyncio.to_thread(server.choose, chat)
         except SamBrainError as err:
             return _error(err.http_status, str(err), "invalid_request_error")
         name = version.version if version else BASE_MODEL
+        mirror = server.mirror_target(chat, version)
         if chat.stream:
-            return await _stream(request, server, version, chat)
+            response = await _stream(request, server, version, chat)
+            return await answer_then_mirror(request, response, server.shadow, mirror, chat)
         try:
             completion = await server.generate(version, chat)
         except Exception as err:  # counted as an error in the version's metrics already
@@ -279,10 +325,12 @@ async def post_chat_completions(request: web.Request) -> web.StreamResponse:
             "prompt_tokens": completion.prompt_tokens,
             "completion_tokens": completion.completion_tokens,
             "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": completion.cached_tokens},
         },
         "sam_version": name,
     }
-    return web.json_response(payload, headers={"x-sam-version": name})
+    response = web.json_response(payload, headers={"x-sam-version": name})
+    return await answer_then_mirror(request, response, server.shadow, mirror, chat)
 
 
 async def _stream(

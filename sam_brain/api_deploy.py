@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from deployment import canary
+from deployment.serving_metrics import prometheus_lines
 from sam_brain.api import CTX, AppContext, read_json
 from sam_brain.errors import BadRequest
 from sam_brain.release import release, rollback_or_abort, start_canary_from
@@ -43,8 +44,15 @@ def canary_doc(ctx: AppContext) -> dict[str, Any]:
             since=state.since,
             steps=list(ctx.home.config.deployment.canary_steps),
         )
-        if ctx.chat is not None:
-            m = ctx.chat.metrics().get(state.version)
+    if ctx.chat is not None:
+        windows = ctx.chat.metrics()
+        shadow = ctx.chat.shadow
+        doc["shadow"] = {"enabled": shadow is not None, **(shadow.stats() if shadow else {})}
+        active = ctx.home.versions.current()
+        stable = windows.get(active.version) if active else None
+        doc["stable_metrics"] = stable.to_dict() if stable else None
+        if state is not None:
+            m = windows.get(state.version)
             doc["metrics"] = m.to_dict() if m else None
     return doc
 
@@ -140,18 +148,8 @@ def metrics_text(ctx: AppContext) -> str:
         runs[r.status] = runs.get(r.status, 0) + 1
     lines += [_prom_line("sam_brain_runs_total", n, {"status": s}) for s, n in sorted(runs.items())]
     if ctx.chat is not None:
-        lines += [
-            "# TYPE sam_brain_requests_total counter",
-            "# TYPE sam_brain_errors_total counter",
-            "# TYPE sam_brain_latency_ms gauge",
-            "# TYPE sam_brain_memory_mb gauge",
-        ]
-        for name, m in sorted(ctx.chat.metrics().items()):
-            labels = {"version": name}
-            lines.append(_prom_line("sam_brain_requests_total", m.requests, labels))
-            lines.append(_prom_line("sam_brain_errors_total", m.errors, labels))
-            lines.append(_prom_line("sam_brain_latency_ms", round(m.mean_latency_ms, 3), labels))
-            lines.append(_prom_line("sam_brain_memory_mb", round(m.memory_mb, 1), labels))
+        shadow = ctx.chat.shadow
+        lines += prometheus_lines(ctx.chat.metrics(), shadow.stats() if shadow else None)
     return "\n".join(lines) + "\n"
 
 

@@ -190,6 +190,17 @@ class DeploymentConfig:
         0.75, "Smallest share of test answers that must end with end-of-turn within the budget."
     )
     serve_chat: bool = _f(True, "Serve the OpenAI-compatible `/v1/chat/completions` (MLX hosts).")
+    shadow: bool = _f(
+        False,
+        "Shadow mode: while a canary runs, replay each routed request the active version answered on the canary afterwards (the client gets only the active version's answer); the replies count only in the canary's metrics, as `shadow_requests`.",
+    )
+    shadow_queue: int = _f(
+        8, "Shadow replays waiting at most; more are dropped and counted (`shadow.dropped`)."
+    )
+    prompt_cache_mb: float = _f(
+        256.0,
+        "Memory for the KV caches of recent conversations, so a follow-up request only prefills its new tokens (0: off).",
+    )
     canary_steps: list[int] = _f(
         [10, 25, 50, 100],
         "Canary traffic weights in percent; the last step promotes. `[100]` skips the canary.",

@@ -191,7 +191,14 @@ class Daemon:
         if not registry.mlx_available():
             unavailable = "chat serving needs mlx-lm (pip install 'sam-brain[mlx]'); or serve a PEFT export with vLLM"
         elif self.config.deployment.serve_chat and base_dir:
-            chat = ChatServer(home.versions, base_dir)
+            dep = self.config.deployment
+            chat = ChatServer(
+                home.versions,
+                base_dir,
+                shadow=dep.shadow,
+                shadow_queue=dep.shadow_queue,
+                prompt_cache_mb=dep.prompt_cache_mb,
+            )
 
         self.chat = chat
         exclusive = make_exclusive(chat, loop) if chat is not None else None

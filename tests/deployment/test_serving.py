@@ -5,95 +5,30 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from deployment import canary
 from deployment.canary import HealthLimits
 from deployment.rollback import RollbackMonitor
-from deployment.serving import ChatServer, ResidentModel, add_routes
+from deployment.serving import ResidentModel
 from deployment.versions import Versions
 from sam_brain.errors import BadRequest
-from sam_brain.store import Store
 
-ClientFactory = Callable[[web.Application], Any]
 HELLO = [{"role": "user", "content": "How do I list the files in a folder?"}]
 
 
-def write_adapter(model_dir: Path, out: Path, seed: int, keys: list[str]) -> Path:
-    """An mlx-lm adapter folder with random, clearly non-zero LoRA weights (no training)."""
-    import mlx.core as mx
-    from mlx.utils import tree_flatten, tree_unflatten
-    from mlx_lm import load
-    from mlx_lm.tuner.utils import linear_to_lora_layers
-
-    loaded: Any = load(str(model_dir))
-    model = loaded[0]
-    model.freeze()
-    lora = {"rank": 4, "scale": 10.0, "dropout": 0.0, "keys": keys}
-    linear_to_lora_layers(model, 4, lora)
-    mx.random.seed(seed)
-    params: Any = tree_flatten(model.trainable_parameters())
-    model.update(tree_unflatten([(k, mx.random.normal(v.shape) * 0.3) for k, v in params]))
-    out.mkdir(parents=True)
-    mx.save_safetensors(
-        str(out / "adapters.safetensors"), dict(tree_flatten(model.trainable_parameters()))
-    )
-    config = {"fine_tune_type": "lora", "num_layers": 4, "lora_parameters": lora}
-    (out / "adapter_config.json").write_text(json.dumps(config))
-    return out
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    root = tmp_path_factory.mktemp("adapters")
-    return [
-        write_adapter(tiny_model, root / "a0", 1, ["self_attn.q_proj", "self_attn.v_proj"]),
-        write_adapter(tiny_model, root / "a1", 2, ["self_attn.q_proj", "self_attn.v_proj"]),
-        # A different structure (other modules): the swap must rebuild the LoRA layers.
-        write_adapter(tiny_model, root / "a2", 3, ["mlp.down_proj", "self_attn.o_proj"]),
-    ]
+@pytest.fixture
+def adapters(lora_adapters: list[Path]) -> list[Path]:
+    return lora_adapters
 
 
 @pytest.fixture
-def versions(tmp_path: Path, adapters: list[Path]) -> Versions:
-    vs = Versions(Store(tmp_path / "state.db"), tmp_path / "versions")
-    for a in adapters:
-        vs.register(a)
-    vs.activate("v1.0.0")
-    return vs
-
-
-class CountingLoader:
-    """Wraps mlx_lm.load and counts base-model loads."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def __call__(self, path: str) -> tuple[Any, Any]:
-        from mlx_lm import load
-
-        self.calls += 1
-        loaded: Any = load(path)
-        return loaded[0], loaded[1]
-
-
-@pytest.fixture
-async def served(
-    versions: Versions, tiny_model: Path, aiohttp_client: ClientFactory
-) -> AsyncIterator[tuple[TestClient[Any, Any], ChatServer, CountingLoader]]:
-    loader = CountingLoader()
-    server = ChatServer(versions, tiny_model, loader=loader, default_max_tokens=8)
-    app = web.Application()
-    add_routes(app, server)
-    client = await aiohttp_client(app)
-    yield client, server, loader
-    server.close()
+def versions(lora_versions: Versions) -> Versions:
+    return lora_versions
 
 
 async def chat(client: TestClient[Any, Any], **body: Any) -> tuple[int, dict[str, Any], str]:
@@ -114,6 +49,8 @@ async def test_non_streaming_completion_names_its_version(served: Any) -> None:
     window = server.metrics()["v1.0.0"]
     assert (window.requests, window.errors, window.swaps) == (1, 0, 1)
     assert window.mean_latency_ms > 0 and window.memory_mb > 50
+    assert window.completion_tokens == 6 and window.tokens_per_second > 0
+    assert window.latency_quantile(0.99) == window.latency_quantile(0.5) == window.mean_latency_ms
 
 
 async def test_streaming_sends_sse_chunks_and_done(served: Any) -> None:
