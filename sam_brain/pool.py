@@ -8,6 +8,7 @@ version" a training run records.
 
 from __future__ import annotations
 
+import bisect
 import fcntl
 import json
 import os
@@ -68,6 +69,7 @@ class Pool:
         root.mkdir(parents=True, exist_ok=True)
         self.lock_path = root / "write.lock"
         # Zero consistency interval: always see commits made by the other process.
+        self._stats_cache: tuple[int, int, dict[str, dict[str, int]], list[float]] | None = None
         self._db = lancedb.connect(str(root), read_consistency_interval=timedelta(0))
         try:
             self._table = self._db.open_table(TABLE)
@@ -172,17 +174,28 @@ class Pool:
         return sample, row
 
     def stats(self) -> dict[str, Any]:
-        """Counts by source, tier, split and kind."""
-        rows = self._rows(None, ["source", "tier", "split", "kind", "ready_after"])
-        now = time.time()
+        """Counts by source, tier, split and kind; `trainable` is as of now.
+
+        The scan is cached per pool version (`/api/self` asks many times a second while the pool
+        changes once per ingest); only `trainable` depends on the clock, so the cache keeps the
+        sorted `ready_after` of SFT rows and counts the ones already due.
+        """
+        version = self.version
+        cached = self._stats_cache
+        if cached is None or cached[0] != version:
+            rows = self._rows(None, ["source", "tier", "split", "kind", "ready_after"])
+            counts = {
+                f"by_{col}": dict(Counter(r[col] for r in rows))
+                for col in ("source", "tier", "split", "kind")
+            }
+            ready = sorted(r["ready_after"] for r in rows if r["kind"] == "sft")
+            cached = self._stats_cache = (version, len(rows), counts, ready)
+        _, total, counts, ready = cached
         return {
-            "total": len(rows),
-            "trainable": sum(1 for r in rows if r["kind"] == "sft" and r["ready_after"] <= now),
-            "pool_version": self.version,
-            "by_source": dict(Counter(r["source"] for r in rows)),
-            "by_tier": dict(Counter(r["tier"] for r in rows)),
-            "by_split": dict(Counter(r["split"] for r in rows)),
-            "by_kind": dict(Counter(r["kind"] for r in rows)),
+            "total": total,
+            "trainable": bisect.bisect_right(ready, time.time()),
+            "pool_version": version,
+            **{name: dict(values) for name, values in counts.items()},
         }
 
     def set_splits(self, changes: dict[str, str]) -> None:

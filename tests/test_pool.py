@@ -62,3 +62,20 @@ def test_second_process_view_sees_commits(tmp_path: Path) -> None:
     a, b = Pool(tmp_path / "pool"), Pool(tmp_path / "pool")
     a.upsert([(sample("s1", 0), "train")], {"s1"})
     assert b.count() == 1
+
+
+def test_stats_follow_the_clock_and_other_writers_through_the_cache(tmp_path: Path) -> None:
+    a, b = Pool(tmp_path / "pool"), Pool(tmp_path / "pool")
+    soon = time.time() + 1.0
+    a.upsert([(sample("s1", 0), "train"), (sample("s1", 1, ready_after=soon), "val")], {"s1"})
+    first = b.stats()
+    assert (first["total"], first["trainable"]) == (2, 1)
+    first["by_split"]["train"] = 99  # a caller's change must not leak into the cache
+    time.sleep(max(0.0, soon - time.time()) + 0.05)
+    second = b.stats()
+    assert (second["total"], second["trainable"]) == (2, 2)  # no write, yet now due
+    assert second["by_split"] == {"train": 1, "val": 1}
+    a.upsert([(sample("s2", 0), "test")], {"s2"})  # another writer: a new pool version
+    third = b.stats()
+    assert third["pool_version"] > second["pool_version"]
+    assert (third["total"], third["by_split"]["test"]) == (3, 1)
