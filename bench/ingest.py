@@ -119,7 +119,7 @@ serve_chat = false
 def _config(home: Path, sessions: Path, quiet_minutes: float) -> Any:
     import tomllib
 
-    from sam_brain.config import parse_config
+    from sam_brain.config_load import parse_config
 
     path = _write_config(home, sessions, 8765, quiet_minutes)  # the port is never opened here
     return parse_config(tomllib.loads(path.read_text(encoding="utf-8")), str(path))

@@ -145,7 +145,7 @@ def write_adapter(base: Path, out: Path, seed: int, layers: int) -> Path:
 def make_home(home: Path, base: Path, adapters: list[Path], port: int) -> None:
     """A daemon home whose versions are the adapters (v1.0.0 active, v1.0.1 a 10% canary)."""
     from deployment.canary import start_canary
-    from sam_brain.config import load_config
+    from sam_brain.config_load import load_config
     from sam_brain.examples import write_example_sessions
     from sam_brain.home import Home
 

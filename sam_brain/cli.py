@@ -17,7 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from sam_brain.config import Config, load_config
+from sam_brain.config import Config
+from sam_brain.config_load import load_config
 from sam_brain.errors import DaemonUnreachable, NotFound, SamBrainError, TrainingFailed
 
 EXIT_CODES = """exit codes: 0 ok, 1 error, 2 bad usage/config/request, 3 not found, 4 conflict,

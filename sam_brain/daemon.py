@@ -27,7 +27,8 @@ from deployment.rollback import RollbackMonitor
 from deployment.serving import ChatServer
 from sam_brain import registry
 from sam_brain.api import AppContext, make_app
-from sam_brain.config import Config, load_config
+from sam_brain.config import Config
+from sam_brain.config_load import load_config
 from sam_brain.errors import AlreadyRunning, SamBrainError
 from sam_brain.home import Home
 from sam_brain.hub import resolve_model

@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from sam_brain.api import AppContext, make_app
-from sam_brain.config import parse_config
+from sam_brain.config_load import parse_config
 from sam_brain.home import Home
 from sam_brain.scheduler import Coordinator
 

@@ -77,7 +77,7 @@ def first_ids(home: Path) -> list[str]:
 def test_versions_commands_offline(
     home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from sam_brain.config import load_config
+    from sam_brain.config_load import load_config
     from sam_brain.home import Home
 
     h = Home.open(load_config())

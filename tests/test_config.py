@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from sam_brain.config import Config, default_config_path, default_home, load_config, parse_config
+from sam_brain.config import Config, default_config_path, default_home
+from sam_brain.config_load import load_config, parse_config
 from sam_brain.configdoc import render_config_doc
 from sam_brain.errors import ConfigError
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sam_brain.config import parse_config
+from sam_brain.config_load import parse_config
 from sam_brain.home import Home
 from sam_brain.ingest import ingest
 

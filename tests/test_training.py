@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sam_brain.config import parse_config
+from sam_brain.config_load import parse_config
 from sam_brain.errors import TrainingFailed
 from sam_brain.home import Home
 from sam_brain.pool import file_lock

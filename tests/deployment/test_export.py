@@ -382,7 +382,7 @@ def test_samctl_export_of_a_registered_version(
     import json
 
     from sam_brain.cli import main
-    from sam_brain.config import load_config
+    from sam_brain.config_load import load_config
     from sam_brain.home import Home
 
     home_dir = tmp_path / "home"

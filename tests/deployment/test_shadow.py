@@ -17,7 +17,7 @@ from deployment.serving import ChatServer
 from deployment.shadow import Outcome, ShadowMirror
 from deployment.versions import Versions
 from sam_brain.api import AppContext, make_app
-from sam_brain.config import parse_config
+from sam_brain.config_load import parse_config
 from sam_brain.home import Home
 from sam_brain.scheduler import Coordinator
 
