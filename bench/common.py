@@ -314,3 +314,24 @@ def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float) -> 
         except OSError:
             time.sleep(0.2)
     raise SystemExit("daemon did not start listening in time")
+
+
+def write_ingest_config(home: Path, sessions: Path, port: int, quiet_minutes: float) -> Path:
+    """A daemon config for the ingest benches: one sessions folder, no training, no chat."""
+    text = f"""data_dir = "{home / "data"}"
+log_level = "INFO"
+[api]
+port = {port}
+[sources]
+sessions_dirs = ["{sessions}"]
+quiet_minutes = {quiet_minutes}
+archive_transcripts = false
+[training]
+min_for_training = 1000000000
+check_interval_seconds = 3600
+[deployment]
+serve_chat = false
+"""
+    path = home / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # after the path fix: `python bench/ingest.py` works
 from bench.common import MB
+from bench.freshness import bench_freshness
 
 # `teich convert` stops with AttributeError on this fixture's non-object JSON lines (`"massive
 # error"`, `42`, `[1]`), so the comparison corpus leaves it out for both tools.
@@ -96,32 +96,14 @@ def bench_extract(args: argparse.Namespace) -> None:
         common.report_ratio("extract ours/bare time", ratio, "<= 2.0", ratio <= 2.0)
 
 
-def _write_config(home: Path, sessions: Path, port: int, quiet_minutes: float) -> Path:
-    text = f"""data_dir = "{home / "data"}"
-log_level = "INFO"
-[api]
-port = {port}
-[sources]
-sessions_dirs = ["{sessions}"]
-quiet_minutes = {quiet_minutes}
-archive_transcripts = false
-[training]
-min_for_training = 1000000000
-check_interval_seconds = 3600
-[deployment]
-serve_chat = false
-"""
-    path = home / "config.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
 def _config(home: Path, sessions: Path, quiet_minutes: float) -> Any:
     import tomllib
 
     from sam_brain.config_load import parse_config
 
-    path = _write_config(home, sessions, 8765, quiet_minutes)  # the port is never opened here
+    path = common.write_ingest_config(
+        home, sessions, 8765, quiet_minutes
+    )  # the port is never opened here
     return parse_config(tomllib.loads(path.read_text(encoding="utf-8")), str(path))
 
 
@@ -308,82 +290,6 @@ def _secret_oracle() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return lambda row, text: [v for v in module._secrets(row, text) if v]
-
-
-def bench_freshness(args: argparse.Namespace) -> None:
-    from sam_brain.examples import example_session
-
-    n = 3 if args.quick else args.sessions
-    quiet = args.quiet_minutes
-    with common.temp_dir("fresh") as tmp:
-        work = Path(tmp)
-        sessions = work / "projects" / "-home-dev-demo"
-        sessions.mkdir(parents=True)
-        port = common.free_port()
-        config = _write_config(work, sessions.parent, port, quiet)
-        env = {**os.environ, "SAM_BRAIN_HOME": str(work), "SAM_BRAIN_CONFIG": str(config),
-               "HF_HUB_OFFLINE": "1"}  # fmt: skip
-        log = (work / "daemon.log").open("w")
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "sam_brain.daemon", "serve", "--config", str(config)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=common.REPO,
-        )  # fmt: skip
-        try:
-            _, startup = common.timed(lambda: common.wait_listening(port, daemon, 120.0))
-            print(f"daemon listening after {startup:.1f}s")
-            from sam_brain.pool import Pool
-
-            pool = Pool(work / "data" / "pool")
-            stored: list[float] = []
-            trainable: list[float] = []
-            for i in range(n):
-                lines = example_session(f"fresh:{i}").lines
-                path = sessions / f"{lines[0]['sessionId']}.jsonl"
-                path.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
-                mtime = path.stat().st_mtime
-                ready = mtime + quiet * 60
-                key = str(path).replace("'", "''")
-                seen = None
-                deadline = time.time() + 60 + quiet * 60
-                while time.time() < deadline:
-                    now = time.time()
-                    if seen is None and pool.count(f"source_key = '{key}'"):
-                        seen = now
-                    if seen is not None and pool.count(
-                        f"source_key = '{key}' AND ready_after <= {now!r}"
-                    ):
-                        stored.append(seen - mtime)
-                        trainable.append(now - ready)
-                        break
-                    time.sleep(0.05)
-                else:
-                    print(f"session {i}: not trainable within the deadline")
-        finally:
-            daemon.terminate()
-            _, stop = common.timed(lambda: daemon.wait(timeout=60))
-            print(f"daemon stopped in {stop:.1f}s")
-            log.close()
-        print(f"machine: {common.machine_load()}")
-        if not trainable:
-            print((work / "daemon.log").read_text()[-2000:])
-            raise SystemExit("freshness: no session reached the pool")
-        rows = []
-        for name, values in (
-            ("written -> stored (s)", stored),
-            ("quiet end -> trainable (s)", trainable),
-        ):
-            ordered = sorted(values)
-            p90 = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
-            rows.append([name, len(values), statistics.median(values), p90, max(values)])
-        common.print_table(
-            f"Freshness: {n} sessions, quiet_minutes = {quiet} ({quiet * 60:.0f} s), 50 ms polling",
-            ["delay", "sessions", "median", "p90", "max"],
-            rows,
-        )
-        median = statistics.median(trainable)
-        common.report_ratio(
-            "freshness median delay after quiet end (s)", median, "<= 5 s", median <= 5
-        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ the pool. Layout under the data directory:
 
     state.db         runs, versions, cursors, events (SQLite, WAL)
     pool/            the LanceDB sample pool (+ write.lock)
-    dedup.idx        the persisted MinHash index
+    dedup.idx        the persisted MinHash index (snapshot; dedup.idx.journal holds later saves)
     versions/        vX.Y.Z/ adapter folders, current.txt
     runs/<run_id>/   dataset, spec, log and checkpoints of each training run
     reports/         one JSON data report per ingest pass
