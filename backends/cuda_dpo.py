@@ -12,39 +12,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from backends.dpo_options import DpoOptions as DpoOptions  # re-exported for the backend
+from backends.dpo_options import DpoOutcome
 from sam_brain.masking import encode_chat
 from sam_brain.protocols import Message, Progress
 
 Pair = dict[str, Any]
-
-
-@dataclass
-class DpoOptions:
-    """DPO settings (the backend's constructor kwargs `dpo_*`)."""
-
-    beta: float = 0.1
-    learning_rate: float = 5e-6
-    epochs: float = 1.0
-    max_steps: int = 0  # 0: run the epochs
-    batch_size: int = 2
-
-
-@dataclass
-class DpoOutcome:
-    """What the stage measured; `finite` is false when the loss or the margin diverged."""
-
-    margin_before: float
-    margin_after: float
-    steps: int
-    cancelled: bool
-    finite: bool
 
 
 @torch.no_grad()

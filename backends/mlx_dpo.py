@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,8 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from backends.checkpoint import atomic_file
+from backends.dpo_options import DpoOptions as DpoOptions  # re-exported for the backend
+from backends.dpo_options import DpoOutcome
 from backends.mlx_loop import enable_grad_checkpoint
 from sam_brain.config import Profile
 from sam_brain.errors import TrainingFailed
@@ -39,29 +40,6 @@ SFT_BEST = "sft_best.safetensors"  # in checkpoint/: where DPO starts, even on a
 Pair = dict[str, Any]
 # Token ids and loss masks of the prompt + chosen answer, then of the prompt + rejected answer.
 Encoded = tuple[list[int], list[int], list[int], list[int]]
-
-
-@dataclass
-class DpoOptions:
-    """DPO settings (the backend's constructor kwargs `dpo_*`)."""
-
-    beta: float = 0.1
-    learning_rate: float = 5e-6
-    epochs: float = 1.0
-    max_steps: int = 0  # 0: run the epochs
-    batch_size: int = 2
-
-
-@dataclass
-class DpoOutcome:
-    """What the stage measured; `finite` is false when the loss or the margin diverged."""
-
-    margin_before: float
-    margin_after: float
-    steps: int
-    cancelled: bool
-    finite: bool
-    pairs: int = 0  # pairs trained on: those with answer tokens within max_length
 
 
 def encode_pairs(tokenizer: Any, pairs: list[Pair], max_length: int) -> list[Encoded]:
