@@ -7,28 +7,27 @@ as `self_attn.q_proj` become PEFT `target_modules`, `num_layers` the last N `lay
 and runs `backends.cuda_loop.run_steps`: paged 8-bit AdamW on CUDA (torch AdamW elsewhere, said in
 the notes), warm-up then cosine decay, gradient accumulation, optional gradient checkpointing,
 validation with early stopping, and a resumable checkpoint (adapter, optimizer, scheduler, RNG,
-step, data position) written atomically every `save_every` steps. Loss masks come from
-`sam_brain.masking`, so the supervised tokens are the MLX backend's. The best adapter is kept in
-mlx-lm format at the top of `out_dir` (what the version registry and `mlx_lm.load` read) and in
-PEFT format in `out_dir/peft/`. With `preference.jsonl`, a DPO stage follows (`backends.cuda_dpo`).
+step, data position) written atomically every `save_every` steps. Out of memory in a step halves
+the micro-batch (or else the sequence length) and retries once, as the MLX backend does
+(`backends.run_state.retry_after_oom`). Loss masks come from `sam_brain.masking`, so the
+supervised tokens are the MLX backend's. The best adapter is kept in mlx-lm format at the top of
+`out_dir` (what the version registry and `mlx_lm.load` read) and in PEFT format in
+`out_dir/peft/`. With `preference.jsonl`, a DPO stage follows (`backends.cuda_dpo`).
 
-Multi-GPU: `train_step`/`rank_batches` in `backends/cuda_loop.py` are DDP-ready (tested with two
-gloo processes). To spread a run over N GPUs, launch the worker as
-`torchrun --nproc_per_node N -m sam_brain.worker cuda spec.json` (or `accelerate launch
---multi_gpu`), call `torch.distributed.init_process_group("nccl")`, put each rank on
-`cuda:LOCAL_RANK` (bitsandbytes: `device_map={"": LOCAL_RANK}`), wrap the PEFT model in
-`DistributedDataParallel`, and let rank 0 alone save and report. `train` here runs one process.
+Multi-GPU: launched as `torchrun --nproc_per_node N -m sam_brain.worker cuda spec.json` (or
+`accelerate launch --multi_gpu`), `train` joins the process group, trains a
+`DistributedDataParallel` model with each process taking its share of every step's micro-batches,
+and lets rank 0 alone write and report (`backends/cuda_dist.py`). The DPO stage runs only in a
+single process.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, cast
@@ -37,30 +36,31 @@ import torch
 from safetensors.torch import load_file
 
 from backends.adapter_format import MLX_WEIGHTS, PEFT_DIR, PEFT_WEIGHTS, peft_files, save_adapter
-from backends.checkpoint import atomic_file, load_checkpoint, save_checkpoint, write_text_atomic
+from backends.checkpoint import atomic_file, load_checkpoint, save_checkpoint
+from backends.cuda_dist import Ranks, any_rank, from_main, join_group, leave_group, on_main, wrap
 from backends.cuda_dpo import DpoOptions, run_dpo
-from backends.cuda_loop import (
-    Buckets,
-    LoopConfig,
-    RunState,
-    evaluate,
-    restore_state,
-    resume_reason,
-    run_metrics,
-    run_steps,
-    save_state,
-)
+from backends.cuda_loop import Buckets, evaluate, restore_state, run_steps, save_state
 from backends.cuda_options import (
-    Options,
     check_options,
     estimate_memory_mb,
+    init_from_adapter,
     lora_config,
-    lr_schedule,
     read_shape,
-    total_steps,
 )
+from backends.run_options import (
+    base_dir,
+    data_notes,
+    effective_profile,
+    encode_splits,
+    fingerprint,
+    lr_factor,
+    total_steps,
+    write_manifest,
+)
+from backends.run_state import Hooks, LoopConfig, Row, RunState, finished_reason, retry_after_oom
+from sam_brain.config import Profile
 from sam_brain.errors import BackendUnavailable, ModelUnavailable, TrainingFailed
-from sam_brain.masking import MaskStats, encode_rows, load_pairs, load_rows
+from sam_brain.masking import load_pairs
 from sam_brain.protocols import Message, Preflight, Progress, TrainResult, TrainSpec
 
 SFT_BEST = "sft_best.safetensors"  # in checkpoint/: where DPO starts, even on a re-run
@@ -104,20 +104,22 @@ class CudaBackend:
             BackendUnavailable: The profile asks for something this backend cannot honour.
             ModelUnavailable: `spec.base_model` is not a local model directory.
         """
-        base = _base_dir(spec.base_model)
+        base = base_dir(spec.base_model)
         shape = read_shape(base)
-        opts = _checked(spec.profile, shape, self.patience)
-        train, val, notes = _encode(_tokenizer(base), Path(spec.data_dir), opts.max_seq_length)
+        opts = check_options(spec.profile, shape, self.patience)
+        train, _, tstats, vstats = encode_splits(
+            _tokenizer(base), Path(spec.data_dir), opts.max_seq_length
+        )
         longest = max((len(ids) for ids, _ in train), default=0)
         gpu = self.device.type == "cuda"
         return Preflight(
-            train_samples=len(train),
-            val_samples=len(val),
-            train_tokens=sum(len(ids) for ids, _ in train),
+            train_samples=tstats.kept,
+            val_samples=vstats.kept,
+            train_tokens=tstats.tokens,
             estimated_memory_mb=estimate_memory_mb(
                 shape, opts, longest, gpu=gpu, quantize=self.quantize
             ),
-            notes=self._device_notes() + notes,
+            notes=self._device_notes() + data_notes(tstats, vstats),
         )
 
     def train(
@@ -125,83 +127,126 @@ class CudaBackend:
     ) -> TrainResult:
         """Train a LoRA adapter into `spec.out_dir`, resuming from its checkpoint when allowed.
 
+        Under `torchrun` (`WORLD_SIZE` > 1) every process calls this; rank 0 writes the files
+        and reports progress, and every process returns the same result.
+
         Raises:
             BackendUnavailable: The profile asks for something this backend cannot honour.
-            TrainingFailed: No trainable rows, a NaN/inf loss, or out of GPU memory.
+            TrainingFailed: No trainable rows, a NaN/inf loss, or out of memory after a retry.
         """
+        ranks = join_group()
+        if ranks.distributed and self.device.type == "cuda":
+            self.device = torch.device("cuda", ranks.local_rank)
+        try:
+            return self._train(spec, progress, cancelled, ranks)
+        finally:
+            leave_group(ranks)
+
+    def _train(
+        self, spec: TrainSpec, progress: Callable[[Progress], None], cancelled: Callable[[], bool],
+        ranks: Ranks,
+    ) -> TrainResult:  # fmt: skip
         from peft import get_peft_model
 
         wall = time.perf_counter()
-        base = _base_dir(spec.base_model)
+        base = base_dir(spec.base_model)
         shape = read_shape(base)
-        opts = _checked(spec.profile, shape, self.patience)
+        opts = check_options(spec.profile, shape, self.patience)
         out = Path(spec.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         tokenizer = _tokenizer(base)
         data = Path(spec.data_dir)
-        train_rows, val_rows, data_notes = _encode(tokenizer, data, opts.max_seq_length)
-        notes = self._device_notes() + data_notes
+        train_rows, val_rows, tstats, vstats = encode_splits(tokenizer, data, opts.max_seq_length)
+        notes = self._device_notes() + data_notes(tstats, vstats)
         if not train_rows:
             raise TrainingFailed(f"no trainable rows in {data / 'train.jsonl'}")
+        if ranks.distributed:
+            notes.append(f"{ranks.world} processes share each step; rank 0 writes the files")
+            if opts.grad_accum < ranks.world:  # every process needs a micro-batch per step
+                opts = replace(opts, grad_accum=ranks.world)
+                notes.append(f"grad_accum raised to {ranks.world}, one micro-batch per process")
 
         torch.manual_seed(spec.seed)  # LoRA A matrices are drawn from this
         model = self.load_model(base, training=True, grad_checkpoint=opts.grad_checkpoint)
         model = get_peft_model(model, lora_config(opts, shape))
         steps = total_steps(opts, len(train_rows))
         optimizer = self._optimizer(model, opts.learning_rate)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(steps))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(steps))
         ckpt_root = out / "checkpoint"
         state = RunState(opts.batch_size, opts.grad_accum, opts.max_seq_length)
-        state.fingerprint = _fingerprint(spec, base, data, self.quantize)
+        state.fingerprint = fingerprint(base, spec.profile, spec.seed, data, self.quantize)
         found = load_checkpoint(ckpt_root) if spec.resume else None
         if found is not None and found[1].get("fingerprint") == state.fingerprint:
             restore_state(found[0], model, optimizer, scheduler)
-            state = RunState(**{k: v for k, v in found[1].items() if k in _RUN_FIELDS})
+            state = RunState.from_saved(found[1])
             notes.append(f"resumed from step {state.step}")
         elif found is not None:
             notes.append("checkpoint ignored: it belongs to different data, base or profile")
+        if state.step == 0 and spec.init_adapter:
+            with tempfile.TemporaryDirectory() as scratch:  # an mlx-lm adapter's PEFT copy
+                init = init_from_adapter(model, Path(spec.init_adapter), base, Path(scratch))
+            notes.append(init)
+        trainer = wrap(model, ranks, self.device)
 
-        def save_best() -> None:
+        def write_best() -> None:
             save_adapter(model, out, base)
             with atomic_file(ckpt_root / SFT_BEST) as tmp:
                 tmp.write_bytes((out / PEFT_DIR / PEFT_WEIGHTS).read_bytes())
 
-        def save_ckpt() -> None:
+        def write_ckpt() -> None:
             write = partial(save_state, model=model, optimizer=optimizer, scheduler=scheduler)
             save_checkpoint(ckpt_root, state.step, asdict(state), write)
 
+        save_best, save_ckpt = on_main(ranks, write_best), on_main(ranks, write_ckpt)
+        report = progress if ranks.main else _silent
+        hooks = Hooks(report, any_rank(ranks, cancelled, self.device), save_best, save_ckpt)
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        valid = None
-        if val_rows:
-            valid = Buckets(val_rows, opts.batch_size, spec.seed, pad_id, self.device)
-        else:
+        if not val_rows:
             notes.append("no validation rows: the final adapter is kept, no early stopping")
-        if valid is not None and state.initial_val_loss is None:
-            state.initial_val_loss = state.best_val_loss = evaluate(model, valid)
-            save_best()  # the untrained adapter is the best until something beats it
         cfg = LoopConfig(steps, opts.eval_every, opts.save_every, opts.patience, spec.seed)
-        train = Buckets(train_rows, state.batch_size, spec.seed, pad_id, self.device)
-        try:
-            reason = resume_reason(state, cfg) or run_steps(
-                model, optimizer, scheduler, train, valid, state, cfg, progress, cancelled,
-                on_best=save_best, on_save=save_ckpt,
-            )  # fmt: skip
-        except torch.OutOfMemoryError as err:  # the last periodic checkpoint stays resumable
-            raise TrainingFailed(
-                f"out of memory at step {state.step + 1}: lower batch_size or max_seq_length, "
-                "or set grad_checkpoint"
-            ) from err
+
+        def attempt(rows: list[Row]) -> str:
+            train = Buckets(rows, state.batch_size, spec.seed, pad_id, self.device)
+            valid = None
+            if val_rows:
+                valid = Buckets(val_rows, state.batch_size, spec.seed, pad_id, self.device)
+            if valid is not None and state.initial_val_loss is None:
+                state.initial_val_loss = state.best_val_loss = evaluate(trainer, valid)
+                save_best()  # the untrained adapter is the best until something beats it
+            return finished_reason(state, cfg) or run_steps(
+                trainer, optimizer, scheduler, train, valid, state, cfg, hooks
+            )
+
+        def release() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+        reason = retry_after_oom(
+            attempt, train_rows, state, notes, release=release, retry=not ranks.distributed,
+            announce=lambda note: report(Progress(state.step, steps, message=note)),
+        )  # fmt: skip
         save_ckpt()
-        if valid is None or not (out / MLX_WEIGHTS).exists():
+        if from_main(ranks, not val_rows or not (out / MLX_WEIGHTS).exists(), self.device):
             save_best()
         notes.append(f"stopped: {reason} at step {state.step}/{steps}")
-        metrics = run_metrics(state, time.perf_counter() - wall)
+        metrics = state.metrics(time.perf_counter() - wall)
         pairs = load_pairs(data / "preference.jsonl")
-        if pairs and reason != "cancelled":
+        if pairs and reason != "cancelled" and ranks.distributed:
+            notes.append("dpo: skipped, it runs in a single process only")
+        elif pairs and reason != "cancelled":
             self._dpo_stage(
                 model, tokenizer, pairs, spec, opts, metrics, notes, progress, cancelled
             )
-        _write_manifest(out, spec, base, opts, self.quantize, reason, metrics, notes)
+        if ranks.main:
+            body = {
+                "effective_profile": effective_profile(opts, state.effective()),
+                "quantize": self.quantize, "processes": ranks.world, "stop_reason": reason,
+                "data": {"train": asdict(tstats), "valid": asdict(vstats)},
+                "metrics": metrics, "notes": notes,
+            }  # fmt: skip
+            dists = ["torch", "transformers", "peft", "bitsandbytes"]
+            write_manifest(out, "cuda", spec, base, body, dists)
         return TrainResult(adapter_dir=str(out), steps=state.step, metrics=metrics, notes=notes)
 
     def generate(
@@ -217,7 +262,7 @@ class CudaBackend:
         """
         from peft import PeftModel
 
-        base = _base_dir(base_model)
+        base = base_dir(base_model)
         tokenizer = _tokenizer(base)
         model = self.load_model(base, training=False, grad_checkpoint=False)
         if adapter_dir is not None:
@@ -236,7 +281,7 @@ class CudaBackend:
 
     def _dpo_stage(
         self, model: Any, tokenizer: Any, pairs: list[dict[str, Any]], spec: TrainSpec,
-        opts: Options, metrics: dict[str, float], notes: list[str],
+        opts: Profile, metrics: dict[str, float], notes: list[str],
         progress: Callable[[Progress], None], cancelled: Callable[[], bool],
     ) -> None:  # fmt: skip
         """DPO on the best SFT adapter; its adapter replaces the SFT one only if it stayed finite."""
@@ -254,7 +299,7 @@ class CudaBackend:
         metrics["dpo_margin_after"] = dpo.margin_after
         metrics["dpo_steps"] = float(dpo.steps)
         if dpo.finite and not dpo.cancelled:
-            save_adapter(model, out, _base_dir(spec.base_model))
+            save_adapter(model, out, base_dir(spec.base_model))
             notes.append(f"dpo: {len(pairs)} pairs, {dpo.steps} steps, beta {self.dpo.beta}")
         else:
             notes.append("dpo: cancelled or diverged; the SFT adapter is kept")
@@ -315,68 +360,11 @@ class CudaBackend:
         return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
 
 
-def _checked(profile: dict[str, Any], shape: Any, patience: int) -> Options:
-    opts, unsupported = check_options(profile, shape, patience)
-    if unsupported:
-        raise BackendUnavailable("cuda backend cannot honour: " + "; ".join(unsupported))
-    return opts
-
-
-def _base_dir(base_model: str) -> Path:
-    path = Path(base_model).expanduser()
-    if not (path / "config.json").exists():
-        raise ModelUnavailable(f"base model {base_model!r} is not a local model directory")
-    return path
+def _silent(report: Progress) -> None:
+    """Progress of a process other than rank 0: rank 0 reports for all."""
 
 
 def _tokenizer(base: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(base))
-
-
-Rows = list[tuple[list[int], list[int]]]
-
-
-def _encode(tokenizer: Any, data: Path, max_length: int) -> tuple[Rows, Rows, list[str]]:
-    """Train and validation rows through `sam_brain.masking`, with a note per dropped row kind."""
-    train, tstats = encode_rows(tokenizer, load_rows(data / "train.jsonl"), max_length)
-    val, vstats = encode_rows(tokenizer, load_rows(data / "valid.jsonl"), max_length)
-    return train, val, _data_notes(tstats, vstats)
-
-
-def _data_notes(train: MaskStats, val: MaskStats) -> list[str]:
-    notes = []
-    for split, st in (("train", train), ("valid", val)):
-        if st.truncated:
-            notes.append(f"{split}: {st.truncated} of {st.rows} rows truncated to max_seq_length")
-        if st.fully_masked:
-            notes.append(f"{split}: {st.fully_masked} rows dropped with no assistant tokens")
-    return notes
-
-
-def _fingerprint(spec: TrainSpec, base: Path, data: Path, quantize: bool) -> str:
-    """What a checkpoint must match to be resumed: base, profile, seed, quantization and data."""
-    h = hashlib.sha256()
-    h.update(json.dumps([str(base), spec.profile, spec.seed, quantize], sort_keys=True).encode())
-    train = data / "train.jsonl"
-    h.update(train.read_bytes() if train.exists() else b"")
-    return h.hexdigest()[:32]
-
-
-_RUN_FIELDS = {f.name for f in fields(RunState)}
-
-
-def _write_manifest(
-    out: Path, spec: TrainSpec, base: Path, opts: Options, quantize: bool, reason: str,
-    metrics: dict[str, float], notes: list[str],
-) -> None:  # fmt: skip
-    from importlib.metadata import version
-
-    manifest = {
-        "backend": "cuda", "run_id": spec.run_id, "base_model": str(base), "seed": spec.seed,
-        "profile": spec.profile, "effective_profile": asdict(opts), "quantize": quantize,
-        "stop_reason": reason, "metrics": metrics, "notes": notes, "finished_at": time.time(),
-        "versions": {d: version(d) for d in ("torch", "transformers", "peft", "bitsandbytes")},
-    }  # fmt: skip
-    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))

@@ -1,83 +1,56 @@
 """The torch training loop of the CUDA backend: bucketed batches, masked loss, optimizer steps.
 
 It mirrors `backends/mlx_loop.py` step for step (same names, same order, trl's rule for
-self-contained trainers): rows sorted by length and cut into batches reshuffled each epoch from
-`(seed, epoch)`, so the data position is one integer (`RunState.micro`); labels are -100 on
-unsupervised and padding tokens and the attention mask hides padding; gradients of a step are
-weighted by supervised tokens. A plain loop rather than `transformers.Trainer`, because exact
-resume (data position, per-step seeds), best-adapter saving and cancellation are simpler to
-control here. `train_step` is DDP-ready: under `torch.distributed` each rank takes every
-world-size-th micro-batch and the loss is scaled by the global supervised-token count, so the
-averaged gradients equal the single-process ones.
+self-contained trainers), and both hand their bookkeeping (seeded batch order, so the data
+position is one integer `RunState.micro`; progress, validation, early stop) to
+`backends/run_state.py`. Labels are -100 on unsupervised and padding tokens and the attention
+mask hides padding; gradients of a step are weighted by supervised tokens. A plain loop rather
+than `transformers.Trainer`, because exact resume (data position, per-step seeds), best-adapter
+saving and cancellation are simpler to control here. Under `torch.distributed` (see
+`backends/cuda_dist.py`) each rank takes its share of a step's micro-batches and the loss is
+scaled by the global supervised-token count, so the averaged gradients equal the single-process
+ones; dropout noise is seeded per micro-batch position, so it does not depend on the split.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import resource
 import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from sam_brain.errors import TrainingFailed
-from sam_brain.protocols import Progress
+from backends.run_state import (
+    BatchOrder,
+    Hooks,
+    LoopConfig,
+    Row,
+    RunState,
+    check_finite,
+    padded_width,
+    run_loop,
+)
 
-Row = tuple[list[int], list[int]]
-PAD_MULTIPLE = 8  # fewer distinct shapes, little padding
-RECENT = 10  # steps averaged into the reported final train loss
 IGNORE = -100  # torch's cross-entropy ignore_index
 CKPT_WEIGHTS = "adapter_model.safetensors"
 CKPT_TRAINER = "trainer_state.pt"
 
 
 @dataclass
-class RunState:
-    """Everything needed to continue a run exactly where it stopped (saved in `state.json`)."""
-
-    batch_size: int
-    grad_accum: int
-    max_seq_length: int
-    step: int = 0
-    micro: int = 0  # micro-batches consumed so far (by all ranks): the data position
-    tokens: int = 0
-    seconds: float = 0.0
-    initial_val_loss: float | None = None
-    best_val_loss: float | None = None
-    best_step: int = 0
-    last_val_loss: float | None = None
-    bad_evals: int = 0
-    recent_losses: list[float] = field(default_factory=list)
-    fingerprint: str = ""
-
-
-@dataclass
-class LoopConfig:
-    """The fixed settings of one call to `run_steps`."""
-
-    total_steps: int
-    eval_every: int
-    save_every: int
-    patience: int
-    seed: int
-
-
-@dataclass
 class Batch:
-    """One padded micro-batch on its device."""
+    """One padded micro-batch on its device; `index` is its position within its step."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
     real_tokens: int
+    index: int = 0
 
     @property
     def supervised(self) -> int:
@@ -96,23 +69,17 @@ class Buckets:
         device: torch.device | str = "cpu",
     ) -> None:
         self.rows = rows
-        self.seed = seed
         self.pad_id = pad_id
         self.device = torch.device(device)
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
-        self.batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        self._orders: dict[int, list[int]] = {}
+        self.order = BatchOrder(rows, batch_size, seed)
+        self.batches = self.order.batches
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def micro_batch(self, micro: int) -> Batch:
         """The `micro`-th micro-batch of the endless epoch sequence."""
-        epoch, pos = divmod(micro, len(self.batches))
-        if epoch not in self._orders:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._orders = {epoch: [int(i) for i in rng.permutation(len(self.batches))]}
-        return self.pad(self.batches[self._orders[epoch][pos]])
+        return self.pad(self.order.indices(micro))
 
     def in_order(self) -> Iterator[Batch]:
         """Every batch once, shortest first (for evaluation)."""
@@ -121,7 +88,7 @@ class Buckets:
 
     def pad(self, indices: list[int]) -> Batch:
         lengths = [len(self.rows[i][0]) for i in indices]
-        width = PAD_MULTIPLE * math.ceil(max(lengths) / PAD_MULTIPLE)
+        width = padded_width(lengths)
         ids = torch.full((len(indices), width), self.pad_id, dtype=torch.long)
         attention = torch.zeros((len(indices), width), dtype=torch.long)
         labels = torch.full((len(indices), width), IGNORE, dtype=torch.long)
@@ -172,64 +139,93 @@ def masked_loss_sum(model: Any, batch: Batch) -> torch.Tensor:
     )
 
 
-def train_step(model: Any, optimizer: Any, scheduler: Any, batches: list[Batch]) -> float:
-    """One optimizer step over this rank's micro-batches; returns the global mean loss.
+def _ranks() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def train_step(
+    model: Any,
+    optimizer: Any,
+    scheduler: Any,
+    batches: list[Batch],
+    step: int = 0,
+    seed: int | None = None,
+) -> tuple[float, int]:
+    """One optimizer step over this rank's micro-batches.
 
     Works unchanged inside `torch.nn.parallel.DistributedDataParallel`: gradients are synced
     only on the last micro-batch, and scaling by world size over the global token count makes
-    DDP's gradient average a token-weighted mean over all ranks.
+    DDP's gradient average a token-weighted mean over all ranks. With `seed`, the random state
+    of each micro-batch follows `seed` and the batch's position in the step.
+
+    Returns:
+        The global mean loss and the real (unpadded) tokens of the step over all ranks.
 
     Raises:
         TrainingFailed: The loss is NaN or infinite (checked before the weights change).
     """
-    distributed = dist.is_available() and dist.is_initialized()
-    world = dist.get_world_size() if distributed else 1
-    counts = torch.tensor([float(sum(b.supervised for b in batches)), 0.0])
-    if distributed:
+    _, world = _ranks()
+    device = batches[0].input_ids.device
+    counts = torch.tensor(
+        [float(sum(b.supervised for b in batches)), float(sum(b.real_tokens for b in batches))],
+        device=device,
+    )
+    if world > 1:
         dist.all_reduce(counts)
     total = max(float(counts[0]), 1.0)
     optimizer.zero_grad(set_to_none=True)
-    loss_sum = torch.zeros(())
+    loss_sum = torch.zeros((), device=device)
     for k, batch in enumerate(batches):
+        if seed is not None:
+            torch.manual_seed((seed << 20) + batch.index)
         sync = k == len(batches) - 1 or not hasattr(model, "no_sync")
         with contextlib.nullcontext() if sync else model.no_sync():
             ce = masked_loss_sum(model, batch)
             cast(Any, ce * (world / total)).backward()
-        loss_sum += ce.detach().float().cpu()
-    if distributed:
+        loss_sum += ce.detach().float()
+    if world > 1:
         dist.all_reduce(loss_sum)
     loss = float(loss_sum) / total
-    if not math.isfinite(loss):
-        raise TrainingFailed(
-            f"training loss became {loss}; lower learning_rate (or check the data)"
-        )
+    check_finite(loss, step)
     optimizer.step()
     scheduler.step()
-    return loss
+    return loss, int(counts[1])
 
 
 def rank_batches(train: Buckets, micro: int, grad_accum: int) -> tuple[list[Batch], int]:
-    """This rank's micro-batches for the step starting at data position `micro`.
+    """This rank's share of the `grad_accum` micro-batches of the step starting at `micro`.
 
-    Rank `r` of `w` takes positions `micro + r + w*k`; returns them and how many positions the
-    whole step consumes (`grad_accum * w`), so every rank advances the same shared position.
+    Rank `r` of `w` takes positions `micro + r`, `micro + r + w`, ... below `micro +
+    grad_accum` (needs `grad_accum >= w`); returns them and how many positions the whole step
+    consumes (`grad_accum`), so every rank advances the same shared position.
     """
-    distributed = dist.is_available() and dist.is_initialized()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    batches = [train.micro_batch(micro + rank + world * k) for k in range(grad_accum)]
-    return batches, grad_accum * world
+    rank, world = _ranks()
+    batches = []
+    for k in range(rank, grad_accum, world):
+        batch = train.micro_batch(micro + k)
+        batch.index = k
+        batches.append(batch)
+    return batches, grad_accum
 
 
 @torch.no_grad()
 def evaluate(model: Any, buckets: Buckets) -> float:
-    """Token-weighted validation loss over the whole split."""
-    model.eval()
-    total, count = 0.0, 0
-    for batch in buckets.in_order():
-        total += float(masked_loss_sum(model, batch))
-        count += batch.supervised
-    model.train()
-    return total / max(count, 1)
+    """Token-weighted validation loss over the whole split (its batches shared among ranks)."""
+    inner = getattr(model, "module", model)  # no DDP hooks: ranks run different batch counts
+    rank, world = _ranks()
+    inner.eval()
+    sums = torch.zeros(2, dtype=torch.float64, device=buckets.device)
+    for i, indices in enumerate(buckets.batches):
+        if i % world == rank:
+            batch = buckets.pad(indices)
+            sums[0] += masked_loss_sum(inner, batch).double()
+            sums[1] += batch.supervised
+    if world > 1:
+        dist.all_reduce(sums)
+    inner.train()
+    return float(sums[0]) / max(float(sums[1]), 1.0)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -248,105 +244,25 @@ def run_steps(
     valid: Buckets | None,
     state: RunState,
     cfg: LoopConfig,
-    progress: Callable[[Progress], None],
-    cancelled: Callable[[], bool],
-    on_best: Callable[[], None],
-    on_save: Callable[[], None],
+    hooks: Hooks,
 ) -> str:
     """Train until `cfg.total_steps`, cancellation or early stop; returns why it stopped.
 
-    `on_best` is called after a validation pass improved the best loss; `on_save` every
-    `cfg.save_every` steps. The caller saves the final checkpoint.
+    `model` may be wrapped in `DistributedDataParallel`; the caller saves the final checkpoint.
 
     Raises:
         TrainingFailed: The training loss became NaN or infinite.
     """
     model.train()
-    session_start, session_steps = time.perf_counter(), 0
-    while state.step < cfg.total_steps:
-        if cancelled():
-            return "cancelled"
-        torch.manual_seed(cfg.seed * 1_000_003 + state.step)  # dropout noise follows the step
-        tic = time.perf_counter()
+
+    def step(seed: int) -> tuple[float, int]:
         batches, consumed = rank_batches(train, state.micro, state.grad_accum)
-        try:
-            step_loss = train_step(model, optimizer, scheduler, batches)
-        except TrainingFailed as err:
-            raise TrainingFailed(f"step {state.step + 1}: {err}") from err
+        result = train_step(model, optimizer, scheduler, batches, state.step + 1, seed)
         state.micro += consumed
-        real_tokens = sum(b.real_tokens for b in batches)
-        elapsed = time.perf_counter() - tic
-        state.step += 1
-        session_steps += 1
-        state.tokens += real_tokens
-        state.seconds += elapsed
-        state.recent_losses = [*state.recent_losses, step_loss][-RECENT:]
-        per_step = (time.perf_counter() - session_start) / session_steps
-        report = Progress(
-            step=state.step,
-            total_steps=cfg.total_steps,
-            train_loss=step_loss,
-            val_loss=state.last_val_loss,
-            tokens_per_sec=real_tokens / elapsed if elapsed > 0 else None,
-            peak_memory_mb=peak_memory_mb(train.device),
-            eta_seconds=per_step * (cfg.total_steps - state.step),
-        )
-        stop = ""
-        if valid is not None and (
-            state.step % cfg.eval_every == 0 or state.step == cfg.total_steps
-        ):
-            stop = _validate(model, valid, state, cfg, on_best)
-            report.val_loss = state.last_val_loss
-            report.message = f"validation loss {state.last_val_loss:.4f}"
-        progress(report)
-        if state.step % cfg.save_every == 0:
-            on_save()
-        if stop:
-            return stop
-    return "done"
+        return result
 
-
-def _validate(
-    model: Any, valid: Buckets, state: RunState, cfg: LoopConfig, on_best: Callable[[], None]
-) -> str:
-    """One validation pass: keep the best adapter, count evaluations without improvement."""
-    val = evaluate(model, valid)
-    state.last_val_loss = val
-    if state.best_val_loss is None or val < state.best_val_loss:
-        state.best_val_loss, state.best_step, state.bad_evals = val, state.step, 0
-        on_best()
-        return ""
-    state.bad_evals += 1
-    return "early_stopped" if state.bad_evals >= cfg.patience else ""
-
-
-def resume_reason(state: RunState, cfg: LoopConfig) -> str:
-    """A resumed run that had already finished or stopped early is not trained further."""
-    if state.step >= cfg.total_steps:
-        return "done"
-    if state.bad_evals >= cfg.patience:
-        return "early_stopped"
-    return ""
-
-
-def run_metrics(state: RunState, wall_seconds: float) -> dict[str, float]:
-    """The numbers a finished run reports in `TrainResult.metrics`."""
-    metrics = {
-        "steps": float(state.step),
-        "tokens": float(state.tokens),
-        "seconds": round(state.seconds, 3),
-        "wall_seconds": round(wall_seconds, 3),
-    }
-    if state.recent_losses:
-        metrics["final_train_loss"] = sum(state.recent_losses) / len(state.recent_losses)
-    if state.initial_val_loss is not None:
-        metrics["initial_val_loss"] = state.initial_val_loss
-    if state.best_val_loss is not None:
-        metrics["best_val_loss"] = state.best_val_loss
-        metrics["best_step"] = float(state.best_step)
-    if state.seconds > 0:
-        metrics["tokens_per_sec"] = state.tokens / state.seconds
-    return metrics
+    validate = (lambda: evaluate(model, valid)) if valid is not None else None
+    return run_loop(state, cfg, hooks, step, validate, lambda: peak_memory_mb(train.device))
 
 
 def save_state(directory: Path, model: Any, optimizer: Any, scheduler: Any) -> None:

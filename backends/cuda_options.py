@@ -1,45 +1,24 @@
-"""The CUDA backend's view of a profile: checked options, the model's shape, LoRA config, schedule.
+"""The CUDA backend's view of a profile: checked options, the model's shape, LoRA config, memory.
 
 `read_shape` instantiates the base model on torch's meta device (no weights, no memory) to learn
 its layer count and the linear layers of a block, so `check_options` can refuse a `lora_keys`
 entry or `num_layers` the model does not have before anything is loaded, and `estimate_memory_mb`
-can size the run. Everything the profile asks for is either honoured or named in the refusal.
+can size the run. Everything the profile asks for is either honoured or named in the refusal
+(the checks themselves are `backends.run_options.checked_profile`, shared with the MLX backend).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
 import torch
 
 from backends.adapter_format import peft_target_modules
+from backends.run_options import checked_profile
 from sam_brain.config import Profile
 from sam_brain.errors import BackendUnavailable
-
-
-@dataclass
-class Options:
-    """The profile's fields, checked, plus early-stopping patience."""
-
-    lora_rank: int
-    lora_alpha: float
-    lora_dropout: float
-    lora_keys: list[str]
-    num_layers: int
-    batch_size: int
-    grad_accum: int
-    max_seq_length: int
-    grad_checkpoint: bool
-    learning_rate: float
-    epochs: float
-    max_steps: int
-    eval_every: int
-    save_every: int
-    patience: int = 3
 
 
 @dataclass
@@ -87,37 +66,22 @@ def read_shape(base: Path) -> Shape:
     )
 
 
-def check_options(
-    profile: dict[str, Any], shape: Shape, patience: int
-) -> tuple[Options, list[str]]:
-    """Options from a profile dict (defaults from `Profile`) and every reason one can't be honoured."""
-    known = {f.name for f in fields(Profile)} | {"patience"}
-    merged = {**asdict(Profile()), "patience": patience, **profile}
-    bad = [f"{k}: not an option this backend knows" for k in sorted(set(profile) - known)]
-    opts = Options(**{k: v for k, v in merged.items() if k in known})
-    for key in opts.lora_keys:
-        if key not in shape.block_linears:
-            choices = ", ".join(sorted(shape.block_linears))
-            bad.append(
-                f"lora_keys: {key!r} is not a linear layer of a block (choose from {choices})"
-            )
-    if not (opts.num_layers == -1 or 1 <= opts.num_layers <= shape.layers):
-        bad.append(f"num_layers: {opts.num_layers} (the model has {shape.layers} layers; -1 = all)")
-    if not 0.0 <= opts.lora_dropout < 1.0:
-        bad.append(f"lora_dropout: {opts.lora_dropout} is outside [0, 1)")
-    for name in ("lora_rank", "batch_size", "grad_accum", "max_seq_length", "eval_every"):
-        if int(getattr(opts, name)) < 1:
-            bad.append(f"{name}: must be at least 1")
-    if opts.save_every < 1 or opts.patience < 1:
-        bad.append("save_every and patience must be at least 1")
-    if opts.lora_alpha <= 0 or opts.learning_rate <= 0:
-        bad.append("lora_alpha and learning_rate must be positive")
-    if opts.max_steps <= 0 and opts.epochs <= 0:
-        bad.append("epochs or max_steps must be positive")
-    return opts, bad
+def check_options(profile: dict[str, Any], shape: Shape, patience: int) -> Profile:
+    """The checked profile (`num_layers` -1 kept: PEFT's "every layer").
+
+    Raises:
+        BackendUnavailable: Listing every option this backend cannot honour.
+    """
+    return checked_profile(
+        profile,
+        backend="cuda",
+        num_blocks=shape.layers,
+        block_linears=shape.block_linears,
+        patience=patience,
+    )
 
 
-def lora_config(opts: Options, shape: Shape) -> Any:
+def lora_config(opts: Profile, shape: Shape) -> Any:
     """The PEFT `LoraConfig`: block keys become `target_modules`, `num_layers` the last N layers."""
     import peft
 
@@ -137,7 +101,7 @@ def lora_config(opts: Options, shape: Shape) -> Any:
 
 
 def estimate_memory_mb(
-    shape: Shape, opts: Options, seq: int, *, gpu: bool, quantize: bool
+    shape: Shape, opts: Profile, seq: int, *, gpu: bool, quantize: bool
 ) -> float:
     """Weights + LoRA training state + activations + logits, roughly, in MB."""
     act_bytes = 2 if gpu else 4  # bf16 on a GPU, float32 on the CPU
@@ -153,23 +117,24 @@ def estimate_memory_mb(
     return (weights + lora_bytes + per_layer * shape.layers + logits) / 1e6
 
 
-def total_steps(opts: Options, rows: int) -> int:
-    """Optimizer steps of the run: `max_steps`, or the epochs in accumulated micro-batches."""
-    if opts.max_steps > 0:
-        return opts.max_steps
-    micro_per_epoch = math.ceil(rows / opts.batch_size)
-    return max(1, math.ceil(opts.epochs * micro_per_epoch / opts.grad_accum))
+def init_from_adapter(model: Any, adapter_dir: Path, base: Path, scratch: Path) -> str:
+    """Load an earlier adapter's LoRA weights into a fresh PEFT model when the layouts match.
 
+    The adapter may be in PEFT form (its `peft/` folder or itself) or mlx-lm form (converted into
+    `scratch`), as versions store both. Returns the note the run reports.
+    """
+    from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
 
-def lr_schedule(total: int) -> Callable[[int], float]:
-    """LR factor per step, as the MLX backend's: warm-up from 10% over 10% of the steps (at most
-    100), then cosine decay to 10% of the peak."""
-    warmup = max(1, min(100, total // 10))
-    decay = max(1, total - warmup)
+    from backends.adapter_format import PEFT_WEIGHTS, peft_files
+    from sam_brain.errors import NotFound
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return 0.1 + 0.9 * step / warmup
-        return 0.1 + 0.45 * (1 + math.cos(math.pi * min(step - warmup, decay) / decay))
-
-    return factor
+    try:
+        weights = load_file(str(peft_files(adapter_dir, base, scratch) / PEFT_WEIGHTS))
+    except (NotFound, OSError, ValueError) as err:
+        return f"init adapter {adapter_dir} unreadable ({err}); started from zero"
+    current = get_peft_model_state_dict(model)
+    if set(weights) != set(current) or any(weights[k].shape != current[k].shape for k in weights):
+        return f"init adapter {adapter_dir} has another LoRA layout; started from zero"
+    set_peft_model_state_dict(model, weights)
+    return f"started from the weights of {adapter_dir}"

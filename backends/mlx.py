@@ -5,7 +5,10 @@
 `sam_brain.masking` (every assistant turn supervised) and runs `backends.mlx_loop.run_steps`:
 length-bucketed batches, token-weighted gradient accumulation, optional gradient checkpointing,
 validation with early stopping, and a resumable checkpoint (adapter + optimizer state + step +
-data position) written atomically every `save_every` steps. The best adapter by validation loss
+data position) written atomically every `save_every` steps. After an out-of-memory error the
+micro-batch (or else the sequence length) is halved and the run retried once
+(`backends.run_state.retry_after_oom`, shared with the CUDA backend, as are the option checks in
+`backends.run_options`). The best adapter by validation loss
 (then DPO'd on `preference.jsonl`, if any, by `backends.mlx_dpo`) is kept in
 `out_dir/adapters.safetensors` with an mlx-lm `adapter_config.json`, so
 `mlx_lm.load(base, adapter_path=out_dir)` and `mlx_lm server --adapter-path` use it directly.
@@ -14,13 +17,10 @@ Profile options this backend cannot honour are refused, never ignored.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, fields, replace
-from importlib.metadata import version
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,34 +32,31 @@ from backends.checkpoint import atomic_file, load_checkpoint, save_checkpoint, w
 from backends.mlx_dpo import SFT_BEST, DpoOptions, dpo_stage
 from backends.mlx_loop import (
     Buckets,
-    Hooks,
-    LoopConfig,
     ModelShape,
-    RunState,
     enable_grad_checkpoint,
     estimate_memory_mb,
-    finished_reason,
     govern_memory,
-    is_oom,
     read_model_shape,
     run_steps,
-    shrink_after_oom,
 )
 from backends.mlx_loss import evaluate
+from backends.run_options import (
+    base_dir,
+    checked_profile,
+    data_notes,
+    effective_profile,
+    encode_splits,
+    fingerprint,
+    total_steps,
+    warmup_steps,
+    write_manifest,
+)
+from backends.run_state import Hooks, LoopConfig, Row, RunState, finished_reason, retry_after_oom
 from sam_brain.config import Profile
-from sam_brain.errors import BackendUnavailable, ModelUnavailable, TrainingFailed
-from sam_brain.masking import MaskStats, encode_rows, load_rows
+from sam_brain.errors import TrainingFailed
 from sam_brain.protocols import Message, Preflight, Progress, TrainResult, TrainSpec
 
 ADAPTER_FILE = "adapters.safetensors"
-# Profile fields this backend implements; any other option is refused, not ignored.
-HONOURED = frozenset(
-    {
-        *("lora_rank", "lora_alpha", "lora_dropout", "lora_keys", "num_layers"),
-        *("batch_size", "grad_accum", "max_seq_length", "grad_checkpoint", "learning_rate"),
-        *("epochs", "max_steps", "eval_every", "save_every", "patience"),
-    }
-)
 
 
 class MLXBackend:
@@ -88,24 +85,22 @@ class MLXBackend:
             BackendUnavailable: The profile asks for something this backend cannot honour.
             ModelUnavailable: `spec.base_model` is not a local model directory.
         """
-        base = _base_dir(spec.base_model)
+        base = base_dir(spec.base_model)
         shape = read_model_shape(base)
-        opts, _ = _checked(spec.profile, shape, self.patience)
+        opts = _checked(spec.profile, shape, self.patience)
         from mlx_lm.tokenizer_utils import load as load_tokenizer
 
-        tokenizer = load_tokenizer(base)
         data = Path(spec.data_dir)
-        train_rows, train_stats = encode_rows(
-            tokenizer, load_rows(data / "train.jsonl"), opts.max_seq_length
+        train_rows, _, train_stats, val_stats = encode_splits(
+            load_tokenizer(base), data, opts.max_seq_length
         )
-        _, val_stats = encode_rows(tokenizer, load_rows(data / "valid.jsonl"), opts.max_seq_length)
         longest = max((len(ids) for ids, _ in train_rows), default=0)
         return Preflight(
             train_samples=train_stats.kept,
             val_samples=val_stats.kept,
             train_tokens=train_stats.tokens,
             estimated_memory_mb=estimate_memory_mb(shape, opts, min(longest, opts.max_seq_length)),
-            notes=_data_notes(train_stats, val_stats),
+            notes=data_notes(train_stats, val_stats),
         )
 
     def train(
@@ -124,22 +119,18 @@ class MLXBackend:
         from mlx_lm.tuner.utils import linear_to_lora_layers
 
         wall = time.perf_counter()
-        base = _base_dir(spec.base_model)
+        base = base_dir(spec.base_model)
         shape = read_model_shape(base)
-        opts, patience = _checked(spec.profile, shape, self.patience)
+        opts = _checked(spec.profile, shape, self.patience)
         out = Path(spec.out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        notes: list[str] = []
 
         model, tokenizer = load(str(base))[:2]
         data = Path(spec.data_dir)
-        train_rows, train_stats = encode_rows(
-            tokenizer, load_rows(data / "train.jsonl"), opts.max_seq_length
+        train_rows, val_rows, train_stats, val_stats = encode_splits(
+            tokenizer, data, opts.max_seq_length
         )
-        val_rows, val_stats = encode_rows(
-            tokenizer, load_rows(data / "valid.jsonl"), opts.max_seq_length
-        )
-        notes += _data_notes(train_stats, val_stats)
+        notes = data_notes(train_stats, val_stats)
         if not train_rows:
             raise TrainingFailed(f"no trainable rows in {data / 'train.jsonl'}")
 
@@ -149,11 +140,11 @@ class MLXBackend:
         linear_to_lora_layers(model, opts.num_layers, lora)
         _write_adapter_config(out, base, opts, lora)
 
-        total_steps = _total_steps(opts, len(train_rows))
-        optimizer = optim.Adam(learning_rate=_schedule(opts.learning_rate, total_steps))
+        steps = total_steps(opts, len(train_rows))
+        optimizer = optim.Adam(learning_rate=_schedule(opts.learning_rate, steps))
         ckpt_root = out / "checkpoint"
         state = RunState(opts.batch_size, opts.grad_accum, opts.max_seq_length)
-        state.fingerprint = _fingerprint(spec, base, data)
+        state.fingerprint = fingerprint(base, spec.profile, spec.seed, data)
         found = load_checkpoint(ckpt_root) if spec.resume else None
         if found is not None and found[1].get("fingerprint") == state.fingerprint:
             state = _restore(found[0], found[1], model, optimizer)
@@ -174,52 +165,50 @@ class MLXBackend:
 
             save_checkpoint(ckpt_root, state.step, asdict(state), write)
 
-        restore_memory = govern_memory(estimate_memory_mb(shape, opts, opts.max_seq_length))
-        undo_ckpt = enable_grad_checkpoint(model) if opts.grad_checkpoint else None
         if not val_rows:
             notes.append("no validation rows: the final adapter is kept, no early stopping")
-        cfg = LoopConfig(total_steps, opts.eval_every, opts.save_every, patience, spec.seed)
-        reason, valid = "done", None
+        cfg = LoopConfig(steps, opts.eval_every, opts.save_every, opts.patience, spec.seed)
+        hooks = Hooks(progress, cancelled, on_best=save_best, on_save=save_ckpt)
+
+        def attempt(rows: list[Row]) -> str:
+            train = Buckets(rows, state.batch_size, spec.seed)
+            valid = Buckets(val_rows, state.batch_size, spec.seed) if val_rows else None
+            if valid is not None and state.initial_val_loss is None:
+                state.initial_val_loss = state.best_val_loss = evaluate(model, valid)
+                save_best()  # the untrained adapter is the best until one beats it
+            return finished_reason(state, cfg) or run_steps(
+                model, optimizer, train, valid, state, cfg, hooks
+            )
+
+        def announce(note: str) -> None:
+            progress(Progress(step=state.step, total_steps=steps, message=note))
+
+        restore_memory = govern_memory(estimate_memory_mb(shape, opts, opts.max_seq_length))
+        undo_ckpt = enable_grad_checkpoint(model) if opts.grad_checkpoint else None
         mx.reset_peak_memory()
         try:
-            for attempt in (1, 2):
-                train = Buckets(train_rows, state.batch_size, spec.seed)
-                valid = Buckets(val_rows, state.batch_size, spec.seed) if val_rows else None
-                try:
-                    if valid is not None and state.initial_val_loss is None:
-                        state.initial_val_loss = state.best_val_loss = evaluate(model, valid)
-                        save_best()  # the untrained adapter is the best until one beats it
-                    hooks = Hooks(progress, cancelled, on_best=save_best, on_save=save_ckpt)
-                    reason = finished_reason(state, cfg) or run_steps(
-                        model, optimizer, train, valid, state, cfg, hooks
-                    )
-                    break
-                except (RuntimeError, MemoryError) as err:
-                    if attempt == 2 or not is_oom(err):
-                        raise TrainingFailed(f"training crashed: {err}") from err
-                    train_rows = shrink_after_oom(state, train_rows, err, notes)
-                    mx.clear_cache()
+            reason = retry_after_oom(
+                attempt, train_rows, state, notes, announce=announce, release=mx.clear_cache
+            )
         finally:
             if undo_ckpt is not None:
                 undo_ckpt()
             restore_memory()
         save_ckpt()
-        if valid is None or not (out / ADAPTER_FILE).exists():
+        if not val_rows or not (out / ADAPTER_FILE).exists():
             save_best()
-        notes.append(f"stopped: {reason} at step {state.step}/{total_steps}")
+        notes.append(f"stopped: {reason} at step {state.step}/{steps}")
         metrics = state.metrics(time.perf_counter() - wall)
         if reason != "cancelled":  # DPO on the best SFT adapter when preference.jsonl has rows
             dpo_stage(model, tokenizer, spec, opts, self.dpo, metrics, notes, progress, cancelled)
-        effective = {
-            **asdict(opts),
-            "patience": patience,
-            "batch_size": state.batch_size,
-            "grad_accum": state.grad_accum,
-            "max_seq_length": state.max_seq_length,
+        body = {
+            "effective_profile": effective_profile(opts, state.effective()),
+            "stop_reason": reason,
+            "data": {"train": asdict(train_stats), "valid": asdict(val_stats)},
+            "metrics": metrics,
+            "notes": notes,
         }
-        data_stats = {"train": asdict(train_stats), "valid": asdict(val_stats)}
-        body = {"effective_profile": effective, "stop_reason": reason, "data": data_stats}
-        _write_manifest(out, spec, base, {**body, "metrics": metrics, "notes": notes})
+        write_manifest(out, "mlx", spec, base, body, ["mlx", "mlx-lm"])
         return TrainResult(adapter_dir=str(out), steps=state.step, metrics=metrics, notes=notes)
 
     def generate(
@@ -232,7 +221,7 @@ class MLXBackend:
         """Greedy completion of `messages` (chat template applied), with the adapter if given."""
         from mlx_lm import generate, load
 
-        base = str(_base_dir(base_model))
+        base = str(base_dir(base_model))
         # Reuse the last model loaded, unless the adapter file was rewritten since.
         weights = Path(adapter_dir) / ADAPTER_FILE if adapter_dir else None
         key = (base, adapter_dir, weights.stat().st_mtime_ns if weights else None)
@@ -243,67 +232,17 @@ class MLXBackend:
         return str(generate(model, tokenizer, prompt, max_tokens=max_tokens))
 
 
-def _base_dir(base_model: str) -> Path:
-    path = Path(base_model).expanduser()
-    if not (path / "config.json").exists():
-        raise ModelUnavailable(f"base model {base_model!r} is not a local model directory")
-    return path
-
-
-def _checked(profile: dict[str, Any], shape: ModelShape, patience: int) -> tuple[Profile, int]:
-    """The profile as a `Profile` (defaults filled in, `num_layers` resolved) and the patience.
-
-    Raises:
-        BackendUnavailable: Listing every option that is unknown here or cannot be applied.
-    """
-    problems = [
-        f"{key}={value!r} (not implemented by the mlx backend)"
-        for key, value in sorted(profile.items())
-        if key not in HONOURED and value not in (None, False, 0, "", [], {})
-    ]
-    given = {k: v for k, v in profile.items() if k in HONOURED and k != "patience"}
-    opts = replace(Profile(), **given)
-    patience = int(profile.get("patience") or patience)
-    for name, ok in (
-        ("lora_rank", opts.lora_rank >= 1),
-        ("lora_alpha", opts.lora_alpha > 0),
-        ("lora_dropout", 0 <= opts.lora_dropout < 1),
-        ("batch_size", opts.batch_size >= 1),
-        ("grad_accum", opts.grad_accum >= 1),
-        ("max_seq_length", opts.max_seq_length >= 2),
-        ("learning_rate", opts.learning_rate > 0),
-        ("eval_every", opts.eval_every >= 1),
-        ("save_every", opts.save_every >= 1),
-        ("patience", patience >= 1),
-        ("epochs", opts.epochs > 0 or opts.max_steps > 0),
-        ("max_steps", opts.max_steps >= 0),
-    ):
-        if not ok:
-            problems.append(
-                f"{name}={profile.get(name, getattr(opts, name, patience))!r} is out of range"
-            )
-    if opts.num_layers > shape.num_layers or opts.num_layers == 0 or opts.num_layers < -1:
-        problems.append(f"num_layers={opts.num_layers} but the model has {shape.num_layers} blocks")
-    missing = [k for k in opts.lora_keys if k not in shape.linears]
-    if missing or not opts.lora_keys:
-        problems.append(
-            f"lora_keys {missing or '[]'} are not linear modules of a block "
-            f"(choose from: {', '.join(sorted(shape.linears))})"
-        )
-    if problems:
-        raise BackendUnavailable("mlx backend cannot honour: " + "; ".join(problems))
+def _checked(profile: dict[str, Any], shape: ModelShape, patience: int) -> Profile:
+    """The checked profile with `num_layers` -1 resolved to every block (mlx-lm's config)."""
+    opts = checked_profile(
+        profile,
+        backend="mlx",
+        num_blocks=shape.num_layers,
+        block_linears=shape.linears,
+        patience=patience,
+    )
     layers = shape.num_layers if opts.num_layers == -1 else opts.num_layers
-    return replace(opts, num_layers=layers), patience
-
-
-def _data_notes(train: MaskStats, val: MaskStats) -> list[str]:
-    notes = []
-    for split, st in (("train", train), ("valid", val)):
-        if st.truncated:
-            notes.append(f"{split}: {st.truncated} of {st.rows} rows truncated to max_seq_length")
-        if st.fully_masked:
-            notes.append(f"{split}: {st.fully_masked} rows dropped with no assistant tokens")
-    return notes
+    return replace(opts, num_layers=layers)
 
 
 def _lora_parameters(opts: Profile) -> dict[str, Any]:
@@ -326,16 +265,9 @@ def _write_adapter_config(out: Path, base: Path, opts: Profile, lora: dict[str, 
     write_text_atomic(out / "adapter_config.json", json.dumps(config, indent=2, sort_keys=True))
 
 
-def _total_steps(opts: Profile, rows: int) -> int:
-    if opts.max_steps > 0:
-        return opts.max_steps
-    micro_per_epoch = math.ceil(rows / opts.batch_size)
-    return max(1, math.ceil(opts.epochs * micro_per_epoch / opts.grad_accum))
-
-
 def _schedule(peak: float, total: int) -> Callable[[mx.array], mx.array]:
     """Linear warm-up over 10% of the steps (at most 100), then cosine decay to 10% of peak."""
-    warmup = max(1, min(100, total // 10))
+    warmup = warmup_steps(total)
     return optim.join_schedules(  # type: ignore[no-any-return]
         [
             optim.linear_schedule(peak * 0.1, peak, warmup),
@@ -345,21 +277,11 @@ def _schedule(peak: float, total: int) -> Callable[[mx.array], mx.array]:
     )
 
 
-def _fingerprint(spec: TrainSpec, base: Path, data: Path) -> str:
-    """What a checkpoint must match to be resumed: base, profile, seed and training data."""
-    h = hashlib.sha256()
-    h.update(json.dumps([str(base), spec.profile, spec.seed], sort_keys=True).encode())
-    train = data / "train.jsonl"
-    h.update(train.read_bytes() if train.exists() else b"")
-    return h.hexdigest()[:32]
-
-
 def _restore(directory: Path, saved: dict[str, Any], model: Any, optimizer: Any) -> RunState:
     model.load_weights(list(_load_tensors(directory / ADAPTER_FILE).items()), strict=False)
     opt_state = _load_tensors(directory / "optimizer.safetensors")
     optimizer.state = tree_unflatten(list(opt_state.items()))
-    known = {f.name for f in fields(RunState)}
-    return RunState(**{k: v for k, v in saved.items() if k in known})
+    return RunState.from_saved(saved)
 
 
 def _init_from(model: Any, adapter_dir: Path) -> str:
@@ -393,19 +315,3 @@ def _opt_weights(optimizer: Any) -> dict[str, mx.array]:
 def _save_adapter(model: Any, path: Path) -> None:
     with atomic_file(path) as tmp:
         mx.save_safetensors(str(tmp), _adapter_weights(model))
-
-
-def _write_manifest(out: Path, spec: TrainSpec, base: Path, body: dict[str, Any]) -> None:
-    """`manifest.json`: what was trained from what, how, and what it measured."""
-    manifest = {
-        "backend": "mlx",
-        "run_id": spec.run_id,
-        "base_model": str(base),
-        "seed": spec.seed,
-        "profile": spec.profile,
-        **body,
-        "started_at": time.time() - body["metrics"]["wall_seconds"],
-        "finished_at": time.time(),
-        "versions": {dist: version(dist) for dist in ("mlx", "mlx-lm")},
-    }
-    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True))

@@ -23,6 +23,9 @@ EXIT_OK, EXIT_FAILED, EXIT_CANCELLED = 0, 1, 3
 
 
 def emit(kind: str, payload: dict[str, Any]) -> None:
+    # Under torchrun every process runs a worker; rank 0 speaks for the run (errors from any).
+    if kind != "error" and os.environ.get("RANK", "0") != "0":
+        return
     sys.stdout.write("@@" + json.dumps({"kind": kind, **payload}, default=str) + "\n")
     sys.stdout.flush()
 

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from backends.checkpoint import LATEST, load_checkpoint, save_checkpoint
-from backends.mlx import HONOURED, MLXBackend
+from backends.mlx import MLXBackend
 from backends.mlx_loop import Buckets, enable_grad_checkpoint
 from backends.mlx_loss import evaluate, masked_loss, split_head
+from backends.run_options import HONOURED
 from sam_brain.config import Profile
 from sam_brain.errors import BackendUnavailable, TrainingFailed
 from sam_brain.masking import encode_rows, load_rows
@@ -334,9 +335,10 @@ def test_out_of_memory_halves_batch_and_retries_once(
 
     result = MLXBackend().train(spec, rec, _never)
 
-    assert rec.steps == [1, 2, 3, 4]
+    assert rec.steps == [1, 2, 2, 3, 4]  # the retry is reported at the step it resumes from
     assert result.steps == 4
-    assert any("retried with batch_size 1, grad_accum 4" in n for n in result.notes)
+    note = f"out of memory ({oom}); retried with batch_size 1, grad_accum 4"
+    assert rec.reports[2].message == note and note in result.notes
     effective = json.loads((tmp_path / "run" / "manifest.json").read_text())["effective_profile"]
     assert (effective["batch_size"], effective["grad_accum"]) == (1, 4)
 
