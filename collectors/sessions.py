@@ -18,10 +18,11 @@ import json
 import logging
 import os
 import shutil
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from collectors.transcript import SUBAGENT_TOOLS, Conversation, parse_file
+from collectors.transcript import SUBAGENT_TOOLS, Conversation, ToolCall, parse_file
 from sam_brain.curate import CurateOptions, curate
 from sam_brain.protocols import CollectResult, Cursors
 from sam_brain.quality import QualityConfig
@@ -67,6 +68,19 @@ def parent_transcript(agent: Path) -> Path | None:
     return agent.parent / f"{session_id}.jsonl" if session_id else None
 
 
+def _listing(folder: Path) -> tuple[dict[str, list[Path]], set[str]]:
+    """A directory's flat agent files (`agent-*.jsonl`, sorted) by session id, and its names."""
+    try:
+        names = {entry.name for entry in os.scandir(folder)}
+    except OSError:
+        names = set()
+    flat: dict[str, list[Path]] = {}
+    agents = sorted(folder / n for n in names if n.startswith("agent-") and n.endswith(".jsonl"))
+    for agent in agents:
+        flat.setdefault(peek_session_id(agent), []).append(agent)
+    return flat, names
+
+
 def dropped_agent_reason(conv: Conversation) -> str | None:
     """Why a subagent run is not training data: `acompact_agent`, `warmup_agent`, or None."""
     if conv.agent_id.startswith("acompact") or conv.path.name.startswith("agent-acompact"):
@@ -94,10 +108,15 @@ def load_session(main: Path, subagent_files: Sequence[Path] | None = None) -> Co
     if subagent_files is None:
         subagent_files = find_subagent_files(main, conv.session_id)
     candidates = conv.subagents + [parse_file(p, subagent=True) for p in subagent_files]
-    calls = {c["id"]: c for t in conv.turns for c in t.tool_calls if c["name"] in SUBAGENT_TOOLS}
-    by_agent = {
-        r["agent_id"]: r["tool_use_id"] for t in conv.turns for r in t.results if "agent_id" in r
-    }
+    calls: dict[str, ToolCall] = {}
+    by_agent: dict[str, str] = {}
+    for turn in conv.turns:  # one pass over the turns for both maps
+        for call in turn.tool_calls:
+            if call["name"] in SUBAGENT_TOOLS:
+                calls[call["id"]] = call
+        for result in turn.results:
+            if "agent_id" in result:
+                by_agent[result["agent_id"]] = result["tool_use_id"]
     by_prompt = {str(c["input"].get("prompt", "")).strip(): i for i, c in calls.items()}
     conv.subagents = []
     for sub in candidates:
@@ -131,6 +150,16 @@ def _no_cyclic_gc() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
+
+
+def _session_skips(conv: Conversation) -> Counter[str]:
+    """Everything a session and its subagents left out, and `empty_session` if it has no turns."""
+    skipped = Counter(conv.skipped)
+    for sub in conv.subagents:
+        skipped.update(sub.skipped)
+    if not conv.turns:
+        skipped["empty_session"] += 1
+    return skipped
 
 
 def _identity(path: Path) -> dict[str, float]:
@@ -243,24 +272,26 @@ class SessionCollector:
         mains: set[Path] = set()
         for f in files:
             main = parent_transcript(f) if is_subagent_file(f) else f
-            if main is not None and main.is_symlink() and not main.is_file():
-                result.skipped["broken_link"] += 1  # dangling or looping symlink
-                continue
             if main is None or not main.is_file():
-                result.skipped["orphan_subagent"] += 1
+                # A dangling or looping symlink, or a subagent whose main transcript is gone.
+                broken = main is not None and main.is_symlink()
+                result.skipped["broken_link" if broken else "orphan_subagent"] += 1
                 continue
             mains.add(main)
-        flat: dict[Path, dict[str, list[Path]]] = {}
+        listed: dict[Path, tuple[dict[str, list[Path]], set[str]]] = {}
         sessions: dict[Path, list[Path]] = {}
         for main in sorted(mains):
-            # Read each directory's flat agent files once, not once per main transcript.
-            if main.parent not in flat:
-                index: dict[str, list[Path]] = {}
-                for agent in sorted(main.parent.glob("agent-*.jsonl")):
-                    index.setdefault(peek_session_id(agent), []).append(agent)
-                flat[main.parent] = index
-            nested = sorted((main.parent / main.stem / "subagents").glob("agent-*.jsonl"))
-            sessions[main] = nested + flat[main.parent].get(peek_session_id(main) or main.stem, [])
+            # List each directory once, not once per main transcript: its flat agent files by
+            # session, and its entries (most sessions have no `<session>/subagents/` to glob).
+            if main.parent not in listed:
+                listed[main.parent] = _listing(main.parent)
+            flat, entries = listed[main.parent]
+            nested = []
+            if main.stem in entries:
+                nested = sorted((main.parent / main.stem / "subagents").glob("agent-*.jsonl"))
+            # Most directories hold no flat agent files: then the main file need not be opened.
+            wanted = (peek_session_id(main) or main.stem) if flat else ""
+            sessions[main] = nested + flat.get(wanted, [])
         return sessions
 
     def _extract(
@@ -272,6 +303,10 @@ class SessionCollector:
             with _no_cyclic_gc():
                 conv = load_session(main, agents)
                 result.samples = curate(conv, self.options, self.quality, ready_after)
+                # Counted and freed while the collector is paused: once it runs again it would
+                # scan every dict and list of the parsed session one more time.
+                skipped = _session_skips(conv)
+                del conv
         except OSError as err:
             log.warning("sessions collector: cannot read %s: %s", main, err)
             result.skipped["read_error"] += 1
@@ -282,11 +317,7 @@ class SessionCollector:
             result.skipped["parse_error"] += 1
         else:
             result.replace_keys.add(str(main))
-            result.skipped.update(conv.skipped)
-            for sub in conv.subagents:
-                result.skipped.update(sub.skipped)
-            if not conv.turns:
-                result.skipped["empty_session"] += 1
+            result.skipped.update(skipped)
         for f, ident in idents.items():
             result.cursors[self._key(f)] = json.dumps(ident, sort_keys=True)
             if self.archive_dir is not None:

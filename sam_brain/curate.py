@@ -13,18 +13,23 @@ collector's. Messages use the chat format mlx-lm and TRL accept: `role`/`content
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from msgspec.structs import replace  # `Turn` is a msgspec Struct
 
 from sam_brain.protocols import Message, Sample, stable_id
 from sam_brain.quality import QualityConfig, Score, exchanges, score_conversation
-from sam_brain.validate import estimate_tokens
+from sam_brain.validate import CHARS_PER_TOKEN, message_chars
 
 if TYPE_CHECKING:  # only the shape is needed; sam_brain must not import plug-ins at runtime
     from collectors.transcript import Conversation, Turn
 
 SOURCE = "sessions"
 EMPTY_OUTPUT = "(no output)"  # chat templates and the validator reject empty tool messages
+# Tool-call arguments as `json.dumps(input, ensure_ascii=False)` writes them; one encoder, not one
+# per call (decoded JSON holds no cycles, so the circular check is left out).
+_arguments = json.JSONEncoder(ensure_ascii=False, check_circular=False).encode
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,7 @@ def _raw_messages(turns: list[Turn], options: CurateOptions) -> list[Message]:
                         "type": "function",
                         "function": {
                             "name": c["name"],
-                            "arguments": json.dumps(c["input"], ensure_ascii=False),
+                            "arguments": _arguments(c["input"]),
                         },
                     }
                     for c in turn.tool_calls
@@ -152,15 +157,29 @@ def windows(turns: list[Turn], options: CurateOptions) -> list[tuple[list[Turn],
     out: list[tuple[list[Turn], list[Message]]] = []
     window: list[Turn] = []
     raw: list[Message] = []
+    # The window's size in `message_chars`: all of `raw`, and what `_finish` keeps of it (up to
+    # its last assistant message), so each try costs one exchange, not the whole window again.
+    total = kept = 0
+    system = message_chars({"role": "system", "content": options.system_prompt})
     for group in groups:
         # Each exchange is turned into messages once (see _raw_messages), not once per window try.
         raw_group = _raw_messages(group, options)
-        candidate = _finish(raw + raw_group, options)
-        if window and estimate_tokens(candidate) > options.max_tokens:
+        group_total = group_kept = 0
+        for message in raw_group:
+            group_total += message_chars(message)
+            if message["role"] == "assistant":
+                group_kept = group_total
+        tried = total + group_kept if group_kept else kept  # what _finish(raw + raw_group) keeps
+        size = tried + system if tried and options.system_prompt else tried
+        if window and size // CHARS_PER_TOKEN + 1 > options.max_tokens:  # as estimate_tokens
             out.append((window, _finish(raw, options)))
-            window, raw = group, raw_group
+            window, raw = list(group), raw_group
+            total, kept = group_total, group_kept
         else:
-            window, raw = window + group, raw + raw_group
+            window.extend(group)
+            raw.extend(raw_group)
+            kept = tried
+            total += group_total
     if window:
         out.append((window, _finish(raw, options)))
     return [(w, m) for w, m in out if m]

@@ -8,6 +8,7 @@ docs/quality.md; the weights, thresholds and domain keywords live in `QualityCon
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -96,8 +97,100 @@ def exchanges(turns: list[Turn]) -> list[list[Turn]]:
     return groups
 
 
+@functools.lru_cache(maxsize=8)
+def keyword_pattern(keywords: tuple[str, ...]) -> re.Pattern[str]:
+    """Any keyword, lowercased, as a whole word; built once per keyword set.
+
+    The keywords are merged into a prefix tree (`api|async` becomes `a(?:pi|sync)`), which
+    the regex engine tries about twice as fast as a flat alternation, whenever that finds the
+    same matches: when no two keywords can both match at one place in a text.
+    """
+    words = [k.lower() for k in keywords]
+    if all(words) and not any(_both_match(a, b) for a in words for b in words):
+        body = _prefix_tree(words)
+    else:
+        body = "|".join(re.escape(w) for w in words)
+    return re.compile(rf"\b(?:{body})\b")
+
+
+def _both_match(short: str, long: str) -> bool:
+    """Whether `short` and `long` can both match as whole words at one place in a text.
+
+    Only a proper prefix can, and only when a word boundary can fall right after it.
+    """
+    if len(short) >= len(long) or not long.startswith(short):
+        return False
+    return _is_word(short[-1]) != _is_word(long[len(short)])
+
+
+def _is_word(char: str) -> bool:
+    return re.match(r"\w", char) is not None
+
+
+def _prefix_tree(words: list[str]) -> str:
+    """A regex matching exactly `words` that shares their common prefixes."""
+    by_first: dict[str, list[str]] = {}
+    ends = False
+    for word in words:
+        if word:
+            by_first.setdefault(word[0], []).append(word[1:])
+        else:
+            ends = True
+    branches = [re.escape(c) + _prefix_tree(rests) for c, rests in sorted(by_first.items())]
+    if not branches:
+        return ""
+    body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+    return f"(?:{body})?" if ends else body
+
+
 def _clip(value: float) -> float:
     return max(0.0, min(1.0, value))
+
+
+@dataclass
+class _Counts:
+    """What the dimensions are computed from, counted in one pass over the turns."""
+
+    exchanges: int = 0  # exchanges (as `exchanges` splits them) with an assistant turn
+    answered: int = 0  # ... that end on an assistant turn with text
+    assistant: int = 0
+    thinking: int = 0  # assistant turns with thinking
+    calls: int = 0  # tool calls of assistant turns
+    tool_names: set[str] = field(default_factory=set)
+    results: int = 0
+    errors: int = 0
+    texts: list[str] = field(default_factory=list)  # user and assistant text, in order
+
+
+def _count(turns: list[Turn]) -> _Counts:
+    """Count what `score_conversation` needs; exchanges are split as `exchanges` splits them."""
+    counts = _Counts()
+    last: Turn | None = None  # the last turn of the current exchange
+    with_assistant = False  # the current exchange has an assistant turn
+    for turn in turns:
+        if turn.role == "user" or turn.trigger or last is None:  # a new exchange
+            if with_assistant and last is not None:
+                counts.exchanges += 1
+                counts.answered += last.role == "assistant" and bool(last.text)
+            with_assistant = False
+        last = turn
+        if turn.role == "assistant":
+            with_assistant = True
+            counts.assistant += 1
+            counts.thinking += bool(turn.thinking)
+            counts.texts.append(turn.text)
+            for call in turn.tool_calls:
+                counts.calls += 1
+                counts.tool_names.add(call["name"])
+        elif turn.role == "user":
+            counts.texts.append(turn.text)
+        for result in turn.results:
+            counts.results += 1
+            counts.errors += bool(result["is_error"])
+    if with_assistant and last is not None:
+        counts.exchanges += 1
+        counts.answered += last.role == "assistant" and bool(last.text)
+    return counts
 
 
 def score_conversation(conv: Conversation, config: QualityConfig | None = None) -> Score:
@@ -111,30 +204,22 @@ def score_conversation(conv: Conversation, config: QualityConfig | None = None) 
         The six dimension scores, the overall score and the tier.
     """
     config = config or QualityConfig()
-    turns = conv.turns
-    assistant = [t for t in turns if t.role == "assistant"]
-    calls = [c for t in assistant for c in t.tool_calls]
-    results = [r for t in turns for r in t.results]
-
-    groups = [g for g in exchanges(turns) if any(t.role == "assistant" for t in g)]
-    answered = sum(1 for g in groups if g[-1].role == "assistant" and g[-1].text)
-    completion = answered / len(groups) if groups else 0.0
+    counts = _count(conv.turns)
+    completion = counts.answered / counts.exchanges if counts.exchanges else 0.0
     completion -= config.interrupt_penalty * conv.interrupts
 
-    depth = math.log1p(len(assistant)) / math.log1p(config.depth_target)
+    depth = math.log1p(counts.assistant) / math.log1p(config.depth_target)
 
-    text = "\n".join(t.text for t in turns if t.role in ("user", "assistant")).lower()
-    pattern = r"\b(?:" + "|".join(re.escape(k.lower()) for k in config.keywords) + r")\b"
-    hits = set(re.findall(pattern, text)) if config.keywords else set()
+    text = "\n".join(counts.texts).lower()
+    hits = set(keyword_pattern(tuple(config.keywords)).findall(text)) if config.keywords else set()
     domain = len(hits) / config.keyword_target
 
-    kinds = len({c["name"] for c in calls})
-    tools = 0.5 * min(1.0, kinds / config.tool_kinds_target)
-    tools += 0.5 * min(1.0, len(calls) / config.tool_calls_target)
+    tools = 0.5 * min(1.0, len(counts.tool_names) / config.tool_kinds_target)
+    tools += 0.5 * min(1.0, counts.calls / config.tool_calls_target)
 
-    thinking = 2 * sum(1 for t in assistant if t.thinking) / len(assistant) if assistant else 0.0
+    thinking = 2 * counts.thinking / counts.assistant if counts.assistant else 0.0
 
-    errors = 1 - sum(1 for r in results if r["is_error"]) / len(results) if results else 1.0
+    errors = 1 - counts.errors / counts.results if counts.results else 1.0
 
     dims = {
         "completion": _clip(completion),

@@ -10,20 +10,46 @@ tokenizer; the trainer truncates exactly.
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring_ascii
+from typing import Any
 
 from sam_brain.protocols import Message, Sample
 
 ROLES = {"system", "user", "assistant", "tool"}
 CHARS_PER_TOKEN = 4
+# The length of an OpenAI-shaped tool call as `json.dumps` writes it, without its four strings.
+_CALL_FRAME = len(json.dumps({"id": "", "type": "", "function": {"name": "", "arguments": ""}})) - 8
 
 
 def estimate_tokens(messages: list[Message]) -> int:
-    total = 0
-    for m in messages:
-        total += len(str(m.get("content") or "")) + 8
-        for call in m.get("tool_calls") or []:
-            total += len(json.dumps(call))
-    return total // CHARS_PER_TOKEN + 1
+    """Estimated tokens of a chat sample: `message_chars` of each message, 4 chars a token."""
+    return sum(map(message_chars, messages)) // CHARS_PER_TOKEN + 1
+
+
+def message_chars(message: Message) -> int:
+    """The characters one message adds to `estimate_tokens`.
+
+    Its content, 8 for its frame, and each tool call as `json.dumps` (ASCII-escaped) writes it.
+    """
+    total = len(str(message.get("content") or "")) + 8
+    for call in message.get("tool_calls") or ():
+        total += _call_chars(call)
+    return total
+
+
+def _call_chars(call: Any) -> int:
+    """`len(json.dumps(call))`, without building the JSON for the usual call shape."""
+    fn = call.get("function") if type(call) is dict and len(call) == 3 else None
+    if type(fn) is dict and len(fn) == 2:
+        parts = (call.get("id"), call.get("type"), fn.get("name"), fn.get("arguments"))
+        strings = [p for p in parts if type(p) is str]
+        if len(strings) == 4:
+            # Only the strings' escaped lengths vary; the frame is fixed whatever the key order.
+            size = _CALL_FRAME
+            for s in strings:
+                size += len(encode_basestring_ascii(s))
+            return size
+    return len(json.dumps(call))
 
 
 def _problem(messages: list[Message]) -> str | None:
