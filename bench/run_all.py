@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ["ingest.py", "dedup.py", "train.py", "serve.py", "export.py"]
+BENCHES = ["ingest.py", "dedup.py", "train.py", "loss_head.py", "serve.py", "export.py"]
 
 
 def main() -> int:

@@ -110,3 +110,19 @@ def test_govern_memory_lowers_the_mlx_cache_limit_but_never_raises_it() -> None:
         assert mx.set_cache_limit(32 * 2**20) == 32 * 2**20
     finally:
         mx.set_cache_limit(original)
+
+
+def test_loss_head_bench_runs_and_both_losses_agree() -> None:
+    """bench/loss_head.py exits non-zero when our loss and mlx-lm's disagree."""
+    pytest.importorskip("mlx_lm")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    if OPENBLAS.exists():
+        env.setdefault("LD_PRELOAD", str(OPENBLAS))
+    proc = subprocess.run(
+        [sys.executable, "bench/loss_head.py", "--quick", "--reps", "1"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    lines = ratio_lines(proc.stdout)
+    assert len([x for x in lines if x.startswith("ratio step tokens/s ours/mlx-lm")]) == 2
+    assert len([x for x in lines if x.startswith("ratio step peak memory ours/mlx-lm")]) == 2
