@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 from backends.adapter_format import MLX_WEIGHTS, PEFT_DIR, PEFT_WEIGHTS, peft_files, save_adapter
 from backends.checkpoint import atomic_file, load_checkpoint, save_checkpoint
 from backends.cuda_dist import Ranks, any_rank, from_main, join_group, leave_group, on_main, wrap
-from backends.cuda_dpo import DpoOptions, run_dpo
+from backends.cuda_dpo import run_dpo
 from backends.cuda_loop import Buckets, evaluate, restore_state, run_steps, save_state
 from backends.cuda_options import (
     check_options,
@@ -47,6 +47,7 @@ from backends.cuda_options import (
     lora_config,
     read_shape,
 )
+from backends.dpo_options import SFT_BEST, DpoOptions
 from backends.run_options import (
     base_dir,
     data_notes,
@@ -62,8 +63,6 @@ from sam_brain.config import Profile
 from sam_brain.errors import BackendUnavailable, ModelUnavailable, TrainingFailed
 from sam_brain.masking import load_pairs
 from sam_brain.protocols import Message, Preflight, Progress, TrainResult, TrainSpec
-
-SFT_BEST = "sft_best.safetensors"  # in checkpoint/: where DPO starts, even on a re-run
 
 
 class CudaBackend:

@@ -18,8 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from backends.dpo_options import DpoOptions as DpoOptions  # re-exported for the backend
-from backends.dpo_options import DpoOutcome
+from backends.dpo_options import DpoOptions, DpoOutcome
 from sam_brain.masking import encode_chat
 from sam_brain.protocols import Message, Progress
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+SFT_BEST = "sft_best.safetensors"  # in checkpoint/: where DPO starts, even on a re-run
+
 
 @dataclass
 class DpoOptions:

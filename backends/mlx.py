@@ -29,7 +29,8 @@ import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
 from backends.checkpoint import atomic_file, load_checkpoint, save_checkpoint, write_text_atomic
-from backends.mlx_dpo import SFT_BEST, DpoOptions, dpo_stage
+from backends.dpo_options import SFT_BEST, DpoOptions
+from backends.mlx_dpo import dpo_stage
 from backends.mlx_loop import (
     Buckets,
     ModelShape,

@@ -27,8 +27,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from backends.checkpoint import atomic_file
-from backends.dpo_options import DpoOptions as DpoOptions  # re-exported for the backend
-from backends.dpo_options import DpoOutcome
+from backends.dpo_options import SFT_BEST, DpoOptions, DpoOutcome
 from backends.mlx_loop import enable_grad_checkpoint
 from sam_brain.config import Profile
 from sam_brain.errors import TrainingFailed
@@ -36,7 +35,6 @@ from sam_brain.masking import encode_chat, load_pairs
 from sam_brain.protocols import Message, Progress, TrainSpec
 
 ADAPTER_FILE = "adapters.safetensors"  # the adapter `backends.mlx` writes into out_dir
-SFT_BEST = "sft_best.safetensors"  # in checkpoint/: where DPO starts, even on a re-run
 Pair = dict[str, Any]
 # Token ids and loss masks of the prompt + chosen answer, then of the prompt + rejected answer.
 Encoded = tuple[list[int], list[int], list[int], list[int]]
