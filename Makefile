@@ -49,7 +49,7 @@ demo: openblas $(VENV)/.installed
 	@$(MAKE) --no-print-directory _demo
 
 _demo:
-	$(RUNENV) $(PY) -m sam_brain.demo $(if $(DEMO_HOME),--home $(DEMO_HOME))
+	$(RUNENV) $(PY) -m sam_brain.dev.demo $(if $(DEMO_HOME),--home $(DEMO_HOME))
 
 test: openblas $(VENV)/.installed
 	@$(MAKE) --no-print-directory _test

@@ -14,7 +14,7 @@ supervised tokens are the MLX backend's. The best adapter is kept in mlx-lm form
 `out_dir` (what the version registry and `mlx_lm.load` read) and in PEFT format in
 `out_dir/peft/`. With `preference.jsonl`, a DPO stage follows (`backends.cuda_dpo`).
 
-Multi-GPU: launched as `torchrun --nproc_per_node N -m sam_brain.worker cuda spec.json` (or
+Multi-GPU: launched as `torchrun --nproc_per_node N -m sam_brain.train.worker cuda spec.json` (or
 `accelerate launch --multi_gpu`), `train` joins the process group, trains a
 `DistributedDataParallel` model with each process taking its share of every step's micro-batches,
 and lets rank 0 alone write and report (`backends/cuda_dist.py`). The DPO stage runs only in a

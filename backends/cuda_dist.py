@@ -1,6 +1,6 @@
 """Several training processes for one CUDA-backend run: `torchrun` / `accelerate launch`.
 
-Launched as `torchrun --nproc_per_node N -m sam_brain.worker cuda spec.json`, every process runs
+Launched as `torchrun --nproc_per_node N -m sam_brain.train.worker cuda spec.json`, every process runs
 the same `CudaBackend.train`. `join_group` sees `WORLD_SIZE` > 1 in the environment and joins the
 process group the launcher describes (nccl on CUDA, each process on `cuda:LOCAL_RANK`; gloo on
 the CPU), unless one exists already, which is then left to its owner. The model is wrapped in

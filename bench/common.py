@@ -2,7 +2,7 @@
 
 Benchmarks compare our code with an anchor in one run and print a table plus a ratio; this module
 holds what they share. `build_session_corpus` replicates the Claude Code transcripts under
-../shared/fixtures (and `sam_brain.examples` sessions) to a target size, giving every copy its own
+../shared/fixtures (and `sam_brain.dev.examples` sessions) to a target size, giving every copy its own
 session ids and uuids (so each copy is a distinct set of files) and optionally its own text (a
 per-copy letter cipher, so deduplication keeps the copies). `secret_session` writes one
 transcript that carries the shared secret-scanner positives. Nothing here writes outside the
@@ -100,7 +100,7 @@ def _templates(workdir: Path, examples: int) -> list[tuple[str, bytes]]:
         (str(p.relative_to(SESSIONS)), p.read_bytes()) for p in sorted(SESSIONS.rglob("*.jsonl"))
     ]
     if examples:
-        from sam_brain.examples import write_example_sessions
+        from sam_brain.dev.examples import write_example_sessions
 
         ex_root = workdir / "examples-template"
         write_example_sessions(ex_root, n_sessions=examples)
@@ -171,7 +171,7 @@ def build_session_corpus(
         target_bytes: Stop after the first copy that reaches this total.
         vary_text: Also cipher the message text of copies after the first, so that duplicate
             detection does not drop the copies' samples.
-        examples: How many `sam_brain.examples` sessions join the fixtures in each copy.
+        examples: How many `sam_brain.dev.examples` sessions join the fixtures in each copy.
         exclude: Fixture paths (relative to the claude-sessions folder) to leave out.
     """
     dest.mkdir(parents=True, exist_ok=True)

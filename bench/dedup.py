@@ -111,8 +111,8 @@ def build_corpus(n: int, seed: int = 0) -> Corpus:
 
 def run_ours(texts: list[str], prefetch: bool, persist: dict[str, float]) -> list[str | None]:
     """Check then add each text, as one ingest pass does; then save and reopen the index."""
-    from sam_brain import dedup
-    from sam_brain.dedup import DedupIndex
+    from sam_brain.pipeline import dedup
+    from sam_brain.pipeline.dedup import DedupIndex
 
     with common.temp_dir("dedup") as tmp:
         path = Path(tmp) / "dedup.idx"

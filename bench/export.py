@@ -32,7 +32,7 @@ def make_version(root: Path, hidden: int, layers: int) -> tuple[Path, Path]:
     from mlx_lm import load
     from mlx_lm.tuner.utils import linear_to_lora_layers
 
-    from sam_brain.tinymodel import build_tiny_model
+    from sam_brain.dev.tinymodel import build_tiny_model
 
     base = build_tiny_model(root / "base", hidden_size=hidden, num_layers=layers, num_heads=8)
     model = load(str(base))[0]

@@ -1,6 +1,6 @@
 """Freshness benchmark: how soon a written session becomes trainable in the real daemon.
 
-The daemon (`python -m sam_brain.daemon serve`) watches a folder; sessions are written one by one
+The daemon (`python -m sam_brain.control.daemon serve`) watches a folder; sessions are written one by one
 and the pool is polled every 50 ms until each session's samples are stored and trainable
 (`ready_after <= now`). Run through `bench/ingest.py freshness` (its options).
 """
@@ -20,7 +20,7 @@ from bench import common
 
 
 def bench_freshness(args: argparse.Namespace) -> None:
-    from sam_brain.examples import example_session
+    from sam_brain.dev.examples import example_session
 
     n = 3 if args.quick else args.sessions
     quiet = args.quiet_minutes
@@ -34,7 +34,7 @@ def bench_freshness(args: argparse.Namespace) -> None:
                "HF_HUB_OFFLINE": "1"}  # fmt: skip
         log = (work / "daemon.log").open("w")
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "sam_brain.daemon", "serve", "--config", str(config)],
+            [sys.executable, "-m", "sam_brain.control.daemon", "serve", "--config", str(config)],
             env=env, stdout=log, stderr=subprocess.STDOUT, cwd=common.REPO,
         )  # fmt: skip
         try:

@@ -114,7 +114,7 @@ def run_ours(home_dir: Path, sessions: Path) -> tuple[Any, float, float]:
         The ingest report, wall-clock seconds and CPU seconds (all threads).
     """
     from sam_brain.home import Home
-    from sam_brain.ingest import ingest, make_collectors
+    from sam_brain.pipeline.ingest import ingest, make_collectors
 
     home_dir.mkdir(parents=True, exist_ok=True)
     home = Home.open(_config(home_dir, sessions, 0.0))

@@ -35,8 +35,8 @@ def supervised_share() -> tuple[float, str]:
     from transformers import AutoTokenizer
 
     from collectors.sessions import SessionCollector
+    from sam_brain.dev.tinymodel import build_tiny_model
     from sam_brain.masking import encode_rows
-    from sam_brain.tinymodel import build_tiny_model
 
     class NoCursors:
         def get_cursor(self, key: str) -> str | None:

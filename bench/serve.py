@@ -1,8 +1,8 @@
 """Benchmark serving: adapter switches, routed chat overhead and `/api/self` latency under training.
 
-Builds the benchmark model (`sam_brain.tinymodel`, default hidden 512, 8 layers, vocab 16384),
+Builds the benchmark model (`sam_brain.dev.tinymodel`, default hidden 512, 8 layers, vocab 16384),
 two LoRA adapters of the same structure and a home in which they are versions v1.0.0 (active) and
-v1.0.1 (canary), then starts on 127.0.0.1 the real daemon (`python -m sam_brain.daemon serve`)
+v1.0.1 (canary), then starts on 127.0.0.1 the real daemon (`python -m sam_brain.control.daemon serve`)
 and `python -m mlx_lm server --adapter-path A1`, and measures, in one run:
 
 1. the first request after an adapter change: ours (`model: v1.0.x` pinned per request; the
@@ -75,7 +75,7 @@ save_every = 100000
 
 
 def openblas_env() -> dict[str, str]:
-    from sam_brain.supervisor import worker_env
+    from sam_brain.train.supervisor import worker_env
 
     env = worker_env("mlx")
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
@@ -142,7 +142,7 @@ def make_home(home: Path, base: Path, adapters: list[Path], port: int) -> None:
     """A daemon home whose versions are the adapters (v1.0.0 active, v1.0.1 a 10% canary)."""
     from deployment.canary import start_canary
     from sam_brain.config_load import load_config
-    from sam_brain.examples import write_example_sessions
+    from sam_brain.dev.examples import write_example_sessions
     from sam_brain.home import Home
 
     sessions = home / "projects"
@@ -224,7 +224,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sam-bench-serve-") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        from sam_brain.tinymodel import build_tiny_model
+        from sam_brain.dev.tinymodel import build_tiny_model
 
         base = build_tiny_model(
             work / "base", hidden_size=hidden, num_layers=layers, vocab_size=vocab
@@ -239,7 +239,7 @@ def main() -> None:
         procs: list[subprocess.Popen[bytes]] = []
         try:
             for cmd, log in (
-                ([sys.executable, "-m", "sam_brain.daemon", "serve"], "daemon.log"),
+                ([sys.executable, "-m", "sam_brain.control.daemon", "serve"], "daemon.log"),
                 (
                     [
                         *(sys.executable, "-m", "mlx_lm", "server", "--model", str(base)),

@@ -1,9 +1,9 @@
 """Benchmark LoRA training: SAM Brain's MLX and torch backends against raw `python -m mlx_lm lora`.
 
-Builds a Qwen2-style model offline (`sam_brain.tinymodel`; default hidden 512, 8 layers, vocab
+Builds a Qwen2-style model offline (`sam_brain.dev.tinymodel`; default hidden 512, 8 layers, vocab
 16384: 33.6M parameters), writes two datasets of `{"messages"}` rows (uniform length, and lengths
 drawn from a log-normal fitted to the ../shared transcript fixtures) and trains every side in its
-own subprocess: `python -m sam_brain.worker mlx|cuda` (the daemon's own training process) and
+own subprocess: `python -m sam_brain.train.worker mlx|cuda` (the daemon's own training process) and
 `python -m mlx_lm lora -c config.yaml`. All sides run the same number of optimizer steps (whole
 epochs, so they see the same rows), batch size, LoRA rank/scale/keys/layers and learning rate.
 Tokens/s counts non-padding tokens over the training loop only (validation, loading and saving
@@ -50,7 +50,7 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")  # rich colours mlx-lm's output even into a
 
 
 def openblas_env() -> dict[str, str]:
-    from sam_brain.supervisor import worker_env
+    from sam_brain.train.supervisor import worker_env
 
     env = worker_env("mlx")
     env.update(HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
@@ -94,7 +94,7 @@ def run_process(
 def run_ours(
     backend: str, base: Path, data: Path, work: Path, sz: Sizes, name: str, run: int
 ) -> Side:
-    """One run of the daemon's training worker (`python -m sam_brain.worker BACKEND spec`)."""
+    """One run of the daemon's training worker (`python -m sam_brain.train.worker BACKEND spec`)."""
     from sam_brain.config import Profile
     from sam_brain.protocols import TrainSpec
 
@@ -117,7 +117,7 @@ def run_ours(
     spec_path.write_text(spec.to_json(), encoding="utf-8")
     env = openblas_env() if backend == "mlx" else torch_env()
     env["SAM_BRAIN_CUDA_QUANTIZE"] = "0"  # CudaBackend(quantize=False): fp32 LoRA on the CPU
-    cmd = [sys.executable, "-m", "sam_brain.worker", backend, str(spec_path)]
+    cmd = [sys.executable, "-m", "sam_brain.train.worker", backend, str(spec_path)]
     code, lines, wall, rss = run_process(cmd, env, out.with_suffix(".log"), 3600)
     result = next(
         (json.loads(t[2:]) for _, t in lines if t.startswith("@@") and '"result"' in t), None
@@ -232,7 +232,7 @@ def main() -> None:
     from safetensors.numpy import load_file
     from tokenizers import Tokenizer
 
-    from sam_brain.tinymodel import build_tiny_model
+    from sam_brain.dev.tinymodel import build_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="sam-bench-train-") as tmp:
         work = args.workdir or Path(tmp)

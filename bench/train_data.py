@@ -46,7 +46,7 @@ def write_dataset(base: Path, out: Path, lengths: list[int], seed: int) -> None:
     from tokenizers import Tokenizer
 
     tok = Tokenizer.from_file(str(base / "tokenizer.json"))
-    corpus = (REPO / "sam_brain" / "data" / "tiny_corpus.txt").read_text(encoding="utf-8")
+    corpus = (REPO / "sam_brain" / "dev" / "data" / "tiny_corpus.txt").read_text(encoding="utf-8")
     ids = tok.encode(corpus).ids
     rng = np.random.default_rng(seed)
     overhead = 24  # system prompt and role markers of the chat template

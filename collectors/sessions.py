@@ -22,10 +22,11 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from collectors.transcript import SUBAGENT_TOOLS, Conversation, ToolCall, parse_file
-from sam_brain.curate import CurateOptions, curate
+from collectors.curate import CurateOptions, curate
+from collectors.quality import QualityConfig
+from collectors.transcript import SUBAGENT_TOOLS, Conversation, parse_file
+from collectors.transcript_lines import ToolCall
 from sam_brain.protocols import CollectResult, Cursors
-from sam_brain.quality import QualityConfig
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collectors.jsonl_lines import Record as Record
-from collectors.jsonl_lines import read_records as read_records
-from collectors.transcript_lines import Line, line_turn, read_lines
-from collectors.transcript_lines import ToolCall as ToolCall
-from collectors.transcript_lines import ToolResult as ToolResult
-from collectors.transcript_lines import Turn as Turn
+from collectors.transcript_lines import Line, ToolCall, Turn, line_turn, read_lines
 from collectors.transcript_tree import Node, thread
 
 SUBAGENT_TOOLS = ("Task", "Agent")

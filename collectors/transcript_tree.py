@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 if TYPE_CHECKING:
-    from collectors.transcript import Turn
+    from collectors.transcript_lines import Turn
 
 
 class Node(msgspec.Struct, gc=False):

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from sam_brain.errors import BadRequest
 
 if TYPE_CHECKING:
-    from deployment.serving import ResidentModel
+    from deployment.resident import ResidentModel
 
 KEYWORD_WEIGHT = 0.7
 LENGTH_WEIGHT = 0.3

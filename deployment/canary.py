@@ -23,10 +23,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from deployment.serving_metrics import VersionMetrics as VersionMetrics
-from deployment.versions import Versions
+from deployment.serving_metrics import VersionMetrics
 from sam_brain.errors import BadRequest, Conflict
 from sam_brain.store import Version, now_iso
+from sam_brain.versions import Versions
 
 CANARY_KEY = "deployment.canary"
 """Store key holding `{"version", "percent", "since"}` of the running canary."""

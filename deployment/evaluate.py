@@ -24,15 +24,11 @@ from typing import Any
 import numpy as np
 
 from deployment.resident import ResidentModel
-from deployment.stats import EXACT_LIMIT as EXACT_LIMIT
-from deployment.stats import Comparison as Comparison
-from deployment.stats import compare as compare
-from deployment.stats import sign_test as sign_test
-from deployment.stats import wilcoxon_signed_rank as wilcoxon_signed_rank
-from deployment.versions import Versions
+from deployment.stats import Comparison, compare
 from sam_brain.errors import BadRequest
 from sam_brain.masking import ChatTemplateError, encode_chat, load_rows
 from sam_brain.protocols import Message
+from sam_brain.versions import Versions
 
 TEMPLATE_MARKERS = (
     "<|im_start|>",

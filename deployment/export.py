@@ -33,8 +33,8 @@ from deployment.verify import (
     check_transformers,
     reference,
 )
-from deployment.versions import ADAPTER_FILES, checksum_dir
 from sam_brain.errors import BadRequest, Conflict, ExportFailed, ModelUnavailable, NotFound
+from sam_brain.versions import ADAPTER_FILES, checksum_dir
 
 __all__ = ["FORMATS", "QUANTS", "ExportFailed", "ExportResult", "export_version"]
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sam_brain.errors import BackendUnavailable, ExportFailed
+from sam_brain.masking import QWEN2_SPLIT_REGEX
 
 CONVERTER_ENV = "SAM_BRAIN_LLAMA_CPP"
 CONVERTER_FILES = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py", "gguf-py/gguf/__init__.py")
@@ -98,8 +99,6 @@ def llama_cpp_module() -> Any:
 
 def pretokenizer_fallback(model_dir: Path) -> str:
     """`qwen2` when the tokenizer splits text exactly as Qwen2 does, else "" (no fallback)."""
-    from sam_brain.tinymodel import QWEN2_SPLIT_REGEX
-
     try:
         pre = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))[
             "pre_tokenizer"

@@ -16,8 +16,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from deployment import canary
-from deployment.canary import HealthLimits, VersionMetrics, health_problems
-from deployment.versions import Versions
+from deployment.canary import HealthLimits, health_problems
+from deployment.serving_metrics import VersionMetrics
+from sam_brain.versions import Versions
 
 log = logging.getLogger(__name__)
 

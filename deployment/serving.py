@@ -30,17 +30,14 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from deployment.canary import VersionMetrics, canary_state, routes_to_canary
-from deployment.chat_request import ROLES as ROLES
-from deployment.chat_request import ChatRequest as ChatRequest
-from deployment.chat_request import parse_request as parse_request
-from deployment.resident import Completion as Completion
-from deployment.resident import ResidentModel as ResidentModel
-from deployment.serving_metrics import rss_mb as rss_mb
+from deployment.canary import canary_state, routes_to_canary
+from deployment.chat_request import ChatRequest, parse_request
+from deployment.resident import Completion, ResidentModel
+from deployment.serving_metrics import VersionMetrics, rss_mb
 from deployment.shadow import Outcome, ShadowMirror, answer_then_mirror
-from deployment.versions import Versions
 from sam_brain.errors import BadRequest, SamBrainError
 from sam_brain.store import Version
+from sam_brain.versions import Versions
 
 log = logging.getLogger(__name__)
 

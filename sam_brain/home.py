@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from deployment.versions import Versions
 from sam_brain.config import Config, data_dir
 from sam_brain.pool import Pool
 from sam_brain.store import Store
+from sam_brain.versions import Versions
 
 
 @dataclass

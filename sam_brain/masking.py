@@ -21,6 +21,12 @@ from typing import Any
 from sam_brain.errors import BackendUnavailable, BadRequest
 from sam_brain.protocols import Message
 
+# Copied from transformers' Qwen2Tokenizer (PRETOKENIZE_REGEX); it must match byte for byte.
+QWEN2_SPLIT_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
+    r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
 
 class ChatTemplateError(BackendUnavailable):
     """The base model's chat template cannot be masked per turn (not prefix-stable, or it fails)."""

@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from sam_brain.api import AppContext, make_app
 from sam_brain.config_load import parse_config
+from sam_brain.control.api import make_app
+from sam_brain.control.app import AppContext
 from sam_brain.home import Home
-from sam_brain.scheduler import Coordinator
+from sam_brain.train.scheduler import Coordinator
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sam_brain.cli import main
+from sam_brain.control.cli import main
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
@@ -32,7 +32,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_ingest_is_idempotent_and_data_commands_work(
     home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from sam_brain.examples import write_example_sessions
+    from sam_brain.dev.examples import write_example_sessions
 
     src = tmp_path / "projects"
     write_example_sessions(src, n_sessions=4, seed=1)

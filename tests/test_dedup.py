@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from sam_brain import dedup
-from sam_brain.dedup import DedupIndex
+from sam_brain.pipeline import dedup
+from sam_brain.pipeline.dedup import DedupIndex
 
 WORDS = [f"word{i}" for i in range(40)]
 
@@ -137,7 +137,7 @@ def test_damaged_file_starts_empty_and_rebuilds(
     index.save()
     damage(path)  # type: ignore[operator]
     dedup.clear_cache()  # a damaged tail can keep size and mtime: make sure the file is read
-    with caplog.at_level(logging.WARNING, logger="sam_brain.dedup"):
+    with caplog.at_level(logging.WARNING, logger="sam_brain.pipeline.dedup"):
         broken = DedupIndex.open(path)
     assert len(broken) == 0 and broken.needs_rebuild
     assert "unusable" in caplog.text

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sam_brain import dedup, dedup_store
-from sam_brain.dedup import DedupIndex
+from sam_brain.pipeline import dedup, dedup_store
+from sam_brain.pipeline.dedup import DedupIndex
 
 NUM_PERM = 128
 HEADER = 8 + 16 + 4  # magic, generation, crc
@@ -194,7 +194,7 @@ def test_torn_tail_is_ignored_counted_and_cut_off(
     index.save()
     data = journal(path).read_bytes()
     journal(path).write_bytes(damage(data))  # type: ignore[operator]
-    with caplog.at_level(logging.WARNING, logger="sam_brain.dedup_store"):
+    with caplog.at_level(logging.WARNING, logger="sam_brain.pipeline.dedup_store"):
         torn = reopen(path)
     last_batch_kept = len(damage(data)) > len(data)  # type: ignore[operator]
     assert torn.torn_records == torn_records
@@ -412,7 +412,7 @@ if __name__ == "__main__":
 
 def test_a_killed_writers_old_temp_file_is_removed_by_the_next_snapshot(tmp_path: Path) -> None:
 
-    from sam_brain import dedup_store
+    from sam_brain.pipeline import dedup_store
 
     path = tmp_path / "dedup.idx"
     stale = tmp_path / "dedup.idxab12.tmp"

@@ -61,7 +61,7 @@ def test_daemon_trains_and_activates_a_version(tmp_path: Path, tiny_model: Path)
     import numpy as np
     from safetensors.numpy import load_file
 
-    from sam_brain.examples import write_example_sessions
+    from sam_brain.dev.examples import write_example_sessions
 
     home, sessions, port = tmp_path / "home", tmp_path / "projects", free_port()
     sessions.mkdir()
@@ -99,7 +99,7 @@ save_every = 6
     url = f"http://127.0.0.1:{port}"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sam_brain.daemon", "serve"],
+            [sys.executable, "-m", "sam_brain.control.daemon", "serve"],
             env=env,
             stdout=fh,
             stderr=subprocess.STDOUT,
@@ -108,7 +108,7 @@ save_every = 6
         wait(lambda: get(url + "/api/health")["ok"], 60, proc, log)
         # A second daemon on the same home refuses to start.
         second = subprocess.run(
-            [sys.executable, "-m", "sam_brain.daemon", "serve", "--port", str(free_port())],
+            [sys.executable, "-m", "sam_brain.control.daemon", "serve", "--port", str(free_port())],
             env=env,
             capture_output=True,
             text=True,

@@ -1,4 +1,4 @@
-"""Tests for sam_brain.examples: format fidelity, tree integrity, subagents, determinism, variety."""
+"""Tests for sam_brain.dev.examples: format fidelity, tree integrity, subagents, determinism, variety."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from sam_brain.examples import (
+from sam_brain.dev.examples import (
     FUNC_FORMS,
     KINDS,
     MODULES,

@@ -15,7 +15,7 @@ import pytest
 
 from sam_brain.config_load import parse_config
 from sam_brain.home import Home
-from sam_brain.ingest import ingest
+from sam_brain.pipeline.ingest import ingest
 
 pytestmark = pytest.mark.slow
 
@@ -47,13 +47,22 @@ def test_real_fixtures_go_through_every_stage(tmp_path: Path, shared_dir: Path) 
 
 
 def test_kill_during_ingest_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    from sam_brain.examples import write_example_sessions
+    from sam_brain.dev.examples import write_example_sessions
 
     src = tmp_path / "projects"
     write_example_sessions(src, n_sessions=40, seed=7)
     ref_root = tmp_path / "ref"
     env = dict(os.environ, SAM_BRAIN_HOME=str(ref_root))
-    cmd = [sys.executable, "-m", "sam_brain.cli", "ingest", "sessions", str(src), "--now", "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sam_brain.control.cli",
+        "ingest",
+        "sessions",
+        str(src),
+        "--now",
+        "--json",
+    ]
     subprocess.run(cmd, env=env, check=True, capture_output=True)
     ref = open_home(ref_root)
     expected = sorted(s.id for s, _ in ref.pool.samples())

@@ -15,7 +15,7 @@ import pytest
 
 from sam_brain.config import Profile
 from sam_brain.protocols import TrainSpec
-from sam_brain.supervisor import worker_env
+from sam_brain.train.supervisor import worker_env
 
 pytestmark = pytest.mark.slow
 
@@ -66,9 +66,9 @@ def spec_for(tmp: Path, model: Path, name: str) -> Path:
 
 
 def run_worker(spec: Path, kill_at_step: int = 0) -> list[dict[str, Any]]:
-    """Run `python -m sam_brain.worker mlx spec`; SIGKILL it once it reports `kill_at_step`."""
+    """Run `python -m sam_brain.train.worker mlx spec`; SIGKILL it once it reports `kill_at_step`."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sam_brain.worker", "mlx", str(spec)],
+        [sys.executable, "-m", "sam_brain.train.worker", "mlx", str(spec)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,

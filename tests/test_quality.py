@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from collectors.transcript import Conversation, ToolCall, ToolResult, Turn, parse_file
-from sam_brain.quality import QualityConfig, exchanges, score_conversation, tier_for
+from collectors.quality import QualityConfig, exchanges, score_conversation, tier_for
+from collectors.transcript import Conversation, parse_file
+from collectors.transcript_lines import ToolCall, ToolResult, Turn
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "claude-sessions"
 

@@ -25,7 +25,7 @@ def test_explicit_setting_wins_and_auto_explains_itself() -> None:
 def test_orchestration_imports_neither_mlx_nor_torch() -> None:
     """The daemon starts without paying for (or requiring) either ML stack."""
     code = (
-        "import sys, sam_brain.daemon, sam_brain.cli, sam_brain.ingest; "
+        "import sys, sam_brain.control.daemon, sam_brain.control.cli, sam_brain.pipeline.ingest; "
         "bad = [m for m in ('mlx', 'mlx_lm', 'torch', 'transformers') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 
+from sam_brain.pipeline.scrub import MARKER_RE, Scrubber
 from sam_brain.protocols import Sample
-from sam_brain.scrub import MARKER_RE, Scrubber
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 SECRETS = SHARED / "secrets"
@@ -34,7 +34,7 @@ def _pattern(regex: str, flags: int = 0) -> Callable[[str], list[str]]:
 
 
 # What the secret is, for gitleaks rows that carry no `secrets_b64`: our reading of each rule's
-# secret group, written independently of sam_brain/scrub.py.
+# secret group, written independently of sam_brain/pipeline/scrub.py.
 GITLEAKS_SECRET: dict[str, Callable[[str], list[str]]] = {
     "1password-service-account-token": _pattern(r"(ops_eyJ[\w+/=-]+)"),
     "anthropic-api-key": _pattern(r"(sk-ant-[\w-]+)"),

@@ -21,7 +21,7 @@ def test_systemd_unit_runs_sam_brain_serve() -> None:
     parser.read(REPO / "systemd" / "sam-brain.service")
     exec_start = parser["Service"]["ExecStart"].split()
     assert Path(exec_start[0]).name in scripts()
-    assert scripts()[Path(exec_start[0]).name] == "sam_brain.daemon:main"
+    assert scripts()[Path(exec_start[0]).name] == "sam_brain.control.daemon:main"
     assert exec_start[1:] == ["serve"]
     assert parser["Service"]["Restart"] == "on-failure"
     assert int(parser["Service"]["Nice"]) > 0
@@ -31,7 +31,10 @@ def test_launchd_plist_runs_sam_brain_serve() -> None:
     with open(REPO / "launchd" / "com.sam-brain.daemon.plist", "rb") as fh:
         plist = plistlib.load(fh)
     args = plist["ProgramArguments"]
-    assert Path(args[0]).name == "sam-brain" and scripts()["sam-brain"] == "sam_brain.daemon:main"
+    assert (
+        Path(args[0]).name == "sam-brain"
+        and scripts()["sam-brain"] == "sam_brain.control.daemon:main"
+    )
     assert args[1:] == ["serve"]
     assert plist["KeepAlive"] == {"SuccessfulExit": False}
     assert plist["Label"] == "com.sam-brain.daemon"

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from sam_brain.split import (
+from sam_brain.pipeline.split import (
     SPLITS,
     assign_split,
     ensure_nonempty,

@@ -1,4 +1,4 @@
-"""Tests for sam_brain.tinymodel: determinism, both loaders, tokenizer and logit agreement."""
+"""Tests for sam_brain.dev.tinymodel: determinism, both loaders, tokenizer and logit agreement."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
+from sam_brain.dev.tinymodel import build_tiny_model
 from sam_brain.errors import BadRequest
-from sam_brain.tinymodel import build_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

@@ -1,7 +1,7 @@
 """The CUDA backend in several processes, on the CPU with gloo: DDP steps and `torchrun`.
 
 The step function is checked in two hand-started processes; the whole backend is checked the
-way it is deployed, `torchrun -m sam_brain.worker cuda spec.json`, against one process with the
+way it is deployed, `torchrun -m sam_brain.train.worker cuda spec.json`, against one process with the
 same global batch.
 """
 
@@ -197,7 +197,7 @@ def test_torchrun_two_processes_train_the_adapter_of_one_and_write_once(
     }
     cmd = [str(torchrun), "--standalone", "--nproc_per_node", "2"]
     proc = subprocess.Popen(
-        [*cmd, "-m", "sam_brain.worker", "cuda", str(spec_file)],
+        [*cmd, "-m", "sam_brain.train.worker", "cuda", str(spec_file)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     # The same global batch (2 micro-batches of 2 rows per step) in this one process meanwhile.
@@ -206,7 +206,7 @@ def test_torchrun_two_processes_train_the_adapter_of_one_and_write_once(
     assert proc.returncode == 0, stderr[-4000:]
 
     messages = [json.loads(line[2:]) for line in stdout.splitlines() if line.startswith("@@")]
-    # Rank 0 alone reports progress and the result (sam_brain/worker.py's `emit`).
+    # Rank 0 alone reports progress and the result (sam_brain/train/worker.py's `emit`).
     assert [m["step"] for m in messages if m["kind"] == "progress"] == [1, 2, 3, 4]
     results = [m for m in messages if m["kind"] == "result"]
     assert len(results) == 1 and {r["steps"] for r in results} == {4}  # rank 0 speaks alone

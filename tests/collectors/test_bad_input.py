@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from collectors.sessions import SessionCollector
-from sam_brain.examples import write_example_sessions
+from sam_brain.dev.examples import write_example_sessions
 
 
 class NoCursors:

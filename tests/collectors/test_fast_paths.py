@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 
+from collectors.curate import CurateOptions, _finish, _raw_messages, windows
 from collectors.jsonl_lines import read_records
+from collectors.quality import DEFAULT_KEYWORDS, keyword_pattern
 from collectors.sessions import load_session
-from collectors.transcript import ToolCall, ToolResult, Turn, parse_file
-from collectors.transcript_lines import read_lines, strip_reminders
-from sam_brain.curate import CurateOptions, _finish, _raw_messages, windows
-from sam_brain.examples import write_example_sessions
+from collectors.transcript import parse_file
+from collectors.transcript_lines import ToolCall, ToolResult, Turn, read_lines, strip_reminders
+from sam_brain.dev.examples import write_example_sessions
+from sam_brain.pipeline.validate import estimate_tokens, message_chars
 from sam_brain.protocols import Message
-from sam_brain.quality import DEFAULT_KEYWORDS, keyword_pattern
-from sam_brain.validate import estimate_tokens, message_chars
 
 # --------------------------------------------------------------------------------------------
 # Lines that do not fit the typed shape

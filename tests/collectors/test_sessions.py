@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from collectors.curate import CurateOptions, curate, truncate, windows
 from collectors.sessions import SessionCollector, load_session
-from sam_brain.curate import CurateOptions, curate, truncate, windows
+from sam_brain.pipeline.validate import check_sample, estimate_tokens
 from sam_brain.protocols import Collector, CollectResult, stable_id
-from sam_brain.validate import check_sample, estimate_tokens
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "claude-sessions"
 SPOTTER = "spotter/258c7280-ae70-4798-800f-63464d01a85d"

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from collectors.transcript import Conversation, parse_file, read_records
+from collectors.jsonl_lines import read_records
+from collectors.transcript import Conversation, parse_file
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "claude-sessions"
 

@@ -12,8 +12,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from deployment.serving import ChatServer, add_routes
-from deployment.versions import Versions
 from sam_brain.store import Store
+from sam_brain.versions import Versions
 
 Served = tuple[TestClient[Any, Any], ChatServer, "CountingLoader"]
 

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from deployment import canary
-from deployment.canary import CanaryPolicy, HealthLimits, VersionMetrics
+from deployment.canary import CanaryPolicy, HealthLimits
 from deployment.rollback import RollbackMonitor
-from deployment.versions import Versions
+from deployment.serving_metrics import VersionMetrics
 from sam_brain.errors import BadRequest, Conflict
 from sam_brain.store import Store
+from sam_brain.versions import Versions
 
 
 def make_adapter(path: Path, payload: bytes) -> Path:

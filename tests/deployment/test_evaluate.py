@@ -21,14 +21,13 @@ from deployment.evaluate import (
     leaked_markers,
     prompts_from_rows,
     repetition_rate,
-    sign_test,
-    wilcoxon_signed_rank,
 )
-from deployment.serving import ResidentModel
-from deployment.versions import Versions
+from deployment.resident import ResidentModel
+from deployment.stats import sign_test, wilcoxon_signed_rank
 from sam_brain.errors import BadRequest
 from sam_brain.masking import encode_chat
 from sam_brain.store import Store
+from sam_brain.versions import Versions
 
 QA = [
     ("How do I list files?", "Use ls -la to list all files in the folder."),

@@ -23,9 +23,9 @@ from deployment.verify import (
     compare,
     reference,
 )
-from deployment.versions import Versions, checksum_dir
 from sam_brain.errors import BackendUnavailable, BadRequest, Conflict, NotFound
 from sam_brain.store import Store
+from sam_brain.versions import Versions, checksum_dir
 
 HAS_LLAMA = importlib.util.find_spec("llama_cpp") is not None
 needs_llama = pytest.mark.skipif(
@@ -381,8 +381,8 @@ def test_samctl_export_of_a_registered_version(
     """`samctl export` on a home: the version's recorded base is resolved, the export recorded."""
     import json
 
-    from sam_brain.cli import main
     from sam_brain.config_load import load_config
+    from sam_brain.control.cli import main
     from sam_brain.home import Home
 
     home_dir = tmp_path / "home"

@@ -13,10 +13,10 @@ import pytest
 from backends.mlx import MLXBackend
 from deployment.evaluate import evaluate_version
 from deployment.resident import ResidentModel
-from deployment.versions import Versions
 from sam_brain.config import Profile
 from sam_brain.protocols import TrainSpec
 from sam_brain.store import Store
+from sam_brain.versions import Versions
 
 pytestmark = pytest.mark.slow
 COLOURS = ["red", "green", "blue", "amber", "violet", "teal", "black", "white"]

@@ -13,10 +13,10 @@ from aiohttp.test_utils import TestClient
 
 from deployment import canary
 from deployment.canary import HealthLimits
+from deployment.resident import ResidentModel
 from deployment.rollback import RollbackMonitor
-from deployment.serving import ResidentModel
-from deployment.versions import Versions
 from sam_brain.errors import BadRequest
+from sam_brain.versions import Versions
 
 HELLO = [{"role": "user", "content": "How do I list the files in a folder?"}]
 

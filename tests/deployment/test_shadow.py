@@ -15,11 +15,12 @@ from deployment import canary
 from deployment.chat_request import parse_request
 from deployment.serving import ChatServer
 from deployment.shadow import Outcome, ShadowMirror
-from deployment.versions import Versions
-from sam_brain.api import AppContext, make_app
 from sam_brain.config_load import parse_config
+from sam_brain.control.api import make_app
+from sam_brain.control.app import AppContext
 from sam_brain.home import Home
-from sam_brain.scheduler import Coordinator
+from sam_brain.train.scheduler import Coordinator
+from sam_brain.versions import Versions
 
 HELLO = [{"role": "user", "content": "How do I list the files in a folder?"}]
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only the shape is needed; sam_brain must not import plug-ins at runtime
-    from collectors.transcript import Conversation, Turn
+    from collectors.transcript import Conversation
+    from collectors.transcript_lines import Turn
 
 DIMENSIONS = ("completion", "depth", "domain", "tools", "thinking", "errors")
 

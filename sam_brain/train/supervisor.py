@@ -41,7 +41,7 @@ def worker_env(backend: str) -> dict[str, str]:
 
 
 class TrainingProcess:
-    """One supervised run of `python -m sam_brain.worker`."""
+    """One supervised run of `python -m sam_brain.train.worker`."""
 
     def __init__(
         self,
@@ -76,7 +76,7 @@ class TrainingProcess:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "sam_brain.worker",
+                "sam_brain.train.worker",
                 self.backend,
                 str(spec_path),
                 stdout=asyncio.subprocess.PIPE,

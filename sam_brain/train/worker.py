@@ -1,4 +1,4 @@
-"""The training subprocess: `python -m sam_brain.worker BACKEND SPEC.json`.
+"""The training subprocess: `python -m sam_brain.train.worker BACKEND SPEC.json`.
 
 Runs one backend's `train()` and reports to the supervisor on stdout, one JSON object per line
 prefixed with `@@` (`progress`, `result`, `error`). SIGTERM asks for a clean stop: the backend
@@ -33,7 +33,7 @@ def emit(kind: str, payload: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2:
-        print("usage: python -m sam_brain.worker BACKEND SPEC.json", file=sys.stderr)
+        print("usage: python -m sam_brain.train.worker BACKEND SPEC.json", file=sys.stderr)
         return 2
     backend_name, spec_path = args
     nice = int(os.environ.get("SAM_BRAIN_NICE", "0") or 0)

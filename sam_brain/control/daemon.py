@@ -26,18 +26,19 @@ from deployment import canary
 from deployment.rollback import RollbackMonitor
 from deployment.serving import ChatServer
 from sam_brain import registry
-from sam_brain.api import AppContext, make_app
 from sam_brain.config import Config
 from sam_brain.config_load import load_config
+from sam_brain.control.api import make_app
+from sam_brain.control.app import AppContext
+from sam_brain.control.watchers import Watchers
 from sam_brain.errors import AlreadyRunning, SamBrainError
 from sam_brain.home import Home
 from sam_brain.hub import resolve_model
-from sam_brain.ingest import make_collectors, store_result
+from sam_brain.pipeline.ingest import make_collectors, store_result
 from sam_brain.protocols import Collector
-from sam_brain.release import Exclusive, canary_policy, export_active, health_limits
-from sam_brain.scheduler import Coordinator
-from sam_brain.training import base_model_ref
-from sam_brain.watchers import Watchers
+from sam_brain.train.job import base_model_ref
+from sam_brain.train.release import Exclusive, canary_policy, export_active, health_limits
+from sam_brain.train.scheduler import Coordinator
 
 log = logging.getLogger("sam_brain")
 

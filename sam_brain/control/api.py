@@ -8,88 +8,26 @@ the problem, never a 500. Blocking work (SQLite, LanceDB) runs in threads off th
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from deployment.serving import ChatServer, add_routes
-from sam_brain.errors import BadRequest, SamBrainError
-from sam_brain.home import Home
-from sam_brain.release import Exclusive
-from sam_brain.scheduler import Coordinator
-from sam_brain.status import self_status
+from deployment.serving import add_routes
+from sam_brain.control.api_deploy import add_deploy_routes
+from sam_brain.control.app import (
+    CTX,
+    SELF_CACHE,
+    AppContext,
+    error_middleware,
+    read_bool,
+    read_json,
+)
+from sam_brain.control.status import self_status
+from sam_brain.errors import BadRequest
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class AppContext:
-    """What the handlers need from the daemon."""
-
-    home: Home
-    coordinator: Coordinator
-    backend: str
-    backend_why: str
-    started: float = field(default_factory=time.time)
-    distill: Callable[[list[object]], dict[str, Any]] | None = None
-    chat: ChatServer | None = None  # the OpenAI-compatible endpoint (MLX hosts)
-    chat_unavailable: str = "chat serving is off"
-    base_ref: str = ""
-    base_model_dir: str | None = None
-    exclusive: Exclusive[Any] | None = None
-
-
-CTX = web.AppKey("ctx", AppContext)
-SELF_CACHE = web.AppKey("self_cache", dict)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status >= 400:
-            return web.json_response({"error": exc.reason}, status=exc.status)
-        raise
-    except SamBrainError as err:
-        return web.json_response(
-            {"error": str(err), "type": type(err).__name__}, status=err.http_status
-        )
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return web.json_response({"error": "internal error; see the daemon log"}, status=500)
-
-
-async def read_json(request: web.Request, allowed: set[str]) -> dict[str, Any]:
-    """The request body as a JSON object with only `allowed` keys (an empty body is {})."""
-    raw = await request.read()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRequest(f"request body is not valid JSON: {err}") from err
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object")
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise BadRequest(
-            f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})"
-        )
-    return body
-
-
-def _bool(body: dict[str, Any], key: str) -> bool:
-    value = body.get(key, False)
-    if not isinstance(value, bool):
-        raise BadRequest(f"field {key!r} must be true or false")
-    return value
 
 
 def daemon_info(ctx: AppContext) -> dict[str, Any]:
@@ -146,7 +84,7 @@ async def get_training(request: web.Request) -> web.Response:
 async def post_train(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     body = await read_json(request, {"force"})
-    force = _bool(body, "force")
+    force = read_bool(body, "force")
     if not force:
         reason = await asyncio.to_thread(ctx.coordinator.why_not)
         if reason is not None:
@@ -210,7 +148,6 @@ def make_app(ctx: AppContext) -> web.Application:
     app.router.add_get("/api/versions/current", get_current)
     app.router.add_post("/api/distill", post_distill)
     app.router.add_get("/api/data/stats", get_data_stats)
-    from sam_brain.api_deploy import add_deploy_routes
 
     add_deploy_routes(app)
     if ctx.chat is not None:

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from deployment.versions import Versions, checksum_dir
 from sam_brain.errors import Conflict, NotFound, PromotionRejected
 from sam_brain.store import Store
+from sam_brain.versions import Versions, checksum_dir
 
 
 def make_adapter(path: Path, payload: bytes) -> Path:

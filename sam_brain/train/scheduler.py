@@ -20,9 +20,9 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from sam_brain.errors import Conflict, TrainingFailed
 from sam_brain.home import Home
-from sam_brain.release import Exclusive
 from sam_brain.schedule_window import in_window
-from sam_brain.training import TrainingJob, new_samples_since_last_run
+from sam_brain.train.job import TrainingJob, new_samples_since_last_run
+from sam_brain.train.release import Exclusive
 
 log = logging.getLogger(__name__)
 

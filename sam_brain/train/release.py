@@ -112,7 +112,7 @@ def check_base(adapter_dir: Path, base_ref: str, base_model_dir: str) -> None:
 
 def local_exclusive(base_model: str) -> Exclusive[Any]:
     """An `Exclusive` that loads its own resident base (CLI, daemon without chat serving)."""
-    from deployment.serving import ResidentModel
+    from deployment.resident import ResidentModel
 
     holder: dict[str, Any] = {}
 
@@ -144,7 +144,7 @@ def release(
     check_size(adapter_dir, cfg.deployment.max_adapter_mb)
     check_base(adapter_dir, base_ref, base_model_dir)
     if dry_run:
-        from deployment.versions import sanity_check
+        from sam_brain.versions import sanity_check
 
         sanity_check(adapter_dir)
         return Outcome(version="", action="dry-run", reasons=["files present, sizes within bounds"])

@@ -20,9 +20,18 @@ from typing import cast
 
 import numpy as np
 
-from sam_brain import dedup_store
-from sam_brain.dedup_store import DAMAGED, IndexFiles, Outdated, Stamp
-from sam_brain.shingles import CHUNK, MIX, U64, Sig, minhash, normalize, shingle_hashes, shingle_one
+from sam_brain.pipeline import dedup_store
+from sam_brain.pipeline.dedup_store import DAMAGED, IndexFiles, Outdated, Stamp
+from sam_brain.pipeline.shingles import (
+    CHUNK,
+    MIX,
+    U64,
+    Sig,
+    minhash,
+    normalize,
+    shingle_hashes,
+    shingle_one,
+)
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,7 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
-from sam_brain.shingles import HASHING, Sig
+from sam_brain.pipeline.shingles import HASHING, Sig
 
 log = logging.getLogger(__name__)
 

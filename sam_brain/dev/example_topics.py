@@ -5,7 +5,7 @@ optional thinking). Tasks, wordings and vocabulary come from `data/example_templ
 header explains the line markers; `_Project` fills them in for one made-up Python module and renders
 each tool call (Read, Edit, Write, Bash, Grep, Task) with the content and `toolUseResult` a real
 Claude Code 2.1.x file would hold, tracking the module's source so reads follow earlier edits.
-`sam_brain.examples` writes the topics out as transcript lines.
+`sam_brain.dev.examples` writes the topics out as transcript lines.
 """
 
 from __future__ import annotations
@@ -52,7 +52,9 @@ def _parse_templates(text: str) -> dict[str, list[tuple[str, str]]]:
 
 # Tasks, wordings and vocabulary live in a data file; its header explains the line markers.
 TEMPLATES = (
-    resources.files("sam_brain").joinpath("data/example_templates.txt").read_text(encoding="utf-8")
+    resources.files("sam_brain.dev")
+    .joinpath("data/example_templates.txt")
+    .read_text(encoding="utf-8")
 )
 KINDS = _parse_templates(TEMPLATES)
 SLUG_WORDS = KINDS.pop("words:slug")[0][1]  # split at use: a few words for the three-word `slug`

@@ -3,7 +3,7 @@
 Builds a tiny model, writes a home whose config points at it, starts the real daemon, drops
 example Claude Code transcripts into the watched folder, waits for the first version to go
 active, prints `/api/self`, forces a second training run, rolls back, and stops the daemon.
-`python -m sam_brain.demo --home DIR` keeps the home for `SAM_BRAIN_HOME=DIR samctl ...`.
+`python -m sam_brain.dev.demo --home DIR` keeps the home for `SAM_BRAIN_HOME=DIR samctl ...`.
 """
 
 from __future__ import annotations
@@ -92,7 +92,10 @@ def wait_for(what: str, check: Any, timeout: float, proc: subprocess.Popen[bytes
 
 def samctl(env: dict[str, str], *args: str, ok: tuple[int, ...] = (0,)) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "sam_brain.cli", *args], env=env, capture_output=True, text=True
+        [sys.executable, "-m", "sam_brain.control.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
     )
     text = (out.stdout + out.stderr).strip()
     print("    $ samctl " + " ".join(args))
@@ -104,8 +107,8 @@ def samctl(env: dict[str, str], *args: str, ok: tuple[int, ...] = (0,)) -> str:
 
 
 def run(home: Path, n_sessions: int = 12) -> None:
-    from sam_brain.examples import write_example_sessions
-    from sam_brain.tinymodel import build_tiny_model
+    from sam_brain.dev.examples import write_example_sessions
+    from sam_brain.dev.tinymodel import build_tiny_model
 
     t0 = time.monotonic()
     home.mkdir(parents=True, exist_ok=True)
@@ -126,7 +129,7 @@ def run(home: Path, n_sessions: int = 12) -> None:
     say(f"starting the daemon: sam-brain serve (API {url}, log {home / 'daemon.log'})")
     log = open(home / "daemon.log", "ab")  # noqa: SIM115 - closed in the finally below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sam_brain.daemon", "serve"],
+        [sys.executable, "-m", "sam_brain.control.daemon", "serve"],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,

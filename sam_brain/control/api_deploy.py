@@ -16,9 +16,9 @@ from aiohttp import web
 
 from deployment import canary
 from deployment.serving_metrics import prometheus_lines
-from sam_brain.api import CTX, AppContext, read_json
+from sam_brain.control.app import CTX, AppContext, read_json
 from sam_brain.errors import BadRequest
-from sam_brain.release import release, rollback_or_abort, start_canary_from
+from sam_brain.train.release import release, rollback_or_abort, start_canary_from
 
 DEPLOY_LOCK = web.AppKey("deploy_lock", asyncio.Lock)
 

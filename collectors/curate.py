@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec.structs import replace  # `Turn` is a msgspec Struct
 
+from collectors.quality import QualityConfig, Score, exchanges, score_conversation
+from sam_brain.pipeline.validate import CHARS_PER_TOKEN, message_chars
 from sam_brain.protocols import Message, Sample, stable_id
-from sam_brain.quality import QualityConfig, Score, exchanges, score_conversation
-from sam_brain.validate import CHARS_PER_TOKEN, message_chars
 
 if TYPE_CHECKING:  # only the shape is needed; sam_brain must not import plug-ins at runtime
-    from collectors.transcript import Conversation, Turn
+    from collectors.transcript import Conversation
+    from collectors.transcript_lines import Turn
 
 SOURCE = "sessions"
 EMPTY_OUTPUT = "(no output)"  # chat templates and the validator reject empty tool messages

@@ -1,7 +1,7 @@
 """Write example Claude Code transcripts in the real 2.1.x on-disk format, for demos and tests.
 
 Sessions are generated deterministically from a seed: conversations about small coding tasks in a
-made-up Python project, whose topics `sam_brain.example_topics` builds from the templates in
+made-up Python project, whose topics `sam_brain.dev.example_topics` builds from the templates in
 `data/example_templates.txt` (task x module x function x wording) so that sessions differ. The
 format follows real 2.1.39 files: one content block per assistant line sharing
 `message.id`/`requestId`, `progress` hook lines inside the `parentUuid` chain,
@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sam_brain.example_topics import (
+from sam_brain.dev.example_topics import (
     FUNC_FORMS,
     KINDS,
     MODULES,

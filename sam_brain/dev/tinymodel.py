@@ -1,7 +1,7 @@
 """Build a tiny, random-weight Qwen2-style model directory offline, for tests and the demo.
 
 `build_tiny_model(path)` trains a byte-level BPE tokenizer on the corpus shipped in
-`sam_brain/data/tiny_corpus.txt` (with Qwen2's exact pre-tokenizer, because transformers rebuilds
+`sam_brain/dev/data/tiny_corpus.txt` (with Qwen2's exact pre-tokenizer, because transformers rebuilds
 that pipeline for Qwen2 and ids would differ otherwise), writes a Qwen2.5-style ChatML chat template,
 a Qwen2 `config.json` and seeded random weights in `model.safetensors` under the Hugging Face
 parameter names. The result loads with both `mlx_lm.load` and transformers, and the same arguments
@@ -22,12 +22,8 @@ from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 
 from sam_brain.errors import BadRequest
+from sam_brain.masking import QWEN2_SPLIT_REGEX
 
-# Copied from transformers' Qwen2Tokenizer (PRETOKENIZE_REGEX); it must match byte for byte.
-QWEN2_SPLIT_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
-    r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 # Plain added tokens, as Qwen2.5 has them, so tool-call parsers find their markers in the vocab.
 TOOL_TOKENS = ("<tool_call>", "</tool_call>")
@@ -201,7 +197,7 @@ def _train_tokenizer(vocab_size: int) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    corpus = resources.files("sam_brain").joinpath("data/tiny_corpus.txt")
+    corpus = resources.files("sam_brain.dev").joinpath("data/tiny_corpus.txt")
     lines = corpus.read_text(encoding="utf-8").splitlines(keepends=True)
     tok.train_from_iterator(lines, trainer=trainer)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in TOOL_TOKENS])

@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from sam_brain import registry
-from sam_brain.dedup import DedupIndex
 from sam_brain.home import Home
+from sam_brain.pipeline.dedup import DedupIndex
+from sam_brain.pipeline.scrub import Scrubber
+from sam_brain.pipeline.split import assign_split
+from sam_brain.pipeline.validate import check_sample
 from sam_brain.pool import file_lock, write_jsonl_atomic
 from sam_brain.protocols import Collector, CollectResult, Sample
-from sam_brain.scrub import Scrubber
-from sam_brain.split import assign_split
-from sam_brain.validate import check_sample
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The scrubber's rule tables: which credentials and personal data `sam_brain.scrub` looks for.
+"""The scrubber's rule tables: which credentials and personal data `sam_brain.pipeline.scrub` looks for.
 
 Three kinds of rules, each with its false-positive filters: detect-secrets' (Yelp) plugin classes,
 each behind a cheap trigger regex and a lowercase gate (`PLUGINS`); our own regex rules for what

@@ -12,76 +12,32 @@ import argparse
 import json
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 from sam_brain.config import Config
 from sam_brain.config_load import load_config
+from sam_brain.control import cli_deploy
+from sam_brain.control.cli_client import Client, error_from_http, open_home, print_doc
 from sam_brain.errors import DaemonUnreachable, NotFound, SamBrainError, TrainingFailed
 
 EXIT_CODES = """exit codes: 0 ok, 1 error, 2 bad usage/config/request, 3 not found, 4 conflict,
 5 backend or model unavailable, 6 collector failed, 7 training failed, 8 promotion rejected,
-9 daemon unreachable, 10 daemon already running"""
-
-
-class Client:
-    """A tiny JSON-over-HTTP client for the daemon (stdlib only: samctl starts fast)."""
-
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                return resp.status, json.loads(resp.read() or b"null")
-        except urllib.error.HTTPError as err:
-            try:
-                payload = json.loads(err.read() or b"null")
-            except json.JSONDecodeError:
-                payload = {"error": err.reason}
-            return err.code, payload
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
-            raise DaemonUnreachable(
-                f"no daemon answers at {self.url} ({err}); start it with `sam-brain serve`"
-            ) from err
-
-
-def _home(config: Config) -> Any:
-    from sam_brain.home import Home
-
-    return Home.open(config)
-
-
-def _print(doc: Any, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(doc, indent=2, default=str))
-    elif isinstance(doc, dict):
-        for k, v in doc.items():
-            print(f"{k}: {json.dumps(v, default=str) if isinstance(v, (dict, list)) else v}")
-    else:
-        print(doc)
+9 daemon unreachable, 10 daemon already running, 11 export failed"""
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
     try:
         _, doc = Client(args.url).call("GET", "/api/self")
     except DaemonUnreachable:
-        from sam_brain.status import self_status
+        from sam_brain.control.status import self_status
 
-        home = _home(config)
+        home = open_home(config)
         try:
             doc = self_status(home)
         finally:
             home.close()
     if args.json:
-        _print(doc, True)
+        print_doc(doc, True)
         return 0
     ts = doc["training_stats"]
     print(doc["explanation"])
@@ -148,7 +104,7 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
         print(f"not training: {doc['reason']} (use --force to train anyway)")
         return 4
     if code >= 400:
-        raise _from_http(code, doc)
+        raise error_from_http(code, doc)
     run_id = doc["run_id"]
     print(f"training run {run_id} started")
     if args.wait or args.follow:
@@ -156,23 +112,11 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _from_http(code: int, doc: Any) -> SamBrainError:
-    from sam_brain import errors
-
-    name = doc.get("type", "") if isinstance(doc, dict) else ""
-    cls = getattr(errors, name, None)
-    msg = doc.get("error", str(doc)) if isinstance(doc, dict) else str(doc)
-    if isinstance(cls, type) and issubclass(cls, SamBrainError) and cls is not errors.ConfigError:
-        return cls(msg)
-    err = SamBrainError(f"daemon answered {code}: {msg}")
-    return err
-
-
 def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
     from sam_brain import registry
-    from sam_brain.ingest import ingest
+    from sam_brain.pipeline.ingest import ingest
 
-    home = _home(config)
+    home = open_home(config)
     try:
         paths = [Path(p).expanduser().resolve() for p in args.paths]
         missing = [str(p) for p in paths if not p.exists()]
@@ -200,7 +144,7 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
             report = ingest(home, cls(paths=paths))
         else:
             # Read the named files as records: never move or touch the user's own files.
-            from sam_brain.ingest import store_result
+            from sam_brain.pipeline.ingest import store_result
 
             records: list[object] = []
             for p in paths:
@@ -217,7 +161,7 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
             report.dropped["rejected"] += len(rejects)
     finally:
         home.close()
-    _print(report.to_dict(), args.json)
+    print_doc(report.to_dict(), args.json)
     return 0
 
 
@@ -234,21 +178,21 @@ def _read_jsonl(path: Path) -> list[object]:
 
 
 def cmd_data(args: argparse.Namespace, config: Config) -> int:
-    from sam_brain.ingest import export_split
+    from sam_brain.pipeline.ingest import export_split
 
-    home = _home(config)
+    home = open_home(config)
     try:
         if args.data_command == "stats":
             stats = home.pool.stats()
             stats["skipped"] = home.store.counters("skipped")
             stats["dropped"] = home.store.counters("dropped")
-            _print(stats, args.json)
+            print_doc(stats, args.json)
         elif args.data_command == "show":
             found = home.pool.get(args.id)
             if found is None:
                 raise NotFound(f"no sample {args.id!r} in the pool")
             sample, columns = found
-            _print({**columns, **sample.to_dict()}, True)
+            print_doc({**columns, **sample.to_dict()}, True)
         else:
             n = export_split(home, args.split, Path(args.out))
             print(f"wrote {n} samples to {args.out}")
@@ -264,17 +208,17 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
                 "POST", "/api/rollback", {"version": args.version} if args.version else {}
             )
             if code >= 400:
-                raise _from_http(code, doc)
+                raise error_from_http(code, doc)
             print(f"{doc['action']}; active version: {doc['version']['version']}")
             return 0
         except DaemonUnreachable:
             pass
-    home = _home(config)
+    home = open_home(config)
     try:
         if args.command == "list":
             versions = home.store.versions()
             if args.json:
-                _print([v.to_dict() for v in versions], True)
+                print_doc([v.to_dict() for v in versions], True)
             for v in [] if args.json else versions:
                 mark = "*" if v.status == "active" else " "
                 print(
@@ -284,10 +228,10 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
             if not versions and not args.json:
                 print("no versions yet")
         elif args.command == "current":
-            v = home.versions.current()
-            print(v.version if v else "base (no adapter active)")
+            cur = home.versions.current()
+            print(cur.version if cur else "base (no adapter active)")
         else:
-            from sam_brain.release import rollback_or_abort
+            from sam_brain.train.release import rollback_or_abort
 
             what, v = rollback_or_abort(home, args.version)
             print(f"{what}; active version: {v.version}")
@@ -298,12 +242,12 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_dev(args: argparse.Namespace, config: Config) -> int:
     if args.dev_command == "tiny-model":
-        from sam_brain.tinymodel import build_tiny_model
+        from sam_brain.dev.tinymodel import build_tiny_model
 
         path = build_tiny_model(Path(args.path), hidden_size=args.hidden, num_layers=args.layers)
         print(f"tiny model written to {path}")
     else:
-        from sam_brain.examples import write_example_sessions
+        from sam_brain.dev.examples import write_example_sessions
 
         files = write_example_sessions(Path(args.path), n_sessions=args.n, seed=args.seed)
         print(f"wrote {len(files)} example transcripts under {args.path}")
@@ -321,27 +265,9 @@ def cmd_config(args: argparse.Namespace, config: Config) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sam_brain.cli_parser import build
+    from sam_brain.control.cli_parser import build
 
     return build(EXIT_CODES)
-
-
-def cmd_deploy(args: argparse.Namespace, config: Config) -> int:
-    from sam_brain.cli_deploy import deploy
-
-    return deploy(args, config)
-
-
-def cmd_history(args: argparse.Namespace, config: Config) -> int:
-    from sam_brain.cli_deploy import history
-
-    return history(args, config)
-
-
-def cmd_export(args: argparse.Namespace, config: Config) -> int:
-    from sam_brain.cli_deploy import export
-
-    return export(args, config)
 
 
 HANDLERS = {
@@ -354,12 +280,12 @@ HANDLERS = {
     "rollback": cmd_versions,
     "dev": cmd_dev,
     "config": cmd_config,
-    "deploy": cmd_deploy,
-    "canary": cmd_deploy,
-    "promote": cmd_deploy,
-    "stats": cmd_history,
-    "history": cmd_history,
-    "export": cmd_export,
+    "deploy": cli_deploy.deploy,
+    "canary": cli_deploy.deploy,
+    "promote": cli_deploy.deploy,
+    "stats": cli_deploy.history,
+    "history": cli_deploy.history,
+    "export": cli_deploy.export,
 }
 
 

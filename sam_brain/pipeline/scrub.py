@@ -3,7 +3,7 @@
 Detection uses detect-secrets' (Yelp) plugin classes directly, each behind a cheap trigger regex so a
 plugin only runs on the lines that could match it; our own rules cover what detect-secrets misses
 (whole PEM blocks, URL and curl credentials, auth headers, `.env`-style assignments, vendor prefixes
-such as `sk-`, `AIza`, `hf_`). The rule tables live in `sam_brain.scrub_rules`; this module runs
+such as `sk-`, `AIza`, `hf_`). The rule tables live in `sam_brain.pipeline.scrub_rules`; this module runs
 them and merges the hits. Each hit becomes `[REDACTED:<kind>]`, a value found once is redacted
 everywhere in the same text, home directories become `~` and e-mail addresses are redacted
 (optional). Existing markers are never matched again, so scrubbing twice changes nothing more.
@@ -23,8 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sam_brain.protocols import Sample
-from sam_brain.scrub_rules import (
+from sam_brain.pipeline.scrub_rules import (
     ASSIGN_RE,
     EMAIL_DOMAIN_RE,
     EMAIL_KEEP_RE,
@@ -43,6 +42,7 @@ from sam_brain.scrub_rules import (
     key_is_credential,
     plausible_value,
 )
+from sam_brain.protocols import Sample
 
 __all__ = ["GENERIC", "MARKER_RE", "PII", "STRUCT", "VENDOR", "Scrubber", "Span"]
 

@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sam_brain.cli import Client, _from_http, _home, _print
 from sam_brain.config import Config
+from sam_brain.control.cli_client import Client, error_from_http, open_home, print_doc
 from sam_brain.errors import DaemonUnreachable
 
 
@@ -42,17 +42,17 @@ def deploy(args: argparse.Namespace, config: Config) -> int:
     except DaemonUnreachable:
         return _deploy_offline(args, config)
     if code >= 400:
-        raise _from_http(code, doc)
-    _print(doc, args.json)
+        raise error_from_http(code, doc)
+    print_doc(doc, args.json)
     return 0
 
 
 def _deploy_offline(args: argparse.Namespace, config: Config) -> int:
     from deployment import canary
     from sam_brain.hub import resolve_model
-    from sam_brain.release import _base_ref, release, start_canary_from
+    from sam_brain.train.release import _base_ref, release, start_canary_from
 
-    home = _home(config)
+    home = open_home(config)
     try:
         if args.command == "deploy":
             ref = _base_ref(home)
@@ -65,29 +65,29 @@ def _deploy_offline(args: argparse.Namespace, config: Config) -> int:
                 description=args.description or f"deployed from {args.path}",
                 dry_run=args.dry_run,
             )
-            _print(
+            print_doc(
                 {"version": outcome.version, "action": outcome.action, "reasons": outcome.reasons},
                 args.json,
             )
         elif args.command == "canary":
             traffic = args.traffic or config.deployment.canary_steps[0]
             v = start_canary_from(home, args.target, traffic)
-            _print({"canary": v.version, "traffic": traffic}, args.json)
+            print_doc({"canary": v.version, "traffic": traffic}, args.json)
         else:
             v = canary.promote(home.versions)
-            _print({"promoted": v.version}, args.json)
+            print_doc({"promoted": v.version}, args.json)
     finally:
         home.close()
     return 0
 
 
 def history(args: argparse.Namespace, config: Config) -> int:
-    home = _home(config)
+    home = open_home(config)
     try:
         if args.command == "history":
             events = home.store.events(None, args.limit)
             if args.json:
-                _print(events, True)
+                print_doc(events, True)
             for e in [] if args.json else reversed(events):
                 print(f"{e['ts']}  {e['kind']:20} {json.dumps(e['data'], default=str)}")
         else:
@@ -96,7 +96,7 @@ def history(args: argparse.Namespace, config: Config) -> int:
             for v in versions:
                 by_status[v.status] = by_status.get(v.status, 0) + 1
             active = home.versions.current()
-            _print(
+            print_doc(
                 {
                     "total_versions": len(versions),
                     "by_status": by_status,
@@ -122,9 +122,9 @@ def _run_counts(home: Any) -> dict[str, int]:
 
 def export(args: argparse.Namespace, config: Config) -> int:
     """`samctl export VERSION --format F --out DIR [--quant Q]`: works on the home directly."""
-    from sam_brain.release import export_version_cmd
+    from sam_brain.train.release import export_version_cmd
 
-    home = _home(config)
+    home = open_home(config)
     try:
         doc = export_version_cmd(
             home,
@@ -136,5 +136,5 @@ def export(args: argparse.Namespace, config: Config) -> int:
         )
     finally:
         home.close()
-    _print(doc, args.json)
+    print_doc(doc, args.json)
     return 0

@@ -1,0 +1,1 @@
+"""The control surface: the daemon, its HTTP API and the samctl CLI."""

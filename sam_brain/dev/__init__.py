@@ -1,0 +1,1 @@
+"""Developer tools: the tiny model, example transcripts and the demo."""

@@ -1,0 +1,1 @@
+"""The data pipeline: validate, scrub, deduplicate, split and store collected samples."""

@@ -1,0 +1,1 @@
+"""Training orchestration: dataset, run, supervised worker subprocess, scheduling, the release gate."""
