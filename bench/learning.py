@@ -1,0 +1,228 @@
+"""Does SAM Brain make a real model better? Base vs. adapter on sessions it never trained on.
+
+    make bench-learning                     # or: python bench/learning.py [--minutes 8] [--out FILE]
+
+The real fixture transcripts (../shared/fixtures/claude-sessions) go through the product's own
+ingest (collect, validate, scrub, dedup) into a temporary home. Whole sessions (sample groups) are
+held out; the rest trains a LoRA adapter on the real SmolLM2-135M-Instruct model
+(`samctl dev real-model`) with the machine's default backend, for a fixed time budget. Then base
+and adapter are scored side by side on the held-out sessions: mean loss on supervised tokens (the
+gate's paired sign and Wilcoxon tests), loss on tool-call tokens alone, next-action accuracy
+(teacher-forced: given the transcript up to an assistant turn, does the greedy output call the same
+tool, or answer in text when the transcript did?), JSON validity of generated tool calls, three
+generations, and the product gate's own decision on the same held-out rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere
+
+from bench.common import SESSIONS, machine_load  # noqa: E402
+from bench.learning_eval import TEXT, Scores, load_model, score, turn_points  # noqa: E402
+
+
+def ingest_fixtures(home_dir: Path, fixtures: Path) -> list[Any]:
+    """The fixture sessions through the product's ingest; the pool's samples."""
+    from sam_brain.config import Config, SourcesConfig
+    from sam_brain.home import Home
+    from sam_brain.pipeline.ingest import ingest, make_collectors
+
+    sources = replace(SourcesConfig(), sessions_dirs=[str(fixtures)], quiet_minutes=0.0)
+    config = Config(data_dir=str(home_dir), sources=sources)
+    home = Home.open(config)
+    try:
+        report = ingest(home, make_collectors(home)["sessions"])
+        print(f"ingest: {report.stored} samples stored, skipped {dict(report.skipped)}")
+        return [s for s, _ in home.pool.samples()]
+    finally:
+        home.close()
+
+
+def assistant_turns(sample: Any) -> int:
+    return sum(1 for m in sample.messages if m.get("role") == "assistant")
+
+
+def hold_out(samples: list[Any], share: float) -> tuple[set[str], set[str]]:
+    """(train groups, held-out groups): whole sessions, chosen by a stable hash, never the largest."""
+    from sam_brain.pipeline.split import unit_hash
+
+    turns: dict[str, int] = defaultdict(int)
+    for s in samples:
+        if s.kind == "sft":
+            turns[s.group] += assistant_turns(s)
+    largest = max(turns, key=lambda g: turns[g])
+    held: set[str] = set()
+    total = sum(turns.values())
+    for group in sorted(turns, key=lambda g: unit_hash("learning", g)):
+        if group == largest or sum(turns[g] for g in held) >= share * total:
+            continue
+        held.add(group)
+    return set(turns) - held, held
+
+
+def write_data(samples: list[Any], train: set[str], data: Path) -> tuple[int, int, int]:
+    """train/valid/preference JSONL from the training sessions only (valid: every 10th row)."""
+    data.mkdir(parents=True, exist_ok=True)
+    rows = [s for s in samples if s.kind == "sft" and s.group in train]
+    pairs = [s for s in samples if s.kind == "preference" and s.group in train]
+    valid = rows[::10]
+    fit = [r for k, r in enumerate(rows) if k % 10]
+
+    def dump(path: Path, items: list[dict[str, Any]]) -> None:
+        path.write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items))
+
+    dump(data / "train.jsonl", [{"messages": s.messages} for s in fit])
+    dump(data / "valid.jsonl", [{"messages": s.messages} for s in valid])
+    prefs = [{"messages": s.messages, "chosen": s.chosen, "rejected": s.rejected} for s in pairs]
+    if prefs:
+        dump(data / "preference.jsonl", prefs)
+    return len(fit), len(valid), len(prefs)
+
+
+def train(model_dir: Path, data: Path, out: Path, minutes: float, backend_name: str) -> Any:
+    """One run of the product's trainer, stopped (best adapter kept) when the budget is spent."""
+    from sam_brain import registry
+    from sam_brain.config import Config
+    from sam_brain.protocols import Progress, TrainSpec
+
+    name, why = registry.choose_backend(backend_name)
+    print(f"backend: {name} ({why})")
+    profile = asdict(Config().profile())  # the default profile, as a new user gets it
+    profile.update(epochs=2.0, eval_every=10, save_every=10_000, learning_rate=2e-4)
+    spec = TrainSpec("learning", str(model_dir), str(data), str(out), profile, seed=0, resume=False)
+    deadline = time.monotonic() + minutes * 60
+
+    def progress(p: Progress) -> None:
+        if p.train_loss is not None or p.val_loss is not None:
+            print(f"  step {p.step}/{p.total_steps} loss {p.train_loss} val {p.val_loss} "
+                  f"tok/s {p.tokens_per_sec}", flush=True)  # fmt: skip
+
+    return registry.backend(name).train(spec, progress, lambda: time.monotonic() > deadline)
+
+
+def gate_decision(model_dir: Path, test: Path, adapter: Path) -> dict[str, Any]:
+    """The product gate's decision on the held-out rows (first version: judged against base)."""
+    from deployment.evaluate import evaluate_candidate
+    from deployment.resident import ResidentModel
+
+    resident = ResidentModel(str(model_dir))
+    report = evaluate_candidate(resident, test, str(adapter))
+    return {"promote": report.gate.promote, "reasons": report.gate.reasons}
+
+
+def report(
+    base: Scores, tuned: Scores, gate: dict[str, Any], info: dict[str, Any]
+) -> dict[str, Any]:
+    from deployment.stats import compare
+
+    loss = compare(base.losses, tuned.losses, "base")
+    common = sorted(set(base.tool_rows) & set(tuned.tool_rows))
+    bt = [base.tool_losses[base.tool_rows.index(r)] for r in common]
+    tt = [tuned.tool_losses[tuned.tool_rows.index(r)] for r in common]
+    tool = compare(bt, tt, "base") if common else None
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    rows = [
+        ("held-out loss (supervised tokens)", mean(base.losses), mean(tuned.losses)),
+        ("held-out loss (tool-call tokens)", mean(bt), mean(tt)),
+        ("next-action accuracy", base.accuracy, tuned.accuracy),
+        ("  on turns that call a tool", base.tool_accuracy, tuned.tool_accuracy),
+        ("tool-call JSON validity", base.json_validity, tuned.json_validity),
+    ]
+    print(f"\n{'':38} {'base':>10} {'adapter':>10}")
+    for name, b, t in rows:
+        print(f"{name:38} {b:10.4f} {t:10.4f}")
+    print(f"paired loss test: {loss.better} better / {loss.worse} worse of {loss.n}, "
+          f"sign p={loss.sign_p_better:.2g}, wilcoxon p={loss.wilcoxon_p_better:.2g}")  # fmt: skip
+    if tool:
+        print(
+            f"tool-token test: {tool.better}/{tool.n} better, wilcoxon p={tool.wilcoxon_p_better:.2g}"
+        )
+    print(f"calls made: base {base.calls}, adapter {tuned.calls} of {len(base.actions)} turns "
+          f"({sum(e != TEXT for e, _ in base.actions)} call a tool in the transcript)")  # fmt: skip
+    print(
+        f"gate: {'promote' if gate.get('promote') else 'reject'}: {'; '.join(gate.get('reasons', []))}"
+    )
+    improved = loss.wilcoxon_p_better < 0.05 and tuned.accuracy > base.accuracy
+    agrees = bool(gate.get("promote")) == improved
+    print(f"goals: loss p<0.05 {loss.wilcoxon_p_better < 0.05}, next-action up "
+          f"{tuned.accuracy > base.accuracy}, gate agrees {agrees}")  # fmt: skip
+    for k, (b, t) in enumerate(zip(base.generations, tuned.generations, strict=False)):
+        print(f"\n--- generation {k + 1} (expected {tuned.actions[k][0]}) ---")
+        print(f"base:    {b[:300]!r}\nadapter: {t[:300]!r}")
+    return {
+        **info, "rows": {n: [b, t] for n, b, t in rows}, "loss_test": asdict(loss),
+        "tool_test": asdict(tool) if tool else None, "gate": gate, "agrees": agrees,
+        "actions": {"base": base.actions, "adapter": tuned.actions},
+        "generations": {"base": base.generations, "adapter": tuned.generations},
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument(
+        "--model", type=Path, help="a real model folder (default: samctl dev real-model)"
+    )
+    ap.add_argument("--fixtures", type=Path, default=SESSIONS)
+    ap.add_argument("--minutes", type=float, default=8.0, help="training time budget")
+    ap.add_argument(
+        "--held-out", type=float, default=0.25, help="share of assistant turns held out"
+    )
+    ap.add_argument("--turns", type=int, default=30, help="held-out turns for next-action accuracy")
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--out", type=Path, help="write the figures as JSON here")
+    args = ap.parse_args(argv)
+    if not args.fixtures.is_dir():
+        print(f"no fixtures at {args.fixtures}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    print(f"machine: {machine_load()}")
+    if args.model is None:
+        from sam_brain.dev.realmodel import build_real_model
+
+        args.model = build_real_model()
+    with tempfile.TemporaryDirectory(prefix="sam-learning-") as tmp:
+        root = Path(tmp)
+        samples = ingest_fixtures(root / "home", args.fixtures)
+        train_groups, held = hold_out(samples, args.held_out)
+        test_rows = [s.messages for s in samples if s.kind == "sft" and s.group in held]
+        n_fit, n_valid, n_pairs = write_data(samples, train_groups, root / "data")
+        test = root / "test.jsonl"
+        test.write_text("".join(json.dumps({"messages": m}) + "\n" for m in test_rows))
+        print(f"sessions: {len(train_groups)} train, {len(held)} held out; rows: {n_fit} train, "
+              f"{n_valid} valid, {n_pairs} pairs, {len(test_rows)} held-out")  # fmt: skip
+        result = train(args.model, root / "data", root / "adapter", args.minutes, args.backend)
+        print(f"trained: {result.steps} steps, {result.notes[-1] if result.notes else ''}")
+        trained_s = time.monotonic() - started
+        points = turn_points(test_rows, args.turns)
+        opts = {"max_length": 2048, "budget": 1536, "max_new": 96}
+        scores = []
+        for adapter in (None, Path(result.adapter_dir)):
+            model, tok = load_model(args.model, adapter)
+            scores.append(score(model, tok, test_rows, points, **opts))
+            del model
+        gate = gate_decision(args.model, test, Path(result.adapter_dir))
+        info = {
+            "machine": machine_load(), "steps": result.steps, "train_rows": n_fit,
+            "held_out_rows": len(test_rows), "train_seconds": round(trained_s, 1),
+            "total_seconds": round(time.monotonic() - started, 1), "metrics": result.metrics,
+        }  # fmt: skip
+        doc = report(scores[0], scores[1], gate, info)
+    print(f"\nfinished in {doc['total_seconds'] / 60:.1f} min ({machine_load()})")
+    if args.out:
+        args.out.write_text(json.dumps(doc, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
