@@ -251,19 +251,19 @@ def test_one_mlx_step_trains_on_tool_samples(tiny_model: Path) -> None:
 
     from backends.mlx_loss import masked_loss
 
-    model, tok = load(str(tiny_model))
+    model, tok = load(str(tiny_model))[:2]
     model.freeze()
     linear_to_lora_layers(model, 4, {"rank": 4, "scale": 2.0, "dropout": 0.0})
     ids, mask = encode_chat(tok, SAMPLE, 4096)
     assert sum(mask) > 0
     batch = mx.array([ids])
     masks = mx.array([mask])
-    before = {k: mx.array(v) for k, v in tree_flatten(model.trainable_parameters())}
+    before: dict[str, Any] = dict(tree_flatten(model.trainable_parameters()))
 
     def loss_fn(m: Any) -> Any:
         return masked_loss(m, batch, masks)[0]
 
-    step = nn.value_and_grad(model, loss_fn)
+    step = nn.value_and_grad(model, loss_fn)  # type: ignore[attr-defined]
     opt = optim.Adam(learning_rate=2e-3)
     losses = []
     for _ in range(5):

@@ -172,7 +172,7 @@ def test_chat_template(hf_tokenizer: Any) -> None:
         [{"role": "user", "content": "hi"}], tools=tools, tokenize=False
     )
     assert "<tools>\n" + json.dumps(tools[0]) + "\n</tools>" in with_tools
-    string_args = [
+    string_args: list[dict[str, Any]] = [
         {"role": "user", "content": "go"},
         {
             "role": "assistant",

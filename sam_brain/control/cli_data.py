@@ -85,13 +85,15 @@ class TemplateRenderer:
     ) -> str:
         from transformers.utils.chat_template_utils import render_jinja_template
 
-        rendered, _ = render_jinja_template(
+        schemas: Any = tools
+        # Annotated `-> str`, but returns (rendered texts, generation indices).
+        result: Any = render_jinja_template(
             [messages],
-            tools=tools,
+            tools=schemas,
             chat_template=self.chat_template,
             add_generation_prompt=add_generation_prompt,
         )
-        return str(rendered[0])
+        return str(result[0][0])
 
 
 def named_template(name: str) -> TemplateRenderer:

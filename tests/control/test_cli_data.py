@@ -146,10 +146,10 @@ def test_export_feeds_datasets_and_real_templates(
     for i, row in enumerate(ds):
         loaded: dict[str, Any] = row
         sample, _ = pool[loaded["metadata"]["id"]]
-        text = tok.apply_chat_template(
+        rendered = tok.apply_chat_template(
             loaded["messages"], tools=loaded["tools"] or None, tokenize=False
         )
-        assert text == render(tok, sample.messages), i
+        assert rendered == render(tok, sample.messages), i
 
     code, _, _ = run(capsys, "data", "export", "--out", str(out), "--arguments", "string")
     plain = [json.loads(line) for line in out.read_text().splitlines()]
