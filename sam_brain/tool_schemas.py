@@ -2,8 +2,8 @@
 
 A tool-using runtime sends its tool definitions with every request, so a model trained without
 them never sees the prompt it will be served with. Claude Code's built-in tools have a fixed table
-here (names, a one-line description, parameter shapes as observed in real transcripts from 1.0.24
-to 2.1.114); any other tool (MCP servers, new built-ins) gets a schema inferred from the argument
+here (names, a one-line description, parameter shapes, required keys and enums as observed in
+real transcripts from 1.0.24 to 2.1.114); any other tool (MCP servers, new built-ins) gets a schema inferred from the argument
 shapes the sample itself uses. A known tool called with a key the table lacks (a newer Claude Code
 version) gets that key added, so every argument the sample shows is described.
 """
@@ -22,188 +22,123 @@ def _obj(required: list[str], **props: Schema) -> Schema:
     return {"type": "object", "properties": props, "required": required}
 
 
-def _s(description: str, **extra: Any) -> Schema:
-    return {"type": "string", "description": description, **extra}
+# Parameter shapes only: every tool-calling sample carries this block as unsupervised context,
+# so per-parameter prose would cost ~2x the tokens for names that already say what they are.
+STR: Schema = {"type": "string"}
+INT: Schema = {"type": "integer"}
+BOOL: Schema = {"type": "boolean"}
+STRINGS: Schema = {"type": "array", "items": STR}
 
 
-def _i(description: str) -> Schema:
-    return {"type": "integer", "description": description}
+def _enum(*values: str) -> Schema:
+    return {"type": "string", "enum": list(values)}
 
 
-def _b(description: str) -> Schema:
-    return {"type": "boolean", "description": description}
-
-
-_EDIT = _obj(
-    ["old_string", "new_string"],
-    old_string=_s("Exact text to replace."),
-    new_string=_s("Text to replace it with."),
-    replace_all=_b("Replace every occurrence (default false)."),
-)
+_EDIT = _obj(["old_string", "new_string"], old_string=STR, new_string=STR, replace_all=BOOL)
 _TODO = _obj(
     ["content", "status"],
-    content=_s("What to do."),
-    status=_s("State of the item.", enum=["pending", "in_progress", "completed"]),
-    activeForm=_s("The item in present continuous form, shown while it runs."),
-    id=_s("Item id (older versions)."),
-    priority=_s("Priority (older versions).", enum=["high", "medium", "low"]),
+    content=STR,
+    status=_enum("pending", "in_progress", "completed"),
+    activeForm=STR,
+    id=STR,
+    priority=_enum("high", "medium", "low"),
 )
-_AGENT = {
-    "description": _s("Short (3-5 word) description of the task."),
-    "prompt": _s("The task for the agent to perform."),
-    "subagent_type": _s("The kind of agent to use."),
-    "model": _s("Model for the agent (optional)."),
-}
+_AGENT = {"description": STR, "prompt": STR, "subagent_type": STR, "model": STR}
+_SHELL = _obj(["shell_id"], shell_id=STR)
 
 CLAUDE_CODE_TOOLS: dict[str, tuple[str, Schema]] = {
     "Bash": (
-        "Run a shell command in a persistent shell session.",
-        _obj(
-            ["command"],
-            command=_s("The command to run."),
-            description=_s("What the command does, in 5-10 words."),
-            timeout=_i("Timeout in milliseconds (max 600000)."),
-            run_in_background=_b("Run in the background and read its output later."),
-        ),
+        "Run a shell command (timeout in ms).",
+        _obj(["command"], command=STR, description=STR, timeout=INT, run_in_background=BOOL),
     ),
     "BashOutput": (
         "Read new output of a background shell.",
-        _obj(["bash_id"], bash_id=_s("Id of the background shell."), filter=_s("Regex filter.")),
+        _obj(["bash_id"], bash_id=STR, filter=STR),
     ),
-    "KillShell": (
-        "Stop a background shell.",
-        _obj(["shell_id"], shell_id=_s("Id of the background shell.")),
-    ),
-    "KillBash": (
-        "Stop a background shell (older name of KillShell).",
-        _obj(["shell_id"], shell_id=_s("Id of the background shell.")),
-    ),
+    "KillShell": ("Stop a background shell.", _SHELL),
+    "KillBash": ("Stop a background shell.", _SHELL),
     "Read": (
-        "Read a file from the local filesystem.",
-        _obj(
-            ["file_path"],
-            file_path=_s("Absolute path of the file."),
-            offset=_i("Line to start reading from."),
-            limit=_i("Number of lines to read."),
-        ),
+        "Read a file (absolute path), optionally from a line offset.",
+        _obj(["file_path"], file_path=STR, offset=INT, limit=INT),
     ),
     "Write": (
-        "Write a file to the local filesystem, replacing it if it exists.",
-        _obj(
-            ["file_path", "content"],
-            file_path=_s("Absolute path of the file."),
-            content=_s("The content to write."),
-        ),
+        "Write a file (absolute path).",
+        _obj(["file_path", "content"], file_path=STR, content=STR),
     ),
     "Edit": (
-        "Replace exact text in a file.",
-        {
-            **_EDIT,
-            "properties": {"file_path": _s("Absolute path of the file."), **_EDIT["properties"]},
-            "required": ["file_path", "old_string", "new_string"],
-        },
+        "Replace exact text in a file (absolute path).",
+        _obj(
+            ["file_path", "old_string", "new_string"],
+            file_path=STR,
+            old_string=STR,
+            new_string=STR,
+            replace_all=BOOL,
+        ),
     ),
     "MultiEdit": (
-        "Make several exact-text replacements in one file, in order.",
-        _obj(
-            ["file_path", "edits"],
-            file_path=_s("Absolute path of the file."),
-            edits={"type": "array", "items": _EDIT, "description": "Edits to apply in order."},
-        ),
+        "Apply several exact-text replacements to one file, in order.",
+        _obj(["file_path", "edits"], file_path=STR, edits={"type": "array", "items": _EDIT}),
     ),
-    "Glob": (
-        "Find files by glob pattern.",
-        _obj(
-            ["pattern"],
-            pattern=_s("Glob pattern, e.g. **/*.py."),
-            path=_s("Directory to search (default: the working directory)."),
-        ),
-    ),
+    "Glob": ("Find files by glob pattern.", _obj(["pattern"], pattern=STR, path=STR)),
     "Grep": (
         "Search file contents with a regular expression (ripgrep).",
         _obj(
             ["pattern"],
-            pattern=_s("Regular expression."),
-            path=_s("File or directory to search."),
-            glob=_s("Glob filter for files."),
-            type=_s("File type filter, e.g. py."),
-            output_mode=_s("What to show.", enum=["content", "files_with_matches", "count"]),
-            **{"-i": _b("Case insensitive."), "-n": _b("Show line numbers.")},
-            **{"-A": _i("Lines after."), "-B": _i("Lines before."), "-C": _i("Context lines.")},
-            multiline=_b("Let patterns span lines."),
-            head_limit=_i("Show only the first N results."),
+            pattern=STR,
+            path=STR,
+            glob=STR,
+            type=STR,
+            output_mode=_enum("content", "files_with_matches", "count"),
+            **{"-i": BOOL, "-n": BOOL, "-A": INT, "-B": INT, "-C": INT},
+            multiline=BOOL,
+            head_limit=INT,
         ),
     ),
-    "LS": (
-        "List a directory.",
-        _obj(
-            ["path"],
-            path=_s("Absolute path of the directory."),
-            ignore={"type": "array", "items": {"type": "string"}, "description": "Globs to skip."},
-        ),
-    ),
-    "Task": ("Launch a subagent to handle a task on its own.", _obj(["prompt"], **_AGENT)),
+    "LS": ("List a directory (absolute path).", _obj(["path"], path=STR, ignore=STRINGS)),
+    "Task": ("Launch a subagent to do a task on its own.", _obj(["prompt"], **_AGENT)),
     "Agent": (
-        "Launch a subagent to handle a task on its own.",
-        _obj(
-            ["prompt"],
-            **_AGENT,
-            name=_s("Name of the agent."),
-            isolation=_s("Isolation mode, e.g. worktree."),
-        ),
+        "Launch a subagent to do a task on its own.",
+        _obj(["prompt"], **_AGENT, name=STR, isolation=STR),
     ),
     "TaskOutput": (
         "Read the output of a background task.",
-        _obj(
-            ["task_id"],
-            task_id=_s("Id of the task."),
-            block=_b("Wait for the task to finish."),
-            timeout=_i("Timeout in milliseconds."),
-        ),
+        _obj(["task_id"], task_id=STR, block=BOOL, timeout=INT),
     ),
     "TodoWrite": (
-        "Create and update the session's todo list.",
-        _obj(["todos"], todos={"type": "array", "items": _TODO, "description": "The whole list."}),
+        "Replace the session's todo list.",
+        _obj(["todos"], todos={"type": "array", "items": _TODO}),
     ),
     "WebFetch": (
-        "Fetch a URL and answer a prompt about its content.",
-        _obj(["url", "prompt"], url=_s("The URL."), prompt=_s("What to extract.")),
+        "Fetch a URL and answer a prompt about it.",
+        _obj(["url", "prompt"], url=STR, prompt=STR),
     ),
     "WebSearch": (
         "Search the web.",
-        _obj(
-            ["query"],
-            query=_s("The search query."),
-            allowed_domains={"type": "array", "items": {"type": "string"}},
-            blocked_domains={"type": "array", "items": {"type": "string"}},
-        ),
+        _obj(["query"], query=STR, allowed_domains=STRINGS, blocked_domains=STRINGS),
     ),
     "NotebookEdit": (
-        "Replace, insert or delete a cell of a Jupyter notebook.",
+        "Replace, insert or delete a Jupyter notebook cell.",
         _obj(
             ["notebook_path", "new_source"],
-            notebook_path=_s("Absolute path of the notebook."),
-            new_source=_s("New source of the cell."),
-            cell_id=_s("Id of the cell."),
-            cell_type=_s("Cell type.", enum=["code", "markdown"]),
-            edit_mode=_s("Edit kind.", enum=["replace", "insert", "delete"]),
+            notebook_path=STR,
+            new_source=STR,
+            cell_id=STR,
+            cell_type=_enum("code", "markdown"),
+            edit_mode=_enum("replace", "insert", "delete"),
         ),
     ),
     "NotebookRead": (
         "Read a Jupyter notebook.",
-        _obj(["notebook_path"], notebook_path=_s("Absolute path."), cell_id=_s("Id of a cell.")),
+        _obj(["notebook_path"], notebook_path=STR, cell_id=STR),
     ),
-    "ExitPlanMode": (
-        "Leave plan mode and present the plan for approval.",
-        _obj([], plan=_s("The plan, in markdown.")),
-    ),
+    "ExitPlanMode": ("Leave plan mode and present the plan.", _obj([], plan=STR)),
     "EnterPlanMode": ("Enter plan mode.", _obj([])),
     "AskUserQuestion": (
         "Ask the user multiple-choice questions.",
         _obj(["questions"], questions={"type": "array", "items": {"type": "object"}}),
     ),
-    "Skill": ("Run a skill.", _obj(["skill"], skill=_s("Skill name."), args=_s("Arguments."))),
-    "SlashCommand": ("Run a slash command.", _obj(["command"], command=_s("The command line."))),
+    "Skill": ("Run a skill.", _obj(["skill"], skill=STR, args=STR)),
+    "SlashCommand": ("Run a slash command.", _obj(["command"], command=STR)),
 }
 
 
