@@ -119,7 +119,7 @@ def apply_template(
 
 
 def render(tokenizer: Any, messages: list[Message], *, add_generation_prompt: bool = False) -> str:
-    """The full text of one conversation, as training and serving see it."""
+    """The full text of one conversation, as training sees it."""
     prepared = prepare(tokenizer, messages)
     return apply_template(tokenizer, prepared, add_generation_prompt=add_generation_prompt)
 
