@@ -276,6 +276,52 @@ def test_one_mlx_step_trains_on_tool_samples(tiny_model: Path) -> None:
     assert any(not mx.array_equal(before[k], after[k]).item() for k in before)
 
 
+@pytest.mark.slow
+def test_mlx_backend_trains_on_tool_samples(tiny_model: Path, tmp_path: Path) -> None:
+    pytest.importorskip("mlx")
+    from dataclasses import asdict
+
+    from backends.mlx import MLXBackend
+    from sam_brain.config import Profile
+    from sam_brain.protocols import TrainSpec
+
+    def row(i: int) -> dict[str, Any]:
+        messages = copy.deepcopy(SAMPLE)
+        messages[1]["content"] = f"run ls -la in dir{i} and read its config"
+        messages[2]["tool_calls"][0] = call(f"t{i}", "Bash", {"command": f"ls -la dir{i}"})
+        messages[-1]["content"] = f"dir{i} has two files; rank is {i}."
+        return {"messages": messages}
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("".join(json.dumps(row(i)) + "\n" for i in range(8)))
+    (data / "valid.jsonl").write_text("".join(json.dumps(row(i)) + "\n" for i in (20, 21)))
+    profile = Profile(
+        lora_rank=4,
+        lora_alpha=8.0,
+        num_layers=-1,
+        batch_size=2,
+        grad_accum=1,
+        max_seq_length=2048,  # room for the tools block and every turn: nothing truncated
+        learning_rate=1e-3,
+        max_steps=4,
+        eval_every=2,
+        save_every=2,
+    )
+    spec = TrainSpec(
+        run_id="tools",
+        base_model=str(tiny_model),
+        data_dir=str(data),
+        out_dir=str(tmp_path / "out"),
+        profile=asdict(profile),
+        seed=0,
+    )
+    result = MLXBackend().train(spec, lambda p: None, lambda: False)
+    assert result.steps == 4
+    assert result.metrics["best_val_loss"] < result.metrics["initial_val_loss"]
+    assert (Path(result.adapter_dir) / "adapters.safetensors").is_file()
+
+
 class _NoCursors:
     def get_cursor(self, key: str) -> str | None:
         return None
