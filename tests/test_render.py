@@ -316,6 +316,13 @@ def test_mlx_backend_trains_on_tool_samples(tiny_model: Path, tmp_path: Path) ->
         profile=asdict(profile),
         seed=0,
     )
+    from transformers import AutoTokenizer
+
+    from sam_brain.masking import encode_rows
+
+    rows = [row(i)["messages"] for i in range(8)]
+    _, stats = encode_rows(AutoTokenizer.from_pretrained(str(tiny_model)), rows, 2048)
+    assert stats.kept == 8 and stats.truncated == 0 and stats.fully_masked == 0
     result = MLXBackend().train(spec, lambda p: None, lambda: False)
     assert result.steps == 4
     assert result.metrics["best_val_loss"] < result.metrics["initial_val_loss"]
