@@ -26,8 +26,9 @@ import numpy as np
 from deployment.resident import ResidentModel
 from deployment.stats import Comparison, compare
 from sam_brain.errors import BadRequest
-from sam_brain.masking import ChatTemplateError, encode_chat, load_rows
+from sam_brain.masking import encode_chat, load_rows
 from sam_brain.protocols import Message
+from sam_brain.render import ChatTemplateError
 from sam_brain.versions import Versions
 
 TEMPLATE_MARKERS = (

@@ -8,6 +8,8 @@ conversation with the model's own chat template (`messages[:i]` plus the generat
 where assistant turn `i` starts, `messages[:i+1]` where it ends), so no template is parsed by hand;
 a template whose renders are not prefixes of the full conversation is refused, because its masks
 would be wrong. The full conversation is tokenized once and characters are mapped to tokens.
+Rendering itself (native tool calls, `tools=`, the Hermes fallback) is `sam_brain.render`'s job;
+the prefixes are taken of its prepared messages, with the same `tools` for every render.
 """
 
 from __future__ import annotations
@@ -18,18 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sam_brain.errors import BackendUnavailable, BadRequest
+from sam_brain.errors import BadRequest
 from sam_brain.protocols import Message
+from sam_brain.render import ChatTemplateError, Prepared, apply_template, prepare
 
 # Copied from transformers' Qwen2Tokenizer (PRETOKENIZE_REGEX); it must match byte for byte.
 QWEN2_SPLIT_REGEX = (
     r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
     r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 )
-
-
-class ChatTemplateError(BackendUnavailable):
-    """The base model's chat template cannot be masked per turn (not prefix-stable, or it fails)."""
 
 
 @dataclass
@@ -125,15 +124,20 @@ def load_rows(path: Path) -> list[list[Message]]:
     return rows
 
 
-def _encode_full(tokenizer: Any, messages: list[Message]) -> tuple[list[int], list[int]]:
-    """Untruncated ids and mask for one conversation."""
-    full = _render(tokenizer, messages, add_generation_prompt=False)
+def supervised_spans(tokenizer: Any, messages: list[Message]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans of its assistant turns.
+
+    Raises:
+        ChatTemplateError: The template fails on a prefix or is not prefix-stable.
+    """
+    prepared = prepare(tokenizer, messages)
+    full = _render(tokenizer, prepared, None, add_generation_prompt=False)
     spans: list[tuple[int, int]] = []
-    for i, message in enumerate(messages):
+    for i, message in enumerate(prepared.messages):
         if message.get("role") != "assistant":
             continue
-        start_text = _render(tokenizer, messages[:i], add_generation_prompt=True)
-        end_text = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        start_text = _render(tokenizer, prepared, i, add_generation_prompt=True)
+        end_text = _render(tokenizer, prepared, i + 1, add_generation_prompt=False)
         for count, prefix in ((i, start_text), (i + 1, end_text)):
             if not full.startswith(prefix):
                 raise ChatTemplateError(
@@ -146,6 +150,12 @@ def _encode_full(tokenizer: Any, messages: list[Message]) -> tuple[list[int], li
         if end <= len(start_text):
             continue
         spans.append((len(start_text), end))
+    return full, spans
+
+
+def _encode_full(tokenizer: Any, messages: list[Message]) -> tuple[list[int], list[int]]:
+    """Untruncated ids and mask for one conversation."""
+    full, spans = supervised_spans(tokenizer, messages)
     # mlx-lm's TokenizerWrapper is not callable; the HF tokenizer it wraps is.
     hf = tokenizer if callable(tokenizer) else tokenizer._tokenizer
     try:
@@ -185,16 +195,10 @@ def _encode_by_prefixes(
     return ids, mask
 
 
-def _render(tokenizer: Any, messages: list[Message], *, add_generation_prompt: bool) -> str:
-    try:
-        text = tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
-    except Exception as err:  # jinja errors of any kind: the template rejects this prefix
-        raise ChatTemplateError(f"chat template failed on {len(messages)} messages: {err}") from err
-    if not isinstance(text, str):
-        raise ChatTemplateError(f"chat template rendered {type(text).__name__}, not text")
-    return text
+def _render(
+    tokenizer: Any, prepared: Prepared, count: int | None, *, add_generation_prompt: bool
+) -> str:
+    return apply_template(tokenizer, prepared, count, add_generation_prompt=add_generation_prompt)
 
 
 def load_pairs(path: Path) -> list[dict[str, Any]]:

@@ -10,12 +10,13 @@ import pytest
 
 from sam_brain.errors import BadRequest
 from sam_brain.masking import (
-    ChatTemplateError,
     encode_chat,
     encode_rows,
     fully_masked,
     load_rows,
 )
+from sam_brain.render import ChatTemplateError, native_messages
+from sam_brain.tool_schemas import tool_definitions
 
 CONVERSATION: list[dict[str, Any]] = [
     {"role": "system", "content": "You are SAM."},
@@ -74,7 +75,13 @@ def test_every_assistant_turn_is_supervised_exactly(tokenizer: Any) -> None:
     ids, mask = encode_chat(tokenizer, CONVERSATION, max_length=4096)
 
     assert len(ids) == len(mask)
-    assert ids == tokenizer.apply_chat_template(CONVERSATION, tokenize=True, return_dict=False)
+    # The template's own text, given the sample's tool definitions and object arguments.
+    assert ids == tokenizer.apply_chat_template(
+        native_messages(CONVERSATION),
+        tools=tool_definitions(CONVERSATION),
+        tokenize=True,
+        return_dict=False,
+    )
     spans = [tokenizer.decode(run) for run in _runs(ids, mask, 1)]
     assert spans == EXPECTED_SPANS
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from sam_brain.config import Config
 from sam_brain.config_load import load_config
-from sam_brain.control import cli_deploy
+from sam_brain.control import cli_data, cli_deploy
 from sam_brain.control.cli_client import Client, error_from_http, open_home, print_doc
-from sam_brain.errors import DaemonUnreachable, NotFound, SamBrainError, TrainingFailed
+from sam_brain.errors import DaemonUnreachable, SamBrainError, TrainingFailed
 
 EXIT_CODES = """exit codes: 0 ok, 1 error, 2 bad usage/config/request, 3 not found, 4 conflict,
 5 backend or model unavailable, 6 collector failed, 7 training failed, 8 promotion rejected,
@@ -177,30 +177,6 @@ def _read_jsonl(path: Path) -> list[object]:
     return out
 
 
-def cmd_data(args: argparse.Namespace, config: Config) -> int:
-    from sam_brain.pipeline.ingest import export_split
-
-    home = open_home(config)
-    try:
-        if args.data_command == "stats":
-            stats = home.pool.stats()
-            stats["skipped"] = home.store.counters("skipped")
-            stats["dropped"] = home.store.counters("dropped")
-            print_doc(stats, args.json)
-        elif args.data_command == "show":
-            found = home.pool.get(args.id)
-            if found is None:
-                raise NotFound(f"no sample {args.id!r} in the pool")
-            sample, columns = found
-            print_doc({**columns, **sample.to_dict()}, True)
-        else:
-            n = export_split(home, args.split, Path(args.out))
-            print(f"wrote {n} samples to {args.out}")
-    finally:
-        home.close()
-    return 0
-
-
 def cmd_versions(args: argparse.Namespace, config: Config) -> int:
     if args.command == "rollback":
         try:
@@ -274,7 +250,7 @@ HANDLERS = {
     "status": cmd_status,
     "train": cmd_train,
     "ingest": cmd_ingest,
-    "data": cmd_data,
+    "data": cli_data.data,
     "list": cmd_versions,
     "current": cmd_versions,
     "rollback": cmd_versions,

@@ -39,11 +39,25 @@ def build(epilog: str) -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_command", required=True)
     ds = dsub.add_parser("stats", help="counts by source, tier, split")
     ds.add_argument("--json", action="store_true")
-    dshow = dsub.add_parser("show", help="one sample with its provenance")
+    dshow = dsub.add_parser("show", help="one sample with its provenance (JSON)")
     dshow.add_argument("id")
-    de = dsub.add_parser("export", help='write {"messages": [...]} JSONL')
+    _render_options(dshow)
+    de = dsub.add_parser(
+        "export", help="write OpenAI chat JSONL (messages + tools) for TRL, Axolotl, mlx-lm"
+    )
     de.add_argument("--split", choices=["train", "val", "test", "all"], default="all")
     de.add_argument("--out", required=True)
+    de.add_argument(
+        "--metadata",
+        action="store_true",
+        help="add the provenance (source, session, model, CLI version, tier, split) per row",
+    )
+    de.add_argument(
+        "--arguments",
+        choices=["object", "string"],
+        default="object",
+        help="tool-call arguments as JSON objects (chat templates) or strings (OpenAI's API)",
+    )
 
     ls = sub.add_parser("list", help="adapter versions")
     ls.add_argument("--json", action="store_true")
@@ -92,3 +106,16 @@ def build(epilog: str) -> argparse.ArgumentParser:
     csub.add_parser("check", help="load the config and report every problem")
     csub.add_parser("docs", help="print docs/config.md generated from the config dataclasses")
     return p
+
+
+def _render_options(p: argparse.ArgumentParser) -> None:
+    from sam_brain.control.cli_data import RENDER_HELP, TEMPLATES
+
+    p.add_argument("--render", action="store_true", help=RENDER_HELP)
+    p.add_argument(
+        "--model", help="render with this model's tokenizer (path or cached hub id; default: base)"
+    )
+    p.add_argument(
+        "--template", choices=sorted(TEMPLATES), help="render with a named real template"
+    )
+    p.add_argument("--color", choices=["auto", "always", "never"], default="auto")

@@ -2,7 +2,7 @@
 
 `build_tiny_model(path)` trains a byte-level BPE tokenizer on the corpus shipped in
 `sam_brain/dev/data/tiny_corpus.txt` (with Qwen2's exact pre-tokenizer, because transformers rebuilds
-that pipeline for Qwen2 and ids would differ otherwise), writes a Qwen2.5-style ChatML chat template,
+that pipeline for Qwen2 and ids would differ otherwise), writes Qwen2.5-Instruct's real chat template,
 a Qwen2 `config.json` and seeded random weights in `model.safetensors` under the Hugging Face
 parameter names. The result loads with both `mlx_lm.load` and transformers, and the same arguments
 always produce byte-identical files.
@@ -29,73 +29,15 @@ SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 TOOL_TOKENS = ("<tool_call>", "</tool_call>")
 EOS_TOKEN = "<|im_end|>"
 PAD_TOKEN = "<|endoftext|>"
-DEFAULT_SYSTEM = "You are a helpful assistant."
+# The system prompt the template inserts when a conversation has none.
+DEFAULT_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
 ROPE_THETA = 1000000.0
 MAX_POSITIONS = 32768
 
+# Qwen2.5-Instruct's real template, byte for byte: a look-alike once hid that string arguments
+# render as escaped strings (`tool_call.arguments | tojson`); see tests/fixtures/chat_templates.
 CHAT_TEMPLATE = (
-    "{%- if tools %}\n"
-    "    {{- '<|im_start|>system\\n' }}\n"
-    "    {%- if messages[0]['role'] == 'system' %}\n"
-    "        {{- messages[0]['content'] }}\n"
-    "    {%- else %}\n"
-    "        {{- '" + DEFAULT_SYSTEM + "' }}\n"
-    "    {%- endif %}\n"
-    '    {{- "\\n\\n# Tools\\n\\nYou may call one or more functions to assist with the user query.'
-    '\\n\\nYou are provided with function signatures within <tools></tools> XML tags:\\n<tools>" }}\n'
-    "    {%- for tool in tools %}\n"
-    '        {{- "\\n" }}\n'
-    "        {{- tool | tojson }}\n"
-    "    {%- endfor %}\n"
-    '    {{- "\\n</tools>\\n\\nFor each function call, return a json object with function name and'
-    " arguments within <tool_call></tool_call> XML tags:\\n<tool_call>\\n"
-    '{\\"name\\": <function-name>, \\"arguments\\": <args-json-object>}\\n</tool_call><|im_end|>\\n" }}\n'
-    "{%- else %}\n"
-    "    {%- if messages[0]['role'] == 'system' %}\n"
-    "        {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}\n"
-    "    {%- else %}\n"
-    "        {{- '<|im_start|>system\\n" + DEFAULT_SYSTEM + "<|im_end|>\\n' }}\n"
-    "    {%- endif %}\n"
-    "{%- endif %}\n"
-    "{%- for message in messages %}\n"
-    '    {%- if (message.role == "user") or (message.role == "system" and not loop.first)'
-    ' or (message.role == "assistant" and not message.tool_calls) %}\n'
-    "        {{- '<|im_start|>' + message.role + '\\n' + (message.content or '') + '<|im_end|>\\n' }}\n"
-    '    {%- elif message.role == "assistant" %}\n'
-    "        {{- '<|im_start|>' + message.role }}\n"
-    "        {%- if message.content %}\n"
-    "            {{- '\\n' + message.content }}\n"
-    "        {%- endif %}\n"
-    "        {%- for tool_call in message.tool_calls %}\n"
-    "            {%- if tool_call.function is defined %}\n"
-    "                {%- set tool_call = tool_call.function %}\n"
-    "            {%- endif %}\n"
-    '            {{- \'\\n<tool_call>\\n{"name": "\' }}\n'
-    "            {{- tool_call.name }}\n"
-    '            {{- \'", "arguments": \' }}\n'
-    "            {%- if tool_call.arguments is string %}\n"
-    "                {{- tool_call.arguments }}\n"
-    "            {%- else %}\n"
-    "                {{- tool_call.arguments | tojson }}\n"
-    "            {%- endif %}\n"
-    "            {{- '}\\n</tool_call>' }}\n"
-    "        {%- endfor %}\n"
-    "        {{- '<|im_end|>\\n' }}\n"
-    '    {%- elif message.role == "tool" %}\n'
-    '        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}\n'
-    "            {{- '<|im_start|>user' }}\n"
-    "        {%- endif %}\n"
-    "        {{- '\\n<tool_response>\\n' }}\n"
-    "        {{- message.content }}\n"
-    "        {{- '\\n</tool_response>' }}\n"
-    '        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}\n'
-    "            {{- '<|im_end|>\\n' }}\n"
-    "        {%- endif %}\n"
-    "    {%- endif %}\n"
-    "{%- endfor %}\n"
-    "{%- if add_generation_prompt %}\n"
-    "    {{- '<|im_start|>assistant\\n' }}\n"
-    "{%- endif %}\n"
+    resources.files("sam_brain.dev").joinpath("data/qwen2_5_instruct.jinja").read_text("utf-8")
 )
 
 

@@ -311,7 +311,9 @@ def test_ollama_export_writes_a_chatml_modelfile(
     assert text.startswith("FROM ./model-q8_0.gguf\n")
     assert 'PARAMETER stop "<|im_end|>"' in text and 'PARAMETER stop "<|endoftext|>"' in text
     assert "<|im_start|>assistant" in text and "{{ .Content }}" in text
-    assert 'SYSTEM """You are a helpful assistant."""' in text
+    assert (
+        'SYSTEM """You are Qwen, created by Alibaba Cloud. You are a helpful assistant."""' in text
+    )
     assert res.checks[-1] == {
         "artifact": "Modelfile",
         "runtime": "Modelfile check",
