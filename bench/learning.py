@@ -65,9 +65,10 @@ def hold_out(samples: list[Any], share: float) -> tuple[set[str], set[str]]:
     held: set[str] = set()
     total = sum(turns.values())
     for group in sorted(turns, key=lambda g: unit_hash("learning", g)):
-        if group == largest or sum(turns[g] for g in held) >= share * total:
-            continue
-        held.add(group)
+        if sum(turns[g] for g in held) >= share * total or len(held) >= len(turns) // 2:
+            break
+        if group != largest:
+            held.add(group)
     return set(turns) - held, held
 
 

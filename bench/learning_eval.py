@@ -62,13 +62,6 @@ def load_model(model_dir: Path, adapter_dir: Path | None) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def render(tokenizer: Any, messages: list[dict[str, Any]], generation_prompt: bool) -> str:
-    """The exact text the trainers see (the product's one render function)."""
-    from sam_brain import masking
-
-    return masking._render(tokenizer, messages, add_generation_prompt=generation_prompt)
-
-
 def _tool_spans(text: str) -> list[tuple[int, int]]:
     return [(m.start(), m.end()) for m in re.finditer(r"<tool_call>.*?</tool_call>", text, re.S)]
 
@@ -121,48 +114,56 @@ def parse_action(text: str) -> tuple[str, bool | None]:
     return (str(body.get("name")) if isinstance(body, dict) else "?"), ok
 
 
-def fit_context(tokenizer: Any, context: list[dict[str, Any]], budget: int) -> list[dict[str, Any]]:
-    """The context cut to `budget` tokens: the head up to the first user turn, then the newest turns."""
-    head_end = next((i + 1 for i, m in enumerate(context) if m.get("role") == "user"), 1)
-    head, tail = context[:head_end], context[head_end:]
-    keep: list[dict[str, Any]] = []
-    for msg in reversed(tail):
-        trial = [*head, msg, *keep]
-        if keep and len(tokenizer(render(tokenizer, trial, True))["input_ids"]) > budget:
-            break
-        keep.insert(0, msg)
-    # A tool result must follow its call; drop leading tool messages whose call was cut.
-    while keep and keep[0].get("role") == "tool":
-        keep.pop(0)
-    return head + keep
+def context_ids(
+    tokenizer: Any, messages: list[dict[str, Any]], turn: int, budget: int
+) -> list[int]:
+    """Token ids of the sample up to its `turn`-th assistant message, generation prompt added.
+
+    Rendered as training renders the whole sample (same tool definitions, same form), then cut to
+    `budget` tokens by keeping the head (system, tools, first prompt) and the newest tokens.
+    """
+    from sam_brain.render import apply_template, prepare
+
+    prepared = prepare(tokenizer, messages)
+    positions = [i for i, m in enumerate(prepared.messages) if m.get("role") == "assistant"]
+    first_user = next(i for i, m in enumerate(prepared.messages) if m.get("role") == "user")
+    text = apply_template(tokenizer, prepared, positions[turn], add_generation_prompt=True)
+    ids: list[int] = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= budget:
+        return ids
+    head_text = apply_template(tokenizer, prepared, first_user + 1, add_generation_prompt=False)
+    head = min(len(tokenizer(head_text, add_special_tokens=False)["input_ids"]), budget // 2)
+    return ids[:head] + ids[len(ids) - (budget - head) :]
 
 
 def next_action(
-    model: Any, tokenizer: Any, context: list[dict[str, Any]], budget: int, max_new: int
+    model: Any, tokenizer: Any, messages: list[dict[str, Any]], turn: int, budget: int, max_new: int
 ) -> str:
-    """Greedy continuation of `context` (the generation prompt added), special tokens kept."""
+    """Greedy continuation at the `turn`-th assistant message, special tokens kept."""
     import torch
 
-    text = render(tokenizer, fit_context(tokenizer, context, budget), True)
-    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    ids = torch.tensor([context_ids(tokenizer, messages, turn, budget)])
     stop = [t for t in (tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|im_end|>")) if t]
     with torch.no_grad():
         out = model.generate(
-            **ids, max_new_tokens=max_new, do_sample=False, eos_token_id=stop,
-            pad_token_id=tokenizer.pad_token_id or stop[0], stop_strings=["</tool_call>"],
-            tokenizer=tokenizer,
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
+            do_sample=False, eos_token_id=stop, pad_token_id=tokenizer.pad_token_id or stop[0],
+            stop_strings=["</tool_call>"], tokenizer=tokenizer,
         )  # fmt: skip
-    return str(tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=False))
+    return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=False))
 
 
-def turn_points(rows: list[list[dict[str, Any]]], limit: int) -> list[tuple[int, int]]:
-    """(row, message) of supervised assistant turns, evenly spread, at most `limit` of them."""
-    points = [
-        (r, i)
-        for r, messages in enumerate(rows)
-        for i, m in enumerate(messages)
-        if m.get("role") == "assistant" and m.get("train", True) is not False and i > 0
-    ]
+def turn_points(rows: list[list[dict[str, Any]]], limit: int) -> list[tuple[int, int, int]]:
+    """(row, message index, assistant ordinal) of supervised assistant turns, evenly spread."""
+    points = []
+    for r, messages in enumerate(rows):
+        ordinal = -1
+        for i, m in enumerate(messages):
+            if m.get("role") != "assistant":
+                continue
+            ordinal += 1
+            if m.get("weight", 1) != 0 and i > 0:
+                points.append((r, i, ordinal))
     if len(points) <= limit:
         return points
     step = len(points) / limit
@@ -173,7 +174,7 @@ def score(
     model: Any,
     tokenizer: Any,
     rows: list[list[dict[str, Any]]],
-    points: list[tuple[int, int]],
+    points: list[tuple[int, int, int]],
     *,
     max_length: int,
     budget: int,
@@ -188,8 +189,8 @@ def score(
         if tool is not None:
             s.tool_losses.append(tool)
             s.tool_rows.append(r)
-    for r, i in points:
-        out = next_action(model, tokenizer, rows[r][:i], budget, max_new)
+    for r, i, turn in points:
+        out = next_action(model, tokenizer, rows[r], turn, budget, max_new)
         predicted, valid = parse_action(out)
         s.actions.append((expected_action(rows[r][i]), predicted))
         if valid is not None:
