@@ -5,7 +5,8 @@ reads: the big ones it never reads (`toolUseResult` output copies, progress `dat
 snapshots, usage) are skipped without being built. A line that does not fit that shape (not an
 object, a field of an unexpected type, NULs, torn or half-written) goes the careful way of
 `jsonl_lines`, which counts or salvages it; its JSON object is then fitted to `Line` leniently,
-so it reads exactly as before. `line_turn` turns a user or assistant line into a `Turn`.
+so it reads exactly as before. `line_turn` turns a user or assistant line into a `Turn`, and
+`attachment_turn` a 2.1.x `@`-file attachment into a `context` turn (see `transcript_context`).
 """
 
 from __future__ import annotations
@@ -19,8 +20,16 @@ from typing import Any, NotRequired, TypedDict
 import msgspec
 
 from collectors.jsonl_lines import Record, decode_lines
+from collectors.transcript_context import (
+    CAVEAT_PREFIXES,
+    CONTEXT_PREFIXES,
+    attachment_text,
+    is_local_command,
+)
 
 # User text that Claude Code writes itself (slash commands, `!` shell mode, background tasks).
+# Slash-command invocations and `!` shell lines are context (CONTEXT_PREFIXES); the rest, and
+# built-in commands that run locally, are dropped as `command`.
 WRAPPER_PREFIXES = (
     "<command-name>",
     "<command-message>",
@@ -80,6 +89,9 @@ class Turn(msgspec.Struct, gc=False):
     timestamp: str = ""
     message_id: str = ""
     trigger: str = ""  # set when a background event, not the previous turn, prompted this turn
+    # User turns: context shown to the model before and after the typed prompt (see user_content).
+    context: str = ""
+    context_after: str = ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,10 +156,21 @@ class Line(msgspec.Struct, rename="camel", gc=False):
     message: Message | None = None
     tool_use_result: ToolUseResult | str | None = None
     data: ProgressData | None = None
+    attachment: Attachment | None = None
+
+
+class Attachment(msgspec.Struct, rename="camel", gc=False):
+    """A 2.1.x `attachment` line's payload; only `file` attachments (`@` references) are read."""
+
+    type: Any = None
+    filename: str | None = None
+    display_path: str | None = None
+    content: Any = None  # for `file`: {"type": "text", "file": {"filePath", "content", ...}}
 
 
 _decode = msgspec.json.Decoder(Line).decode
 _LINE_TEXT = ("uuid", "parentUuid", "logicalParentUuid", "timestamp", "cwd", "gitBranch", "version")
+_ATTACHMENT_TEXT = ("filename", "displayPath")
 _BLOCK_TEXT = ("text", "thinking", "id", "name", "tool_use_id", "tool_name")
 
 
@@ -170,6 +193,7 @@ def _fit(rec: Record) -> Line:
     msg = rec.get("message")
     tur = rec.get("toolUseResult")
     data = rec.get("data")
+    att = rec.get("attachment")
     fitted = {
         **_text_only(rec, _LINE_TEXT),
         "message": {**_text_only(msg, ("id",)), "content": _fit_content(msg.get("content"))}
@@ -177,6 +201,7 @@ def _fit(rec: Record) -> Line:
         else None,
         "toolUseResult": tur if isinstance(tur, (dict, str)) else None,
         "data": data if isinstance(data, dict) else None,
+        "attachment": _text_only(att, _ATTACHMENT_TEXT) if isinstance(att, dict) else None,
     }
     return msgspec.convert(fitted, Line)
 
@@ -258,9 +283,11 @@ def line_turn(line: Line, message: Message, skipped: Counter[str]) -> Turn | Non
     if line.is_compact_summary:
         skipped["compact_summary"] += 1
         return None
-    if line.is_meta or line.is_visible_in_transcript_only:
+    if line.is_visible_in_transcript_only:
         skipped["meta"] += 1
         return None
+    if line.is_meta:
+        return _meta_context(line, message, skipped)
     results: list[ToolResult] = []
     texts = []
     content = message.content
@@ -304,14 +331,45 @@ def line_turn(line: Line, message: Message, skipped: Counter[str]) -> Turn | Non
         skipped["task_notification"] += 1
         return Turn("event", uuids=uuids, timestamp=timestamp)
     if text.startswith(WRAPPER_PREFIXES):
-        skipped["command"] += 1
-        return None
+        if not text.startswith(CONTEXT_PREFIXES) or is_local_command(text):
+            skipped["command"] += 1
+            return None
+        return Turn("context", text=text, uuids=uuids, timestamp=timestamp)
     if text.startswith(INTERRUPT_PREFIX):
         return Turn("interrupt", uuids=uuids, timestamp=timestamp)
     if not text:
         skipped["empty_user"] += 1
         return None
     return Turn("user", text=text, uuids=uuids, timestamp=timestamp)
+
+
+def _meta_context(line: Line, message: Message, skipped: Counter[str]) -> Turn | None:
+    """An `isMeta` user line as context: an expanded slash command or an `@`-file read.
+
+    Caveats ("DO NOT respond to these messages") and hook reminders are not context: dropped.
+    """
+    content = message.content
+    if isinstance(content, str):
+        parts = [content]
+    else:
+        parts = [b.text or "" for b in content or () if b.type == "text"]
+    text = strip_reminders("\n\n".join(p for p in parts if p), skipped).strip()
+    if not text or text.startswith(CAVEAT_PREFIXES):
+        skipped["meta"] += 1
+        return None
+    return Turn("context", text=text, uuids=[line.uuid or ""], timestamp=line.timestamp or "")
+
+
+def attachment_turn(line: Line, skipped: Counter[str]) -> Turn | None:
+    """A 2.1.x `file` attachment (an `@` reference) as context; other attachments give None."""
+    att = line.attachment
+    if att is None or att.type != "file":
+        return None
+    text = attachment_text(att.content, att.filename)
+    if text is None:
+        skipped["attachment_without_text"] += 1
+        return None
+    return Turn("context", text=text, uuids=[line.uuid or ""], timestamp=line.timestamp or "")
 
 
 def _assistant_turn(line: Line, message: Message, skipped: Counter[str]) -> Turn | None:
