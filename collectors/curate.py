@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec.structs import replace  # `Turn` is a msgspec Struct
 
-from collectors.quality import QualityConfig, Score, exchanges, score_conversation
+from collectors.quality import QualityConfig, Score, exchanges, score_conversation, score_window
 from collectors.transcript_context import user_content
 from sam_brain.pipeline.validate import CHARS_PER_TOKEN, message_chars
 from sam_brain.protocols import Message, Sample, stable_id
@@ -217,6 +217,7 @@ def _sample(
     ready_after: float,
 ) -> Sample:
     anchor = turns[0].uuids[0] if turns and turns[0].uuids else ""
+    score = score_window(turns, score.config)  # the sample's own turns, not its session's
     return Sample(
         id=stable_id(SOURCE, main.session_id, strategy, anchor),
         source=SOURCE,
