@@ -1,73 +1,20 @@
-"""User-side context in a Claude Code transcript: what the model was shown besides the typed prompt.
+"""Place user-side context (what the model was shown besides the typed prompt) on its prompt.
 
-Slash-command invocations (`<command-name>…`) and their expanded prompt (an `isMeta` line), `!`
-shell input and output (`<bash-input>`, `<bash-stdout>`, `<bash-stderr>`), and `@`-file contents
-(`isMeta` "Called the Read tool…" lines in 1.x/2.0, `attachment` lines of type `file` in 2.1.x)
-become `context` turns in `transcript_lines`; `place_context` attaches them while turns are merged,
-so "please fix these" keeps its referent. Context is user-side: never a training target.
-Built-in commands that run locally (`/clear`, `/mcp`, `/model`…) add nothing the model acts on and
-are dropped as `command`; so are their `<local-command-stdout>` and the local-command caveats.
+`transcript_lines` turns slash-command invocations and their expansion, `!` shell lines and `@`-file
+reads into `context` turns (which lines count: `transcript_wrappers`). While `transcript` merges
+turns, `attach_before` and `place_context` put them on the prompt they belong to, so "please fix
+these" keeps its referent; `user_content` is the user message text a sample trains with. Context is
+user-side: never a training target.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from msgspec.structs import replace
 
 if TYPE_CHECKING:
     from collectors.transcript_lines import Turn
-
-# Wrapped user text that is context; other wrapped text (local-command output, caveats) is not.
-CONTEXT_PREFIXES = (
-    "<command-name>",
-    "<command-message>",
-    "<command-args>",
-    "<bash-input>",
-    "<bash-stdout>",
-    "<bash-stderr>",
-)
-CAVEAT_PREFIXES = ("Caveat:", "<local-command-caveat>")  # "DO NOT respond to these messages"
-# Claude Code's built-in commands that run locally and add no prompt for the model.
-LOCAL_COMMANDS = frozenset(
-    {
-        "add-dir", "agents", "bashes", "bug", "clear", "compact", "config", "context", "copy",
-        "cost", "doctor", "exit", "export", "fast", "help", "hooks", "ide", "install-github-app",
-        "login", "logout", "mcp", "memory", "model", "output-style", "permissions", "plugin",
-        "privacy-settings", "release-notes", "resume", "rewind", "sandbox", "skills", "stats",
-        "status", "statusline", "tasks", "terminal-setup", "theme", "todos", "upgrade", "usage",
-        "vim",
-    }
-)  # fmt: skip
-_COMMAND_NAME = re.compile(r"<command-name>/?([^<]*)</command-name>")
-_arguments_json = json.JSONEncoder(ensure_ascii=False).encode
-
-
-def is_local_command(text: str) -> bool:
-    """A built-in command that adds no prompt (`/clear`, `/mcp`, ...), not a custom command."""
-    m = _COMMAND_NAME.search(text)
-    return m is not None and m.group(1).strip() in LOCAL_COMMANDS
-
-
-def attachment_text(content: Any, filename: str | None) -> str | None:
-    """A `file` attachment as the text 1.x and 2.0 wrote for an `@` reference (None: no text).
-
-    Args:
-        content: The attachment's `content` (`{"type": "text", "file": {"filePath", "content"}}`).
-        filename: Its `filename`, used when the content names no path.
-    """
-    file = content.get("file") if isinstance(content, dict) else None
-    text = file.get("content") if isinstance(file, dict) else content
-    path = (file.get("filePath") if isinstance(file, dict) else None) or filename
-    if not isinstance(text, str) or not isinstance(path, str):
-        return None
-    call = _arguments_json({"file_path": path})
-    return (
-        f"Called the Read tool with the following input: {call}\n"
-        f"Result of calling the Read tool:\n{text}"
-    )
 
 
 def _join(*parts: str) -> str:
