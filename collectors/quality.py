@@ -109,7 +109,7 @@ class Score:
     overall: float
     tier: str
     flags: dict[str, int] = field(default_factory=dict)
-    config: QualityConfig | None = None
+    config: QualityConfig | None = field(default=None, repr=False, compare=False)
 
 
 def tier_for(overall: float, config: QualityConfig | None = None) -> str:
