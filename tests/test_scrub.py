@@ -371,3 +371,43 @@ def test_transcript_fixtures_have_no_credential_hits(scrubber: Scrubber) -> None
     assert chars > 100_000
     assert set(found) <= {"email", "home_path", "username"}, found
     assert found["username"] >= 2  # `-rw-rw-r-- 1 marco marco ...` in the spotter sessions
+
+
+def test_fixture_sessions_keep_absolute_paths_and_ids() -> None:
+    """Scrubbed samples of the real transcripts: `file_path` arguments that pointed into a home
+    still point there (as the placeholder user), and Claude Code's ids survive."""
+    from collectors.sessions import SessionCollector
+
+    class NoCursors:
+        def get_cursor(self, key: str) -> str | None:
+            return None
+
+    root = SHARED / "claude-sessions"
+    if not root.is_dir():
+        pytest.skip("../shared transcript fixtures absent")
+    samples = SessionCollector([root]).collect(NoCursors()).samples
+    scrubber = Scrubber(home="/nonexistent/home")
+    homes = agents = 0
+    for sample in samples:
+        out, _ = scrubber.scrub_sample(sample)
+        pairs = zip(sample.messages, out.messages, strict=True)
+        for before, after in ((b, a) for b, a in pairs if "tool_calls" in b):
+            assert [c["id"] for c in after["tool_calls"]] == [c["id"] for c in before["tool_calls"]]
+            for old, new in zip(before["tool_calls"], after["tool_calls"], strict=True):
+                args = json.loads(old["function"]["arguments"])
+                scrubbed = json.loads(new["function"]["arguments"])
+                path = args.get("file_path")
+                if isinstance(path, str) and path.startswith(("/home/", "/Users/")):
+                    homes += 1
+                    assert scrubbed["file_path"].startswith(("/home/user/", "/Users/user/"))
+                    assert Path(scrubbed["file_path"]).is_absolute()
+        flat = json.dumps([out.messages, out.meta])
+        assert "/home/marco" not in flat and "REDACTED:high_entropy" not in flat
+        assert out.meta["session_id"] == sample.meta["session_id"]
+        assert out.meta["agent_id"] == sample.meta["agent_id"]
+        for before, after in zip(sample.messages, out.messages, strict=True):
+            for agent in re.findall(r"agentId: \w+", str(before.get("content", ""))):
+                agents += 1
+                assert agent in after["content"]
+    assert homes >= 90  # 93 Read/Write/Edit paths under /home in the fixtures
+    assert agents >= 1
