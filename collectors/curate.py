@@ -217,7 +217,7 @@ def _sample(
     ready_after: float,
 ) -> Sample:
     anchor = turns[0].uuids[0] if turns and turns[0].uuids else ""
-    score = score_window(turns, score.config)  # the sample's own turns, not its session's
+    score = score_window(turns, session=score)  # the sample's own turns, not its session's
     return Sample(
         id=stable_id(SOURCE, main.session_id, strategy, anchor),
         source=SOURCE,

@@ -16,7 +16,7 @@ import functools
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # only the shape is needed; sam_brain must not import plug-ins at runtime
     from collectors.transcript import Conversation
@@ -110,6 +110,8 @@ class Score:
     tier: str
     flags: dict[str, int] = field(default_factory=dict)
     config: QualityConfig | None = field(default=None, repr=False, compare=False)
+    # Keyword hits per text: a session's samples reuse its texts, so each is searched once.
+    hits: dict[str, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
 
 
 def tier_for(overall: float, config: QualityConfig | None = None) -> str:
@@ -244,10 +246,12 @@ def score_conversation(conv: Conversation, config: QualityConfig | None = None) 
     counts = _count(conv.turns)
     completion = counts.answered / counts.exchanges if counts.exchanges else 0.0
     completion -= config.interrupt_penalty * conv.interrupts
-    return _score(counts, completion, config, {})
+    return _score(counts, completion, config, {}, memo={})
 
 
-def score_window(turns: list[Turn], config: QualityConfig | None = None) -> Score:
+def score_window(
+    turns: list[Turn], config: QualityConfig | None = None, session: Score | None = None
+) -> Score:
     """Score the turns one sample trains on (a window, a single-turn pair, a subagent run).
 
     The dimensions are those of `score_conversation`, counted on `turns` alone; every rejected
@@ -258,9 +262,10 @@ def score_window(turns: list[Turn], config: QualityConfig | None = None) -> Scor
 
     Args:
         turns: The sample's turns (user, assistant, tool), as curation cut them.
-        config: Weights, thresholds and keywords; the defaults when None.
+        config: Weights, thresholds and keywords; the session's, else the defaults, when None.
+        session: The score of the session the turns come from (its keyword search is reused).
     """
-    config = config or QualityConfig()
+    config = config or (session.config if session else None) or QualityConfig()
     counts = _count(turns)
     flags = window_flags(turns)
     flagged = flags.pop("flagged_exchanges", 0)
@@ -268,7 +273,8 @@ def score_window(turns: list[Turn], config: QualityConfig | None = None) -> Scor
     completion -= config.interrupt_penalty * flags.get("rejected_call", 0)
     grounded = 1 - flagged / counts.exchanges if counts.exchanges else 1.0
     kept = {k: int(v) for k, v in flags.items() if v}
-    return _score(counts, completion, config, kept, grounded)
+    memo = session.hits if session is not None and session.config is config else {}
+    return _score(counts, completion, config, kept, memo, grounded)
 
 
 def window_flags(turns: list[Turn]) -> dict[str, float]:
@@ -285,14 +291,21 @@ def window_flags(turns: list[Turn]) -> dict[str, float]:
     flags: dict[str, float] = {
         "unexecuted_claim": 0, "rejected_call": 0, "context_free": 0, "flagged_exchanges": 0.0
     }  # fmt: skip
-    for index, group in enumerate(exchanges(turns)):
-        answers = [t for t in group if t.role == "assistant"]
+    # One pass, exchanges split as `exchanges` splits them: [first turn, calls, rejected, answers].
+    groups: list[list[Any]] = []
+    for turn in turns:
+        if turn.role == "user" or turn.trigger or not groups:
+            groups.append([turn, 0, 0, []])
+        group = groups[-1]
+        if turn.role == "assistant":
+            group[1] += len(turn.tool_calls)
+            group[3].append(turn.text)
+        for result in turn.results:  # Claude Code marks a rejected call's result as an error
+            group[2] += result["is_error"] and result["content"].startswith(REJECTED_PREFIXES)
+    for index, (prompt, calls, rejected, answers) in enumerate(groups):
         if not answers:
             continue
-        calls = sum(len(t.tool_calls) for t in answers)
-        rejected = sum(r["content"].startswith(REJECTED_PREFIXES) for t in group for r in t.results)
-        claim = not calls and any(_CLAIM.search(t.text) for t in answers)
-        prompt = group[0]
+        claim = not calls and any(_CLAIM.search(text) for text in answers)
         context_free = (
             index == 0
             and not calls
@@ -314,12 +327,18 @@ def _score(
     completion: float,
     config: QualityConfig,
     flags: dict[str, int],
+    memo: dict[str, frozenset[str]],
     factor: float = 1.0,
 ) -> Score:
     depth = math.log1p(counts.assistant) / math.log1p(config.depth_target)
 
-    text = "\n".join(counts.texts).lower()
-    hits = set(keyword_pattern(tuple(config.keywords)).findall(text)) if config.keywords else set()
+    hits: set[str] = set()
+    if config.keywords:
+        pattern = keyword_pattern(tuple(config.keywords))
+        for text in counts.texts:
+            if (found := memo.get(text)) is None:
+                found = memo[text] = frozenset(pattern.findall(text.lower()))
+            hits |= found
     domain = len(hits) / config.keyword_target
 
     tools = 0.5 * min(1.0, len(counts.tool_names) / config.tool_kinds_target)
@@ -346,4 +365,5 @@ def _score(
         tier=tier_for(overall, config),
         flags=flags,
         config=config,
+        hits=memo,
     )
