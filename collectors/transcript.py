@@ -3,11 +3,11 @@
 A transcript is a tree, not a list: each line names its parent by `parentUuid`. This module takes
 a file's lines, each decoded and turned into a turn by `transcript_lines` (bad lines are counted,
 never fatal), rebuilds the tree through the metadata lines it drops (progress, attachment, system,
-meta and command lines that are not context), places user-side context (slash commands, `!` shell
-output, `@` files: `transcript_context`), stitches compaction via `logicalParentUuid`, keeps the path to the newest
-leaf while re-attaching parallel tool-call forks (`transcript_tree`), merges the one-block-per-line
-pieces of an API message into one assistant turn, pairs tool calls with their results, and splits
-inline sidechain runs (1.0.x subagents) off the main line. `collectors/sessions.py` attaches
+meta and command lines that are not context), stitches compaction via `logicalParentUuid`, keeps
+the path to the newest leaf while re-attaching parallel tool-call forks (`transcript_tree`), places
+user-side context (slash commands, `!` shell output, `@` files: `transcript_context`) on its
+prompt, merges the one-block-per-line pieces of an API message into one assistant turn, pairs tool
+calls with their results, and splits inline sidechain runs (1.0.x subagents) off the main line. `collectors/sessions.py` attaches
 subagent files and links them to their Task/Agent calls. The format notes are in
 /work/shared/reference/claude-code-session-format.md.
 """
