@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from msgspec.structs import replace  # `Turn` is a msgspec Struct
 
-from collectors.quality import QualityConfig, Score, exchanges, score_conversation
+from collectors.quality import QualityConfig, Score, exchanges, score_conversation, score_window
+from collectors.transcript_context import user_content
 from sam_brain.pipeline.validate import CHARS_PER_TOKEN, message_chars
 from sam_brain.protocols import Message, Sample, stable_id
 
@@ -92,7 +93,9 @@ def _raw_messages(turns: list[Turn], options: CurateOptions) -> list[Message]:
     messages: list[Message] = []
     for turn in turns:
         if turn.role == "user":
-            messages.append({"role": "user", "content": turn.text})
+            messages.append(
+                {"role": "user", "content": user_content(turn, options.tool_output_chars)}
+            )
         elif turn.role == "assistant" and messages:
             content = _assistant_content(turn, options.thinking)
             if not (content or turn.tool_calls):
@@ -198,6 +201,7 @@ def _meta(conv: Conversation, turns: list[Turn], strategy: str, tier: str) -> di
         "uuids": [u for t in turns for u in t.uuids],
         "agent_id": conv.agent_id,
         "parent_tool_use_id": conv.parent_tool_use_id,
+        "task_prompt": str(conv.task["input"].get("prompt", "")) if conv.task else "",
         "strategy": strategy,
         "tier": tier,
     }
@@ -213,6 +217,7 @@ def _sample(
     ready_after: float,
 ) -> Sample:
     anchor = turns[0].uuids[0] if turns and turns[0].uuids else ""
+    score = score_window(turns, session=score)  # the sample's own turns, not its session's
     return Sample(
         id=stable_id(SOURCE, main.session_id, strategy, anchor),
         source=SOURCE,

@@ -1,9 +1,13 @@
-"""Score a parsed session on six dimensions in [0, 1] and sort it into tier A, B or C.
+"""Score a parsed session, or one sample's window of it, on six dimensions and sort it into a tier.
 
 The dimensions are completion, depth, domain relevance, tool richness, thinking and error ratio
 (higher is better for all six). The overall score is their weighted mean, and the tier follows
-from it: A >= 0.7, B >= 0.4, C below. Each formula is simple on purpose and is written out in
-docs/quality.md; the weights, thresholds and domain keywords live in `QualityConfig`.
+from it: A >= 0.7, B >= 0.4, C below. `score_conversation` scores a whole session (it decides which
+curation strategies use it); `score_window` scores the turns one sample trains on, where an
+exchange only counts as completed when its answer is grounded: not a claim of an action no tool
+call made, not a plan the user rejected, not an answer to a prompt whose referent is missing.
+Each formula is simple on purpose and is written out in docs/quality.md; the weights, thresholds
+and domain keywords live in `QualityConfig`.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import functools
 import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # only the shape is needed; sam_brain must not import plug-ins at runtime
     from collectors.transcript import Conversation
@@ -67,13 +71,47 @@ class QualityConfig:
     tier_b: float = 0.4
 
 
+# An answer that reports an action as done ("Done! Here's the output of `ls -la`...").
+_CLAIM = re.compile(
+    r"(?im)(?:^[-*•\s]*(?:✅\s*)?(?:created|executed|ran|wrote|updated|deleted|installed|fixed)\b|"
+    r"here['’]s what i (?:did|changed)\b)|\b(?:done\b[!.]|here(?:['’]s| is) the (?:output|result)|i(?:['’]ve| have)? (?:created|ran|run|"
+    r"executed|updated|added|fixed|written|wrote|deleted|removed|installed|edited|modified|renamed|"
+    r"moved|committed|pushed)\b|(?:has|have) been (?:created|updated|added|fixed|written|deleted|"
+    r"removed|installed|committed)\b|successfully (?:created|ran|updated|installed|added|wrote|"
+    r"deleted|executed|committed|read)\b|i['’]ve shown\b|as expected, the\b|(?:the )?(?:command|script|"
+    r"build|tests?) (?:ran|failed|passed|succeeded|completed|executed|returned)\b|"
+    r"(?:is|are) (?:now )?(?:pushed|committed|deployed|installed)\b)"
+)
+# Tool results Claude Code writes when the user rejects or interrupts a call.
+REJECTED_PREFIXES = (
+    "The user doesn't want to proceed with this tool use",
+    "The user doesn't want to take this action",
+    "User rejected",
+    "[Request interrupted by user for tool use]",
+)
+# A short prompt that points at something ("fix these", "why does it fail?").
+_DEICTIC = re.compile(
+    r"(?i)\b(?:these|this|that|those|it|them|above|did you|have you|the (?:errors?|output|issues?|"
+    r"bugs?|logs?|failures?))\b"
+)
+_SHORT_PROMPT_WORDS = 12
+
+
 @dataclass(frozen=True)
 class Score:
-    """Per-dimension scores, their weighted mean and the tier it falls in."""
+    """Per-dimension scores, their weighted mean and the tier it falls in.
+
+    `flags` counts, for a window score, the exchanges that were not completed and why
+    (`unexecuted_claim`, `rejected_call`, `context_free`); `config` is what it was scored with.
+    """
 
     dims: dict[str, float]
     overall: float
     tier: str
+    flags: dict[str, int] = field(default_factory=dict)
+    config: QualityConfig | None = field(default=None, repr=False, compare=False)
+    # Keyword hits per text: a session's samples reuse its texts, so each is searched once.
+    hits: dict[str, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
 
 
 def tier_for(overall: float, config: QualityConfig | None = None) -> str:
@@ -208,11 +246,99 @@ def score_conversation(conv: Conversation, config: QualityConfig | None = None) 
     counts = _count(conv.turns)
     completion = counts.answered / counts.exchanges if counts.exchanges else 0.0
     completion -= config.interrupt_penalty * conv.interrupts
+    return _score(counts, completion, config, {}, memo={})
 
+
+def score_window(
+    turns: list[Turn], config: QualityConfig | None = None, session: Score | None = None
+) -> Score:
+    """Score the turns one sample trains on (a window, a single-turn pair, a subagent run).
+
+    The dimensions are those of `score_conversation`, counted on `turns` alone; every rejected
+    or interrupted tool call costs completion `interrupt_penalty`. The overall score is then
+    scaled by the share of exchanges that are not flagged (see `window_flags`): a sample that
+    teaches a false claim, a rejected plan or an answer without its referent is worth only its
+    grounded part, so one such exchange alone is tier C.
+
+    Args:
+        turns: The sample's turns (user, assistant, tool), as curation cut them.
+        config: Weights, thresholds and keywords; the session's, else the defaults, when None.
+        session: The score of the session the turns come from (its keyword search is reused).
+    """
+    config = config or (session.config if session else None) or QualityConfig()
+    counts = _count(turns)
+    flags = window_flags(turns)
+    flagged = flags.pop("flagged_exchanges", 0)
+    completion = counts.answered / counts.exchanges if counts.exchanges else 0.0
+    completion -= config.interrupt_penalty * flags.get("rejected_call", 0)
+    grounded = 1 - flagged / counts.exchanges if counts.exchanges else 1.0
+    kept = {k: int(v) for k, v in flags.items() if v}
+    memo = session.hits if session is not None and session.config is config else {}
+    return _score(counts, completion, config, kept, memo, grounded)
+
+
+def window_flags(turns: list[Turn]) -> dict[str, float]:
+    """Why exchanges of a window are not grounded, counted per reason.
+
+    - `unexecuted_claim`: an exchange with no tool call whose answer reports an action as done.
+    - `rejected_call`: tool calls whose result says the user rejected or interrupted them.
+    - `context_free`: the window's first exchange answers, without any tool call, a short prompt
+      that points at something ("fix these", "did you push?") while it carries no context.
+    `flagged_exchanges` sums each exchange's share that is not grounded: 1 for a claim or a
+    context-free answer, else its rejected calls over its calls (a loop with one rejected call
+    among thirty keeps most of its worth).
+    """
+    flags: dict[str, float] = {
+        "unexecuted_claim": 0, "rejected_call": 0, "context_free": 0, "flagged_exchanges": 0.0
+    }  # fmt: skip
+    # One pass, exchanges split as `exchanges` splits them: [first turn, calls, rejected, answers].
+    groups: list[list[Any]] = []
+    for turn in turns:
+        if turn.role == "user" or turn.trigger or not groups:
+            groups.append([turn, 0, 0, []])
+        group = groups[-1]
+        if turn.role == "assistant":
+            group[1] += len(turn.tool_calls)
+            group[3].append(turn.text)
+        for result in turn.results:  # Claude Code marks a rejected call's result as an error
+            group[2] += result["is_error"] and result["content"].startswith(REJECTED_PREFIXES)
+    for index, (prompt, calls, rejected, answers) in enumerate(groups):
+        if not answers:
+            continue
+        claim = not calls and any(_CLAIM.search(text) for text in answers)
+        context_free = (
+            index == 0
+            and not calls
+            and prompt.role == "user"
+            and not (prompt.context or prompt.context_after)
+            and len(prompt.text.split()) <= _SHORT_PROMPT_WORDS
+            and _DEICTIC.search(prompt.text) is not None
+        )
+        flags["unexecuted_claim"] += claim
+        flags["rejected_call"] += rejected
+        flags["context_free"] += context_free
+        share = 1.0 if claim or context_free else min(1.0, rejected / calls) if calls else 0.0
+        flags["flagged_exchanges"] += share
+    return flags
+
+
+def _score(
+    counts: _Counts,
+    completion: float,
+    config: QualityConfig,
+    flags: dict[str, int],
+    memo: dict[str, frozenset[str]],
+    factor: float = 1.0,
+) -> Score:
     depth = math.log1p(counts.assistant) / math.log1p(config.depth_target)
 
-    text = "\n".join(counts.texts).lower()
-    hits = set(keyword_pattern(tuple(config.keywords)).findall(text)) if config.keywords else set()
+    hits: set[str] = set()
+    if config.keywords:
+        pattern = keyword_pattern(tuple(config.keywords))
+        for text in counts.texts:
+            if (found := memo.get(text)) is None:
+                found = memo[text] = frozenset(pattern.findall(text.lower()))
+            hits |= found
     domain = len(hits) / config.keyword_target
 
     tools = 0.5 * min(1.0, len(counts.tool_names) / config.tool_kinds_target)
@@ -232,9 +358,12 @@ def score_conversation(conv: Conversation, config: QualityConfig | None = None) 
     }
     total = sum(config.weights.get(d, 0.0) for d in DIMENSIONS) or 1.0
     overall = sum(dims[d] * config.weights.get(d, 0.0) for d in DIMENSIONS) / total
-    overall = round(overall, 4)
+    overall = round(overall * factor, 4)
     return Score(
         dims={d: round(v, 4) for d, v in dims.items()},
         overall=overall,
         tier=tier_for(overall, config),
+        flags=flags,
+        config=config,
+        hits=memo,
     )

@@ -3,12 +3,13 @@
 A transcript is a tree, not a list: each line names its parent by `parentUuid`. This module takes
 a file's lines, each decoded and turned into a turn by `transcript_lines` (bad lines are counted,
 never fatal), rebuilds the tree through the metadata lines it drops (progress, attachment, system,
-meta and command lines), stitches compaction via `logicalParentUuid`, keeps the path to the newest
-leaf while re-attaching parallel tool-call forks (`transcript_tree`), merges the one-block-per-line
-pieces of an API message into one assistant turn, pairs tool calls with their results, and splits
-inline sidechain runs (1.0.x subagents) off the main line. `collectors/sessions.py` attaches
-subagent files and links them to their Task/Agent calls. The format notes are in
-/work/shared/reference/claude-code-session-format.md.
+meta and command lines that are not context), stitches compaction via `logicalParentUuid`, keeps
+the path to the newest leaf while re-attaching parallel tool-call forks (`transcript_tree`), places
+user-side context (slash commands, `!` shell output, `@` files: `transcript_context`) on its
+prompt, merges the one-block-per-line pieces of an API message into one assistant turn, pairs tool
+calls with their results, and splits inline sidechain runs (1.0.x subagents) off the main line.
+`collectors/sessions.py` attaches subagent files and links them to their Task/Agent calls. The
+format notes are in /work/shared/reference/claude-code-session-format.md.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from collectors.transcript_lines import Line, ToolCall, Turn, line_turn, read_lines
+from collectors.transcript_context import attach_before, place_context, user_content
+from collectors.transcript_lines import (
+    Line,
+    ToolCall,
+    Turn,
+    attachment_turn,
+    line_turn,
+    read_lines,
+)
 from collectors.transcript_tree import Node, thread
 
 SUBAGENT_TOOLS = ("Task", "Agent")
@@ -111,6 +120,8 @@ def _nodes(
             skipped["agent_progress"] += 1
         elif kind == "progress":
             progress += 1  # half of all lines: counted once, below
+        elif kind == "attachment" and (turn := attachment_turn(line, skipped)) is not None:
+            pass  # an `@` file: context for the prompt (other attachments are links, below)
         else:
             skipped[f"type:{kind or 'missing'}"] += 1
         uuid = line.uuid
@@ -161,14 +172,21 @@ def _merge(items: list[Turn], skipped: Counter[str]) -> tuple[list[Turn], int]:
     open_id, open_turn, clean = "", None, False
     interrupts = 0
     trigger = ""
+    pending: list[Turn] = []  # context turns not yet placed (see transcript_context)
     for item in items:
         role = item.role
+        if role == "context":
+            pending.append(item)
+            continue
         if role == "interrupt" or role == "event":
             interrupts += role == "interrupt"
             trigger = "task-notification" if role == "event" else trigger
             open_id = ""  # an event starts a new assistant turn
             continue
         if role == "assistant":
+            if pending:
+                place_context(turns, pending)
+                clean = clean and turns[-1].role != "user"  # a command became the prompt
             if open_turn is not None and clean and item.message_id and item.message_id == open_id:
                 open_turn.text = _join(open_turn.text, item.text)
                 open_turn.thinking = _join(open_turn.thinking, item.thinking)
@@ -183,8 +201,13 @@ def _merge(items: list[Turn], skipped: Counter[str]) -> tuple[list[Turn], int]:
         if role == "user":
             trigger = ""
             clean = False
+            if pending:
+                attach_before(item, pending)
         last = turns[-1] if turns else None
         if last is not None and last.role == role:
+            if last.context_after or item.context:  # two prompts in a row: one text, in order
+                item.text, item.context = user_content(item), ""
+                last.text, last.context_after = _join(last.text, last.context_after), ""
             last.results.extend(item.results)
             last.text = _join(last.text, item.text)
             last.uuids.extend(item.uuids)
@@ -192,6 +215,8 @@ def _merge(items: list[Turn], skipped: Counter[str]) -> tuple[list[Turn], int]:
         turns.append(item)
     if interrupts:
         skipped["interrupt"] += interrupts
+    if pending:
+        skipped["unplaced_context"] += len(pending)  # context at the end, with no turn after it
     return _pair(turns, skipped), interrupts
 
 

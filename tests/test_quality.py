@@ -1,4 +1,4 @@
-"""Session quality scores: each dimension's formula, the overall weighting, tiers, and fixtures."""
+"""Quality scores: each dimension's formula, the overall weighting, tiers, per-sample grounding."""
 
 from __future__ import annotations
 
@@ -6,8 +6,17 @@ import math
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
-from collectors.quality import QualityConfig, exchanges, score_conversation, tier_for
+from collectors.curate import CurateOptions, curate, windows
+from collectors.quality import (
+    QualityConfig,
+    exchanges,
+    score_conversation,
+    score_window,
+    tier_for,
+)
+from collectors.sessions import load_session
 from collectors.transcript import Conversation, parse_file
 from collectors.transcript_lines import ToolCall, ToolResult, Turn
 
@@ -117,3 +126,113 @@ def test_fixture_tiers(rel: str, tier: str) -> None:
     if not path.is_file():
         pytest.skip(f"fixture {rel} not available")
     assert score_conversation(parse_file(path)).tier == tier
+
+
+# --------------------------------------------------------------------------------------------
+# Per-sample (window) scores
+
+REJECTED = (
+    "The user doesn't want to proceed with this tool use. The tool use was rejected (eg. if it "
+    "was a file edit, the new_string was NOT written to the file)."
+)
+
+
+def _loop(prompt: str = "run the tests for the parser module") -> list[Turn]:
+    """A grounded tool loop: call -> result -> an answer that uses the result."""
+    return [
+        Turn("user", text=prompt),
+        Turn("assistant", text="Running pytest.", thinking="run them",
+             tool_calls=[ToolCall(id="t1", name="Bash", input={"command": "pytest -q"})]),
+        Turn("tool", results=[ToolResult(tool_use_id="t1", content="3 passed", is_error=False)]),
+        Turn("assistant", text="All 3 parser tests pass; the regex change broke nothing."),
+    ]  # fmt: skip
+
+
+def test_window_tiers_separate_grounded_from_false_targets() -> None:
+    grounded = score_window(_loop())
+    claim = score_window([
+        Turn("user", text="run the tests for the parser module"),
+        Turn("assistant", text="Done! Here's the output: 3 passed.", thinking="sure"),
+    ])  # fmt: skip
+    rejected = score_window([
+        Turn("user", text="clean the build of the parser module"),
+        Turn("assistant", text="Removing it.", thinking="rm",
+             tool_calls=[ToolCall(id="t1", name="Bash", input={"command": "rm -rf build"})]),
+        Turn("tool", results=[ToolResult(tool_use_id="t1", content=REJECTED, is_error=True)]),
+        Turn("assistant", text="Understood, I will leave the build directory alone."),
+    ])  # fmt: skip
+    context_free = score_window([
+        Turn("user", text="please fix these"),
+        Turn("assistant", text="The first needs a null check, the second an import.", thinking="?"),
+    ])  # fmt: skip
+    assert grounded.flags == {} and grounded.tier in ("A", "B")
+    assert claim.flags == {"unexecuted_claim": 1}
+    assert rejected.flags == {"rejected_call": 1}
+    assert context_free.flags == {"context_free": 1}
+    for bad in (claim, rejected, context_free):
+        assert bad.overall == 0.0 and bad.tier == "C"  # one exchange, not grounded at all
+        assert bad.overall < grounded.overall
+
+
+def test_context_and_prior_turns_ground_a_short_prompt() -> None:
+    fix = Turn("user", text="please fix these")
+    answer = Turn("assistant", text="The first needs a null check, the second an import.")
+    with_output = replace(fix, context="<bash-stdout>FAILED test_a - KeyError</bash-stdout>")
+    assert score_window([with_output, answer]).flags == {}
+    # Later in a window the earlier exchanges are its referent; only the first one is checked.
+    assert score_window([*_loop(), fix, answer]).flags == {}
+
+
+def test_one_rejected_call_in_a_long_loop_costs_its_share() -> None:
+    turns = [Turn("user", text="refactor the parser module and run the tests")]
+    for i in range(10):
+        turns.append(Turn("assistant", tool_calls=[ToolCall(id=f"t{i}", name="Edit", input={})]))
+        content = REJECTED if i == 3 else "ok"
+        turns.append(Turn("tool", results=[
+            ToolResult(tool_use_id=f"t{i}", content=content, is_error=i == 3)]))  # fmt: skip
+    turns.append(Turn("assistant", text="Refactored; all tests pass."))
+    score = score_window(turns)
+    unflagged = score_window([t for t in turns if not (t.results and t.results[0]["is_error"])])
+    assert score.flags == {"rejected_call": 1}
+    # Grounded share 0.9, completion -0.1 and errors 0.9: about 0.84 of the clean loop's worth.
+    assert 0.8 * unflagged.overall < score.overall < 0.9 * unflagged.overall
+
+
+def _fixture(rel: str) -> Path:
+    path = FIXTURES / rel
+    if not path.is_file():
+        pytest.skip(f"fixture {rel} not available")
+    return path
+
+
+def test_fixture_claim_without_call_scores_below_its_tool_loop() -> None:
+    """fasthooks: "can you run a command ls -la" -> Bash -> result -> "Here's the output..."."""
+    conv = load_session(_fixture("fasthooks/sample_main_transcript.jsonl"))
+    loop = exchanges(conv.turns)[0]
+    assert [t.role for t in loop] == ["user", "assistant", "tool", "assistant"]
+    grounded = score_window(loop)
+    stripped = score_window([loop[0], replace(loop[-1], tool_calls=[])])  # the old strategy B
+    assert grounded.flags == {} and grounded.tier == "A"
+    assert stripped.flags == {"unexecuted_claim": 1} and stripped.tier == "C"
+
+
+def test_fixture_rejected_plan_is_tier_c() -> None:
+    """spotter/short: both calls of the only exchange were rejected by the user."""
+    conv = load_session(_fixture("spotter/short.jsonl"))
+    score = score_window(exchanges(conv.turns)[0])
+    assert score.flags == {"rejected_call": 2} and score.overall == 0.0 and score.tier == "C"
+
+
+def test_fixture_windows_are_scored_on_their_own_turns() -> None:
+    """258c: the agentic window stays A despite one rejected TaskOutput among 186 calls; the
+    follow-up "did you push?" window answers "everything is pushed" with no call and nothing
+    to point at: tier C."""
+    conv = load_session(_fixture("spotter/258c7280-ae70-4798-800f-63464d01a85d.jsonl"))
+    assert score_conversation(conv).tier == "A"
+    first, last = (score_window(w) for w, _ in windows(conv.turns, CurateOptions()))
+    assert first.flags == {"rejected_call": 1} and first.tier == "A"
+    assert last.flags == {"context_free": 1, "unexecuted_claim": 1} and last.tier == "C"
+    samples = [s for s in curate(conv) if s.strategy == "A"]
+    assert [s.tier for s in samples] == ["A", "C"]  # not the session's A inherited twice
+    assert [s.score for s in samples] == [first.overall, last.overall]
+    assert samples[0].scores == first.dims

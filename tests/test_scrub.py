@@ -149,24 +149,94 @@ def test_emails_are_redacted_unless_disabled_or_service_addresses() -> None:
     assert Scrubber(redact_emails=False, home="/x").scrub_text(text) == (text, {})
 
 
-def test_home_paths_become_tilde() -> None:
+def test_home_paths_get_a_placeholder_user_and_stay_absolute() -> None:
     scrubber = Scrubber(home="/srv/people/sam")
     text = (
         "cd /home/alice/proj && ls /Users/bob/Library; cat /srv/people/sam/.bashrc\n"
-        "untouched: /home /Users/Shared/x /mnt/home/carol /srv/people/samuel"
+        "log: /srv/people/sam/.claude/projects/-srv-people-sam-app/s.jsonl\n"
+        "type C:\\Users\\shrey\\a.txt; dir C:\\\\Users\\\\shrey\\\\AppData\n"
+        "untouched: /home /Users/Shared/x /mnt/home/carol /srv/people/samuel /home/user/x "
+        "C:\\Users\\Public ls -srv-people-sam"
     )
     out, counts = scrubber.scrub_text(text)
     assert out == (
-        "cd ~/proj && ls ~/Library; cat ~/.bashrc\n"
-        "untouched: /home /Users/Shared/x /mnt/home/carol /srv/people/samuel"
+        "cd /home/user/proj && ls /Users/user/Library; cat /home/user/.bashrc\n"
+        "log: /home/user/.claude/projects/-home-user-app/s.jsonl\n"
+        "type C:\\Users\\user\\a.txt; dir C:\\\\Users\\\\user\\\\AppData\n"
+        "untouched: /home /Users/Shared/x /mnt/home/carol /srv/people/samuel /home/user/x "
+        "C:\\Users\\Public ls -srv-people-sam"
     )
-    assert counts == {"home_path": 3}
+    assert counts == {"home_path": 7}
     assert scrubber.scrub_text(out) == (out, {})
+    on_mac = Scrubber(home="/Users/marco").scrub_text("open /Users/marco/a.py")
+    assert on_mac == ("open /Users/user/a.py", {"home_path": 1})
 
 
 def test_default_home_is_the_real_home() -> None:
-    out, counts = Scrubber().scrub_text(f"log at {Path.home()}/x.log")
-    assert out == "log at ~/x.log" and counts == {"home_path": 1}
+    home = str(Path.home())
+    placeholder = "/Users/user" if home.startswith("/Users/") else "/home/user"
+    out, counts = Scrubber().scrub_text(f"log at {home}/x.log")
+    assert out == f"log at {placeholder}/x.log"
+    assert counts == ({} if home == placeholder else {"home_path": 1})
+
+
+def test_file_path_arguments_stay_absolute(scrubber: Scrubber) -> None:
+    """Claude Code's Read/Glob do not expand `~`: a scrubbed path argument must stay usable."""
+    args = json.dumps({"file_path": "/home/tester/app/main.py", "pattern": "/Users/ana/**/*.py"})
+    sample = Sample(
+        id="s", source="sessions", source_key="k", group="g",
+        messages=[{"role": "user", "content": "read it"},
+                  {"role": "assistant", "content": "", "tool_calls": [
+                      {"id": "toolu_01", "type": "function",
+                       "function": {"name": "Read", "arguments": args}}]}],
+    )  # fmt: skip
+    out, counts = scrubber.scrub_sample(sample)
+    new = json.loads(out.messages[1]["tool_calls"][0]["function"]["arguments"])
+    assert new == {"file_path": "/home/user/app/main.py", "pattern": "/Users/user/**/*.py"}
+    assert all(Path(v).is_absolute() for v in new.values()) and counts == {"home_path": 2}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # 2.1.114 agent ids ("a" + 16 hex) in the Agent tool's result, quoted as Claude Code does.
+        "Async agent launched. agentId: a4ca7529859c158c2 (use SendMessage with to: "
+        "'a4ca7529859c158c2' to continue)",
+        "resume 'agent-a4ca7529859c158c2' or 'acompact-fffbd0a1b2c3d4e5'; agentId: ea02459f",
+        "got 'toolu_01NzjV452AGVQR51StZtarfB' back; x = \"srvtoolu_01AbCdEfGhIjKlMnOpQrStUv\"",
+        "request 'req_011CUmqZ3x7bXyq8ZpYV2aBc' failed; message 'msg_01XFDUDYJgAACzvnptvVoYEL'",
+        '{"request_id":"req_011CUmqZ3x7bXyq8ZpYV2aBc","session":"258c7280-ae70-4798-800f-63464d01a85d"}',
+        "shell 'bash_1a2b3c4d5e6f7a8b9c0d' is running",
+    ],
+)
+def test_claude_code_ids_are_not_secrets(scrubber: Scrubber, text: str) -> None:
+    assert scrubber.scrub_text(text) == (text, {})
+
+
+def test_usernames_in_ls_and_git_output_are_redacted(scrubber: Scrubber) -> None:
+    listing = (
+        "total 8\ndrwxr-xr-x  3 alice  staff   96 Jan  1 12:00 .\n"
+        "-rw-r--r--@ 1 alice  staff  1234 Jan  1 12:00 a.py\n"
+        "-rw-rw-r-- 1 marco marco 2511 Feb 11 21:38 b.ex\n"
+        "-rw-r--r-- 1 root root 1 Jan  1 12:00 c\nlrwxrwxrwx 1 1000 1000 4 Jan  1 12:00 d -> c"
+    )
+    out, counts = scrubber.scrub_text(listing)
+    assert "alice" not in out and "marco" not in out and counts == {"username": 4}
+    assert "[REDACTED:username]  staff" in out and "1 root root 1" in out and "1000 1000" in out
+    log = (
+        "commit 9a038989604e8da62ecddbe2094b16ce1b778be1\nAuthor: Jane Q. Doe <jane@corp.io>\n"
+        "Date:   Mon Jan 1 12:00:00 2026 +0000\n\n    Fix the parser\n\n"
+        "    Signed-off-by: Bob Smith <bob@corp.io>\n"
+        "    Co-Authored-By: Claude Opus 4.6 <noreply@anthropic.com>\n"
+        "Author: dependabot[bot] <49699333+dependabot[bot]@users.noreply.github.com>"
+    )
+    out, counts = scrubber.scrub_text(log)
+    for gone in ("Jane", "Bob Smith", "jane@corp.io"):
+        assert gone not in out
+    assert "Author: [REDACTED:person_name] <[REDACTED:email]>" in out
+    assert "Claude Opus 4.6 <noreply@anthropic.com>" in out and "dependabot[bot] <" in out
+    assert counts == {"person_name": 2, "email": 2}
+    assert scrubber.scrub_text(out) == (out, {})
 
 
 @pytest.mark.parametrize(
@@ -254,8 +324,8 @@ def test_scrub_sample_covers_every_field_and_keeps_json_valid(scrubber: Scrubber
     assert json.loads(call["function"]["arguments"]) == {
         "command": "git push https://[REDACTED:github_token]@github.com/o/r.git"
     }
-    assert out.messages[3]["content"] == [{"type": "text", "text": "Done in ~/p"}]
-    assert out.meta == {"cwd": "~/p", "nested": {"ips": ["[REDACTED:public_ip]"]}, "n": 3}
+    assert out.messages[3]["content"] == [{"type": "text", "text": "Done in /home/user/p"}]
+    assert out.meta == {"cwd": "/home/user/p", "nested": {"ips": ["[REDACTED:public_ip]"]}, "n": 3}
     assert out.source_key == sample.source_key  # provenance keys are not content
     assert counts == {
         "github_token": 3, "email": 1, "secret_assignment": 1, "home_path": 2, "public_ip": 1
@@ -273,7 +343,10 @@ def _strings(obj: Any) -> list[str]:
 
 
 def test_transcript_fixtures_have_no_credential_hits(scrubber: Scrubber) -> None:
-    """Message content of real Claude Code transcripts: only e-mails and home paths are redacted.
+    """Message content of real Claude Code transcripts: only personal data is redacted.
+
+    E-mails, home paths, and the owner of `ls -l` lines (the spotter sessions list files of user
+    `marco`); no credential kind fires.
 
     Also prints the throughput (CPU time, so other processes on the machine do not skew it).
     """
@@ -296,4 +369,45 @@ def test_transcript_fixtures_have_no_credential_hits(scrubber: Scrubber) -> None
     print(f"scrubbed {len(texts)} texts, {chars} chars in {seconds:.2f}s CPU: "
           f"{chars / seconds / 1e6:.1f} M chars/s")  # fmt: skip
     assert chars > 100_000
-    assert set(found) <= {"email", "home_path"}, found
+    assert set(found) <= {"email", "home_path", "username"}, found
+    assert found["username"] >= 2  # `-rw-rw-r-- 1 marco marco ...` in the spotter sessions
+
+
+def test_fixture_sessions_keep_absolute_paths_and_ids() -> None:
+    """Scrubbed samples of the real transcripts: `file_path` arguments that pointed into a home
+    still point there (as the placeholder user), and Claude Code's ids survive."""
+    from collectors.sessions import SessionCollector
+
+    class NoCursors:
+        def get_cursor(self, key: str) -> str | None:
+            return None
+
+    root = SHARED / "claude-sessions"
+    if not root.is_dir():
+        pytest.skip("../shared transcript fixtures absent")
+    samples = SessionCollector([root]).collect(NoCursors()).samples
+    scrubber = Scrubber(home="/nonexistent/home")
+    homes = agents = 0
+    for sample in samples:
+        out, _ = scrubber.scrub_sample(sample)
+        pairs = zip(sample.messages, out.messages, strict=True)
+        for before, after in ((b, a) for b, a in pairs if "tool_calls" in b):
+            assert [c["id"] for c in after["tool_calls"]] == [c["id"] for c in before["tool_calls"]]
+            for old, new in zip(before["tool_calls"], after["tool_calls"], strict=True):
+                args = json.loads(old["function"]["arguments"])
+                scrubbed = json.loads(new["function"]["arguments"])
+                path = args.get("file_path")
+                if isinstance(path, str) and path.startswith(("/home/", "/Users/")):
+                    homes += 1
+                    assert scrubbed["file_path"].startswith(("/home/user/", "/Users/user/"))
+                    assert Path(scrubbed["file_path"]).is_absolute()
+        flat = json.dumps([out.messages, out.meta])
+        assert "/home/marco" not in flat and "REDACTED:high_entropy" not in flat
+        assert out.meta["session_id"] == sample.meta["session_id"]
+        assert out.meta["agent_id"] == sample.meta["agent_id"]
+        for before, after in zip(sample.messages, out.messages, strict=True):
+            for agent in re.findall(r"agentId: \w+", str(before.get("content", ""))):
+                agents += 1
+                assert agent in after["content"]
+    assert homes >= 90  # 93 Read/Write/Edit paths under /home in the fixtures
+    assert agents >= 1

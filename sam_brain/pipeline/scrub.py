@@ -5,8 +5,9 @@ plugin only runs on the lines that could match it; our own rules cover what dete
 (whole PEM blocks, URL and curl credentials, auth headers, `.env`-style assignments, vendor prefixes
 such as `sk-`, `AIza`, `hf_`). The rule tables live in `sam_brain.pipeline.scrub_rules`; this module runs
 them and merges the hits. Each hit becomes `[REDACTED:<kind>]`, a value found once is redacted
-everywhere in the same text, home directories become `~` and e-mail addresses are redacted
-(optional). Existing markers are never matched again, so scrubbing twice changes nothing more.
+everywhere in the same text, home directories become a placeholder user (`/home/user`,
+`/Users/user`, `C:\\Users\\user`: paths stay absolute, so tool arguments stay valid) and e-mail
+addresses are redacted (optional). Existing markers are never matched again, so scrubbing twice changes nothing more.
 docs/scrubbing.md lists every rule, where it comes from and the false-positive filters.
 """
 
@@ -51,25 +52,37 @@ _ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
 _TOKEN_CHARS = frozenset(string.ascii_letters + string.digits + "_-+/.~")
 _TAIL_CHARS = _TOKEN_CHARS | {"="}  # base64 padding ends a token; `=` before one is `key=`
 
-_HOME_RE = re.compile(r"/(?<![\w.~-]/)(?:home|Users)/(?!Shared(?![\w.-]))[\w-][\w.-]*")
+# A home directory under /home or /Users; the placeholder user itself and /Users/Shared are kept.
+_HOME_RE = re.compile(r"/(?<![\w.~-]/)(home|Users)/(?!(?:Shared|user)(?![\w.-]))[\w-][\w.-]*")
+_WIN_HOME_RE = re.compile(
+    r"\b([A-Za-z]:(?:\\{1,2})Users(?:\\{1,2}))(?!(?:user|Public|Default|All Users)\b)[\w.-]+"
+)
+HOME_PLACEHOLDER = "/home/user"
 _MIN_REPEAT = 8  # a redacted value this long is also redacted wherever else it occurs
 _KEEP_KEYS = frozenset({"role", "id", "tool_call_id", "type"})  # message fields never scrubbed
 
 
 class Scrubber:
-    """Redacts credentials (and optionally e-mail addresses) and shortens home paths to `~`.
+    """Redacts credentials (and optionally e-mail addresses); home paths get a placeholder user.
 
     Args:
         redact_emails: replace e-mail addresses with `[REDACTED:email]`.
-        home: the home directory to replace with `~` (default: `Path.home()`); `/home/<user>` and
-            `/Users/<user>` are replaced for every user either way.
+        home: the home directory to replace with `/home/user` (`/Users/user` when it is under
+            /Users; default: `Path.home()`), also in its `~/.claude/projects` form (`-home-x-...`);
+            `/home/<name>`, `/Users/<name>` and `C:\\Users\\<name>` are replaced for every user.
     """
 
     def __init__(self, redact_emails: bool = True, home: str | None = None) -> None:
         self.redact_emails = redact_emails
         home = (home if home is not None else str(Path.home())).rstrip("/")
-        self._home = home if len(home) > 1 else None
-        self._home_re = re.compile(re.escape(home) + r"(?![\w.-])")
+        placeholder = "/Users/user" if home.startswith("/Users/") else HOME_PLACEHOLDER
+        self._home = home if len(home) > 1 and home != placeholder else None
+        # The home itself, or its dashed form as a path part (Claude Code's project directories).
+        self._dashed = re.sub(r"[/.]", "-", home)
+        self._home_re = re.compile(
+            f"({re.escape(home)})(?![\\w.-])|(?<=/){re.escape(self._dashed)}(?![\\w.])"
+        )
+        self._home_sub = (placeholder, placeholder.replace("/", "-"))
 
     def scrub_text(self, text: str) -> tuple[str, Counter[str]]:
         """Redact one text (a message, a log line, an API response).
@@ -115,11 +128,14 @@ class Scrubber:
         values = {text[a:b]: kind for a, b, _, kind in spans if len(text[a:b]) >= _MIN_REPEAT}
         if spans:
             text = _apply(text, spans, counts)
-        if self._home is not None and self._home in text:
-            text, n = self._home_re.subn("~", text)
+        if self._home is not None and (self._home in text or self._dashed in text):
+            text, n = self._home_re.subn(lambda m: self._home_sub[m.group(1) is None], text)
             counts["home_path"] += n
         if "/home/" in text or "/Users/" in text:
-            text, n = _HOME_RE.subn("~", text)
+            text, n = _HOME_RE.subn(r"/\1/user", text)
+            counts["home_path"] += n
+        if "Users\\" in text:
+            text, n = _WIN_HOME_RE.subn(r"\1user", text)
             counts["home_path"] += n
         return text, +counts, values
 

@@ -75,7 +75,12 @@ def plausible_value(value: str) -> bool:
     return has_digit or has_symbol or (mixed and _entropy(value) >= 3.5)
 
 
-_ID_PREFIX = re.compile(r"(?:toolu|srvtoolu|msg|req|call|chatcmpl|run|file|batch)[_-]")
+_ID_PREFIX = re.compile(
+    r"(?:toolu|srvtoolu|msg|req|call|chatcmpl|run|file|batch|agent|acompact|bash)[_-]"
+)
+# Claude Code's own ids: 2.1.114 agent ids ("a" + 16 hex, named in "to: '<id>'" hints; a hex-encoded
+# secret has an even length), and session/message UUIDs (detect-secrets drops those already).
+_AGENT_ID = re.compile(r"a[0-9a-f]{16}")
 _ID_KEY = re.compile(r"(?i)id[\"']?\s*[:=]\s*[\"']$")
 _DS_FILTERS = (heuristic.is_sequential_string, heuristic.is_potential_uuid,  # default filters
                heuristic.is_templated_secret, heuristic.is_prefixed_with_dollar_sign,
@@ -87,7 +92,11 @@ def _generic_ok(value: str, line: str) -> bool:
     if any(f(value) for f in _DS_FILTERS) or heuristic.is_likely_id_string(value, line):
         return False
     at = max(line.find(value), 0)
-    if _ID_PREFIX.match(value) or _ID_KEY.search(line, max(at - 40, 0), at):
+    if (
+        _ID_PREFIX.match(value)
+        or _AGENT_ID.fullmatch(value)
+        or _ID_KEY.search(line, max(at - 40, 0), at)
+    ):
         return False  # API object ids (toolu_..., "requestId": ...) are public identifiers
     if heuristic.is_indirect_reference(line) or _is_placeholder(value) or _is_templated(value):
         return False
@@ -281,7 +290,44 @@ _RULE_TABLE: tuple[tuple[Any, ...], ...] = (
     ("stripe_key", _B + r"[rs]k_test_[0-9a-zA-Z]{24,}" + _E, "k_test_", 0, _not_placeholder),
 )
 # fmt: on
-RULES = tuple(Rule(kind, re.compile(pattern), *rest) for kind, pattern, *rest in _RULE_TABLE)
+
+# Personal data in command output. Owner and group of `ls -l` lines (system accounts kept), and the
+# names on git's person lines (`Author: Name <mail>`); bots, Claude and no-reply addresses are kept.
+# fmt: off
+_SYSTEM_ACCOUNTS = frozenset({
+    "root", "wheel", "staff", "admin", "nobody", "nogroup", "daemon", "bin", "sys", "adm", "users",
+    "user", "docker", "sudo", "www-data", "_www", "everyone", "syslog", "messagebus",
+    "systemd-journal", "polkitd", "postgres", "mysql", "redis", "nginx", "git", "ubuntu",
+})
+# fmt: on
+_LS_LONG = (
+    r"(?m)^[-dlcbpsD][-r][-w][-xsS][-r][-w][-xsS][-r][-w][-xtT][@+.]?[ \t]+\d+[ \t]+"
+    r"(\S+)[ \t]+(\S+)[ \t]+\d"
+)
+_PERSON = r"(?im)^[ \t]*(?:{})[ \t]*:[ \t]*([^<>\n]*[^<>\s])[ \t]*<(?![^<>\n]*no-?reply)[^<>\n]*>"
+_BOT_NAME = re.compile(r"(?i)claude\b|.*\[bot\]|github\b|dependabot|renovate|copilot")
+
+
+def _account_ok(name: str) -> bool:
+    return name not in _SYSTEM_ACCOUNTS and not name.isdigit() and name != "[REDACTED:username]"
+
+
+def _person_ok(name: str) -> bool:
+    return not (_BOT_NAME.match(name) or name.startswith("[REDACTED"))
+
+
+_PII_TABLE: tuple[tuple[Any, ...], ...] = (
+    # An ls -l line can start any text: no literal narrows it (the scan runs at ~60 MB/s).
+    ("username", _LS_LONG, "", 1, _account_ok, PII),
+    ("username", _LS_LONG, "", 2, _account_ok, PII),
+    ("person_name", _PERSON.format("author|co-authored-by"), "author", 1, _person_ok, PII),
+    ("person_name", _PERSON.format("commit"), "commit", 1, _person_ok, PII),
+    ("person_name", _PERSON.format("(?:signed-off|reviewed|acked|tested|reported)-by"), "-by", 1,
+     _person_ok, PII),
+)  # fmt: skip
+RULES = tuple(
+    Rule(kind, re.compile(pattern), *rest) for kind, pattern, *rest in _RULE_TABLE + _PII_TABLE
+)
 
 
 # `.env` / YAML / JSON / CLI-flag assignments whose key names a credential (key_is_credential);

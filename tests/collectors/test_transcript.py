@@ -325,9 +325,12 @@ def test_spotter_auto_compaction_is_stitched() -> None:
 
 def test_viewer_inline_sidechains_are_split_off() -> None:
     conv = parse_file(fixture("claude-code-viewer/fe5e1c67-53e7-4862-81ae-d0e013e3270b.jsonl"))
+    # The session starts with `/orchestrator`: the command is the first prompt (context only).
     assert [t.text for t in conv.turns if t.role == "user"] == [
-        "Thanks! Please update CLAUDE.md for current changes"
+        "",
+        "Thanks! Please update CLAUDE.md for current changes",
     ]
+    assert "<command-name>/orchestrator</command-name>" in conv.turns[0].context
     assert len(conv.subagents) == 5
     assert [len(s.turns) for s in conv.subagents] == [18, 68, 80, 50, 106]
     main_uuids = {u for t in conv.turns for u in t.uuids}
@@ -344,7 +347,7 @@ def test_synthetic_edge_cases_are_counted() -> None:
     assert conv.skipped["bad_message"] == 1  # "message": "error"
     assert conv.skipped["duplicate_uuid"] == 1
     assert conv.skipped["type:missing"] == 1  # {"silly": "this"}
-    assert conv.skipped["command"] == 3
+    assert conv.skipped["command"] == 2  # `test-command` (custom) is context, not dropped
     assert conv.skipped["unanswered_tool_call"] == 2
     assert [t.role for t in conv.turns].count("user") == 3
     assert [r["name"] for r in results(conv)] == ["FailingTool"]
