@@ -24,7 +24,11 @@ import numpy as np
 from sam_brain.errors import BadRequest
 from sam_brain.hub import base_fingerprint
 
-MLX_WEIGHTS, PEFT_WEIGHTS, CONFIG = "adapters.safetensors", "adapter_model.safetensors", "adapter_config.json"
+MLX_WEIGHTS, PEFT_WEIGHTS, CONFIG = (
+    "adapters.safetensors",
+    "adapter_model.safetensors",
+    "adapter_config.json",
+)
 FLOATS = {"F16": np.float16, "F32": np.float32, "F64": np.float64, "BF16": None}
 _ITEM = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1}
 _MLX_KEY = re.compile(r"^(?P<module>.+)\.(?P<part>lora_a|lora_b|m)$")
@@ -237,7 +241,9 @@ def _check_peft(folder: Path, shapes: BaseShapes) -> None:
     for module, parts in pairs.items():
         out, inp = _module(folder / PEFT_WEIGHTS, module, shapes, None)
         r = next((int(v) for k, v in ranks.items() if module.endswith(k)), rank)
-        _check_pair(folder / PEFT_WEIGHTS, module, parts, {"A": (r, inp), "B": (out, r)}, ("A", "B"))
+        _check_pair(
+            folder / PEFT_WEIGHTS, module, parts, {"A": (r, inp), "B": (out, r)}, ("A", "B")
+        )
 
 
 def _module(path: Path, module: str, shapes: BaseShapes, keys: Any) -> tuple[int, int]:

@@ -56,7 +56,7 @@ class TorchResident:
         self._swaps = 0
         eos = model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
-        self.eos_ids = {int(e) for e in eos + [self.tokenizer.eos_token_id] if e is not None}
+        self.eos_ids = {int(e) for e in [*eos, self.tokenizer.eos_token_id] if e is not None}
 
     def use(self, adapter_dir: str | None) -> float:
         """Apply the adapter in `adapter_dir` (None: the bare base); returns the swap time in ms."""
@@ -119,7 +119,9 @@ class TorchResident:
         shown = tokens[:-1] if stopped else tokens
         answer = self.tokenizer.decode(shown, skip_special_tokens=False)
         seconds = time.perf_counter() - start
-        return Completion(answer, "stop" if stopped else "length", len(prompt), len(tokens), seconds)
+        return Completion(
+            answer, "stop" if stopped else "length", len(prompt), len(tokens), seconds
+        )
 
     def close(self) -> None:
         self._scratch.cleanup()
