@@ -198,6 +198,7 @@ def _positive_int(value: Any, what: str, path: Path) -> int:
 
 
 def _check_mlx(folder: Path, shapes: BaseShapes) -> None:
+    tensors = read_tensors(folder / MLX_WEIGHTS)
     config = _config(folder)
     path = folder / CONFIG
     kind = config.get("fine_tune_type", "lora")
@@ -211,7 +212,6 @@ def _check_mlx(folder: Path, shapes: BaseShapes) -> None:
     if not isinstance(scale, int | float) or not math.isfinite(scale):
         raise AdapterInvalid(f"{path}: lora_parameters.scale must be a finite number")
     keys = params.get("keys")
-    tensors = read_tensors(folder / MLX_WEIGHTS)
     pairs: dict[str, dict[str, Tensor]] = {}
     for name, t in tensors.items():
         m = _MLX_KEY.match(name)
@@ -225,13 +225,13 @@ def _check_mlx(folder: Path, shapes: BaseShapes) -> None:
 
 
 def _check_peft(folder: Path, shapes: BaseShapes) -> None:
+    tensors = read_tensors(folder / PEFT_WEIGHTS)
     config = _config(folder)
     path = folder / CONFIG
     if str(config.get("peft_type", "")).upper() != "LORA":
         raise AdapterInvalid(f"{path}: peft_type {config.get('peft_type')!r} is not LORA")
     rank = _positive_int(config.get("r"), "r", path)
     ranks = config.get("rank_pattern") or {}
-    tensors = read_tensors(folder / PEFT_WEIGHTS)
     pairs: dict[str, dict[str, Tensor]] = {}
     for name, t in tensors.items():
         m = _PEFT_KEY.match(name)

@@ -67,8 +67,9 @@ def _nan(w: dict[str, np.ndarray]) -> None:
 
 
 def _unknown_module(w: dict[str, np.ndarray]) -> None:
-    k = _first(w, "lora_a")
-    w[k.replace("self_attn.q_proj", "self_attn.qq_proj")] = w.pop(k)
+    module = _first(w, "lora_a").removesuffix(".lora_a")
+    for part in (".lora_a", ".lora_b"):
+        w[module.rsplit(".", 1)[0] + ".nope_proj" + part] = w.pop(module + part)
 
 
 def _wrong_shape(w: dict[str, np.ndarray]) -> None:
@@ -97,6 +98,10 @@ def _other_base(c: dict[str, Any]) -> None:
     c["model"] = "someone/else-7B"
 
 
+def _empty_config(d: Path) -> None:
+    (d / "adapter_config.json").write_text("{}")
+
+
 def _truncated(d: Path) -> None:
     data = (d / "adapters.safetensors").read_bytes()
     (d / "adapters.safetensors").write_bytes(data[: len(data) - 100])
@@ -104,6 +109,7 @@ def _truncated(d: Path) -> None:
 
 REFUSALS: list[tuple[str, Callable[[Path], None], str]] = [
     ("random-bytes", _random_bytes, "not a safetensors file"),
+    ("empty-config", _empty_config, "no lora_parameters"),
     ("truncated", _truncated, "do not fit"),
     ("nan", _edit_weights(_nan), "non-finite"),
     ("unknown-module", _edit_weights(_unknown_module), "not a linear module of the base"),
@@ -119,7 +125,10 @@ REFUSALS: list[tuple[str, Callable[[Path], None], str]] = [
 @pytest.fixture
 def home(tmp_path: Path, tiny_model: Path) -> Home:
     cfg = parse_config(
-        {"data_dir": str(tmp_path / "data"), "training": {"mlx_base_model": str(tiny_model)}}
+        {
+            "data_dir": str(tmp_path / "data"),
+            "training": {"mlx_base_model": str(tiny_model), "cuda_base_model": str(tiny_model)},
+        }
     )
     return Home.open(cfg)
 
