@@ -168,3 +168,9 @@ def trained_adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory)
     """One real adapter per backend, trained once for the session."""
     root = tmp_path_factory.mktemp("trained")
     return {b: train_adapter(b, tiny_model, root) for b in ("mlx", "cuda")}
+
+
+@pytest.fixture(scope="session")
+def rows_of() -> Callable[[int, int], list[dict[str, Any]]]:
+    """`colour_rows` for test modules (conftest is not importable under importlib mode)."""
+    return colour_rows
