@@ -37,7 +37,12 @@ def make_home(root: Path, model: Path, **deployment: Any) -> Home:
                 "profile": "t",
             },
             # The tiny random model rambles: the generation checks are not what is tested here.
-            "deployment": {"gate_max_repetition": 1.0, "gate_min_terminated": 0.0, **deployment},
+            "deployment": {
+                "gate_max_repetition": 1.0,
+                "gate_min_terminated": 0.0,
+                "gate_prompts": 1,
+                **deployment,
+            },
             "profiles": {
                 "t": {
                     "lora_rank": 8,
