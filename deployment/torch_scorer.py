@@ -34,7 +34,7 @@ class TorchResident:
     """A base model on CPU (or CUDA) with one LoRA adapter applied at a time."""
 
     def __init__(self, base_model: str | Path) -> None:
-        """Load the base model in float32.
+        """Load the base model (float32 on CPU, bfloat16 on a GPU that has it).
 
         Raises:
             ModelUnavailable: The base model cannot be loaded.
@@ -44,9 +44,12 @@ class TorchResident:
 
         self.base_model = str(base_model)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        # bf16 halves a large base on a GPU; on CPU float32 is both exact and the fast path.
+        cuda_bf16 = self.device == "cuda" and torch.cuda.is_bf16_supported()
+        dtype = torch.bfloat16 if cuda_bf16 else torch.float32
         try:
             self.tokenizer: Any = AutoTokenizer.from_pretrained(self.base_model)
-            model: Any = AutoModelForCausalLM.from_pretrained(self.base_model, dtype=torch.float32)
+            model: Any = AutoModelForCausalLM.from_pretrained(self.base_model, dtype=dtype)
         except (OSError, ValueError) as err:
             raise ModelUnavailable(f"cannot load base model {self.base_model}: {err}") from err
         self.base: Any = model.to(self.device).eval()

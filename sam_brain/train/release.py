@@ -293,6 +293,7 @@ def render_markdown(report: EvalReport) -> str:
         "",
     ]
     lines += [f"- {r}" for r in report.gate.reasons]
+    lines += [f"- note: {n}" for n in report.notes]
     lines += ["", "| model | mean loss | perplexity |", "|---|---|---|"]
     for name, stats in (
         ("base", d["base"]),

@@ -179,3 +179,34 @@ def test_a_damaged_peft_copy_is_refused_too(
     save_file(w, str(bad / "peft" / "adapter_model.safetensors"))
     with pytest.raises(AdapterInvalid, match="non-finite"):
         check_adapter(bad, tiny_model, str(tiny_model))
+
+
+async def test_the_issue_case_over_http_is_a_400_and_nothing_is_registered(
+    aiohttp_client: Any, home: Home, tiny_model: Path, tmp_path: Path
+) -> None:
+    from sam_brain.control.api import make_app
+    from sam_brain.control.app import AppContext
+    from sam_brain.train.scheduler import Coordinator
+
+    ctx = AppContext(
+        home=home,
+        coordinator=Coordinator(home, "mlx"),
+        backend="mlx",
+        backend_why="test",
+        base_ref=str(tiny_model),
+        base_model_dir=str(tiny_model),
+    )
+    client = await aiohttp_client(make_app(ctx))
+    bad = tmp_path / "random"
+    bad.mkdir()
+    _random_bytes(bad)
+    before = _state(home)
+    for path, body in (
+        ("/api/deploy", {"path": str(bad)}),
+        ("/api/deploy", {"path": str(bad), "dry_run": True}),
+        ("/api/canary", {"path": str(bad), "traffic": 10}),
+    ):
+        resp = await client.post(path, json=body)
+        assert resp.status == 400, path
+        assert "not a safetensors file" in (await resp.json())["error"]
+    assert _state(home) == before
