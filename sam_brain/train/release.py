@@ -189,14 +189,7 @@ def release(
             )
             report.notes.insert(0, f"held-out data: {source}")
             _save_report(home, run_id or v.version, report)
-    minimum = cfg.deployment.gate_min_rows
-    if run is None:
-        why = "ungated: no model to judge with (install mlx-lm, or torch + transformers + peft)"
-    elif report is None or report.scored < minimum:
-        rows = report.scored if report else 0
-        why = f"ungated: {rows} held-out rows ({source}), the gate needs {minimum} to judge"
-    else:
-        why = ""
+    why = _ungated(run is not None, report, source, cfg.deployment.gate_min_rows)
     reasons = [*(report.gate.reasons if report else []), f"held-out data: {source}"]
     if not why and report is not None and not report.gate.promote:
         canary.reject(home.versions, v.version, "; ".join(reasons))
@@ -208,6 +201,16 @@ def release(
         reasons = [why, *reasons]
     home.versions.set_gate(v.version, "ungated" if why else "passed", reasons)
     return _roll_out(home, v, reasons, report, gated=not why)
+
+
+def _ungated(can_judge: bool, report: EvalReport | None, source: str, minimum: int) -> str:
+    """Why the gate gave no verdict ("" when it did)."""
+    if not can_judge:
+        return "ungated: no model to judge with (install mlx-lm, or torch + transformers + peft)"
+    rows = report.scored if report else 0
+    if rows < minimum:
+        return f"ungated: {rows} held-out rows ({source}), the gate needs {minimum} to judge"
+    return ""
 
 
 def gate_exclusive(base_model_dir: str) -> Exclusive[Any] | None:
