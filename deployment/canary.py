@@ -152,8 +152,8 @@ def start_canary(versions: Versions, version: str, percent: int) -> CanaryState:
 
     Raises:
         BadRequest: `percent` is outside 1..100.
-        Conflict: Another canary runs, there is no active version to compare with, or the
-            version is not an inactive (registered, never rejected) one.
+        Conflict: Another canary runs, or the version is not an inactive (registered, never
+            rejected) one. With no active version the canary runs beside the base model.
         PromotionRejected: Its files no longer match their checksum.
     """
     _check_percent(percent)
@@ -161,8 +161,6 @@ def start_canary(versions: Versions, version: str, percent: int) -> CanaryState:
     running = canary_state(versions)
     if running is not None:
         raise Conflict(f"canary {running.version} is still running; promote or abort it first")
-    if versions.current() is None:
-        raise Conflict("no active version to compare a canary with; activate it directly")
     if v.status != "inactive":
         raise Conflict(f"{version} is {v.status}; only an inactive version can become a canary")
     versions.verify(version)

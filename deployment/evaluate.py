@@ -19,11 +19,11 @@ import time
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from deployment.resident import ResidentModel
+from deployment.resident import Completion
 from deployment.stats import Comparison, compare
 from sam_brain.errors import BadRequest
 from sam_brain.masking import encode_chat, load_rows
@@ -227,19 +227,24 @@ def _generation_failures(checks: Sequence[GenerationCheck], config: GateConfig) 
     return failures
 
 
-def sample_losses(
-    resident: ResidentModel, encoded: Sequence[tuple[list[int], list[int]]]
-) -> LossStats:
-    """Per-sample mean NLL over supervised tokens with the adapter currently in use."""
-    import mlx.core as mx
-    import mlx.nn as nn
+class GateModel(Protocol):
+    """What the gate needs of a model: `resident.ResidentModel` (mlx-lm) or
+    `torch_scorer.TorchResident` (transformers + peft)."""
 
+    tokenizer: Any
+
+    def use(self, adapter_dir: str | None) -> float: ...
+
+    def generate(self, messages: list[Message], max_tokens: int) -> Completion: ...
+
+    def sample_nll(self, ids: list[int], mask: list[int]) -> tuple[float, int]: ...
+
+
+def sample_losses(resident: GateModel, encoded: Sequence[tuple[list[int], list[int]]]) -> LossStats:
+    """Per-sample mean NLL over supervised tokens with the adapter currently in use."""
     means, nll_total, tokens = [], 0.0, 0
     for ids, mask in encoded:
-        logits = resident.model(mx.array(ids[:-1])[None])[0]
-        weights = mx.array(mask[1:], dtype=mx.float32)
-        ce = nn.losses.cross_entropy(logits.astype(mx.float32), mx.array(ids[1:]))
-        total, count = float(np.asarray((ce * weights).sum())), int(sum(mask[1:]))
+        total, count = resident.sample_nll(ids, mask)
         means.append(total / count)
         nll_total += total
         tokens += count
@@ -249,7 +254,7 @@ def sample_losses(
 
 
 def evaluate_candidate(
-    resident: ResidentModel,
+    resident: GateModel,
     test_path: Path,
     candidate_dir: str,
     incumbent_dir: str | None = None,
@@ -330,7 +335,7 @@ def evaluate_candidate(
 
 def evaluate_version(
     versions: Versions,
-    resident: ResidentModel,
+    resident: GateModel,
     version: str,
     test_path: Path,
     config: GateConfig | None = None,

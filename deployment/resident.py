@@ -126,6 +126,17 @@ class ResidentModel:
         self.last_swap_ms = (time.perf_counter() - start) * 1000
         return self.last_swap_ms
 
+    def sample_nll(self, ids: list[int], mask: list[int]) -> tuple[float, int]:
+        """Summed NLL of the supervised tokens of one encoded row, and how many there are."""
+        import mlx.core as mx
+        import mlx.nn as nn
+        import numpy as np
+
+        logits = self.model(mx.array(ids[:-1])[None])[0]
+        weights = mx.array(mask[1:], dtype=mx.float32)
+        ce = nn.losses.cross_entropy(logits.astype(mx.float32), mx.array(ids[1:]))
+        return float(np.asarray((ce * weights).sum())), int(sum(mask[1:]))
+
     def generate(
         self,
         messages: list[Message],

@@ -185,6 +185,16 @@ class DeploymentConfig:
     gate_min_terminated: float = _f(
         0.75, "Smallest share of test answers that must end with end-of-turn within the budget."
     )
+    gate_min_rows: int = _f(
+        8,
+        "Held-out rows the gate needs to judge a candidate; with fewer it is `ungated`: it may"
+        " start as a canary but never goes straight to active.",
+    )
+    gate_holdout_share: float = _f(
+        0.2,
+        "Share of training sessions held out (whole sessions, by a stable hash) for the gate"
+        " when the pool has no test split yet; see docs/deployment.md.",
+    )
     serve_chat: bool = _f(True, "Serve the OpenAI-compatible `/v1/chat/completions` (MLX hosts).")
     shadow: bool = _f(
         False,

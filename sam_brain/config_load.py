@@ -134,6 +134,10 @@ def _validate(cfg: Config, problems: list[str]) -> None:
     steps = cfg.deployment.canary_steps
     if not steps or steps != sorted(set(steps)) or any(not 0 < x <= 100 for x in steps):
         problems.append("deployment.canary_steps: must be increasing percentages within 1..100")
+    if not 0.0 <= cfg.deployment.gate_holdout_share < 1.0:
+        problems.append("deployment.gate_holdout_share: must be in [0, 1)")
+    if cfg.deployment.gate_min_rows < 1:
+        problems.append("deployment.gate_min_rows: must be at least 1")
     for name, p in cfg.profiles.items():
         for fname in ("lora_rank", "batch_size", "grad_accum", "max_seq_length"):
             if getattr(p, fname) < 1:

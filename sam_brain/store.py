@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS versions (
     metrics TEXT NOT NULL DEFAULT '{}',
     description TEXT NOT NULL DEFAULT '',
     created_at TEXT NOT NULL,
-    deployed_at TEXT
+    deployed_at TEXT,
+    gate TEXT NOT NULL DEFAULT ''       -- passed, ungated (too little held-out data), or '' (unjudged)
 );
 CREATE TABLE IF NOT EXISTS cursors (
     key TEXT PRIMARY KEY,
@@ -116,6 +117,7 @@ class Version:
     description: str
     created_at: str
     deployed_at: str | None
+    gate: str = ""  # "passed", "ungated" (too little held-out data to judge) or "" (not judged)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -152,6 +154,9 @@ class Store:
         for stmt in SCHEMA.split(";"):
             if stmt.strip():
                 self._db.execute(stmt)
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(versions)")}
+        if "gate" not in columns:  # a store made before the gate verdict was kept per version
+            self._db.execute("ALTER TABLE versions ADD COLUMN gate TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         with self._lock:

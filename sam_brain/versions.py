@@ -163,6 +163,16 @@ class Versions:
         self.write_index()
         return self.store.get_version(version)
 
+    def set_gate(self, version: str, gate: str, reasons: list[str]) -> Version:
+        """Record the gate's verdict on a version: "passed" or "ungated" (too little data)."""
+        with self.store.tx() as db:
+            db.execute("UPDATE versions SET gate=? WHERE version=?", (gate, version))
+            self.store.add_event(
+                "version_gate", {"version": version, "gate": gate, "reasons": reasons}, db
+            )
+        self.write_index()
+        return self.store.get_version(version)
+
     def current(self) -> Version | None:
         return self.store.active_version()
 

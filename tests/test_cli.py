@@ -74,11 +74,24 @@ def first_ids(home: Path) -> list[str]:
     return [s.id for s, _ in Pool(home / "pool").samples()]
 
 
+@pytest.mark.slow
 def test_versions_commands_offline(
-    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    home: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    trained_adapters: dict[str, Path],
+    tiny_model: Path,
 ) -> None:
+    import shutil
+
     from sam_brain.config_load import load_config
     from sam_brain.home import Home
+
+    # The tiny model is the base: a canary or deploy checks the adapter against it.
+    (home / "config.toml").write_text(
+        f'[api]\nport = 9\n[training]\nmlx_base_model = "{tiny_model}"\n'
+        f'cuda_base_model = "{tiny_model}"\n'
+    )
 
     h = Home.open(load_config())
     for i in range(2):
@@ -101,9 +114,7 @@ def test_versions_commands_offline(
     assert run(capsys, "promote")[0] == 4  # no canary running
     assert run(capsys, "canary", "v1.0.1")[0] == 4  # rolled back: not a canary candidate
     a2 = tmp_path / "a2"
-    a2.mkdir()
-    (a2 / "adapters.safetensors").write_bytes(b"w2")
-    (a2 / "adapter_config.json").write_text("{}")
+    shutil.copytree(trained_adapters["mlx"], a2)
     code, out = run(capsys, "canary", str(a2), "--traffic", "25", "--json")
     assert code == 0 and json.loads(out) == {"canary": "v1.0.2", "traffic": 25}
     code, out = run(capsys, "stats", "--json")
@@ -114,8 +125,11 @@ def test_versions_commands_offline(
     code, out = run(capsys, "history", "--json")
     kinds = [e["kind"] for e in json.loads(out)]
     assert "rollback" in kinds and "version_registered" in kinds
-    code, out = run(capsys, "deploy", str(tmp_path / "a0"), "--dry-run", "--json")
+    code, out = run(capsys, "deploy", str(a2), "--dry-run", "--json")
     assert code == 0 and json.loads(out)["action"] == "dry-run"
+    # a0 holds two bytes of "weights" and `{}`: refused in one line, before anything registers.
+    code, out = run(capsys, "deploy", str(tmp_path / "a0"), "--dry-run")
+    assert code == 2 and "too short for a safetensors header" in out and out.count("\n") == 1
     (tmp_path / "a0" / "manifest.json").write_text('{"base_model": "someone/else-7B"}')
     code, out = run(capsys, "deploy", str(tmp_path / "a0"), "--dry-run")
     assert code == 8 and "someone/else-7B" in out

@@ -90,7 +90,7 @@ async def post_rollback(request: web.Request) -> web.Response:
     version = _str(body, "version")
     async with request.app[DEPLOY_LOCK]:
         what, v = await asyncio.to_thread(rollback_or_abort, ctx.home, version)
-    return web.json_response({"action": what, "version": v.to_dict()})
+    return web.json_response({"action": what, "version": v.to_dict() if v else None})
 
 
 async def post_deploy(request: web.Request) -> web.Response:

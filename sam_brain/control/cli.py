@@ -42,7 +42,8 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     ts = doc["training_stats"]
     print(doc["explanation"])
     print(f"daemon: {doc['status'].get('daemon')}  backend: {doc['status'].get('backend', '-')}")
-    print(f"version: {ts['model_version']} (deployed {ts['deployed_at']})")
+    gate = f", {ts['model_gate']}" if ts.get("model_gate") else ""
+    print(f"version: {ts['model_version']} (deployed {ts['deployed_at']}{gate})")
     lt = ts["last_training"]
     print(
         f"last run: {lt['run_id']} {lt['status']} ({lt['samples_count']} samples) {lt.get('reason') or ''}"
@@ -56,7 +57,10 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     print(f"versions: {dep['total_versions']}, rollback available: {dep['rollback_available']}")
     if dep.get("canary"):
         c = dep["canary"]
-        print(f"canary: {c['version']} at {c['percent']}% of conversations since {c['since']}")
+        print(
+            f"canary: {c['version']} ({c.get('gate', '-')}) at {c['percent']}% of conversations"
+            f" since {c['since']}"
+        )
     return 0
 
 
@@ -185,7 +189,8 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
             )
             if code >= 400:
                 raise error_from_http(code, doc)
-            print(f"{doc['action']}; active version: {doc['version']['version']}")
+            active = (doc["version"] or {}).get("version", "base")
+            print(f"{doc['action']}; active version: {active}")
             return 0
         except DaemonUnreachable:
             pass
@@ -198,8 +203,8 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
             for v in [] if args.json else versions:
                 mark = "*" if v.status == "active" else " "
                 print(
-                    f"{mark} {v.version:10} {v.status:12} {v.created_at}  run {v.run_id}  "
-                    f"{v.training_samples} samples  {v.checksum[:12]}"
+                    f"{mark} {v.version:10} {v.status:12} {v.gate or '-':8} {v.created_at}  "
+                    f"run {v.run_id}  {v.training_samples} samples  {v.checksum[:12]}"
                 )
             if not versions and not args.json:
                 print("no versions yet")
@@ -209,8 +214,8 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
         else:
             from sam_brain.train.release import rollback_or_abort
 
-            what, v = rollback_or_abort(home, args.version)
-            print(f"{what}; active version: {v.version}")
+            what, now = rollback_or_abort(home, args.version)
+            print(f"{what}; active version: {now.version if now else 'base'}")
     finally:
         home.close()
     return 0

@@ -39,6 +39,8 @@ def self_status(home: Home, *, daemon: dict[str, Any] | None = None) -> dict[str
         },
         "training_stats": {
             "model_version": version,
+            # "passed", or "ungated": went live without a gate verdict (too little held-out data)
+            "model_gate": (active.gate or "unjudged") if active else None,
             "deployed_at": active.deployed_at if active else None,
             "last_training": {
                 "run_id": last.run_id if last else None,
@@ -62,6 +64,7 @@ def self_status(home: Home, *, daemon: dict[str, Any] | None = None) -> dict[str
                 "canary_active": running is not None,
                 "canary": {
                     "version": running.version,
+                    "gate": home.versions.get(running.version).gate or "unjudged",
                     "percent": running.percent,
                     "since": running.since,
                 }

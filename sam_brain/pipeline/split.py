@@ -94,3 +94,24 @@ def ensure_nonempty(assignments: Mapping[str, str]) -> dict[str, str]:
     pool = train if len(train) >= 2 else [g for g, s in out.items() if s != "train"]
     out[min(pool, key=lambda g: (unit_hash("val", g), g))] = "val"
     return out
+
+
+def hold_out_groups(assignments: Mapping[str, str], share: float) -> dict[str, str]:
+    """Moves a share of the train groups into test, for a pool whose test split is empty.
+
+    Whole groups (sessions) move, so no held-out window shares a session with a training one. The
+    groups with the smallest `unit_hash("holdout", group)` go, at least one, leaving train at
+    least one group; val is untouched. The hash keeps the choice stable as the pool grows, so
+    successive runs mostly hold out the same sessions and the incumbent rarely trained on them.
+    Returns a new mapping; nothing moves when test already has a group or `share` is 0.
+    """
+    out = dict(assignments)
+    train = sorted(
+        (g for g, s in out.items() if s == "train"), key=lambda g: (unit_hash("holdout", g), g)
+    )
+    if share <= 0 or "test" in out.values() or len(train) < 2:
+        return out
+    count = min(len(train) - 1, max(1, round(share * len(train))))
+    for g in train[:count]:
+        out[g] = "test"
+    return out

@@ -18,7 +18,7 @@ from typing import Any
 from sam_brain.errors import SamBrainError, TrainingFailed
 from sam_brain.home import Home
 from sam_brain.hub import resolve_model
-from sam_brain.pipeline.split import ensure_nonempty
+from sam_brain.pipeline.split import ensure_nonempty, hold_out_groups
 from sam_brain.pool import write_jsonl_atomic
 from sam_brain.protocols import Progress, TrainSpec
 from sam_brain.store import Run, now_iso
@@ -37,13 +37,18 @@ def build_dataset(home: Home, out: Path, now: float | None = None) -> dict[str, 
     """Write train/valid/test JSONL of trainable samples (+ preference.jsonl); returns counts.
 
     A tiny pool may have no validation group yet; then the smallest deterministic group is
-    moved to val for this dataset only (see split.ensure_nonempty).
+    moved to val for this dataset only (see split.ensure_nonempty). With no test group either, a
+    share of the train sessions is held out for the gate and kept out of training
+    (split.hold_out_groups); `held_out_groups` in the counts says how many.
     """
     now = time.time() if now is None else now
     rows = list(home.pool.samples(f"ready_after <= {now!r}"))
     sft = [(s, split) for s, split in rows if s.kind == "sft"]
     groups = {s.group: split for s, split in sft}
     groups = ensure_nonempty(groups)
+    held = hold_out_groups(groups, home.config.deployment.gate_holdout_share)
+    moved = sum(1 for g, split in held.items() if split != groups[g])
+    groups = held
     by_split: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
     for s, _ in sft:
         by_split[groups[s.group]].append({"messages": s.messages})
@@ -52,10 +57,13 @@ def build_dataset(home: Home, out: Path, now: float | None = None) -> dict[str, 
         "val": write_jsonl_atomic(out / "valid.jsonl", by_split["val"]),
         "test": write_jsonl_atomic(out / "test.jsonl", by_split["test"]),
     }
+    if moved:
+        counts["held_out_groups"] = moved
     prefs = [
         {"prompt": s.messages, "chosen": s.chosen, "rejected": s.rejected}
         for s, split in rows
-        if s.kind == "preference" and split == "train"
+        # a held-out session's preference pairs stay out of training too
+        if s.kind == "preference" and split == "train" and groups.get(s.group) != "test"
     ]
     if prefs:
         counts["preference"] = write_jsonl_atomic(out / "preference.jsonl", prefs)
@@ -163,6 +171,7 @@ class TrainingJob:
                 metrics=result.metrics,
                 description=f"run {run.run_id} ({self.trigger})",
                 test_path=run_dir / "data" / "test.jsonl",
+                held_out=counts.get("held_out_groups", 0),
                 exclusive=self.exclusive,
                 pool_version=run.pool_version,
             )

@@ -1,27 +1,34 @@
 """Releasing a trained adapter: register -> evaluate -> canary, activate or reject.
 
-A candidate reaches traffic only when the gate (deployment/evaluate.py) finds it better than the
-incumbent on the held-out test split and its generations healthy. The first version goes live
-directly (there is nothing to canary against); later ones start as a canary at the first weight
-step and climb through `deployment.canary_steps`. The gate's report is kept beside the run.
+Nothing is registered before `deployment.adapter_check` finds the files fit the base model. Every
+candidate, the first one included, is then judged by the gate (deployment/evaluate.py) against the
+incumbent, or the base model when there is none, on held-out rows: the run's test split, or the
+sessions the dataset build held out when the pool has no test split yet (on mlx-lm, else on torch).
+A candidate judged better goes live directly when it is the first version; later ones start as a
+canary at the first weight step and climb through `deployment.canary_steps`. With fewer than
+`deployment.gate_min_rows` held-out rows there is no verdict: the version is marked `ungated` and
+may only start as a canary (beside the base model for a first version). The report is kept.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from deployment import canary
+from deployment.adapter_check import check_adapter
 from deployment.canary import CanaryPolicy, HealthLimits
 from deployment.evaluate import EvalReport, GateConfig, evaluate_version
 from sam_brain.config import Config
 from sam_brain.errors import PromotionRejected, SamBrainError
 from sam_brain.home import Home
-from sam_brain.hub import base_fingerprint
+from sam_brain.hub import base_fingerprint, resolve_model
+from sam_brain.pool import write_jsonl_atomic
 from sam_brain.registry import mlx_available
 from sam_brain.store import Version
 
@@ -135,57 +142,132 @@ def release(
     metrics: dict[str, Any] | None = None,
     description: str = "",
     test_path: Path | None = None,
+    held_out: int = 0,
     exclusive: Exclusive[Any] | None = None,
     dry_run: bool = False,
     pool_version: int | None = None,
 ) -> Outcome:
-    """Register `adapter_dir` and let the gate decide what happens to it."""
+    """Check `adapter_dir`, register it and let the gate decide what happens to it.
+
+    Args:
+        test_path: Held-out rows to judge on; None (a manual deploy): the pool's test split.
+        held_out: Sessions the dataset build held out for the gate (no test split yet); named
+            in the reasons so the report says where its held-out data came from.
+
+    Raises:
+        AdapterInvalid: The adapter does not fit the base (nothing is registered).
+    """
     cfg = home.config
+    base_dir = base_model_dir or str(resolve_model(base_ref))
     check_size(adapter_dir, cfg.deployment.max_adapter_mb)
     check_base(adapter_dir, base_ref, base_model_dir)
+    layouts = check_adapter(adapter_dir, base_dir, base_ref)
     if dry_run:
         from sam_brain.versions import sanity_check
 
         sanity_check(adapter_dir)
-        return Outcome(version="", action="dry-run", reasons=["files present, sizes within bounds"])
-    v = home.versions.register(
-        adapter_dir,
-        run_id=run_id,
-        base_model=base_ref,
-        training_samples=samples,
-        metrics=metrics,
-        description=description,
-        provenance=_provenance(base_model_dir, pool_version),
-    )
-    report: EvalReport | None = None
-    gate_possible = exclusive is not None or mlx_available()
-    if not gate_possible:
-        log.warning("evaluation gate skipped for %s: it needs mlx-lm", v.version)
-    elif test_path is not None and test_path.exists() and test_path.stat().st_size > 0:
-        run = exclusive or local_exclusive(base_model_dir)
-        report = run(
-            lambda resident: evaluate_version(
-                home.versions, resident, v.version, test_path, gate_config(cfg)
-            )
+        checked = f"adapter ({' and '.join(layouts)} files) fits the base model"
+        return Outcome(version="", action="dry-run", reasons=[checked])
+    with tempfile.TemporaryDirectory(prefix="sam-gate-") as scratch:
+        test, source = _held_out_data(home, test_path, held_out, Path(scratch))
+        v = home.versions.register(
+            adapter_dir,
+            run_id=run_id,
+            base_model=base_ref,
+            training_samples=samples,
+            metrics=metrics,
+            description=description,
+            provenance=_provenance(base_dir, pool_version),
         )
-        _save_report(home, run_id or v.version, report)
-        if not report.gate.promote:
-            canary.reject(home.versions, v.version, "; ".join(report.gate.reasons))
-            log.warning("%s rejected by the gate: %s", v.version, "; ".join(report.gate.reasons))
-            return Outcome(v.version, "rejected", report.gate.reasons, report.to_dict())
-    if report is not None:
-        reasons = report.gate.reasons
-    elif not gate_possible:
-        reasons = ["gate skipped: the evaluation gate needs mlx-lm (pip install 'sam-brain[mlx]')"]
-    else:
-        reasons = ["no test split: gate skipped"]
-    return _roll_out(home, v, reasons, report)
+        run = exclusive or gate_exclusive(base_dir)
+        report: EvalReport | None = None
+        if run is not None and test is not None:
+            report = run(
+                lambda model: evaluate_version(
+                    home.versions, model, v.version, test, gate_config(cfg)
+                )
+            )
+            report.notes.insert(0, f"held-out data: {source}")
+            _save_report(home, run_id or v.version, report)
+    why = _ungated(run is not None, report, source, cfg.deployment.gate_min_rows)
+    reasons = [*(report.gate.reasons if report else []), f"held-out data: {source}"]
+    if not why and report is not None and not report.gate.promote:
+        canary.reject(home.versions, v.version, "; ".join(reasons))
+        log.warning("%s rejected by the gate: %s", v.version, "; ".join(reasons))
+        return Outcome(v.version, "rejected", reasons, report.to_dict())
+    if why:
+        # Too few rows for a verdict either way: the canary's live health checks decide.
+        log.warning("%s is %s; it may only start as a canary", v.version, why)
+        reasons = [why, *reasons]
+    home.versions.set_gate(v.version, "ungated" if why else "passed", reasons)
+    return _roll_out(home, v, reasons, report, gated=not why)
 
 
-def _roll_out(home: Home, v: Version, reasons: list[str], report: EvalReport | None) -> Outcome:
+def _ungated(can_judge: bool, report: EvalReport | None, source: str, minimum: int) -> str:
+    """Why the gate gave no verdict ("" when it did)."""
+    if not can_judge:
+        return "ungated: no model to judge with (install mlx-lm, or torch + transformers + peft)"
+    rows = report.scored if report else 0
+    if rows < minimum:
+        return f"ungated: {rows} held-out rows ({source}), the gate needs {minimum} to judge"
+    return ""
+
+
+def gate_exclusive(base_model_dir: str) -> Exclusive[Any] | None:
+    """The gate's own model when nothing shares one: mlx-lm, else torch, else None."""
+    if mlx_available():
+        return local_exclusive(base_model_dir)
+    from deployment.torch_scorer import TorchResident, torch_available
+
+    if not torch_available():
+        return None
+    holder: dict[str, Any] = {}
+
+    def run(fn: Callable[[Any], Any]) -> Any:
+        if "m" not in holder:
+            holder["m"] = TorchResident(base_model_dir)
+        return fn(holder["m"])
+
+    return run
+
+
+def _held_out_data(
+    home: Home, test_path: Path | None, held_out: int, scratch: Path
+) -> tuple[Path | None, str]:
+    """The rows to judge on and where they came from (said in the report and the reasons)."""
+    if test_path is not None:
+        rows = _count_rows(test_path)
+        if held_out:
+            return (test_path if rows else None), (
+                f"{rows} rows of {held_out} sessions held out from this run's training"
+                " (the pool has no test split yet)"
+            )
+        return (test_path if rows else None), f"{rows} rows of the test split"
+    rows_out = [
+        {"messages": s.messages}
+        for s, split in home.pool.samples()
+        if split == "test" and s.kind == "sft"
+    ]
+    path = scratch / "pool-test.jsonl"
+    write_jsonl_atomic(path, rows_out)
+    return (path if rows_out else None), f"{len(rows_out)} rows of the pool's test split"
+
+
+def _count_rows(path: Path) -> int:
+    if not path.is_file():
+        return 0
+    with open(path, encoding="utf-8") as fh:
+        return sum(1 for line in fh if line.strip())
+
+
+def _roll_out(
+    home: Home, v: Version, reasons: list[str], report: EvalReport | None, gated: bool
+) -> Outcome:
     steps = home.config.deployment.canary_steps
     rep = report.to_dict() if report else None
-    if home.versions.current() is None or steps[0] >= 100:
+    # Only a judged candidate goes straight to active; an ungated one starts as a canary, beside
+    # the active version or, for a first version, beside the base model.
+    if gated and (home.versions.current() is None or steps[0] >= 100):
         home.versions.activate(v.version, reason="passed the gate")
         return Outcome(v.version, "activated", reasons, rep)
     if canary.canary_state(home.versions) is not None:
@@ -214,6 +296,7 @@ def render_markdown(report: EvalReport) -> str:
         "",
     ]
     lines += [f"- {r}" for r in report.gate.reasons]
+    lines += [f"- note: {n}" for n in report.notes]
     lines += ["", "| model | mean loss | perplexity |", "|---|---|---|"]
     for name, stats in (
         ("base", d["base"]),
@@ -228,13 +311,17 @@ def render_markdown(report: EvalReport) -> str:
     return "\n".join(lines)
 
 
-def rollback_or_abort(home: Home, version: str | None = None) -> tuple[str, Version]:
-    """`samctl rollback`: during a canary abort it (weight 0); otherwise go back a version."""
+def rollback_or_abort(home: Home, version: str | None = None) -> tuple[str, Version | None]:
+    """`samctl rollback`: during a canary abort it (weight 0); otherwise go back a version.
+
+    Returns:
+        What was done and the version active afterwards (None: the base model serves).
+    """
     running = canary.canary_state(home.versions)
     if running is not None and version is None:
         canary.abort(home.versions, reason="manual rollback during canary")
+        # A first version's canary runs beside the base model: then the base serves again.
         active = home.versions.current()
-        assert active is not None  # a canary always runs next to an active version
         return "aborted canary " + running.version, active
     back = home.versions.rollback(version)
     return "rolled back", back
@@ -244,10 +331,12 @@ def start_canary_from(home: Home, target: str, traffic: int) -> Version:
     """`samctl canary VERSION|PATH --traffic N`: a registered version or an adapter folder."""
     path = Path(target).expanduser()
     if path.is_dir():
+        ref = _base_ref(home)
         check_size(path, home.config.deployment.max_adapter_mb)
-        v = home.versions.register(
-            path, base_model=_base_ref(home), description=f"canary from {path}"
-        )
+        check_adapter(path, resolve_model(ref), ref)
+        v = home.versions.register(path, base_model=ref, description=f"canary from {path}")
+        # Started by hand, not judged: shown as ungated until a human promotes it.
+        home.versions.set_gate(v.version, "ungated", ["canary started by hand, not gated"])
         name = v.version
     else:
         name = home.versions.get(target).version

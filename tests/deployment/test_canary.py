@@ -114,8 +114,10 @@ def test_start_canary_refusals(versions: Versions, tmp_path: Path) -> None:
         canary.abort(Versions(Store(tmp_path / "other.db"), tmp_path / "other"))
     empty = Versions(Store(tmp_path / "e.db"), tmp_path / "e")
     empty.register(make_adapter(tmp_path / "e0", b"x"))
-    with pytest.raises(Conflict, match="no active version"):
-        canary.start_canary(empty, "v1.0.0", 10)
+    # No active version (an ungated first version): the canary runs beside the base model.
+    assert canary.start_canary(empty, "v1.0.0", 10).percent == 10
+    assert empty.current() is None and canary.canary_state(empty).version == "v1.0.0"  # type: ignore[union-attr]
+    assert canary.abort(empty).status == "rejected" and empty.current() is None
 
 
 def test_evaluate_step_holds_promotes_and_aborts() -> None:
