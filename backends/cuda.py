@@ -36,7 +36,7 @@ import torch
 from safetensors.torch import load_file
 
 from backends.adapter_format import MLX_WEIGHTS, PEFT_DIR, PEFT_WEIGHTS, peft_files, save_adapter
-from backends.checkpoint import atomic_file, load_checkpoint, save_checkpoint
+from backends.checkpoint import load_checkpoint, save_checkpoint
 from backends.cuda_dist import Ranks, any_rank, from_main, join_group, leave_group, on_main, wrap
 from backends.cuda_dpo import run_dpo
 from backends.cuda_loop import Buckets, evaluate, restore_state, run_steps, save_state
@@ -61,6 +61,7 @@ from backends.run_options import (
 from backends.run_state import Hooks, LoopConfig, Row, RunState, finished_reason, retry_after_oom
 from sam_brain.config import Profile
 from sam_brain.errors import BackendUnavailable, ModelUnavailable, TrainingFailed
+from sam_brain.fsutil import atomic_file
 from sam_brain.masking import load_pairs
 from sam_brain.protocols import Message, Preflight, Progress, TrainResult, TrainSpec
 

@@ -28,7 +28,7 @@ import mlx.core as mx
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
-from backends.checkpoint import atomic_file, load_checkpoint, save_checkpoint, write_text_atomic
+from backends.checkpoint import load_checkpoint, save_checkpoint
 from backends.dpo_options import SFT_BEST, DpoOptions
 from backends.mlx_dpo import dpo_stage
 from backends.mlx_loop import (
@@ -55,6 +55,7 @@ from backends.run_options import (
 from backends.run_state import Hooks, LoopConfig, Row, RunState, finished_reason, retry_after_oom
 from sam_brain.config import Profile
 from sam_brain.errors import TrainingFailed
+from sam_brain.fsutil import atomic_file, write_text_atomic
 from sam_brain.protocols import Message, Preflight, Progress, TrainResult, TrainSpec
 
 ADAPTER_FILE = "adapters.safetensors"

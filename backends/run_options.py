@@ -20,10 +20,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from backends.checkpoint import write_text_atomic
 from backends.run_state import Row
 from sam_brain.config import Profile
 from sam_brain.errors import BackendUnavailable, ModelUnavailable
+from sam_brain.fsutil import write_text_atomic
 from sam_brain.masking import MaskStats, encode_rows, load_rows
 from sam_brain.protocols import TrainSpec
 

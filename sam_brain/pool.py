@@ -11,7 +11,6 @@ from __future__ import annotations
 import bisect
 import fcntl
 import json
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -203,18 +202,3 @@ class Pool:
         for group, split in changes.items():
             g = group.replace("'", "''")
             self._table.update(where=f"`group` = '{g}'", values={"split": split})
-
-
-def write_jsonl_atomic(path: Path, records: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> int:
-    """Write records as JSONL via a temp file and rename; returns the line count."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            n += 1
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return n

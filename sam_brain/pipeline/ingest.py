@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from sam_brain import registry
+from sam_brain.fsutil import write_jsonl_atomic, write_text_atomic
 from sam_brain.home import Home
 from sam_brain.pipeline.dedup import DedupIndex
 from sam_brain.pipeline.scrub import Scrubber
 from sam_brain.pipeline.split import assign_split
 from sam_brain.pipeline.validate import check_sample
-from sam_brain.pool import file_lock, write_jsonl_atomic
+from sam_brain.pool import file_lock
 from sam_brain.protocols import Collector, CollectResult, Sample
 
 log = logging.getLogger(__name__)
@@ -178,10 +179,7 @@ def ingest(home: Home, collector: Collector, paths: Sequence[Path] | None = None
 def write_report(home: Home, report: IngestReport) -> Path:
     ts = time.strftime("%Y%m%dT%H%M%S")
     path = home.reports_dir / f"ingest-{ts}-{report.collector}-{time.time_ns() % 10**6:06d}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(report.to_dict(), indent=2))
     return path
 
 

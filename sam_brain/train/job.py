@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from sam_brain.errors import SamBrainError, TrainingFailed
+from sam_brain.fsutil import write_jsonl_atomic
 from sam_brain.home import Home
 from sam_brain.hub import resolve_model
 from sam_brain.pipeline.split import ensure_nonempty
-from sam_brain.pool import write_jsonl_atomic
 from sam_brain.protocols import Progress, TrainSpec
 from sam_brain.store import Run, now_iso
 from sam_brain.train.release import Exclusive, Outcome, release

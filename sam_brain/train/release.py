@@ -20,6 +20,7 @@ from deployment.canary import CanaryPolicy, HealthLimits
 from deployment.evaluate import EvalReport, GateConfig, evaluate_version
 from sam_brain.config import Config
 from sam_brain.errors import PromotionRejected, SamBrainError
+from sam_brain.fsutil import write_text_atomic
 from sam_brain.home import Home
 from sam_brain.hub import base_fingerprint
 from sam_brain.registry import mlx_available
@@ -197,10 +198,7 @@ def _roll_out(home: Home, v: Version, reasons: list[str], report: EvalReport | N
 
 def _save_report(home: Home, name: str, report: EvalReport) -> None:
     out = home.reports_dir / f"eval-{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(report.to_json(), encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, report.to_json())
     md = out.with_suffix(".md")
     md.write_text(render_markdown(report), encoding="utf-8")
 
