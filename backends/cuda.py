@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from safetensors.torch import load_file
@@ -63,7 +63,14 @@ from sam_brain.config import Profile
 from sam_brain.errors import BackendUnavailable, ModelUnavailable, TrainingFailed
 from sam_brain.fsutil import atomic_file
 from sam_brain.masking import load_pairs
-from sam_brain.protocols import Message, Preflight, Progress, TrainResult, TrainSpec
+from sam_brain.protocols import (
+    Message,
+    Preflight,
+    Progress,
+    TrainingBackend,
+    TrainResult,
+    TrainSpec,
+)
 
 
 class CudaBackend:
@@ -368,3 +375,7 @@ def _tokenizer(base: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(base))
+
+
+if TYPE_CHECKING:  # mypy --strict holds the backend to the plug-in contract
+    _contract: TrainingBackend = CudaBackend()

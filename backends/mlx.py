@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import mlx.optimizers as optim
@@ -56,7 +56,14 @@ from backends.run_state import Hooks, LoopConfig, Row, RunState, finished_reason
 from sam_brain.config import Profile
 from sam_brain.errors import TrainingFailed
 from sam_brain.fsutil import atomic_file, write_text_atomic
-from sam_brain.protocols import Message, Preflight, Progress, TrainResult, TrainSpec
+from sam_brain.protocols import (
+    Message,
+    Preflight,
+    Progress,
+    TrainingBackend,
+    TrainResult,
+    TrainSpec,
+)
 
 ADAPTER_FILE = "adapters.safetensors"
 
@@ -317,3 +324,7 @@ def _opt_weights(optimizer: Any) -> dict[str, mx.array]:
 def _save_adapter(model: Any, path: Path) -> None:
     with atomic_file(path) as tmp:
         mx.save_safetensors(str(tmp), _adapter_weights(model))
+
+
+if TYPE_CHECKING:  # mypy --strict holds the backend to the plug-in contract
+    _contract: TrainingBackend = MLXBackend()

@@ -366,9 +366,14 @@ class Store:
         runs = self.runs(1)
         return runs[0] if runs else None
 
-    def runs_since(self, iso: str) -> int:
-        rows = self._query("SELECT COUNT(*) AS n FROM runs WHERE created_at >= ?", (iso,))
-        return int(rows[0]["n"])
+    def run_counts(self, since: str = "") -> dict[str, int]:
+        """Runs by status, of all time or created at or after the ISO time `since`."""
+        rows = self._query(
+            "SELECT status, COUNT(*) AS n FROM runs WHERE created_at >= ?"
+            " GROUP BY status ORDER BY status",
+            (since,),
+        )
+        return {str(r["status"]): int(r["n"]) for r in rows}
 
     def fail_interrupted_runs(self) -> int:
         """Mark runs left 'training'/'pending' by a dead daemon as failed; returns how many."""

@@ -14,7 +14,8 @@ from sam_brain.errors import TrainingFailed
 from sam_brain.home import Home
 from sam_brain.pool import file_lock
 from sam_brain.protocols import Sample, stable_id
-from sam_brain.train.job import TrainingJob, build_dataset
+from sam_brain.train.dataset import build_dataset
+from sam_brain.train.job import TrainingJob
 from sam_brain.train.scheduler import Coordinator
 
 

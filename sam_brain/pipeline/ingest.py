@@ -100,9 +100,7 @@ def store_result(
             index.rebuild((s.id, s.text()) for s, _ in home.pool.samples())
         old_ids: set[str] = set()
         if result.replace_keys:
-            keys = sorted(result.replace_keys)
-            quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
-            old_ids = {s.id for s, _ in home.pool.samples(f"source_key IN ({quoted})")}
+            old_ids = {s.id for s, _ in home.pool.samples(source_keys=result.replace_keys)}
         prepared: list[tuple[Sample, str]] = []
         for raw in result.samples:
             sample, reason = check_sample(raw, cfg.max_tokens, cfg.min_chars)
@@ -185,10 +183,10 @@ def write_report(home: Home, report: IngestReport) -> Path:
 
 def export_split(home: Home, split: str, out: Path, *, trainable_only: bool = False) -> int:
     """Write `{"messages": [...]}` lines for one split (or `all`); returns the line count."""
-    where = "kind = 'sft'"
-    if split != "all":
-        where += f" AND split = '{split}'"
-    if trainable_only:
-        where += f" AND ready_after <= {time.time()!r}"
-    records = ({"messages": s.messages} for s, _ in home.pool.samples(where))
+    rows = home.pool.samples(
+        kind="sft",
+        split=None if split == "all" else split,
+        ready_before=time.time() if trainable_only else None,
+    )
+    records = ({"messages": s.messages} for s, _ in rows)
     return write_jsonl_atomic(out, records)

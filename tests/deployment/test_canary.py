@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -208,11 +209,8 @@ def test_a_home_made_before_the_canary_table_keeps_its_canary(tmp_path: Path) ->
     with vs.store.tx() as db:
         db.execute("UPDATE versions SET status='canary' WHERE version='v1.0.1'")
         db.execute("DROP TABLE canary")
-    vs.store.set_cursors(
-        {
-            "deployment.canary": '{"version": "v1.0.1", "percent": 50, "since": "2026-01-02T03:04:05+00:00"}'
-        }
-    )
+    old = {"version": "v1.0.1", "percent": 50, "since": "2026-01-02T03:04:05+00:00"}
+    vs.store.set_cursors({"deployment.canary": json.dumps(old)})
     vs.store.close()
     reopened = Versions(Store(tmp_path / "state.db"), tmp_path / "versions")
     state = canary.canary_state(reopened)
