@@ -12,6 +12,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -34,12 +35,21 @@ T = TypeVar("T")
 Exclusive = Callable[[Callable[[Any], T]], T]
 
 
+class ReleaseAction(StrEnum):
+    """What the release did with a candidate; the values appear in events and API replies."""
+
+    ACTIVATED = "activated"
+    CANARY = "canary"
+    REJECTED = "rejected"
+    DRY_RUN = "dry-run"
+
+
 @dataclass
 class Outcome:
     """What happened to a candidate."""
 
     version: str
-    action: str  # activated, canary, rejected, registered
+    action: ReleaseAction
     reasons: list[str]
     report: dict[str, Any] | None = None
 
@@ -148,7 +158,9 @@ def release(
         from sam_brain.versions import sanity_check
 
         sanity_check(adapter_dir)
-        return Outcome(version="", action="dry-run", reasons=["files present, sizes within bounds"])
+        return Outcome(
+            version="", action=ReleaseAction.DRY_RUN, reasons=["files present, sizes within bounds"]
+        )
     v = home.versions.register(
         adapter_dir,
         run_id=run_id,
@@ -173,7 +185,7 @@ def release(
         if not report.gate.promote:
             canary.reject(home.versions, v.version, "; ".join(report.gate.reasons))
             log.warning("%s rejected by the gate: %s", v.version, "; ".join(report.gate.reasons))
-            return Outcome(v.version, "rejected", report.gate.reasons, report.to_dict())
+            return Outcome(v.version, ReleaseAction.REJECTED, report.gate.reasons, report.to_dict())
     if report is not None:
         reasons = report.gate.reasons
     elif not gate_possible:
@@ -188,12 +200,12 @@ def _roll_out(home: Home, v: Version, reasons: list[str], report: EvalReport | N
     rep = report.to_dict() if report else None
     if home.versions.current() is None or steps[0] >= 100:
         home.versions.activate(v.version, reason="passed the gate")
-        return Outcome(v.version, "activated", reasons, rep)
+        return Outcome(v.version, ReleaseAction.ACTIVATED, reasons, rep)
     if canary.canary_state(home.versions) is not None:
         # One canary at a time: the newer candidate replaces the one still climbing.
         canary.abort(home.versions, reason=f"superseded by {v.version}")
     canary.start_canary(home.versions, v.version, steps[0])
-    return Outcome(v.version, "canary", reasons, rep)
+    return Outcome(v.version, ReleaseAction.CANARY, reasons, rep)
 
 
 def _save_report(home: Home, name: str, report: EvalReport) -> None:
