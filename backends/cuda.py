@@ -81,27 +81,19 @@ class CudaBackend:
     def __init__(
         self,
         quantize: bool | None = None,
-        patience: int = 3,
-        dpo_beta: float = 0.1,
-        dpo_learning_rate: float = 5e-6,
-        dpo_epochs: float = 1.0,
-        dpo_max_steps: int = 0,
     ) -> None:
         """Args:
         quantize: Load the base in 4-bit NF4. None reads `SAM_BRAIN_CUDA_QUANTIZE` ("0", "false"
             or "no" turn it off, "1" on); default on with CUDA, off on the CPU.
-        patience: Validation passes without improvement before stopping early (a `patience`
-            key in the profile overrides it).
-        dpo_beta, dpo_learning_rate, dpo_epochs, dpo_max_steps: The DPO stage's settings
-            (max_steps 0 runs the epochs).
+
+        Every training setting, early-stopping `patience` and the DPO stage's `dpo_*` included,
+        comes from the spec's profile.
         """
         # 4-bit exists to fit a GPU's memory; on a CPU it only costs speed (measured 1.7x
         # slower here), so without CUDA it is opt-in.
         default = "1" if torch.cuda.is_available() else "0"
         env = os.environ.get("SAM_BRAIN_CUDA_QUANTIZE", default).strip().lower()
         self.quantize = quantize if quantize is not None else env not in ("0", "false", "no")
-        self.patience = patience
-        self.dpo = DpoOptions(dpo_beta, dpo_learning_rate, dpo_epochs, dpo_max_steps)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def preflight(self, spec: TrainSpec) -> Preflight:
@@ -113,7 +105,7 @@ class CudaBackend:
         """
         base = base_dir(spec.base_model)
         shape = read_shape(base)
-        opts = check_options(spec.profile, shape, self.patience)
+        opts = check_options(spec.profile, shape)
         train, _, tstats, vstats = encode_splits(
             _tokenizer(base), Path(spec.data_dir), opts.max_seq_length
         )
@@ -158,7 +150,7 @@ class CudaBackend:
         wall = time.perf_counter()
         base = base_dir(spec.base_model)
         shape = read_shape(base)
-        opts = check_options(spec.profile, shape, self.patience)
+        opts = check_options(spec.profile, shape)
         out = Path(spec.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         tokenizer = _tokenizer(base)
@@ -298,7 +290,7 @@ class CudaBackend:
         set_peft_model_state_dict(model, load_file(str(out / "checkpoint" / SFT_BEST)))
         with tempfile.TemporaryDirectory(dir=out) as work:
             dpo = run_dpo(
-                model, tokenizer, pairs, self.dpo, max_length=opts.max_seq_length,
+                model, tokenizer, pairs, DpoOptions.from_profile(opts), max_length=opts.max_seq_length,
                 work_dir=Path(work), seed=spec.seed, grad_checkpoint=opts.grad_checkpoint,
                 progress=progress, cancelled=cancelled,
             )  # fmt: skip

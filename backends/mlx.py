@@ -71,20 +71,13 @@ ADAPTER_FILE = "adapters.safetensors"
 class MLXBackend:
     """LoRA training and generation on MLX (Apple Silicon, or the CPU on Linux).
 
-    Args:
-        patience: Validation passes without improvement before stopping early; a `patience`
-            key in the profile overrides it.
-        dpo_beta, dpo_learning_rate, dpo_epochs, dpo_max_steps: The DPO stage's settings.
+    Every training setting, early-stopping `patience` and the DPO stage's `dpo_*` included,
+    comes from the spec's profile.
     """
 
     name = "mlx"
 
-    def __init__(
-        self, patience: int = 3, dpo_beta: float = 0.1, dpo_learning_rate: float = 5e-6,
-        dpo_epochs: float = 1.0, dpo_max_steps: int = 0,
-    ) -> None:  # fmt: skip
-        self.patience = patience
-        self.dpo = DpoOptions(dpo_beta, dpo_learning_rate, dpo_epochs, dpo_max_steps)
+    def __init__(self) -> None:
         self._loaded: tuple[Any, Any, Any] | None = None  # (key, model, tokenizer) for generate
 
     def preflight(self, spec: TrainSpec) -> Preflight:
@@ -96,7 +89,7 @@ class MLXBackend:
         """
         base = base_dir(spec.base_model)
         shape = read_model_shape(base)
-        opts = _checked(spec.profile, shape, self.patience)
+        opts = _checked(spec.profile, shape)
         from mlx_lm.tokenizer_utils import load as load_tokenizer
 
         data = Path(spec.data_dir)
@@ -130,7 +123,7 @@ class MLXBackend:
         wall = time.perf_counter()
         base = base_dir(spec.base_model)
         shape = read_model_shape(base)
-        opts = _checked(spec.profile, shape, self.patience)
+        opts = _checked(spec.profile, shape)
         out = Path(spec.out_dir)
         out.mkdir(parents=True, exist_ok=True)
 
@@ -209,7 +202,17 @@ class MLXBackend:
         notes.append(f"stopped: {reason} at step {state.step}/{steps}")
         metrics = state.metrics(time.perf_counter() - wall)
         if reason != "cancelled":  # DPO on the best SFT adapter when preference.jsonl has rows
-            dpo_stage(model, tokenizer, spec, opts, self.dpo, metrics, notes, progress, cancelled)
+            dpo_stage(
+                model,
+                tokenizer,
+                spec,
+                opts,
+                DpoOptions.from_profile(opts),
+                metrics,
+                notes,
+                progress,
+                cancelled,
+            )
         body = {
             "effective_profile": effective_profile(opts, state.effective()),
             "stop_reason": reason,
@@ -241,14 +244,13 @@ class MLXBackend:
         return str(generate(model, tokenizer, prompt, max_tokens=max_tokens))
 
 
-def _checked(profile: dict[str, Any], shape: ModelShape, patience: int) -> Profile:
+def _checked(profile: dict[str, Any], shape: ModelShape) -> Profile:
     """The checked profile with `num_layers` -1 resolved to every block (mlx-lm's config)."""
     opts = checked_profile(
         profile,
         backend="mlx",
         num_blocks=shape.num_layers,
         block_linears=shape.linears,
-        patience=patience,
     )
     layers = shape.num_layers if opts.num_layers == -1 else opts.num_layers
     return replace(opts, num_layers=layers)

@@ -104,6 +104,12 @@ class Profile:
     patience: int = _f(
         3, "Early stopping: validation passes without improvement before the run stops."
     )
+    dpo_beta: float = _f(
+        0.1, "DPO stage (runs when the pool has preference pairs): strength of the KL anchor."
+    )
+    dpo_learning_rate: float = _f(5e-6, "DPO stage: peak learning rate.")
+    dpo_epochs: float = _f(1.0, "DPO stage: passes over the preference pairs.")
+    dpo_max_steps: int = _f(0, "DPO stage: stop after this many steps; 0 means run the epochs.")
 
 
 def _builtin_profiles() -> dict[str, Profile]:
