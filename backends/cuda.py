@@ -290,16 +290,16 @@ class CudaBackend:
         set_peft_model_state_dict(model, load_file(str(out / "checkpoint" / SFT_BEST)))
         with tempfile.TemporaryDirectory(dir=out) as work:
             dpo = run_dpo(
-                model, tokenizer, pairs, DpoOptions.from_profile(opts), max_length=opts.max_seq_length,
-                work_dir=Path(work), seed=spec.seed, grad_checkpoint=opts.grad_checkpoint,
-                progress=progress, cancelled=cancelled,
+                model, tokenizer, pairs, DpoOptions.from_profile(opts),
+                max_length=opts.max_seq_length, work_dir=Path(work), seed=spec.seed,
+                grad_checkpoint=opts.grad_checkpoint, progress=progress, cancelled=cancelled,
             )  # fmt: skip
         metrics["dpo_margin_before"] = dpo.margin_before
         metrics["dpo_margin_after"] = dpo.margin_after
         metrics["dpo_steps"] = float(dpo.steps)
         if dpo.finite and not dpo.cancelled:
             save_adapter(model, out, base_dir(spec.base_model))
-            notes.append(f"dpo: {len(pairs)} pairs, {dpo.steps} steps, beta {self.dpo.beta}")
+            notes.append(f"dpo: {len(pairs)} pairs, {dpo.steps} steps, beta {opts.dpo_beta}")
         else:
             notes.append("dpo: cancelled or diverged; the SFT adapter is kept")
 
