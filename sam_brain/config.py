@@ -174,7 +174,10 @@ class TrainingConfig:
 class DeploymentConfig:
     """Evaluation gate, versions, serving, canary and rollback."""
 
-    keep_versions: int = _f(10, "Versions kept on disk; older inactive ones are pruned.")
+    keep_versions: int = _f(
+        10,
+        "Versions kept on disk; older ones and their run folders are pruned after each release (never the active, canary or rollback target). 0 keeps all.",
+    )
     max_adapter_mb: float = _f(2048.0, "Sanity bound: an adapter larger than this is refused.")
     gate_margin: float = _f(
         0.0, "The candidate's mean test loss must beat the incumbent's by this much."

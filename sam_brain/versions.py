@@ -245,6 +245,35 @@ class Versions:
             demote_active_to=VersionStatus.ROLLED_BACK,
         )
 
+    def prune(self, keep: int, runs_dir: Path | None = None) -> list[str]:
+        """Delete the oldest versions beyond `keep` (0: keep all), with their training run folders.
+
+        The active version, the canary and the rollback target are never pruned, so at most
+        `keep` versions stay unless more than that are protected. Returns the pruned names.
+        """
+        if keep <= 0:
+            return []
+        every = self.store.versions()  # oldest first
+        active, target = self.current(), self.rollback_target()
+        protected = {v.version for v in (active, target) if v is not None}
+        protected |= {v.version for v in every if v.status is VersionStatus.CANARY}
+        excess = len(every) - keep
+        doomed = [v for v in every if v.version not in protected][: max(excess, 0)]
+        if not doomed:
+            return []
+        names = [v.version for v in doomed]
+        with self.store.tx() as db:
+            db.executemany("DELETE FROM versions WHERE version=?", [(n,) for n in names])
+            self.store.add_event("versions_pruned", {"versions": names, "keep": keep}, db)
+        # Rows first: a kill now leaves orphan folders (harmless), never a row without files.
+        kept_runs = {v.run_id for v in self.store.versions()}
+        for v in doomed:
+            shutil.rmtree(self.path(v.version), ignore_errors=True)
+            if runs_dir is not None and v.run_id and v.run_id not in kept_runs:
+                shutil.rmtree(runs_dir / v.run_id, ignore_errors=True)
+        self.write_index()
+        return names
+
     def get(self, version: str) -> Version:
         return self.store.get_version(version)
 

@@ -162,6 +162,11 @@ class TrainingJob:
         }
         home.store.add_event("released", {"run_id": run.run_id, **released})
         log.info("run %s -> %s %s", run.run_id, outcome.version, outcome.action)
+        pruned = await asyncio.to_thread(
+            home.versions.prune, home.config.deployment.keep_versions, home.runs_dir
+        )
+        if pruned:
+            log.info("pruned %s (deployment.keep_versions)", ", ".join(pruned))
         metrics["release"] = released
         return metrics
 
