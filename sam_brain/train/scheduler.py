@@ -84,7 +84,8 @@ class Coordinator:
 
     async def stop(self) -> None:
         # Jobs still running are cancelled by the shutdown; `_ends_quietly` keeps that out of the log.
-        self.scheduler.shutdown(wait=False)
+        if self.scheduler.running:  # not yet when the daemon stops during its first poll
+            self.scheduler.shutdown(wait=False)
         if self.task is not None and not self.task.done():
             if self.job is not None:
                 await self.job.cancel()
