@@ -7,8 +7,7 @@ meta and command lines), stitches compaction via `logicalParentUuid`, keeps the 
 leaf while re-attaching parallel tool-call forks (`transcript_tree`), merges the one-block-per-line
 pieces of an API message into one assistant turn, pairs tool calls with their results, and splits
 inline sidechain runs (1.0.x subagents) off the main line. `collectors/sessions.py` attaches
-subagent files and links them to their Task/Agent calls. The format notes are in
-/work/shared/reference/claude-code-session-format.md.
+subagent files and links them to their Task/Agent calls.
 """
 
 from __future__ import annotations
