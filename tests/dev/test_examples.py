@@ -27,7 +27,7 @@ from sam_brain.dev.examples import (
 )
 
 SPOTTER = (
-    Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "claude-sessions" / "spotter"
+    Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "claude-sessions" / "spotter"
 )
 Line = dict[str, Any]
 

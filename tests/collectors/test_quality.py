@@ -11,7 +11,7 @@ from collectors.quality import QualityConfig, exchanges, score_conversation, tie
 from collectors.transcript import Conversation, parse_file
 from collectors.transcript_lines import ToolCall, ToolResult, Turn
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "claude-sessions"
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "claude-sessions"
 
 
 def conv(*turns: Turn, interrupts: int = 0) -> Conversation:
