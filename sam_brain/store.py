@@ -190,12 +190,14 @@ class Store:
         rows = self._query("SELECT value FROM cursors WHERE key=?", (LEGACY_CANARY_KEY,))
         if not rows:
             return
-        data = json.loads(rows[0]["value"] or "{}")
+        weight: CanaryWeight | None
+        try:
+            data = json.loads(rows[0]["value"] or "{}")
+            weight = CanaryWeight(str(data["version"]), int(data["percent"]), str(data["since"]))
+        except (ValueError, TypeError, KeyError):  # "{}" (none ran) or edited by hand: no weight
+            weight = None
         with self.tx() as db:
-            if data.get("version"):
-                weight = CanaryWeight(
-                    str(data["version"]), int(data["percent"]), str(data["since"])
-                )
+            if weight is not None:
                 self.set_canary(weight, db)
             db.execute("DELETE FROM cursors WHERE key=?", (LEGACY_CANARY_KEY,))
 

@@ -234,3 +234,12 @@ def test_an_old_home_with_an_empty_canary_cursor_has_no_canary(tmp_path: Path) -
     assert reopened.canary() is None
     assert reopened.get_cursor("deployment.canary") is None
     assert reopened.get_cursor("git:/repo") == "abc"  # other cursors untouched
+
+
+def test_an_old_home_with_a_damaged_canary_cursor_still_opens(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    store.set_cursors({"deployment.canary": '{"version": "v1.0.1"'})  # cut off mid-write
+    store.close()
+    reopened = Store(tmp_path / "state.db")
+    assert reopened.canary() is None
+    assert reopened.get_cursor("deployment.canary") is None
