@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from backends.checkpoint import atomic_file, write_text_atomic
 from sam_brain.errors import BadRequest, NotFound
+from sam_brain.fsutil import atomic_file, write_text_atomic
 
 PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_DIR = "peft"  # where a backend keeps the PEFT copy of its adapter

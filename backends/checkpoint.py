@@ -4,48 +4,24 @@ A checkpoint is a directory `checkpoint/step-NNNNNNNN-XXXXXX/` holding whatever 
 backend writes plus `state.json` (step, data position, best loss...). It is built in a temporary
 directory, renamed into place, and only then named in `checkpoint/LATEST` by an atomic
 `os.replace`, so a crash at any moment leaves the previous checkpoint intact and readable; older
-step directories are pruned afterwards. `atomic_file` gives the same guarantee for single files
-such as the best adapter.
+step directories are pruned afterwards. Single files (the best adapter, `LATEST`) go through
+`sam_brain.fsutil`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sam_brain.fsutil import fsync_path, write_text_atomic
+
 LATEST = "LATEST"
 STATE = "state.json"
-
-
-@contextlib.contextmanager
-def atomic_file(path: Path) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; it replaces `path` only if the block succeeds.
-
-    The temporary name keeps `path`'s suffix because some writers (mlx's `save_safetensors`)
-    append their own extension otherwise.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file so readers see either the old or the new content, never a mix."""
-    with atomic_file(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
 
 
 def save_checkpoint(
@@ -68,7 +44,7 @@ def save_checkpoint(
         write_tensors(tmp)
         (tmp / STATE).write_text(json.dumps(state, indent=1, sort_keys=True), encoding="utf-8")
         for child in tmp.iterdir():
-            _fsync(child)
+            fsync_path(child)
         # A unique name: re-saving the same step must never delete what LATEST points to.
         final = root / f"step-{step:08d}-{tmp.name[-6:]}"
         os.replace(tmp, final)
@@ -93,12 +69,3 @@ def load_checkpoint(root: Path) -> tuple[Path, dict[str, Any]] | None:
         return None
     state: dict[str, Any] = json.loads(state_file.read_text(encoding="utf-8"))
     return directory, state
-
-
-def _fsync(path: Path) -> None:
-    # Data must be on disk before the rename that publishes it.
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

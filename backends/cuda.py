@@ -27,18 +27,17 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
-from safetensors.torch import load_file
 
 from backends.adapter_format import MLX_WEIGHTS, PEFT_DIR, PEFT_WEIGHTS, peft_files, save_adapter
-from backends.checkpoint import atomic_file, load_checkpoint, save_checkpoint
+from backends.checkpoint import load_checkpoint, save_checkpoint
 from backends.cuda_dist import Ranks, any_rank, from_main, join_group, leave_group, on_main, wrap
-from backends.cuda_dpo import run_dpo
+from backends.cuda_dpo import dpo_stage
 from backends.cuda_loop import Buckets, evaluate, restore_state, run_steps, save_state
 from backends.cuda_options import (
     check_options,
@@ -47,7 +46,7 @@ from backends.cuda_options import (
     lora_config,
     read_shape,
 )
-from backends.dpo_options import SFT_BEST, DpoOptions
+from backends.dpo_options import SFT_BEST
 from backends.run_options import (
     base_dir,
     data_notes,
@@ -61,8 +60,16 @@ from backends.run_options import (
 from backends.run_state import Hooks, LoopConfig, Row, RunState, finished_reason, retry_after_oom
 from sam_brain.config import Profile
 from sam_brain.errors import BackendUnavailable, ModelUnavailable, TrainingFailed
-from sam_brain.masking import load_pairs
-from sam_brain.protocols import Message, Preflight, Progress, TrainResult, TrainSpec
+from sam_brain.fsutil import atomic_file
+from sam_brain.masking import MaskStats, load_pairs
+from sam_brain.protocols import (
+    Message,
+    Preflight,
+    Progress,
+    TrainingBackend,
+    TrainResult,
+    TrainSpec,
+)
 
 
 class CudaBackend:
@@ -73,27 +80,19 @@ class CudaBackend:
     def __init__(
         self,
         quantize: bool | None = None,
-        patience: int = 3,
-        dpo_beta: float = 0.1,
-        dpo_learning_rate: float = 5e-6,
-        dpo_epochs: float = 1.0,
-        dpo_max_steps: int = 0,
     ) -> None:
         """Args:
         quantize: Load the base in 4-bit NF4. None reads `SAM_BRAIN_CUDA_QUANTIZE` ("0", "false"
             or "no" turn it off, "1" on); default on with CUDA, off on the CPU.
-        patience: Validation passes without improvement before stopping early (a `patience`
-            key in the profile overrides it).
-        dpo_beta, dpo_learning_rate, dpo_epochs, dpo_max_steps: The DPO stage's settings
-            (max_steps 0 runs the epochs).
+
+        Every training setting, early-stopping `patience` and the DPO stage's `dpo_*` included,
+        comes from the spec's profile.
         """
         # 4-bit exists to fit a GPU's memory; on a CPU it only costs speed (measured 1.7x
         # slower here), so without CUDA it is opt-in.
         default = "1" if torch.cuda.is_available() else "0"
         env = os.environ.get("SAM_BRAIN_CUDA_QUANTIZE", default).strip().lower()
         self.quantize = quantize if quantize is not None else env not in ("0", "false", "no")
-        self.patience = patience
-        self.dpo = DpoOptions(dpo_beta, dpo_learning_rate, dpo_epochs, dpo_max_steps)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def preflight(self, spec: TrainSpec) -> Preflight:
@@ -105,7 +104,7 @@ class CudaBackend:
         """
         base = base_dir(spec.base_model)
         shape = read_shape(base)
-        opts = check_options(spec.profile, shape, self.patience)
+        opts = check_options(spec.profile, shape)
         train, _, tstats, vstats = encode_splits(
             _tokenizer(base), Path(spec.data_dir), opts.max_seq_length
         )
@@ -145,12 +144,42 @@ class CudaBackend:
         self, spec: TrainSpec, progress: Callable[[Progress], None], cancelled: Callable[[], bool],
         ranks: Ranks,
     ) -> TrainResult:  # fmt: skip
+        wall = time.perf_counter()
+        run = self._setup(spec, ranks)
+        reason = self._fit(run, spec, ranks, progress, cancelled)
+        run.save_ckpt()
+        if from_main(ranks, not run.val_rows or not (run.out / MLX_WEIGHTS).exists(), self.device):
+            run.save_best()
+        run.notes.append(f"stopped: {reason} at step {run.state.step}/{run.steps}")
+        metrics = run.state.metrics(time.perf_counter() - wall)
+        pairs = load_pairs(Path(spec.data_dir) / "preference.jsonl")
+        if pairs and reason != "cancelled" and ranks.distributed:
+            run.notes.append("dpo: skipped, it runs in a single process only")
+        elif pairs and reason != "cancelled":
+            dpo_stage(
+                run.model, run.tokenizer, pairs, spec, run.opts, metrics, run.notes, progress,
+                cancelled,
+            )  # fmt: skip
+        if ranks.main:
+            body = {
+                "effective_profile": effective_profile(run.opts, run.state.effective()),
+                "quantize": self.quantize, "processes": ranks.world, "stop_reason": reason,
+                "data": {"train": asdict(run.tstats), "valid": asdict(run.vstats)},
+                "metrics": metrics, "notes": run.notes,
+            }  # fmt: skip
+            dists = ["torch", "transformers", "peft", "bitsandbytes"]
+            write_manifest(run.out, "cuda", spec, run.base, body, dists)
+        return TrainResult(
+            adapter_dir=str(run.out), steps=run.state.step, metrics=metrics, notes=run.notes
+        )
+
+    def _setup(self, spec: TrainSpec, ranks: Ranks) -> _Run:
+        """Encode the data, load the base with LoRA, and resume from a matching checkpoint."""
         from peft import get_peft_model
 
-        wall = time.perf_counter()
         base = base_dir(spec.base_model)
         shape = read_shape(base)
-        opts = check_options(spec.profile, shape, self.patience)
+        opts = check_options(spec.profile, shape)
         out = Path(spec.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         tokenizer = _tokenizer(base)
@@ -164,17 +193,15 @@ class CudaBackend:
             if opts.grad_accum < ranks.world:  # every process needs a micro-batch per step
                 opts = replace(opts, grad_accum=ranks.world)
                 notes.append(f"grad_accum raised to {ranks.world}, one micro-batch per process")
-
         torch.manual_seed(spec.seed)  # LoRA A matrices are drawn from this
         model = self.load_model(base, training=True, grad_checkpoint=opts.grad_checkpoint)
         model = get_peft_model(model, lora_config(opts, shape))
         steps = total_steps(opts, len(train_rows))
         optimizer = self._optimizer(model, opts.learning_rate)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(steps))
-        ckpt_root = out / "checkpoint"
         state = RunState(opts.batch_size, opts.grad_accum, opts.max_seq_length)
         state.fingerprint = fingerprint(base, spec.profile, spec.seed, data, self.quantize)
-        found = load_checkpoint(ckpt_root) if spec.resume else None
+        found = load_checkpoint(out / "checkpoint") if spec.resume else None
         if found is not None and found[1].get("fingerprint") == state.fingerprint:
             restore_state(found[0], model, optimizer, scheduler)
             state = RunState.from_saved(found[1])
@@ -185,68 +212,47 @@ class CudaBackend:
             with tempfile.TemporaryDirectory() as scratch:  # an mlx-lm adapter's PEFT copy
                 init = init_from_adapter(model, Path(spec.init_adapter), base, Path(scratch))
             notes.append(init)
-        trainer = wrap(model, ranks, self.device)
-
-        def write_best() -> None:
-            save_adapter(model, out, base)
-            with atomic_file(ckpt_root / SFT_BEST) as tmp:
-                tmp.write_bytes((out / PEFT_DIR / PEFT_WEIGHTS).read_bytes())
-
-        def write_ckpt() -> None:
-            write = partial(save_state, model=model, optimizer=optimizer, scheduler=scheduler)
-            save_checkpoint(ckpt_root, state.step, asdict(state), write)
-
-        save_best, save_ckpt = on_main(ranks, write_best), on_main(ranks, write_ckpt)
-        report = progress if ranks.main else _silent
-        hooks = Hooks(report, any_rank(ranks, cancelled, self.device), save_best, save_ckpt)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         if not val_rows:
             notes.append("no validation rows: the final adapter is kept, no early stopping")
-        cfg = LoopConfig(steps, opts.eval_every, opts.save_every, opts.patience, spec.seed)
+        return _Run(
+            base, opts, out, model, tokenizer, train_rows, val_rows, tstats, vstats, notes,
+            steps, optimizer, scheduler, state, ranks,
+        )  # fmt: skip
+
+    def _fit(
+        self, run: _Run, spec: TrainSpec, ranks: Ranks, progress: Callable[[Progress], None],
+        cancelled: Callable[[], bool],
+    ) -> str:  # fmt: skip
+        """The SFT loop over every rank, retried once after out-of-memory in one process."""
+        state, opts = run.state, run.opts
+        trainer = wrap(run.model, ranks, self.device)
+        report = progress if ranks.main else _silent
+        hooks = Hooks(report, any_rank(ranks, cancelled, self.device), run.save_best, run.save_ckpt)
+        pad = run.tokenizer.pad_token_id if run.tokenizer.pad_token_id is not None else 0
+        cfg = LoopConfig(run.steps, opts.eval_every, opts.save_every, opts.patience, spec.seed)
 
         def attempt(rows: list[Row]) -> str:
-            train = Buckets(rows, state.batch_size, spec.seed, pad_id, self.device)
+            train = Buckets(rows, state.batch_size, spec.seed, pad, self.device)
             valid = None
-            if val_rows:
-                valid = Buckets(val_rows, state.batch_size, spec.seed, pad_id, self.device)
+            if run.val_rows:
+                valid = Buckets(run.val_rows, state.batch_size, spec.seed, pad, self.device)
             if valid is not None and state.initial_val_loss is None:
                 state.initial_val_loss = state.best_val_loss = evaluate(trainer, valid)
-                save_best()  # the untrained adapter is the best until something beats it
+                run.save_best()  # the untrained adapter is the best until something beats it
             return finished_reason(state, cfg) or run_steps(
-                trainer, optimizer, scheduler, train, valid, state, cfg, hooks
+                trainer, run.optimizer, run.scheduler, train, valid, state, cfg, hooks
             )
 
         def release() -> None:
-            optimizer.zero_grad(set_to_none=True)
+            run.optimizer.zero_grad(set_to_none=True)
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-        reason = retry_after_oom(
-            attempt, train_rows, state, notes, release=release, retry=not ranks.distributed,
-            announce=lambda note: report(Progress(state.step, steps, message=note)),
+        return retry_after_oom(
+            attempt, run.train_rows, state, run.notes, release=release,
+            retry=not ranks.distributed,
+            announce=lambda note: report(Progress(state.step, run.steps, message=note)),
         )  # fmt: skip
-        save_ckpt()
-        if from_main(ranks, not val_rows or not (out / MLX_WEIGHTS).exists(), self.device):
-            save_best()
-        notes.append(f"stopped: {reason} at step {state.step}/{steps}")
-        metrics = state.metrics(time.perf_counter() - wall)
-        pairs = load_pairs(data / "preference.jsonl")
-        if pairs and reason != "cancelled" and ranks.distributed:
-            notes.append("dpo: skipped, it runs in a single process only")
-        elif pairs and reason != "cancelled":
-            self._dpo_stage(
-                model, tokenizer, pairs, spec, opts, metrics, notes, progress, cancelled
-            )
-        if ranks.main:
-            body = {
-                "effective_profile": effective_profile(opts, state.effective()),
-                "quantize": self.quantize, "processes": ranks.world, "stop_reason": reason,
-                "data": {"train": asdict(tstats), "valid": asdict(vstats)},
-                "metrics": metrics, "notes": notes,
-            }  # fmt: skip
-            dists = ["torch", "transformers", "peft", "bitsandbytes"]
-            write_manifest(out, "cuda", spec, base, body, dists)
-        return TrainResult(adapter_dir=str(out), steps=state.step, metrics=metrics, notes=notes)
 
     def generate(
         self,
@@ -277,31 +283,6 @@ class CudaBackend:
                 pad_token_id=tokenizer.pad_token_id,
             )  # fmt: skip
         return str(tokenizer.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True))
-
-    def _dpo_stage(
-        self, model: Any, tokenizer: Any, pairs: list[dict[str, Any]], spec: TrainSpec,
-        opts: Profile, metrics: dict[str, float], notes: list[str],
-        progress: Callable[[Progress], None], cancelled: Callable[[], bool],
-    ) -> None:  # fmt: skip
-        """DPO on the best SFT adapter; its adapter replaces the SFT one only if it stayed finite."""
-        from peft import set_peft_model_state_dict
-
-        out = Path(spec.out_dir)
-        set_peft_model_state_dict(model, load_file(str(out / "checkpoint" / SFT_BEST)))
-        with tempfile.TemporaryDirectory(dir=out) as work:
-            dpo = run_dpo(
-                model, tokenizer, pairs, self.dpo, max_length=opts.max_seq_length,
-                work_dir=Path(work), seed=spec.seed, grad_checkpoint=opts.grad_checkpoint,
-                progress=progress, cancelled=cancelled,
-            )  # fmt: skip
-        metrics["dpo_margin_before"] = dpo.margin_before
-        metrics["dpo_margin_after"] = dpo.margin_after
-        metrics["dpo_steps"] = float(dpo.steps)
-        if dpo.finite and not dpo.cancelled:
-            save_adapter(model, out, base_dir(spec.base_model))
-            notes.append(f"dpo: {len(pairs)} pairs, {dpo.steps} steps, beta {self.dpo.beta}")
-        else:
-            notes.append("dpo: cancelled or diverged; the SFT adapter is kept")
 
     def _device_notes(self) -> list[str]:
         weights = "4-bit NF4" if self.quantize else "unquantized"
@@ -363,7 +344,49 @@ def _silent(report: Progress) -> None:
     """Progress of a process other than rank 0: rank 0 reports for all."""
 
 
+@dataclass
+class _Run:
+    """One SFT run's parts; the file writers run on rank 0 only."""
+
+    base: Path
+    opts: Profile
+    out: Path
+    model: Any
+    tokenizer: Any
+    train_rows: list[Row]
+    val_rows: list[Row]
+    tstats: MaskStats
+    vstats: MaskStats
+    notes: list[str]
+    steps: int
+    optimizer: Any
+    scheduler: Any
+    state: RunState
+    ranks: Ranks
+
+    def save_best(self) -> None:
+        on_main(self.ranks, self._write_best)()
+
+    def save_ckpt(self) -> None:
+        on_main(self.ranks, self._write_ckpt)()
+
+    def _write_best(self) -> None:
+        save_adapter(self.model, self.out, self.base)
+        with atomic_file(self.out / "checkpoint" / SFT_BEST) as tmp:
+            tmp.write_bytes((self.out / PEFT_DIR / PEFT_WEIGHTS).read_bytes())
+
+    def _write_ckpt(self) -> None:
+        write = partial(
+            save_state, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+        )
+        save_checkpoint(self.out / "checkpoint", self.state.step, asdict(self.state), write)
+
+
 def _tokenizer(base: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(base))
+
+
+if TYPE_CHECKING:  # mypy --strict holds the backend to the plug-in contract
+    _contract: TrainingBackend = CudaBackend()

@@ -11,16 +11,21 @@ supervises in SFT. Progress and cancellation reach the trainer through a `Traine
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 
-from backends.dpo_options import DpoOptions, DpoOutcome
+from backends.adapter_format import save_adapter
+from backends.dpo_options import SFT_BEST, DpoOptions, DpoOutcome
+from backends.run_options import base_dir
+from sam_brain.config import Profile
 from sam_brain.masking import encode_chat
-from sam_brain.protocols import Message, Progress
+from sam_brain.protocols import Message, Progress, TrainSpec
 
 Pair = dict[str, Any]
 
@@ -171,3 +176,29 @@ def _bridge(progress: Callable[[Progress], None], cancelled: Callable[[], bool])
             )
 
     return Bridge()
+
+
+def dpo_stage(
+    model: Any, tokenizer: Any, pairs: list[dict[str, Any]], spec: TrainSpec,
+    opts: Profile, metrics: dict[str, float], notes: list[str],
+    progress: Callable[[Progress], None], cancelled: Callable[[], bool],
+) -> None:  # fmt: skip
+    """DPO on the best SFT adapter; its adapter replaces the SFT one only if it stayed finite."""
+    from peft import set_peft_model_state_dict
+
+    out = Path(spec.out_dir)
+    set_peft_model_state_dict(model, load_file(str(out / "checkpoint" / SFT_BEST)))
+    with tempfile.TemporaryDirectory(dir=out) as work:
+        dpo = run_dpo(
+            model, tokenizer, pairs, DpoOptions.from_profile(opts),
+            max_length=opts.max_seq_length, work_dir=Path(work), seed=spec.seed,
+            grad_checkpoint=opts.grad_checkpoint, progress=progress, cancelled=cancelled,
+        )  # fmt: skip
+    metrics["dpo_margin_before"] = dpo.margin_before
+    metrics["dpo_margin_after"] = dpo.margin_after
+    metrics["dpo_steps"] = float(dpo.steps)
+    if dpo.finite and not dpo.cancelled:
+        save_adapter(model, out, base_dir(spec.base_model))
+        notes.append(f"dpo: {len(pairs)} pairs, {dpo.steps} steps, beta {opts.dpo_beta}")
+    else:
+        notes.append("dpo: cancelled or diverged; the SFT adapter is kept")

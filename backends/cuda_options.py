@@ -66,7 +66,7 @@ def read_shape(base: Path) -> Shape:
     )
 
 
-def check_options(profile: dict[str, Any], shape: Shape, patience: int) -> Profile:
+def check_options(profile: dict[str, Any], shape: Shape) -> Profile:
     """The checked profile (`num_layers` -1 kept: PEFT's "every layer").
 
     Raises:
@@ -77,7 +77,6 @@ def check_options(profile: dict[str, Any], shape: Shape, patience: int) -> Profi
         backend="cuda",
         num_blocks=shape.layers,
         block_linears=shape.block_linears,
-        patience=patience,
     )
 
 

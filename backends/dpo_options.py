@@ -1,7 +1,7 @@
 """What both DPO stages share: their settings and what they report.
 
 The MLX stage (`backends/mlx_dpo.py`) and the CUDA stage (`backends/cuda_dpo.py`, on trl) take the
-same options from the backend's `dpo_*` constructor arguments and report the same outcome, so the
+same options from the profile's `dpo_*` keys and report the same outcome, so the
 manifest and the tests read one shape. This module imports neither MLX nor torch.
 """
 
@@ -9,18 +9,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from sam_brain.config import Profile
+
 SFT_BEST = "sft_best.safetensors"  # in checkpoint/: where DPO starts, even on a re-run
 
 
 @dataclass
 class DpoOptions:
-    """DPO settings (the backend's constructor kwargs `dpo_*`)."""
+    """DPO settings (the profile's `dpo_*` keys)."""
 
     beta: float = 0.1
     learning_rate: float = 5e-6
     epochs: float = 1.0
     max_steps: int = 0  # 0: run the epochs
     batch_size: int = 2
+
+    @classmethod
+    def from_profile(cls, opts: Profile) -> DpoOptions:
+        return cls(opts.dpo_beta, opts.dpo_learning_rate, opts.dpo_epochs, opts.dpo_max_steps)
 
 
 @dataclass

@@ -20,15 +20,15 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import mlx.optimizers as optim
 from mlx.utils import tree_flatten, tree_unflatten
 
-from backends.checkpoint import atomic_file, load_checkpoint, save_checkpoint, write_text_atomic
+from backends.checkpoint import load_checkpoint, save_checkpoint
 from backends.dpo_options import SFT_BEST, DpoOptions
 from backends.mlx_dpo import dpo_stage
 from backends.mlx_loop import (
@@ -55,7 +55,16 @@ from backends.run_options import (
 from backends.run_state import Hooks, LoopConfig, Row, RunState, finished_reason, retry_after_oom
 from sam_brain.config import Profile
 from sam_brain.errors import TrainingFailed
-from sam_brain.protocols import Message, Preflight, Progress, TrainResult, TrainSpec
+from sam_brain.fsutil import atomic_file, write_text_atomic
+from sam_brain.masking import MaskStats
+from sam_brain.protocols import (
+    Message,
+    Preflight,
+    Progress,
+    TrainingBackend,
+    TrainResult,
+    TrainSpec,
+)
 
 ADAPTER_FILE = "adapters.safetensors"
 
@@ -63,20 +72,13 @@ ADAPTER_FILE = "adapters.safetensors"
 class MLXBackend:
     """LoRA training and generation on MLX (Apple Silicon, or the CPU on Linux).
 
-    Args:
-        patience: Validation passes without improvement before stopping early; a `patience`
-            key in the profile overrides it.
-        dpo_beta, dpo_learning_rate, dpo_epochs, dpo_max_steps: The DPO stage's settings.
+    Every training setting, early-stopping `patience` and the DPO stage's `dpo_*` included,
+    comes from the spec's profile.
     """
 
     name = "mlx"
 
-    def __init__(
-        self, patience: int = 3, dpo_beta: float = 0.1, dpo_learning_rate: float = 5e-6,
-        dpo_epochs: float = 1.0, dpo_max_steps: int = 0,
-    ) -> None:  # fmt: skip
-        self.patience = patience
-        self.dpo = DpoOptions(dpo_beta, dpo_learning_rate, dpo_epochs, dpo_max_steps)
+    def __init__(self) -> None:
         self._loaded: tuple[Any, Any, Any] | None = None  # (key, model, tokenizer) for generate
 
     def preflight(self, spec: TrainSpec) -> Preflight:
@@ -88,7 +90,7 @@ class MLXBackend:
         """
         base = base_dir(spec.base_model)
         shape = read_model_shape(base)
-        opts = _checked(spec.profile, shape, self.patience)
+        opts = _checked(spec.profile, shape)
         from mlx_lm.tokenizer_utils import load as load_tokenizer
 
         data = Path(spec.data_dir)
@@ -116,101 +118,38 @@ class MLXBackend:
             BackendUnavailable: The profile asks for something this backend cannot honour.
             TrainingFailed: No trainable rows, NaN/inf loss, or out of memory after a retry.
         """
-        from mlx_lm import load
-        from mlx_lm.tuner.utils import linear_to_lora_layers
-
         wall = time.perf_counter()
-        base = base_dir(spec.base_model)
-        shape = read_model_shape(base)
-        opts = _checked(spec.profile, shape, self.patience)
-        out = Path(spec.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-
-        model, tokenizer = load(str(base))[:2]
-        data = Path(spec.data_dir)
-        train_rows, val_rows, train_stats, val_stats = encode_splits(
-            tokenizer, data, opts.max_seq_length
-        )
-        notes = data_notes(train_stats, val_stats)
-        if not train_rows:
-            raise TrainingFailed(f"no trainable rows in {data / 'train.jsonl'}")
-
-        mx.random.seed(spec.seed)  # LoRA A matrices are drawn from this
-        model.freeze()
-        lora = _lora_parameters(opts)
-        linear_to_lora_layers(model, opts.num_layers, lora)
-        _write_adapter_config(out, base, opts, lora)
-
-        steps = total_steps(opts, len(train_rows))
-        optimizer = optim.Adam(learning_rate=_schedule(opts.learning_rate, steps))
-        ckpt_root = out / "checkpoint"
-        state = RunState(opts.batch_size, opts.grad_accum, opts.max_seq_length)
-        state.fingerprint = fingerprint(base, spec.profile, spec.seed, data)
-        found = load_checkpoint(ckpt_root) if spec.resume else None
-        if found is not None and found[1].get("fingerprint") == state.fingerprint:
-            state = _restore(found[0], found[1], model, optimizer)
-            notes.append(f"resumed from step {state.step}")
-        elif found is not None:
-            notes.append("checkpoint ignored: it belongs to different data, base or profile")
-        if state.step == 0 and spec.init_adapter:
-            notes.append(_init_from(model, Path(spec.init_adapter)))
-
-        def save_best() -> None:
-            _save_adapter(model, out / ADAPTER_FILE)
-            _save_adapter(model, ckpt_root / SFT_BEST)
-
-        def save_ckpt() -> None:
-            def write(d: Path) -> None:
-                mx.save_safetensors(str(d / ADAPTER_FILE), _adapter_weights(model))
-                mx.save_safetensors(str(d / "optimizer.safetensors"), _opt_weights(optimizer))
-
-            save_checkpoint(ckpt_root, state.step, asdict(state), write)
-
-        if not val_rows:
-            notes.append("no validation rows: the final adapter is kept, no early stopping")
-        cfg = LoopConfig(steps, opts.eval_every, opts.save_every, opts.patience, spec.seed)
-        hooks = Hooks(progress, cancelled, on_best=save_best, on_save=save_ckpt)
-
-        def attempt(rows: list[Row]) -> str:
-            train = Buckets(rows, state.batch_size, spec.seed)
-            valid = Buckets(val_rows, state.batch_size, spec.seed) if val_rows else None
-            if valid is not None and state.initial_val_loss is None:
-                state.initial_val_loss = state.best_val_loss = evaluate(model, valid)
-                save_best()  # the untrained adapter is the best until one beats it
-            return finished_reason(state, cfg) or run_steps(
-                model, optimizer, train, valid, state, cfg, hooks
-            )
-
-        def announce(note: str) -> None:
-            progress(Progress(step=state.step, total_steps=steps, message=note))
-
-        restore_memory = govern_memory(estimate_memory_mb(shape, opts, opts.max_seq_length))
-        undo_ckpt = enable_grad_checkpoint(model) if opts.grad_checkpoint else None
-        mx.reset_peak_memory()
-        try:
-            reason = retry_after_oom(
-                attempt, train_rows, state, notes, announce=announce, release=mx.clear_cache
-            )
-        finally:
-            if undo_ckpt is not None:
-                undo_ckpt()
-            restore_memory()
-        save_ckpt()
-        if not val_rows or not (out / ADAPTER_FILE).exists():
-            save_best()
-        notes.append(f"stopped: {reason} at step {state.step}/{steps}")
-        metrics = state.metrics(time.perf_counter() - wall)
+        run = _setup(spec)
+        reason = _fit(run, spec, progress, cancelled)
+        run.save_ckpt()
+        if not run.val_rows or not (run.out / ADAPTER_FILE).exists():
+            run.save_best()
+        run.notes.append(f"stopped: {reason} at step {run.state.step}/{run.steps}")
+        metrics = run.state.metrics(time.perf_counter() - wall)
         if reason != "cancelled":  # DPO on the best SFT adapter when preference.jsonl has rows
-            dpo_stage(model, tokenizer, spec, opts, self.dpo, metrics, notes, progress, cancelled)
+            dpo = DpoOptions.from_profile(run.opts)
+            dpo_stage(
+                run.model,
+                run.tokenizer,
+                spec,
+                run.opts,
+                dpo,
+                metrics,
+                run.notes,
+                progress,
+                cancelled,
+            )
         body = {
-            "effective_profile": effective_profile(opts, state.effective()),
+            "effective_profile": effective_profile(run.opts, run.state.effective()),
             "stop_reason": reason,
-            "data": {"train": asdict(train_stats), "valid": asdict(val_stats)},
+            "data": {"train": asdict(run.train_stats), "valid": asdict(run.val_stats)},
             "metrics": metrics,
-            "notes": notes,
+            "notes": run.notes,
         }
-        write_manifest(out, "mlx", spec, base, body, ["mlx", "mlx-lm"])
-        return TrainResult(adapter_dir=str(out), steps=state.step, metrics=metrics, notes=notes)
+        write_manifest(run.out, "mlx", spec, run.base, body, ["mlx", "mlx-lm"])
+        return TrainResult(
+            adapter_dir=str(run.out), steps=run.state.step, metrics=metrics, notes=run.notes
+        )
 
     def generate(
         self,
@@ -233,14 +172,124 @@ class MLXBackend:
         return str(generate(model, tokenizer, prompt, max_tokens=max_tokens))
 
 
-def _checked(profile: dict[str, Any], shape: ModelShape, patience: int) -> Profile:
+@dataclass
+class _Run:
+    """One SFT run's parts: the model with its LoRA layers, the data, optimizer and state."""
+
+    base: Path
+    shape: ModelShape
+    opts: Profile
+    out: Path
+    model: Any
+    tokenizer: Any
+    train_rows: list[Row]
+    val_rows: list[Row]
+    train_stats: MaskStats
+    val_stats: MaskStats
+    notes: list[str]
+    steps: int
+    optimizer: Any
+    state: RunState
+
+    def save_best(self) -> None:
+        _save_adapter(self.model, self.out / ADAPTER_FILE)
+        _save_adapter(self.model, self.out / "checkpoint" / SFT_BEST)
+
+    def save_ckpt(self) -> None:
+        def write(d: Path) -> None:
+            mx.save_safetensors(str(d / ADAPTER_FILE), _adapter_weights(self.model))
+            mx.save_safetensors(str(d / "optimizer.safetensors"), _opt_weights(self.optimizer))
+
+        save_checkpoint(self.out / "checkpoint", self.state.step, asdict(self.state), write)
+
+
+def _setup(spec: TrainSpec) -> _Run:
+    """Load the base, encode the data, add LoRA layers, and resume from a matching checkpoint."""
+    from mlx_lm import load
+    from mlx_lm.tuner.utils import linear_to_lora_layers
+
+    base = base_dir(spec.base_model)
+    shape = read_model_shape(base)
+    opts = _checked(spec.profile, shape)
+    out = Path(spec.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model, tokenizer = load(str(base))[:2]
+    data = Path(spec.data_dir)
+    train_rows, val_rows, train_stats, val_stats = encode_splits(
+        tokenizer, data, opts.max_seq_length
+    )
+    notes = data_notes(train_stats, val_stats)
+    if not train_rows:
+        raise TrainingFailed(f"no trainable rows in {data / 'train.jsonl'}")
+    mx.random.seed(spec.seed)  # LoRA A matrices are drawn from this
+    model.freeze()
+    lora = _lora_parameters(opts)
+    linear_to_lora_layers(model, opts.num_layers, lora)
+    _write_adapter_config(out, base, opts, lora)
+    steps = total_steps(opts, len(train_rows))
+    optimizer = optim.Adam(learning_rate=_schedule(opts.learning_rate, steps))
+    state = RunState(opts.batch_size, opts.grad_accum, opts.max_seq_length)
+    state.fingerprint = fingerprint(base, spec.profile, spec.seed, data)
+    found = load_checkpoint(out / "checkpoint") if spec.resume else None
+    if found is not None and found[1].get("fingerprint") == state.fingerprint:
+        state = _restore(found[0], found[1], model, optimizer)
+        notes.append(f"resumed from step {state.step}")
+    elif found is not None:
+        notes.append("checkpoint ignored: it belongs to different data, base or profile")
+    if state.step == 0 and spec.init_adapter:
+        notes.append(_init_from(model, Path(spec.init_adapter)))
+    if not val_rows:
+        notes.append("no validation rows: the final adapter is kept, no early stopping")
+    return _Run(
+        *(base, shape, opts, out, model, tokenizer, train_rows, val_rows, train_stats, val_stats),
+        *(notes, steps, optimizer, state),
+    )
+
+
+def _fit(
+    run: _Run,
+    spec: TrainSpec,
+    progress: Callable[[Progress], None],
+    cancelled: Callable[[], bool],
+) -> str:
+    """The SFT loop under the memory guard, retried once after an out-of-memory error."""
+    opts, state = run.opts, run.state
+    cfg = LoopConfig(run.steps, opts.eval_every, opts.save_every, opts.patience, spec.seed)
+    hooks = Hooks(progress, cancelled, on_best=run.save_best, on_save=run.save_ckpt)
+
+    def attempt(rows: list[Row]) -> str:
+        train = Buckets(rows, state.batch_size, spec.seed)
+        valid = Buckets(run.val_rows, state.batch_size, spec.seed) if run.val_rows else None
+        if valid is not None and state.initial_val_loss is None:
+            state.initial_val_loss = state.best_val_loss = evaluate(run.model, valid)
+            run.save_best()  # the untrained adapter is the best until one beats it
+        return finished_reason(state, cfg) or run_steps(
+            run.model, run.optimizer, train, valid, state, cfg, hooks
+        )
+
+    def announce(note: str) -> None:
+        progress(Progress(step=state.step, total_steps=run.steps, message=note))
+
+    restore_memory = govern_memory(estimate_memory_mb(run.shape, opts, opts.max_seq_length))
+    undo_ckpt = enable_grad_checkpoint(run.model) if opts.grad_checkpoint else None
+    mx.reset_peak_memory()
+    try:
+        return retry_after_oom(
+            attempt, run.train_rows, state, run.notes, announce=announce, release=mx.clear_cache
+        )
+    finally:
+        if undo_ckpt is not None:
+            undo_ckpt()
+        restore_memory()
+
+
+def _checked(profile: dict[str, Any], shape: ModelShape) -> Profile:
     """The checked profile with `num_layers` -1 resolved to every block (mlx-lm's config)."""
     opts = checked_profile(
         profile,
         backend="mlx",
         num_blocks=shape.num_layers,
         block_linears=shape.linears,
-        patience=patience,
     )
     layers = shape.num_layers if opts.num_layers == -1 else opts.num_layers
     return replace(opts, num_layers=layers)
@@ -316,3 +365,7 @@ def _opt_weights(optimizer: Any) -> dict[str, mx.array]:
 def _save_adapter(model: Any, path: Path) -> None:
     with atomic_file(path) as tmp:
         mx.save_safetensors(str(tmp), _adapter_weights(model))
+
+
+if TYPE_CHECKING:  # mypy --strict holds the backend to the plug-in contract
+    _contract: TrainingBackend = MLXBackend()

@@ -26,11 +26,11 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten
 
-from backends.checkpoint import atomic_file
 from backends.dpo_options import SFT_BEST, DpoOptions, DpoOutcome
 from backends.mlx_loop import enable_grad_checkpoint
 from sam_brain.config import Profile
 from sam_brain.errors import TrainingFailed
+from sam_brain.fsutil import atomic_file
 from sam_brain.masking import encode_chat, load_pairs
 from sam_brain.protocols import Message, Progress, TrainSpec
 

@@ -20,10 +20,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from backends.checkpoint import write_text_atomic
 from backends.run_state import Row
 from sam_brain.config import Profile
 from sam_brain.errors import BackendUnavailable, ModelUnavailable
+from sam_brain.fsutil import write_text_atomic
 from sam_brain.masking import MaskStats, encode_rows, load_rows
 from sam_brain.protocols import TrainSpec
 
@@ -33,6 +33,7 @@ HONOURED = frozenset(
         *("lora_rank", "lora_alpha", "lora_dropout", "lora_keys", "num_layers"),
         *("batch_size", "grad_accum", "max_seq_length", "grad_checkpoint", "learning_rate"),
         *("epochs", "max_steps", "eval_every", "save_every", "patience"),
+        *("dpo_beta", "dpo_learning_rate", "dpo_epochs", "dpo_max_steps"),
     }
 )
 _RANGES: dict[str, Callable[[Profile], bool]] = {
@@ -48,6 +49,9 @@ _RANGES: dict[str, Callable[[Profile], bool]] = {
     "patience": lambda o: o.patience >= 1,
     "epochs": lambda o: o.epochs > 0 or o.max_steps > 0,
     "max_steps": lambda o: o.max_steps >= 0,
+    "dpo_beta": lambda o: o.dpo_beta > 0,
+    "dpo_epochs": lambda o: o.dpo_epochs > 0 or o.dpo_max_steps > 0,
+    "dpo_max_steps": lambda o: o.dpo_max_steps >= 0,
 }
 
 
@@ -57,7 +61,6 @@ def checked_profile(
     backend: str,
     num_blocks: int,
     block_linears: Collection[str],
-    patience: int,
 ) -> Profile:
     """The profile as a `Profile`, defaults filled in (`num_layers` -1 stays -1).
 
@@ -67,7 +70,6 @@ def checked_profile(
         backend: Named in the refusal.
         num_blocks: Transformer blocks of the base model.
         block_linears: Block-relative names of its linear modules (what `lora_keys` may name).
-        patience: Early-stopping patience when the profile has none.
 
     Raises:
         BackendUnavailable: Listing every option that is unknown or cannot be applied.
@@ -78,8 +80,7 @@ def checked_profile(
         if key not in HONOURED and value not in (None, False, 0, "", [], {})
     ]
     given = {k: v for k, v in profile.items() if k in HONOURED}
-    if given.get("patience") is None:
-        given["patience"] = patience
+    given = {k: v for k, v in given.items() if v is not None}  # None: the Profile default
     opts = replace(Profile(), **given)
     for name, ok in _RANGES.items():
         if not ok(opts):

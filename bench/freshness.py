@@ -51,16 +51,14 @@ def bench_freshness(args: argparse.Namespace) -> None:
                 path.write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
                 mtime = path.stat().st_mtime
                 ready = mtime + quiet * 60
-                key = str(path).replace("'", "''")
+                key = str(path)
                 seen = None
                 deadline = time.time() + 60 + quiet * 60
                 while time.time() < deadline:
                     now = time.time()
-                    if seen is None and pool.count(f"source_key = '{key}'"):
+                    if seen is None and pool.count(source_keys=[key]):
                         seen = now
-                    if seen is not None and pool.count(
-                        f"source_key = '{key}' AND ready_after <= {now!r}"
-                    ):
+                    if seen is not None and pool.count(source_keys=[key], ready_before=now):
                         stored.append(seen - mtime)
                         trainable.append(now - ready)
                         break

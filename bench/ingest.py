@@ -244,7 +244,9 @@ def compare_secrets(work: Path, teich: str | None) -> None:
     oracle = _secret_oracle()
     positives = common.secret_texts()
     if not positives or oracle is None:
-        print("\nsecrets: ../shared/fixtures/secrets or tests/test_scrub.py absent; skipped")
+        print(
+            "\nsecrets: ../shared/fixtures/secrets or tests/pipeline/test_scrub.py absent; skipped"
+        )
         return
     marked, texts = [], []
     for i, row in enumerate(positives):
@@ -280,10 +282,10 @@ def _kinds(counts: Counter[str]) -> str:
 
 
 def _secret_oracle() -> Any:
-    """tests/test_scrub.py's `_secrets(row, text)`: the values that must not survive."""
+    """tests/pipeline/test_scrub.py's `_secrets(row, text)`: the values that must not survive."""
     import importlib.util
 
-    path = common.REPO / "tests" / "test_scrub.py"
+    path = common.REPO / "tests" / "pipeline" / "test_scrub.py"
     spec = importlib.util.spec_from_file_location("bench_scrub_oracle", path)
     if spec is None or spec.loader is None or not path.exists():
         return None

@@ -26,6 +26,7 @@ from collectors.curate import CurateOptions, curate
 from collectors.quality import QualityConfig
 from collectors.transcript import SUBAGENT_TOOLS, Conversation, parse_file
 from collectors.transcript_lines import ToolCall
+from sam_brain.fsutil import atomic_file
 from sam_brain.protocols import CollectResult, Cursors
 
 log = logging.getLogger(__name__)
@@ -332,11 +333,8 @@ class SessionCollector:
         rel = path.relative_to(root) if root else Path(path.parent.name) / path.name
         dest = self.archive_dir / rel.parent / f"{rel.name}.gz"
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
         try:
-            with path.open("rb") as src, gzip.open(tmp, "wb") as out:
+            with atomic_file(dest) as tmp, path.open("rb") as src, gzip.open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out)
-            os.replace(tmp, dest)
         except OSError as err:
-            tmp.unlink(missing_ok=True)
             log.warning("sessions collector: cannot archive %s: %s", path, err)

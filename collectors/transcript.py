@@ -8,8 +8,7 @@ the path to the newest leaf while re-attaching parallel tool-call forks (`transc
 user-side context (slash commands, `!` shell output, `@` files: `transcript_context`) on its
 prompt, merges the one-block-per-line pieces of an API message into one assistant turn, pairs tool
 calls with their results, and splits inline sidechain runs (1.0.x subagents) off the main line.
-`collectors/sessions.py` attaches subagent files and links them to their Task/Agent calls. The
-format notes are in /work/shared/reference/claude-code-session-format.md.
+`collectors/sessions.py` attaches subagent files and links them to their Task/Agent calls.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ The semantics follow Argo Rollouts and Flagger: a candidate starts as the `canar
 step has lasted `interval_seconds`, served `min_requests` and stayed within the health limits, and
 is then promoted to `active`; an unhealthy step aborts it (weight 0: the canary becomes `rejected`,
 the active version never changed). The canary is the one version with status `canary`; its weight
-lives in the store's key/value table under `CANARY_KEY`, written in the same transaction. Routing
+lives in the store's `canary` table, written with the status by `Versions.transition`. Routing
 is sticky: a conversation key hashes (with the canary's name) to a bucket in 0..9999, so a
 conversation keeps its version while the weight only grows. `VersionMetrics`
 (`deployment.serving_metrics`) and `HealthLimits` are shared with the server (which records) and
@@ -15,28 +15,22 @@ the rollback monitor (which judges); the judgement uses error rate, mean latency
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
-from pathlib import Path
 from typing import Any, Literal
 
 from deployment.serving_metrics import VersionMetrics
 from sam_brain.errors import BadRequest, Conflict
-from sam_brain.store import Version, now_iso
+from sam_brain.store import CanaryWeight, Version, VersionStatus, now_iso
 from sam_brain.versions import Versions
-
-CANARY_KEY = "deployment.canary"
-"""Store key holding `{"version", "percent", "since"}` of the running canary."""
 
 Decision = Literal["promote", "hold", "abort"]
 
 
 @dataclass(frozen=True)
 class HealthLimits:
-    """Serving limits a version must stay within (seed 004's automatic rollback triggers)."""
+    """Serving limits a version must stay within (the automatic rollback triggers)."""
 
     max_error_rate: float = 0.15
     max_latency_ms: float = 5000.0
@@ -125,29 +119,19 @@ def routes_to_canary(conversation_key: str, canary_version: str, percent: float)
     return bucket < round(percent * 100)
 
 
-@dataclass(frozen=True)
-class CanaryState:
-    """The running canary: which version and what share of conversations it gets."""
-
-    version: str
-    percent: int
-    since: str  # when the current weight was set (ISO-8601)
-
-
-def canary_state(versions: Versions) -> CanaryState | None:
+def canary_state(versions: Versions) -> CanaryWeight | None:
     """The running canary, or None. The version row's status is the source of truth."""
-    canaries = [v for v in versions.store.versions() if v.status == "canary"]
+    canaries = [v for v in versions.store.versions() if v.status is VersionStatus.CANARY]
     if not canaries:
         return None
     v = canaries[-1]
-    raw = versions.store.get_cursor(CANARY_KEY)
-    data = json.loads(raw) if raw else {}
-    if data.get("version") != v.version:  # weight lost (e.g. edited by hand): serve none
-        return CanaryState(v.version, 0, v.created_at)
-    return CanaryState(v.version, int(data["percent"]), str(data["since"]))
+    weight = versions.store.canary()
+    if weight is None or weight.version != v.version:  # weight lost (edited by hand): serve none
+        return CanaryWeight(v.version, 0, v.created_at)
+    return weight
 
 
-def start_canary(versions: Versions, version: str, percent: int) -> CanaryState:
+def start_canary(versions: Versions, version: str, percent: int) -> CanaryWeight:
     """Make a registered version the canary at `percent`% of conversations.
 
     Raises:
@@ -161,19 +145,20 @@ def start_canary(versions: Versions, version: str, percent: int) -> CanaryState:
     running = canary_state(versions)
     if running is not None:
         raise Conflict(f"canary {running.version} is still running; promote or abort it first")
-    if v.status != "inactive":
+    if v.status is not VersionStatus.INACTIVE:
         raise Conflict(f"{version} is {v.status}; only an inactive version can become a canary")
-    versions.verify(version)
-    state = CanaryState(version, percent, now_iso())
-    with versions.store.tx() as db:
-        db.execute("UPDATE versions SET status='canary' WHERE version=?", (version,))
-        versions.store.set_cursors({CANARY_KEY: json.dumps(asdict(state))}, db)
-        versions.store.add_event("canary_started", {"version": version, "percent": percent}, db)
-    versions.write_index()
+    state = CanaryWeight(version, percent, now_iso())
+    versions.transition(
+        version,
+        VersionStatus.CANARY,
+        event="canary_started",
+        data={"version": version, "percent": percent},
+        canary=state,
+    )
     return state
 
 
-def set_weight(versions: Versions, percent: int, reason: str = "manual") -> CanaryState:
+def set_weight(versions: Versions, percent: int, reason: str = "manual") -> CanaryWeight:
     """Change the running canary's share of conversations (one Argo `setWeight` step).
 
     Raises:
@@ -182,9 +167,9 @@ def set_weight(versions: Versions, percent: int, reason: str = "manual") -> Cana
     """
     _check_percent(percent)
     running = _running(versions)
-    state = CanaryState(running.version, percent, now_iso())
+    state = CanaryWeight(running.version, percent, now_iso())
     with versions.store.tx() as db:
-        versions.store.set_cursors({CANARY_KEY: json.dumps(asdict(state))}, db)
+        versions.store.set_canary(state, db)
         versions.store.add_event(
             "canary_weight",
             {"version": running.version, "from": running.percent, "to": percent, "reason": reason},
@@ -202,28 +187,18 @@ def promote(versions: Versions, reason: str = "manual") -> Version:
         PromotionRejected: The canary's files no longer match their checksum.
     """
     running = _running(versions)
-    versions.verify(running.version)
     previous = versions.current()
-    with versions.store.tx() as db:
-        db.execute("UPDATE versions SET status='inactive' WHERE status='active'")
-        db.execute(
-            "UPDATE versions SET status='active', deployed_at=? WHERE version=?",
-            (now_iso(), running.version),
-        )
-        versions.store.set_cursors({CANARY_KEY: "{}"}, db)
-        versions.store.add_event(
-            "canary_promoted",
-            {
-                "version": running.version,
-                "from": previous.version if previous else None,
-                "percent": running.percent,
-                "reason": reason,
-            },
-            db,
-        )
-    _write_current(versions.root, running.version)
-    versions.write_index()
-    return versions.get(running.version)
+    return versions.transition(
+        running.version,
+        VersionStatus.ACTIVE,
+        event="canary_promoted",
+        data={
+            "version": running.version,
+            "from": previous.version if previous else None,
+            "percent": running.percent,
+            "reason": reason,
+        },
+    )
 
 
 def abort(versions: Versions, reason: str = "manual") -> Version:
@@ -233,16 +208,12 @@ def abort(versions: Versions, reason: str = "manual") -> Version:
         Conflict: No canary is running.
     """
     running = _running(versions)
-    with versions.store.tx() as db:
-        db.execute("UPDATE versions SET status='rejected' WHERE version=?", (running.version,))
-        versions.store.set_cursors({CANARY_KEY: "{}"}, db)
-        versions.store.add_event(
-            "canary_aborted",
-            {"version": running.version, "percent": running.percent, "reason": reason},
-            db,
-        )
-    versions.write_index()
-    return versions.get(running.version)
+    return versions.transition(
+        running.version,
+        VersionStatus.REJECTED,
+        event="canary_aborted",
+        data={"version": running.version, "percent": running.percent, "reason": reason},
+    )
 
 
 def reject(versions: Versions, version: str, reason: str) -> Version:
@@ -252,13 +223,14 @@ def reject(versions: Versions, version: str, reason: str) -> Version:
         Conflict: The version is not inactive (it serves, or was already judged).
     """
     v = versions.get(version)
-    if v.status != "inactive":
+    if v.status is not VersionStatus.INACTIVE:
         raise Conflict(f"{version} is {v.status}; only an inactive version can be rejected")
-    with versions.store.tx() as db:
-        db.execute("UPDATE versions SET status='rejected' WHERE version=?", (version,))
-        versions.store.add_event("version_rejected", {"version": version, "reason": reason}, db)
-    versions.write_index()
-    return versions.get(version)
+    return versions.transition(
+        version,
+        VersionStatus.REJECTED,
+        event="version_rejected",
+        data={"version": version, "reason": reason},
+    )
 
 
 def advance(
@@ -300,7 +272,7 @@ def advance(
     return decision
 
 
-def _running(versions: Versions) -> CanaryState:
+def _running(versions: Versions) -> CanaryWeight:
     running = canary_state(versions)
     if running is None:
         raise Conflict("no canary is running")
@@ -310,10 +282,3 @@ def _running(versions: Versions) -> CanaryState:
 def _check_percent(percent: int) -> None:
     if not isinstance(percent, int) or not 0 < percent <= 100:
         raise BadRequest(f"canary percent must be an integer within 1..100, got {percent!r}")
-
-
-def _write_current(root: Path, version: str) -> None:
-    # Same outside-tools mirror as Versions.activate writes.
-    tmp = root / "current.txt.tmp"
-    tmp.write_text(version + "\n", encoding="utf-8")
-    os.replace(tmp, root / "current.txt")

@@ -44,7 +44,7 @@ class RollbackMonitor:
         """Args:
         versions: The registry to act on.
         metrics: Returns the current metrics window per version name.
-        limits: The limits; defaults to seed 004's (15 % errors, 5000 ms, 6144 MB).
+        limits: The limits; defaults to 15 % errors, 5000 ms mean latency, 6144 MB.
         """
         self.versions = versions
         self.metrics = metrics

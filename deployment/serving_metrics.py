@@ -121,7 +121,8 @@ class VersionMetrics:
         return d
 
 
-def _line(name: str, value: float, labels: Mapping[str, str] | None = None) -> str:
+def prom_line(name: str, value: float, labels: Mapping[str, str] | None = None) -> str:
+    """One Prometheus sample line; label values are escaped (backslash, quote, newline)."""
     if labels:
         inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
         return f"{name}{{{inner}}} {value}"
@@ -147,7 +148,7 @@ def prometheus_lines(
 
     def family(name: str, kind: str, doc: str, value: Any) -> None:
         out.extend((f"# HELP {name} {doc}", f"# TYPE {name} {kind}"))
-        out.extend(_line(name, value(m), {"version": v}) for v, m in items)
+        out.extend(prom_line(name, value(m), {"version": v}) for v, m in items)
 
     family(
         "sam_brain_requests_total", "counter", "Chat requests per version.", lambda m: m.requests
@@ -167,9 +168,9 @@ def prometheus_lines(
     for v, m in items:
         for q in QUANTILES:
             value = round(m.latency_quantile(q) / 1000, 6)
-            out.append(_line(name, value, {"version": v, "quantile": f"{q:g}"}))
-        out.append(_line(f"{name}_sum", round(m.latency_ms_total / 1000, 6), {"version": v}))
-        out.append(_line(f"{name}_count", m.requests, {"version": v}))
+            out.append(prom_line(name, value, {"version": v, "quantile": f"{q:g}"}))
+        out.append(prom_line(f"{name}_sum", round(m.latency_ms_total / 1000, 6), {"version": v}))
+        out.append(prom_line(f"{name}_count", m.requests, {"version": v}))
     family(
         "sam_brain_generation_tokens_per_second",
         "gauge",
@@ -189,12 +190,12 @@ def prometheus_lines(
             out += [
                 f"# HELP {metric} Shadow mirror: requests {key}.",
                 f"# TYPE {metric} counter",
-                _line(metric, shadow.get(key, 0)),
+                prom_line(metric, shadow.get(key, 0)),
             ]
         out += [
             "# HELP sam_brain_shadow_queued Shadow mirror: requests waiting.",
             "# TYPE sam_brain_shadow_queued gauge",
-            _line("sam_brain_shadow_queued", shadow.get("queued", 0)),
+            prom_line("sam_brain_shadow_queued", shadow.get("queued", 0)),
         ]
     return out
 

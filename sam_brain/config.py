@@ -104,6 +104,12 @@ class Profile:
     patience: int = _f(
         3, "Early stopping: validation passes without improvement before the run stops."
     )
+    dpo_beta: float = _f(
+        0.1, "DPO stage (runs when the pool has preference pairs): strength of the KL anchor."
+    )
+    dpo_learning_rate: float = _f(5e-6, "DPO stage: peak learning rate.")
+    dpo_epochs: float = _f(1.0, "DPO stage: passes over the preference pairs.")
+    dpo_max_steps: int = _f(0, "DPO stage: stop after this many steps; 0 means run the epochs.")
 
 
 def _builtin_profiles() -> dict[str, Profile]:
@@ -168,7 +174,10 @@ class TrainingConfig:
 class DeploymentConfig:
     """Evaluation gate, versions, serving, canary and rollback."""
 
-    keep_versions: int = _f(10, "Versions kept on disk; older inactive ones are pruned.")
+    keep_versions: int = _f(
+        10,
+        "Versions kept on disk; older ones and their run folders are pruned after each release (never the active, canary or rollback target). 0 keeps all.",
+    )
     max_adapter_mb: float = _f(2048.0, "Sanity bound: an adapter larger than this is refused.")
     gate_margin: float = _f(
         0.0, "The candidate's mean test loss must beat the incumbent's by this much."

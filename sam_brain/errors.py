@@ -77,6 +77,13 @@ class TrainingFailed(SamBrainError):
     http_status = 500
 
 
+class TrainingCancelled(TrainingFailed):
+    """A training run stopped because a user asked it to (not retried)."""
+
+    def __init__(self, message: str = "cancelled") -> None:
+        super().__init__(message)
+
+
 class PromotionRejected(SamBrainError):
     """A candidate adapter failed its checks and was not deployed."""
 

@@ -3,7 +3,8 @@
 Writes are one `merge_insert` commit each (insert new ids, update known ones, delete replaced
 ones), so a kill mid-write leaves the previous table version intact. Writers in different
 processes (daemon, `samctl ingest`) serialise on a file lock. The table version is the "pool
-version" a training run records.
+version" a training run records. The filter SQL LanceDB takes is written here only: callers
+ask through typed keywords (`samples(kind=, split=, ready_before=, source_keys=)`).
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ from __future__ import annotations
 import bisect
 import fcntl
 import json
-import os
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -47,6 +47,30 @@ SCHEMA = pa.schema(
 
 def _quote(values: Sequence[str]) -> str:
     return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+def where(
+    *,
+    kind: str | None = None,
+    split: str | None = None,
+    ready_before: float | None = None,
+    source_keys: Collection[str] | None = None,
+    first_seen_after: float | None = None,
+) -> str | None:
+    """The LanceDB filter for the given conditions (all must hold), or None for every row."""
+    parts: list[str] = []
+    if kind is not None:
+        parts.append(f"kind = {_quote([kind])}")
+    if split is not None:
+        parts.append(f"split = {_quote([split])}")
+    if ready_before is not None:
+        parts.append(f"ready_after <= {float(ready_before)!r}")
+    if first_seen_after is not None:
+        parts.append(f"first_seen > {float(first_seen_after)!r}")
+    if source_keys is not None:
+        # An empty IN list is a syntax error; no key means no row.
+        parts.append(f"source_key IN ({_quote(sorted(source_keys))})" if source_keys else "false")
+    return " AND ".join(parts) or None
 
 
 @contextmanager
@@ -149,24 +173,49 @@ class Pool:
             "deleted": int(result.num_deleted_rows),
         }
 
-    def count(self, where: str | None = None) -> int:
-        return int(self._table.count_rows(where)) if where else int(self._table.count_rows())
+    def count(
+        self,
+        *,
+        kind: str | None = None,
+        split: str | None = None,
+        ready_before: float | None = None,
+        source_keys: Collection[str] | None = None,
+    ) -> int:
+        """Rows matching every given condition (see `samples`)."""
+        cond = where(kind=kind, split=split, ready_before=ready_before, source_keys=source_keys)
+        return int(self._table.count_rows(cond)) if cond else int(self._table.count_rows())
 
     def trainable_count(self, since: float = 0.0, now: float | None = None) -> int:
         """SFT samples that are past their quiet period and first seen after `since`."""
         now = time.time() if now is None else now
-        return self.count(f"kind = 'sft' AND ready_after <= {now!r} AND first_seen > {since!r}")
+        cond = where(kind="sft", ready_before=now, first_seen_after=since)
+        return int(self._table.count_rows(cond))
 
-    def samples(self, where: str | None = None) -> Iterator[tuple[Sample, str]]:
-        """(sample, split) pairs matching a filter, in a stable order."""
-        rows = self._rows(where, ["id", "split", "data"])
+    def samples(
+        self,
+        *,
+        kind: str | None = None,
+        split: str | None = None,
+        ready_before: float | None = None,
+        source_keys: Collection[str] | None = None,
+    ) -> Iterator[tuple[Sample, str]]:
+        """(sample, split) pairs in a stable order, matching every condition given.
+
+        Args:
+            kind: "sft" or "preference".
+            split: "train", "val" or "test".
+            ready_before: Only samples past their quiet period at this Unix time.
+            source_keys: Only samples of these sources (an empty collection: none).
+        """
+        cond = where(kind=kind, split=split, ready_before=ready_before, source_keys=source_keys)
+        rows = self._rows(cond, ["id", "split", "data"])
         rows.sort(key=lambda r: r["id"])
         for row in rows:
             yield Sample(**json.loads(row["data"])), row["split"]
 
     def get(self, sample_id: str) -> tuple[Sample, dict[str, Any]] | None:
         """One sample with its pool columns (split, first_seen, ...), or None."""
-        rows = self._rows(f"id = '{sample_id.replace(chr(39), '')}'")
+        rows = self._rows(f"id = {_quote([sample_id])}")
         if not rows:
             return None
         row = rows[0]
@@ -203,18 +252,3 @@ class Pool:
         for group, split in changes.items():
             g = group.replace("'", "''")
             self._table.update(where=f"`group` = '{g}'", values={"split": split})
-
-
-def write_jsonl_atomic(path: Path, records: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> int:
-    """Write records as JSONL via a temp file and rename; returns the line count."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    n = 0
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            n += 1
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return n

@@ -11,9 +11,12 @@ import importlib.util
 import platform
 import shutil
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sam_brain.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from sam_brain.protocols import TrainingBackend
 
 BACKENDS: dict[str, str] = {
     "mlx": "backends.mlx:MLXBackend",
@@ -46,9 +49,11 @@ def load(table: dict[str, str], name: str, kind: str) -> Any:
     return getattr(module, attr)
 
 
-def backend(name: str) -> Any:
-    """An instance of the training backend called `name`."""
-    return load(BACKENDS, name, "backend")()
+def backend(name: str) -> TrainingBackend:
+    """An instance of the training backend called `name` (each backend module asserts, for mypy,
+    that its class satisfies `TrainingBackend`)."""
+    instance: TrainingBackend = load(BACKENDS, name, "backend")()
+    return instance
 
 
 def _has_module(name: str) -> bool:

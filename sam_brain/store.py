@@ -1,4 +1,4 @@
-"""Durable daemon state in SQLite: training runs, versions, cursors and events.
+"""Durable daemon state in SQLite: training runs, versions, the canary, cursors and events.
 
 WAL mode lets the CLI read (and make small transactional changes, like a rollback) while the
 daemon runs; every multi-row change is one transaction, so a kill at any moment leaves either the
@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -64,12 +65,41 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     data TEXT NOT NULL DEFAULT '{}'
 );
+CREATE TABLE IF NOT EXISTS canary (
+    one INTEGER PRIMARY KEY CHECK (one = 1),  -- at most one canary runs
+    version TEXT NOT NULL,
+    percent INTEGER NOT NULL,
+    since TEXT NOT NULL
+);
 CREATE INDEX IF NOT EXISTS events_kind ON events(kind, id);
 CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,              -- e.g. skipped:sessions:truncated_line
     value INTEGER NOT NULL DEFAULT 0
 );
 """
+
+
+LEGACY_CANARY_KEY = "deployment.canary"
+"""Where homes made before the `canary` table kept the canary's weight (in `cursors`)."""
+
+
+class VersionStatus(StrEnum):
+    """A version row's status; the values are what SQLite and versions.json store."""
+
+    ACTIVE = "active"
+    INACTIVE = "inactive"
+    CANARY = "canary"
+    ROLLED_BACK = "rolled_back"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class CanaryWeight:
+    """The running canary's share of conversations, kept beside its version row."""
+
+    version: str
+    percent: int
+    since: str  # when the current weight was set (ISO-8601)
 
 
 def now_iso() -> str:
@@ -107,7 +137,7 @@ class Version:
 
     version: str
     seq: int
-    status: str
+    status: VersionStatus
     run_id: str
     base_model: str
     adapter_path: str
@@ -133,6 +163,7 @@ def _run(row: sqlite3.Row) -> Run:
 def _version(row: sqlite3.Row) -> Version:
     d = dict(row)
     d["metrics"] = json.loads(d["metrics"])
+    d["status"] = VersionStatus(d["status"])
     return Version(**d)
 
 
@@ -157,6 +188,23 @@ class Store:
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(versions)")}
         if "gate" not in columns:  # a store made before the gate verdict was kept per version
             self._db.execute("ALTER TABLE versions ADD COLUMN gate TEXT NOT NULL DEFAULT ''")
+        self._migrate_canary()
+
+    def _migrate_canary(self) -> None:
+        # Older homes kept the canary's weight as a JSON cursor row; move it into its own table.
+        rows = self._query("SELECT value FROM cursors WHERE key=?", (LEGACY_CANARY_KEY,))
+        if not rows:
+            return
+        weight: CanaryWeight | None
+        try:
+            data = json.loads(rows[0]["value"] or "{}")
+            weight = CanaryWeight(str(data["version"]), int(data["percent"]), str(data["since"]))
+        except (ValueError, TypeError, KeyError):  # "{}" (none ran) or edited by hand: no weight
+            weight = None
+        with self.tx() as db:
+            if weight is not None:
+                self.set_canary(weight, db)
+            db.execute("DELETE FROM cursors WHERE key=?", (LEGACY_CANARY_KEY,))
 
     def close(self) -> None:
         with self._lock:
@@ -222,6 +270,24 @@ class Store:
             return
         with self.tx() as tx:
             tx.executemany(sql, rows)
+
+    # -- canary ----------------------------------------------------------------------------------
+
+    def canary(self) -> CanaryWeight | None:
+        rows = self._query("SELECT version, percent, since FROM canary")
+        if not rows:
+            return None
+        r = rows[0]
+        return CanaryWeight(str(r["version"]), int(r["percent"]), str(r["since"]))
+
+    def set_canary(self, weight: CanaryWeight | None, db: sqlite3.Connection) -> None:
+        """Write (or with None, clear) the canary's weight inside the caller's transaction."""
+        db.execute("DELETE FROM canary")
+        if weight is not None:
+            db.execute(
+                "INSERT INTO canary(one, version, percent, since) VALUES (1, ?, ?, ?)",
+                (weight.version, weight.percent, weight.since),
+            )
 
     # -- counters --------------------------------------------------------------------------------
 
@@ -307,9 +373,14 @@ class Store:
         runs = self.runs(1)
         return runs[0] if runs else None
 
-    def runs_since(self, iso: str) -> int:
-        rows = self._query("SELECT COUNT(*) AS n FROM runs WHERE created_at >= ?", (iso,))
-        return int(rows[0]["n"])
+    def run_counts(self, since: str = "") -> dict[str, int]:
+        """Runs by status, of all time or created at or after the ISO time `since`."""
+        rows = self._query(
+            "SELECT status, COUNT(*) AS n FROM runs WHERE created_at >= ?"
+            " GROUP BY status ORDER BY status",
+            (since,),
+        )
+        return {str(r["status"]): int(r["n"]) for r in rows}
 
     def fail_interrupted_runs(self) -> int:
         """Mark runs left 'training'/'pending' by a dead daemon as failed; returns how many."""

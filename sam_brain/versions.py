@@ -3,7 +3,8 @@
 Registering copies the adapter into a temp folder, checksums it, writes `manifest.json`, then
 renames the folder into place and records it in one transaction, so a kill never leaves a
 half-registered version. `current.txt` mirrors the active version for outside tools; the database
-is the source of truth.
+is the source of truth. Every status change goes through `Versions.transition`, the one writer of
+a version row's status.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 from sam_brain.errors import Conflict, PromotionRejected
-from sam_brain.store import Store, Version, now_iso
+from sam_brain.fsutil import write_text_atomic
+from sam_brain.store import CanaryWeight, Store, Version, VersionStatus, now_iso
 
 ADAPTER_FILES = ("adapters.safetensors", "adapter_config.json")
 
@@ -34,7 +37,7 @@ def checksum_dir(path: Path) -> str:
 
 
 def sanity_check(adapter_dir: Path) -> None:
-    """The adapter files exist and are non-empty (seed 004's pre-deployment sanity check)."""
+    """The adapter files exist and are non-empty: the check before anything is registered."""
     missing = [n for n in ADAPTER_FILES if not (adapter_dir / n).is_file()]
     if missing:
         raise PromotionRejected(f"adapter at {adapter_dir} lacks {', '.join(missing)}")
@@ -52,12 +55,6 @@ def sanity_check(adapter_dir: Path) -> None:
 
 def version_name(seq: int) -> str:
     return f"v1.0.{seq}"
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class Versions:
@@ -80,7 +77,7 @@ class Versions:
         training_samples: int = 0,
         metrics: dict[str, Any] | None = None,
         description: str = "",
-        status: str = "inactive",
+        status: VersionStatus = VersionStatus.INACTIVE,
         provenance: dict[str, Any] | None = None,
     ) -> Version:
         """Copy an adapter into the registry as the next version."""
@@ -151,15 +148,45 @@ class Versions:
 
     def activate(self, version: str, reason: str = "deploy") -> Version:
         """Make `version` the active one (previous active becomes inactive)."""
-        self.verify(version)
+        return self.transition(
+            version,
+            VersionStatus.ACTIVE,
+            event="version_activated",
+            data={"version": version, "reason": reason},
+        )
+
+    def transition(
+        self,
+        version: str,
+        to: VersionStatus,
+        *,
+        event: str,
+        data: dict[str, Any],
+        demote_active_to: VersionStatus = VersionStatus.INACTIVE,
+        canary: CanaryWeight | None = None,
+    ) -> Version:
+        """Move `version` to status `to` with its event in one transaction.
+
+        Going active verifies the files, demotes the current active version (to
+        `demote_active_to`), stamps `deployed_at` and rewrites `current.txt`; going canary
+        verifies the files and records `canary` (its weight); leaving canary clears the weight.
+
+        Raises:
+            NotFound: No such version.
+            PromotionRejected: Going active or canary, and the files no longer match their checksum.
+        """
+        before = self.store.get_version(version)
+        if to in (VersionStatus.ACTIVE, VersionStatus.CANARY):
+            self.verify(version)
         with self.store.tx() as db:
-            db.execute("UPDATE versions SET status='inactive' WHERE status='active'")
-            db.execute(
-                "UPDATE versions SET status='active', deployed_at=? WHERE version=?",
-                (now_iso(), version),
-            )
-            self.store.add_event("version_activated", {"version": version, "reason": reason}, db)
-        _write_text_atomic(self.root / "current.txt", version + "\n")
+            self._write_status(db, version, to, demote_active_to)
+            if to is VersionStatus.CANARY:
+                self.store.set_canary(canary or CanaryWeight(version, 0, now_iso()), db)
+            elif before.status is VersionStatus.CANARY:
+                self.store.set_canary(None, db)
+            self.store.add_event(event, data, db)
+        if to is VersionStatus.ACTIVE:
+            write_text_atomic(self.root / "current.txt", version + "\n")
         self.write_index()
         return self.store.get_version(version)
 
@@ -173,6 +200,22 @@ class Versions:
         self.write_index()
         return self.store.get_version(version)
 
+    @staticmethod
+    def _write_status(
+        db: sqlite3.Connection, version: str, to: VersionStatus, demote_active_to: VersionStatus
+    ) -> None:
+        if to is VersionStatus.ACTIVE:
+            db.execute(
+                "UPDATE versions SET status=? WHERE status=? AND version<>?",
+                (demote_active_to.value, VersionStatus.ACTIVE.value, version),
+            )
+            db.execute(
+                "UPDATE versions SET status=?, deployed_at=? WHERE version=?",
+                (to.value, now_iso(), version),
+            )
+        else:
+            db.execute("UPDATE versions SET status=? WHERE version=?", (to.value, version))
+
     def current(self) -> Version | None:
         return self.store.active_version()
 
@@ -183,7 +226,7 @@ class Versions:
             v
             for v in self.store.versions()
             if v.deployed_at
-            and v.status == "inactive"
+            and v.status is VersionStatus.INACTIVE
             and (active is None or v.version != active.version)
         ]
         candidates.sort(key=lambda v: (v.deployed_at or "", v.seq), reverse=True)
@@ -200,29 +243,46 @@ class Versions:
             target = self.store.get_version(version)
             if active is not None and target.version == active.version:
                 raise Conflict(f"{version} is already the active version")
-        self.verify(target.version)
+        return self.transition(
+            target.version,
+            VersionStatus.ACTIVE,
+            event="rollback",
+            data={
+                "from": active.version if active else None,
+                "to": target.version,
+                "reason": reason,
+            },
+            demote_active_to=VersionStatus.ROLLED_BACK,
+        )
+
+    def prune(self, keep: int, runs_dir: Path | None = None) -> list[str]:
+        """Delete the oldest versions beyond `keep` (0: keep all), with their training run folders.
+
+        The active version, the canary and the rollback target are never pruned, so at most
+        `keep` versions stay unless more than that are protected. Returns the pruned names.
+        """
+        if keep <= 0:
+            return []
+        every = self.store.versions()  # oldest first
+        active, target = self.current(), self.rollback_target()
+        protected = {v.version for v in (active, target) if v is not None}
+        protected |= {v.version for v in every if v.status is VersionStatus.CANARY}
+        excess = len(every) - keep
+        doomed = [v for v in every if v.version not in protected][: max(excess, 0)]
+        if not doomed:
+            return []
+        names = [v.version for v in doomed]
         with self.store.tx() as db:
-            if active is not None:
-                db.execute(
-                    "UPDATE versions SET status='rolled_back' WHERE version=?", (active.version,)
-                )
-            db.execute("UPDATE versions SET status='inactive' WHERE status='active'")
-            db.execute(
-                "UPDATE versions SET status='active', deployed_at=? WHERE version=?",
-                (now_iso(), target.version),
-            )
-            self.store.add_event(
-                "rollback",
-                {
-                    "from": active.version if active else None,
-                    "to": target.version,
-                    "reason": reason,
-                },
-                db,
-            )
-        _write_text_atomic(self.root / "current.txt", target.version + "\n")
+            db.executemany("DELETE FROM versions WHERE version=?", [(n,) for n in names])
+            self.store.add_event("versions_pruned", {"versions": names, "keep": keep}, db)
+        # Rows first: a kill now leaves orphan folders (harmless), never a row without files.
+        kept_runs = {v.run_id for v in self.store.versions()}
+        for v in doomed:
+            shutil.rmtree(self.path(v.version), ignore_errors=True)
+            if runs_dir is not None and v.run_id and v.run_id not in kept_runs:
+                shutil.rmtree(runs_dir / v.run_id, ignore_errors=True)
         self.write_index()
-        return self.store.get_version(target.version)
+        return names
 
     def get(self, version: str) -> Version:
         return self.store.get_version(version)
@@ -230,4 +290,4 @@ class Versions:
     def write_index(self) -> None:
         """Mirror the version index to `versions.json` for outside tools (the store is the truth)."""
         doc = {"versions": [v.to_dict() for v in self.store.versions()]}
-        _write_text_atomic(self.root / "versions.json", json.dumps(doc, indent=2) + "\n")
+        write_text_atomic(self.root / "versions.json", json.dumps(doc, indent=2) + "\n")

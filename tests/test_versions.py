@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from deployment import canary
 from sam_brain.errors import Conflict, NotFound, PromotionRejected
 from sam_brain.store import Store
 from sam_brain.versions import Versions, checksum_dir
@@ -86,3 +88,37 @@ def test_unknown_adapter_format_is_refused(versions: Versions, tmp_path: Path) -
     (d / "adapter_config.json").write_text("not json")
     with pytest.raises(PromotionRejected, match="not JSON"):
         versions.register(d)
+
+
+def test_prune_keeps_the_newest_and_never_the_active_canary_or_rollback_target(
+    versions: Versions, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    for i in range(7):
+        (runs / f"r{i}" / "adapter").mkdir(parents=True)
+        versions.register(make_adapter(tmp_path / f"a{i}", f"w{i}".encode()), run_id=f"r{i}")
+    versions.activate("v1.0.1")  # deployed once: the rollback target after the next activation
+    versions.activate("v1.0.2")
+    canary.start_canary(versions, "v1.0.3", 10)
+    canary.reject(versions, "v1.0.0", "gate")
+    assert versions.prune(0, runs) == []  # 0 keeps all
+    pruned = versions.prune(4, runs)
+    # 7 versions, keep 4: the three oldest unprotected go (v1.0.0, v1.0.4, v1.0.5);
+    # v1.0.1 (rollback target), v1.0.2 (active) and v1.0.3 (canary) stay with the newest.
+    assert pruned == ["v1.0.0", "v1.0.4", "v1.0.5"]
+    kept = {v.version: v.status for v in versions.store.versions()}
+    assert kept == {
+        "v1.0.1": "inactive",
+        "v1.0.2": "active",
+        "v1.0.3": "canary",
+        "v1.0.6": "inactive",
+    }
+    assert sorted(p.name for p in versions.root.iterdir() if p.is_dir()) == sorted(kept)
+    assert sorted(p.name for p in runs.iterdir()) == ["r1", "r2", "r3", "r6"]
+    target = versions.rollback_target()
+    assert target is not None and target.version == "v1.0.1"
+    assert versions.prune(4, runs) == []  # already within the limit
+    index = json.loads((versions.root / "versions.json").read_text())
+    assert [v["version"] for v in index["versions"]] == sorted(kept)
+    nxt = versions.register(make_adapter(tmp_path / "a7", b"w7"))
+    assert nxt.version == "v1.0.7"  # names are never reused after a prune

@@ -89,8 +89,7 @@ async def post_train(request: web.Request) -> web.Response:
         reason = await asyncio.to_thread(ctx.coordinator.why_not)
         if reason is not None:
             return web.json_response({"started": False, "reason": reason}, status=409)
-    ctx.coordinator.start_run("forced" if force else "api", force=force)
-    run_id = await ctx.coordinator.wait_started()
+    run_id = ctx.coordinator.start_run("forced" if force else "api", force=force)
     return web.json_response({"started": True, "run_id": run_id}, status=202)
 
 

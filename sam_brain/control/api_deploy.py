@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from deployment import canary
-from deployment.serving_metrics import prometheus_lines
+from deployment.serving_metrics import prom_line, prometheus_lines
 from sam_brain.control.app import CTX, AppContext, read_json
 from sam_brain.errors import BadRequest
 from sam_brain.train.release import release, rollback_or_abort, start_canary_from
@@ -123,30 +123,21 @@ async def post_deploy(request: web.Request) -> web.Response:
     )
 
 
-def _prom_line(name: str, value: float, labels: dict[str, str] | None = None) -> str:
-    if labels:
-        inner = ",".join(f'{k}="{v}"' for k, v in labels.items())
-        return f"{name}{{{inner}}} {value}"
-    return f"{name} {value}"
-
-
 def metrics_text(ctx: AppContext) -> str:
     home = ctx.home
     stats = home.pool.stats()
     lines = [
         "# HELP sam_brain_samples Samples in the pool.",
         "# TYPE sam_brain_samples gauge",
-        _prom_line("sam_brain_samples", stats["total"]),
+        prom_line("sam_brain_samples", stats["total"]),
         "# TYPE sam_brain_training gauge",
-        _prom_line("sam_brain_training", 1.0 if ctx.coordinator.training else 0.0),
+        prom_line("sam_brain_training", 1.0 if ctx.coordinator.training else 0.0),
         "# TYPE sam_brain_uptime_seconds gauge",
-        _prom_line("sam_brain_uptime_seconds", round(time.time() - ctx.started, 1)),
+        prom_line("sam_brain_uptime_seconds", round(time.time() - ctx.started, 1)),
         "# TYPE sam_brain_runs_total counter",
     ]
-    runs: dict[str, int] = {}
-    for r in home.store.runs(10000):
-        runs[r.status] = runs.get(r.status, 0) + 1
-    lines += [_prom_line("sam_brain_runs_total", n, {"status": s}) for s, n in sorted(runs.items())]
+    runs = home.store.run_counts()
+    lines += [prom_line("sam_brain_runs_total", n, {"status": s}) for s, n in sorted(runs.items())]
     if ctx.chat is not None:
         shadow = ctx.chat.shadow
         lines += prometheus_lines(ctx.chat.metrics(), shadow.stats() if shadow else None)

@@ -195,8 +195,8 @@ def export_row(
 
 def export(home: Home, split: str, out: Path, *, metadata: bool, args: str = "object") -> int:
     """Write the SFT samples of one split (or `all`) as chat JSONL; returns the line count."""
-    from sam_brain.pool import write_jsonl_atomic
+    from sam_brain.fsutil import write_jsonl_atomic
 
-    where = "kind = 'sft'" + ("" if split == "all" else f" AND split = '{split}'")
-    rows = (export_row(s, sp, metadata=metadata, args=args) for s, sp in home.pool.samples(where))
+    samples = home.pool.samples(kind="sft", split=None if split == "all" else split)
+    rows = (export_row(s, sp, metadata=metadata, args=args) for s, sp in samples)
     return write_jsonl_atomic(out, rows)

@@ -104,20 +104,13 @@ def history(args: argparse.Namespace, config: Config) -> int:
                     "rollback_target": (
                         t.version if (t := home.versions.rollback_target()) else None
                     ),
-                    "runs": _run_counts(home),
+                    "runs": home.store.run_counts(),
                 },
                 args.json,
             )
     finally:
         home.close()
     return 0
-
-
-def _run_counts(home: Any) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for r in home.store.runs(100000):
-        out[r.status] = out.get(r.status, 0) + 1
-    return out
 
 
 def export(args: argparse.Namespace, config: Config) -> int:

@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -36,7 +36,7 @@ from sam_brain.home import Home
 from sam_brain.hub import resolve_model
 from sam_brain.pipeline.ingest import make_collectors, store_result
 from sam_brain.protocols import Collector
-from sam_brain.train.job import base_model_ref
+from sam_brain.train.dataset import base_model_ref
 from sam_brain.train.release import Exclusive, canary_policy, export_active, health_limits
 from sam_brain.train.scheduler import Coordinator
 
@@ -165,93 +165,131 @@ class Daemon:
             self.home.close()
 
     async def _serve(self) -> None:
-        home = self.home
-        failed = home.store.fail_interrupted_runs()
-        if failed:
-            log.warning("%d run(s) were interrupted by the last shutdown; marked failed", failed)
+        """Set up the parts, serve until SIGTERM/SIGINT, then tear them down (app cleanup_ctx)."""
+        self._recover_runs()
         backend, why = registry.choose_backend(self.config.training.backend)
-        self.collectors = make_collectors(home)
+        self.collectors = make_collectors(self.home)
         loop = asyncio.get_running_loop()
-        self.watchers = Watchers(loop)
-        for d in self.config.sources.sessions_dirs:
-            self.watchers.add("sessions", Path(d).expanduser(), (".jsonl",))
-        home.distill_inbox.mkdir(parents=True, exist_ok=True)
-        self.watchers.add("distill", home.distill_inbox, (".jsonl",))
-        for d in self.config.sources.docs_paths:
-            self.watchers.add("docs", Path(d).expanduser(), (".md",))
-        ref = base_model_ref(home, backend)
-        base_dir: str | None = None
-        unavailable = "chat serving is off (deployment.serve_chat = false)"
-        try:
-            base_dir = str(await asyncio.to_thread(resolve_model, ref))
-        except SamBrainError as err:
-            unavailable = str(err)
-            log.warning("base model not available yet: %s", err)
-        chat: ChatServer | None = None
-        # Serving and the gate use MLX whichever backend trains: every adapter is also written
-        # in mlx-lm format. Without mlx-lm, serve the versions with vLLM (PEFT export).
-        if not registry.mlx_available():
-            unavailable = "chat serving needs mlx-lm (pip install 'sam-brain[mlx]'); or serve a PEFT export with vLLM"
-        elif self.config.deployment.serve_chat and base_dir:
-            dep = self.config.deployment
-            chat = ChatServer(
-                home.versions,
-                base_dir,
-                shadow=dep.shadow,
-                shadow_queue=dep.shadow_queue,
-                prompt_cache_mb=dep.prompt_cache_mb,
-            )
-
-        self.chat = chat
-        exclusive = make_exclusive(chat, loop) if chat is not None else None
+        self.watchers = self._make_watchers(loop)
+        ref = base_model_ref(self.home, backend)
+        base_dir, unavailable = await self._resolve_base(ref)
+        self.chat, unavailable = self._make_chat(base_dir, unavailable)
+        exclusive = make_exclusive(self.chat, loop) if self.chat is not None else None
         coordinator = Coordinator(
-            home,
+            self.home,
             backend,
             collect=self.collect_all,
-            monitor=self.monitor if chat is not None else None,
+            monitor=self.monitor if self.chat is not None else None,
             exclusive=exclusive,
         )
         ctx = AppContext(
-            home=home,
+            home=self.home,
             coordinator=coordinator,
             backend=backend,
             backend_why=why,
             distill=self.distill,
-            chat=chat,
+            chat=self.chat,
             chat_unavailable=unavailable,
             base_ref=ref,
             base_model_dir=base_dir,
             exclusive=exclusive,
         )
-        runner = web.AppRunner(make_app(ctx), access_log=None)
+        app = make_app(ctx)
+        # Started in this order, torn down in reverse when the runner cleans up.
+        app.cleanup_ctx.extend([self._chat_ctx, self._watchers_ctx, self._work_ctx(coordinator)])
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.port)
-        await site.start()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop_event.set)
-        self.watchers.start()
-        log.info(
-            "SAM Brain listening on http://%s:%d (backend %s: %s; data %s)",
-            self.host,
-            self.port,
-            backend,
-            why,
-            home.data,
-        )
-        consumer = loop.create_task(self._consume())
-        await self.collect_all()
-        coordinator.start()
         try:
+            await web.TCPSite(runner, self.host, self.port).start()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop_event.set)
+            log.info(
+                "SAM Brain listening on http://%s:%d (backend %s: %s; data %s)",
+                *(self.host, self.port, backend, why, self.home.data),
+            )
             await self.stop_event.wait()
-        finally:
             log.info("stopping")
-            consumer.cancel()
-            await coordinator.stop()
-            self.watchers.stop()
+        finally:
             await runner.cleanup()
-            if chat is not None:
-                chat.close()
             log.info("stopped")
+
+    def _recover_runs(self) -> None:
+        failed = self.home.store.fail_interrupted_runs()
+        if failed:
+            log.warning("%d run(s) were interrupted by the last shutdown; marked failed", failed)
+
+    def _make_watchers(self, loop: asyncio.AbstractEventLoop) -> Watchers:
+        watchers = Watchers(loop)
+        for d in self.config.sources.sessions_dirs:
+            watchers.add("sessions", Path(d).expanduser(), (".jsonl",))
+        self.home.distill_inbox.mkdir(parents=True, exist_ok=True)
+        watchers.add("distill", self.home.distill_inbox, (".jsonl",))
+        for d in self.config.sources.docs_paths:
+            watchers.add("docs", Path(d).expanduser(), (".md",))
+        return watchers
+
+    async def _resolve_base(self, ref: str) -> tuple[str | None, str]:
+        """The base model's folder (None when missing) and why chat would be unavailable."""
+        try:
+            base_dir = str(await asyncio.to_thread(resolve_model, ref))
+        except SamBrainError as err:
+            log.warning("base model not available yet: %s", err)
+            return None, str(err)
+        return base_dir, "chat serving is off (deployment.serve_chat = false)"
+
+    def _make_chat(self, base_dir: str | None, unavailable: str) -> tuple[ChatServer | None, str]:
+        # Serving and the gate use MLX whichever backend trains: every adapter is also written
+        # in mlx-lm format. Without mlx-lm, serve the versions with vLLM (PEFT export).
+        if not registry.mlx_available():
+            return None, (
+                "chat serving needs mlx-lm (pip install 'sam-brain[mlx]');"
+                " or serve a PEFT export with vLLM"
+            )
+        dep = self.config.deployment
+        if not (dep.serve_chat and base_dir):
+            return None, unavailable
+        chat = ChatServer(
+            self.home.versions,
+            base_dir,
+            shadow=dep.shadow,
+            shadow_queue=dep.shadow_queue,
+            prompt_cache_mb=dep.prompt_cache_mb,
+        )
+        return chat, unavailable
+
+    async def _chat_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        yield
+        if self.chat is not None:
+            self.chat.close()
+
+    async def _watchers_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        self.watchers.start()
+        yield
+        self.watchers.stop()
+
+    def _work_ctx(
+        self, coordinator: Coordinator
+    ) -> Callable[[web.Application], AsyncIterator[None]]:
+        """Watcher batches are consumed at once; the first full poll runs, then the scheduler."""
+
+        async def first_poll_then_schedule() -> None:
+            try:
+                await self.collect_all()
+            except Exception:  # the periodic polls retry; the daemon keeps serving
+                log.exception("first poll of the sources failed")
+            coordinator.start()
+
+        async def ctx(app: web.Application) -> AsyncIterator[None]:
+            consumer = asyncio.get_running_loop().create_task(self._consume())
+            starter = asyncio.get_running_loop().create_task(first_poll_then_schedule())
+            yield
+            for task in (starter, consumer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await coordinator.stop()
+
+        return ctx
 
 
 def make_exclusive(chat: ChatServer, loop: asyncio.AbstractEventLoop) -> Exclusive[Any]:

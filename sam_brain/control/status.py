@@ -11,7 +11,7 @@ from typing import Any
 
 from deployment.canary import canary_state
 from sam_brain.home import Home
-from sam_brain.train.job import new_samples_since_last_run
+from sam_brain.train.dataset import new_samples_since_last_run
 
 
 def self_status(home: Home, *, daemon: dict[str, Any] | None = None) -> dict[str, Any]:

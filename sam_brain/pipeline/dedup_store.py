@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import struct
-import tempfile
 import time
 import zipfile
 import zlib
@@ -30,6 +29,7 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
+from sam_brain.fsutil import atomic_file, fsync_path
 from sam_brain.pipeline.shingles import HASHING, Sig
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ class IndexFiles:
         # The snapshot is durable first: a crash now leaves a journal of the old generation,
         # which the next open skips.
         self.journal.unlink(missing_ok=True)
-        _fsync_dir(self.path.parent)
+        fsync_path(self.path.parent)
         self.generation, self.base_len = generation, len(keys)
         self.journal_len = self.journal_records = self.torn_records = self.torn_bytes = 0
         self.seen = stamp(self.path)
@@ -271,20 +271,10 @@ def _frame(payload: bytes) -> bytes:
 
 
 def _write_atomic(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    """Write a file through a temporary one: fsync, rename over `path`, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a file through `fsutil.atomic_file`, first clearing temps a killed writer left."""
     _remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+        write(fh)
 
 
 STALE_TEMP_SECONDS = 3600.0  # older than any save takes: left by a writer that was killed
@@ -293,19 +283,11 @@ STALE_TEMP_SECONDS = 3600.0  # older than any save takes: left by a writer that 
 def _remove_stale_temps(path: Path) -> None:
     """Delete temporary files of `path` that a killed writer left behind (they can be large)."""
     cutoff = time.time() - STALE_TEMP_SECONDS
-    for old in path.parent.glob(f"{glob.escape(path.name)}*.tmp"):
+    for old in path.parent.glob(f"{glob.escape(path.name)}*.tmp*"):
         with contextlib.suppress(OSError):
             if old.stat().st_mtime < cutoff:
                 old.unlink()
                 log.info("removed %s, left by an interrupted save", old)
-
-
-def _fsync_dir(directory: Path) -> None:
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make a rename or unlink itself durable
-    finally:
-        os.close(dir_fd)
 
 
 def _read_snapshot(path: Path, num_perm: int) -> tuple[list[str], Digests, Sig, bytes | None]:

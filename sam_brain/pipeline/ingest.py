@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from sam_brain import registry
+from sam_brain.config import PipelineConfig
+from sam_brain.fsutil import write_jsonl_atomic, write_text_atomic
 from sam_brain.home import Home
 from sam_brain.pipeline.dedup import DedupIndex
 from sam_brain.pipeline.scrub import Scrubber
 from sam_brain.pipeline.split import assign_split
 from sam_brain.pipeline.validate import check_sample
-from sam_brain.pool import file_lock, write_jsonl_atomic
+from sam_brain.pool import file_lock
 from sam_brain.protocols import Collector, CollectResult, Sample
 
 log = logging.getLogger(__name__)
@@ -92,54 +94,101 @@ def store_result(
     report = IngestReport(collector=name, collected=len(result.samples))
     report.skipped.update(result.skipped)
     scrubber = scrubber or Scrubber(redact_emails=cfg.redact_emails)
-    shares = (cfg.split[0], cfg.split[1], cfg.split[2])
     with file_lock(home.pool.lock_path):
-        index = DedupIndex.open(home.dedup_path, threshold=cfg.dedup_threshold)
-        if index.needs_rebuild:  # a damaged index file was set aside: refill it from the pool
-            index.rebuild((s.id, s.text()) for s, _ in home.pool.samples())
+        index = _open_index(home, cfg.dedup_threshold)
         old_ids: set[str] = set()
         if result.replace_keys:
-            keys = sorted(result.replace_keys)
-            quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
-            old_ids = {s.id for s, _ in home.pool.samples(f"source_key IN ({quoted})")}
-        prepared: list[tuple[Sample, str]] = []
-        for raw in result.samples:
-            sample, reason = check_sample(raw, cfg.max_tokens, cfg.min_chars)
-            if sample is None:
-                report.dropped[reason or "invalid"] += 1
-                continue
-            if reason == "trimmed":
-                report.trimmed += 1
-            # Scrub before dedup and storage: no credential reaches the pool or its index.
-            sample, found = scrubber.scrub_sample(sample)
-            report.redactions.update(found)
-            prepared.append((sample, sample.text()))
-        # Fingerprint the whole batch in one vectorised pass, then check one by one.
-        index.prefetch(text for _, text in prepared)
-        batch: dict[str, tuple[Sample, str]] = {}
-        for sample, text in prepared:
-            dup = index.check(sample.id, text)
-            if (dup is not None and dup != sample.id) or sample.id in batch:
-                report.dropped["duplicate"] += 1
-                continue
-            index.add(sample.id, text)
-            # Stratum per group, not per sample: every sample of a session shares its split.
-            split = assign_split(sample.group, sample.source, shares)
-            batch[sample.id] = (sample, split)
-            report.by_source[sample.source] += 1
-            report.by_tier[sample.tier] += 1
-            report.by_split[split] += 1
+            old_ids = {s.id for s, _ in home.pool.samples(source_keys=result.replace_keys)}
+        prepared = _clean(result.samples, cfg, scrubber, report)
+        batch = _dedup_and_split(prepared, index, cfg, report)
         counts = home.pool.upsert(list(batch.values()), result.replace_keys)
         for gone in old_ids - set(batch):
             index.remove(gone)
         index.save()
-        home.store.set_cursors(result.cursors)
-        # "unchanged" is the normal state of a polled source, not a problem worth a counter.
-        home.store.add_counts(
-            f"skipped:{name}", {k: v for k, v in report.skipped.items() if k != "unchanged"}
-        )
-        home.store.add_counts(f"dropped:{name}", dict(report.dropped))
-    report.stored = len(batch)
+        _save_progress(home, name, result, report)
+    finish_report(home, report, stored=len(batch), counts=counts, started=started)
+    return report
+
+
+def _open_index(home: Home, threshold: float) -> DedupIndex:
+    index = DedupIndex.open(home.dedup_path, threshold=threshold)
+    if index.needs_rebuild:  # a damaged index file was set aside: refill it from the pool
+        index.rebuild((s.id, s.text()) for s, _ in home.pool.samples())
+    return index
+
+
+def _clean(
+    samples: Sequence[Sample], cfg: PipelineConfig, scrubber: Scrubber, report: IngestReport
+) -> list[tuple[Sample, str]]:
+    """Valid, scrubbed samples with their text; drops and redactions counted on the report."""
+    prepared: list[tuple[Sample, str]] = []
+    for raw in samples:
+        sample, reason = check_sample(raw, cfg.max_tokens, cfg.min_chars)
+        if sample is None:
+            report.dropped[reason or "invalid"] += 1
+            continue
+        if reason == "trimmed":
+            report.trimmed += 1
+        # Scrub before dedup and storage: no credential reaches the pool or its index.
+        sample, found = scrubber.scrub_sample(sample)
+        report.redactions.update(found)
+        prepared.append((sample, sample.text()))
+    return prepared
+
+
+def _dedup_and_split(
+    prepared: list[tuple[Sample, str]],
+    index: DedupIndex,
+    cfg: PipelineConfig,
+    report: IngestReport,
+) -> dict[str, tuple[Sample, str]]:
+    """The new samples by id with their split; near-duplicates are dropped and counted."""
+    shares = (cfg.split[0], cfg.split[1], cfg.split[2])
+    # Fingerprint the whole batch in one vectorised pass, then check one by one.
+    index.prefetch(text for _, text in prepared)
+    batch: dict[str, tuple[Sample, str]] = {}
+    for sample, text in prepared:
+        dup = index.check(sample.id, text)
+        if (dup is not None and dup != sample.id) or sample.id in batch:
+            report.dropped["duplicate"] += 1
+            continue
+        index.add(sample.id, text)
+        # Stratum per group, not per sample: every sample of a session shares its split.
+        split = assign_split(sample.group, sample.source, shares)
+        batch[sample.id] = (sample, split)
+        report.by_source[sample.source] += 1
+        report.by_tier[sample.tier] += 1
+        report.by_split[split] += 1
+    return batch
+
+
+def _save_progress(home: Home, name: str, result: CollectResult, report: IngestReport) -> None:
+    """The collector's cursors and the cumulative skip and drop counters."""
+    home.store.set_cursors(result.cursors)
+    # "unchanged" is the normal state of a polled source, not a problem worth a counter.
+    home.store.add_counts(
+        f"skipped:{name}", {k: v for k, v in report.skipped.items() if k != "unchanged"}
+    )
+    home.store.add_counts(f"dropped:{name}", dict(report.dropped))
+
+
+# The report fields the `ingest` event repeats (the full report is the JSON file).
+REPORT_EVENT_KEYS = (
+    "collector",
+    "collected",
+    "stored",
+    "inserted",
+    "updated",
+    "deleted",
+    "pool_version",
+)
+
+
+def finish_report(
+    home: Home, report: IngestReport, *, stored: int, counts: dict[str, int], started: float
+) -> None:
+    """Fill in the report's totals; write it and an `ingest` event when the pass did anything."""
+    report.stored = stored
     report.inserted, report.updated, report.deleted = (
         counts["inserted"],
         counts["updated"],
@@ -149,24 +198,8 @@ def store_result(
     report.seconds = round(time.monotonic() - started, 3)
     if report.collected or report.deleted or sum(report.skipped.values()):
         write_report(home, report)
-        home.store.add_event(
-            "ingest",
-            {
-                k: v
-                for k, v in report.to_dict().items()
-                if k
-                in (
-                    "collector",
-                    "collected",
-                    "stored",
-                    "inserted",
-                    "updated",
-                    "deleted",
-                    "pool_version",
-                )
-            },
-        )
-    return report
+        doc = report.to_dict()
+        home.store.add_event("ingest", {k: doc[k] for k in REPORT_EVENT_KEYS})
 
 
 def ingest(home: Home, collector: Collector, paths: Sequence[Path] | None = None) -> IngestReport:
@@ -178,19 +211,16 @@ def ingest(home: Home, collector: Collector, paths: Sequence[Path] | None = None
 def write_report(home: Home, report: IngestReport) -> Path:
     ts = time.strftime("%Y%m%dT%H%M%S")
     path = home.reports_dir / f"ingest-{ts}-{report.collector}-{time.time_ns() % 10**6:06d}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report.to_dict(), indent=2), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(report.to_dict(), indent=2))
     return path
 
 
 def export_split(home: Home, split: str, out: Path, *, trainable_only: bool = False) -> int:
     """Write `{"messages": [...]}` lines for one split (or `all`); returns the line count."""
-    where = "kind = 'sft'"
-    if split != "all":
-        where += f" AND split = '{split}'"
-    if trainable_only:
-        where += f" AND ready_after <= {time.time()!r}"
-    records = ({"messages": s.messages} for s, _ in home.pool.samples(where))
+    rows = home.pool.samples(
+        kind="sft",
+        split=None if split == "all" else split,
+        ready_before=time.time() if trainable_only else None,
+    )
+    records = ({"messages": s.messages} for s, _ in rows)
     return write_jsonl_atomic(out, records)

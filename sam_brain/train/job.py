@@ -10,80 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sam_brain.errors import SamBrainError, TrainingFailed
+from sam_brain.errors import SamBrainError, TrainingCancelled, TrainingFailed
 from sam_brain.home import Home
 from sam_brain.hub import resolve_model
-from sam_brain.pipeline.split import ensure_nonempty, hold_out_groups
-from sam_brain.pool import write_jsonl_atomic
-from sam_brain.protocols import Progress, TrainSpec
+from sam_brain.protocols import Progress, TrainResult, TrainSpec
 from sam_brain.store import Run, now_iso
+from sam_brain.train.dataset import base_model_ref, build_dataset
 from sam_brain.train.release import Exclusive, Outcome, release
 from sam_brain.train.supervisor import TrainingProcess
 
 log = logging.getLogger(__name__)
-
-
-def base_model_ref(home: Home, backend: str) -> str:
-    t = home.config.training
-    return t.mlx_base_model if backend == "mlx" else t.cuda_base_model
-
-
-def build_dataset(home: Home, out: Path, now: float | None = None) -> dict[str, int]:
-    """Write train/valid/test JSONL of trainable samples (+ preference.jsonl); returns counts.
-
-    A tiny pool may have no validation group yet; then the smallest deterministic group is
-    moved to val for this dataset only (see split.ensure_nonempty). With no test group either, a
-    share of the train sessions is held out for the gate and kept out of training
-    (split.hold_out_groups); `held_out_groups` in the counts says how many.
-    """
-    now = time.time() if now is None else now
-    rows = list(home.pool.samples(f"ready_after <= {now!r}"))
-    sft = [(s, split) for s, split in rows if s.kind == "sft"]
-    groups = {s.group: split for s, split in sft}
-    groups = ensure_nonempty(groups)
-    held = hold_out_groups(groups, home.config.deployment.gate_holdout_share)
-    moved = sum(1 for g, split in held.items() if split != groups[g])
-    groups = held
-    by_split: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
-    for s, _ in sft:
-        by_split[groups[s.group]].append({"messages": s.messages})
-    counts = {
-        "train": write_jsonl_atomic(out / "train.jsonl", by_split["train"]),
-        "val": write_jsonl_atomic(out / "valid.jsonl", by_split["val"]),
-        "test": write_jsonl_atomic(out / "test.jsonl", by_split["test"]),
-    }
-    if moved:
-        counts["held_out_groups"] = moved
-    prefs = [
-        {"prompt": s.messages, "chosen": s.chosen, "rejected": s.rejected}
-        for s, split in rows
-        # a held-out session's preference pairs stay out of training too
-        if s.kind == "preference" and split == "train" and groups.get(s.group) != "test"
-    ]
-    if prefs:
-        counts["preference"] = write_jsonl_atomic(out / "preference.jsonl", prefs)
-    return counts
-
-
-def iso_to_epoch(iso: str) -> float:
-    from datetime import datetime
-
-    return datetime.fromisoformat(iso).timestamp()
-
-
-def new_samples_since_last_run(home: Home) -> int:
-    """Trainable samples first seen after the last completed run was created."""
-    since = 0.0
-    for run in home.store.runs(50):
-        if run.status == "completed":
-            since = iso_to_epoch(run.created_at)
-            break
-    return home.pool.trainable_count(since=since)
 
 
 class TrainingJob:
@@ -103,116 +43,140 @@ class TrainingJob:
         self.backend = backend
         self.trigger = trigger
         self.attempt = attempt
+        self.ref = base_model_ref(home, backend)
         self.run: Run | None = None
         self.process: TrainingProcess | None = None
         self._last_progress = 0.0
 
+    def open_run(self) -> Run:
+        """Create the run's record (pending) once; the scheduler calls it before the task starts."""
+        if self.run is None:
+            self.run = self.home.store.create_run(
+                self.trigger,
+                self.backend,
+                self.ref,
+                samples_count=0,
+                pool_version=self.home.pool.version,
+                attempt=self.attempt,
+            )
+        return self.run
+
     async def execute(self) -> Run:
         """Run to the end; a failure is recorded on the run and re-raised as TrainingFailed."""
-        home = self.home
-        ref = base_model_ref(home, self.backend)
-        run = home.store.create_run(
-            self.trigger,
-            self.backend,
-            ref,
-            samples_count=0,
-            pool_version=home.pool.version,
-            attempt=self.attempt,
-        )
-        self.run = run
-        run_dir = home.runs_dir / run.run_id
+        run = self.open_run()
         try:
-            base = await asyncio.to_thread(resolve_model, ref)
-            counts = await asyncio.to_thread(build_dataset, home, run_dir / "data")
-            if counts["train"] == 0:
-                raise TrainingFailed("no trainable samples in the pool")
-            home.store.update_run(
-                run.run_id,
-                status="training",
-                started_at=now_iso(),
-                samples_count=counts["train"],
-                output_path=str(run_dir / "adapter"),
-            )
-            profile = home.config.profile()
-            active = home.versions.current()
-            init = ""
-            if home.config.training.continue_from_active and active and active.base_model == ref:
-                init = active.adapter_path  # each version builds on the one users run now
-            spec = TrainSpec(
-                run_id=run.run_id,
-                base_model=str(base),
-                data_dir=str(run_dir / "data"),
-                out_dir=str(run_dir / "adapter"),
-                profile=asdict(profile),
-                seed=home.config.training.seed,
-                init_adapter=init,
-            )
-            self.process = TrainingProcess(
-                self.backend,
-                spec,
-                run_dir,
-                nice=home.config.training.nice,
-                timeout_s=home.config.training.timeout_minutes * 60,
-            )
-            result = await self.process.run(self._on_progress)
-            metrics: dict[str, Any] = dict(result.metrics)
-            metrics["dataset"] = counts
-            # The run stays "training" while the gate evaluates it, so `--wait` returns only
-            # once its version is active, a canary or rejected.
-            home.store.update_run(run.run_id, metrics=metrics, progress={"message": "evaluating"})
-            self.outcome = await asyncio.to_thread(
-                release,
-                home,
-                Path(result.adapter_dir),
-                base_model_dir=str(base),
-                base_ref=ref,
-                run_id=run.run_id,
-                samples=counts["train"],
-                metrics=result.metrics,
-                description=f"run {run.run_id} ({self.trigger})",
-                test_path=run_dir / "data" / "test.jsonl",
-                held_out=counts.get("held_out_groups", 0),
-                exclusive=self.exclusive,
-                pool_version=run.pool_version,
-            )
-            home.store.add_event(
-                "released",
-                {
-                    "run_id": run.run_id,
-                    "version": self.outcome.version,
-                    "action": self.outcome.action,
-                    "reasons": self.outcome.reasons,
-                },
-            )
-            log.info("run %s -> %s %s", run.run_id, self.outcome.version, self.outcome.action)
-            metrics["release"] = {
-                "version": self.outcome.version,
-                "action": self.outcome.action,
-                "reasons": self.outcome.reasons,
-            }
-            home.store.update_run(
-                run.run_id, status="completed", finished_at=now_iso(), metrics=metrics
-            )
+            base, counts = await self._prepare(run)
+            result = await self._train(run, base)
+            metrics = await self._release(run, base, counts, result)
+            self._finish(run, "completed", metrics=metrics)
         except asyncio.CancelledError:
-            home.store.update_run(
-                run.run_id, status="failed", reason="daemon stopped", finished_at=now_iso()
-            )
+            self._finish(run, "failed", reason="daemon stopped")
+            raise
+        except TrainingCancelled as err:
+            self._finish(run, "cancelled", reason=str(err))
             raise
         except SamBrainError as err:
-            status = "cancelled" if str(err) == "cancelled" else "failed"
-            home.store.update_run(run.run_id, status=status, reason=str(err), finished_at=now_iso())
-            log.warning("training run %s %s: %s", run.run_id, status, err)
+            self._finish(run, "failed", reason=str(err))
             raise TrainingFailed(str(err)) from err
         except Exception as err:  # never let a bug in one run take the daemon down
-            home.store.update_run(
-                run.run_id,
-                status="failed",
-                reason=f"{type(err).__name__}: {err}",
-                finished_at=now_iso(),
-            )
+            self._finish(run, "failed", reason=f"{type(err).__name__}: {err}")
             log.exception("training run %s crashed", run.run_id)
             raise TrainingFailed(f"{type(err).__name__}: {err}") from err
-        return home.store.get_run(run.run_id)
+        return self.home.store.get_run(run.run_id)
+
+    def run_dir(self, run: Run) -> Path:
+        return self.home.runs_dir / run.run_id
+
+    async def _prepare(self, run: Run) -> tuple[Path, dict[str, int]]:
+        """Resolve the base model and write the dataset; the run turns `training`."""
+        base = await asyncio.to_thread(resolve_model, self.ref)
+        data = self.run_dir(run) / "data"
+        counts = await asyncio.to_thread(build_dataset, self.home, data)
+        if counts["train"] == 0:
+            raise TrainingFailed("no trainable samples in the pool")
+        self.home.store.update_run(
+            run.run_id,
+            status="training",
+            started_at=now_iso(),
+            samples_count=counts["train"],
+            output_path=str(self.run_dir(run) / "adapter"),
+        )
+        return base, counts
+
+    def _spec(self, run: Run, base: Path) -> TrainSpec:
+        home = self.home
+        active = home.versions.current()
+        init = ""
+        if home.config.training.continue_from_active and active and active.base_model == self.ref:
+            init = active.adapter_path  # each version builds on the one users run now
+        return TrainSpec(
+            run_id=run.run_id,
+            base_model=str(base),
+            data_dir=str(self.run_dir(run) / "data"),
+            out_dir=str(self.run_dir(run) / "adapter"),
+            profile=asdict(home.config.profile()),
+            seed=home.config.training.seed,
+            init_adapter=init,
+        )
+
+    async def _train(self, run: Run, base: Path) -> TrainResult:
+        """Supervise the worker subprocess until it returns an adapter."""
+        t = self.home.config.training
+        self.process = TrainingProcess(
+            self.backend,
+            self._spec(run, base),
+            self.run_dir(run),
+            nice=t.nice,
+            timeout_s=t.timeout_minutes * 60,
+        )
+        return await self.process.run(self._on_progress)
+
+    async def _release(
+        self, run: Run, base: Path, counts: dict[str, int], result: TrainResult
+    ) -> dict[str, Any]:
+        """Hand the adapter to the gate; returns the run's final metrics."""
+        home = self.home
+        metrics: dict[str, Any] = dict(result.metrics)
+        metrics["dataset"] = counts
+        # The run stays "training" while the gate evaluates it, so `--wait` returns only
+        # once its version is active, a canary or rejected.
+        home.store.update_run(run.run_id, metrics=metrics, progress={"message": "evaluating"})
+        self.outcome = outcome = await asyncio.to_thread(
+            release,
+            home,
+            Path(result.adapter_dir),
+            base_model_dir=str(base),
+            base_ref=self.ref,
+            run_id=run.run_id,
+            samples=counts["train"],
+            metrics=result.metrics,
+            description=f"run {run.run_id} ({self.trigger})",
+            test_path=self.run_dir(run) / "data" / "test.jsonl",
+            held_out=counts.get("held_out_groups", 0),
+            exclusive=self.exclusive,
+            pool_version=run.pool_version,
+        )
+        released = {
+            "version": outcome.version,
+            "action": outcome.action,
+            "reasons": outcome.reasons,
+        }
+        home.store.add_event("released", {"run_id": run.run_id, **released})
+        log.info("run %s -> %s %s", run.run_id, outcome.version, outcome.action)
+        pruned = await asyncio.to_thread(
+            home.versions.prune, home.config.deployment.keep_versions, home.runs_dir
+        )
+        if pruned:
+            log.info("pruned %s (deployment.keep_versions)", ", ".join(pruned))
+        metrics["release"] = released
+        return metrics
+
+    def _finish(self, run: Run, status: str, reason: str = "", **fields: Any) -> None:
+        self.home.store.update_run(
+            run.run_id, status=status, reason=reason, finished_at=now_iso(), **fields
+        )
+        if status != "completed":
+            log.warning("training run %s %s: %s", run.run_id, status, reason)
 
     def _on_progress(self, p: Progress) -> None:
         now = time.monotonic()
@@ -226,7 +190,3 @@ class TrainingJob:
     async def cancel(self) -> None:
         if self.process is not None:
             await self.process.cancel()
-
-
-def summarize_runs(home: Home) -> dict[str, int]:
-    return dict(Counter(r.status for r in home.store.runs(1000)))

@@ -17,6 +17,7 @@ import logging
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,9 +27,9 @@ from deployment.canary import CanaryPolicy, HealthLimits
 from deployment.evaluate import EvalReport, GateConfig, evaluate_version
 from sam_brain.config import Config
 from sam_brain.errors import PromotionRejected, SamBrainError
+from sam_brain.fsutil import write_jsonl_atomic, write_text_atomic
 from sam_brain.home import Home
 from sam_brain.hub import base_fingerprint, resolve_model
-from sam_brain.pool import write_jsonl_atomic
 from sam_brain.registry import mlx_available
 from sam_brain.store import Version
 
@@ -40,12 +41,21 @@ T = TypeVar("T")
 Exclusive = Callable[[Callable[[Any], T]], T]
 
 
+class ReleaseAction(StrEnum):
+    """What the release did with a candidate; the values appear in events and API replies."""
+
+    ACTIVATED = "activated"
+    CANARY = "canary"
+    REJECTED = "rejected"
+    DRY_RUN = "dry-run"
+
+
 @dataclass
 class Outcome:
     """What happened to a candidate."""
 
     version: str
-    action: str  # activated, canary, rejected, registered
+    action: ReleaseAction
     reasons: list[str]
     report: dict[str, Any] | None = None
 
@@ -167,7 +177,7 @@ def release(
 
         sanity_check(adapter_dir)
         checked = f"adapter ({' and '.join(layouts)} files) fits the base model"
-        return Outcome(version="", action="dry-run", reasons=[checked])
+        return Outcome(version="", action=ReleaseAction.DRY_RUN, reasons=[checked])
     with tempfile.TemporaryDirectory(prefix="sam-gate-") as scratch:
         test, source = _held_out_data(home, test_path, held_out, Path(scratch))
         v = home.versions.register(
@@ -194,7 +204,7 @@ def release(
     if not why and report is not None and not report.gate.promote:
         canary.reject(home.versions, v.version, "; ".join(reasons))
         log.warning("%s rejected by the gate: %s", v.version, "; ".join(reasons))
-        return Outcome(v.version, "rejected", reasons, report.to_dict())
+        return Outcome(v.version, ReleaseAction.REJECTED, reasons, report.to_dict())
     if why:
         # Too few rows for a verdict either way: the canary's live health checks decide.
         log.warning("%s is %s; it may only start as a canary", v.version, why)
@@ -269,20 +279,17 @@ def _roll_out(
     # the active version or, for a first version, beside the base model.
     if gated and (home.versions.current() is None or steps[0] >= 100):
         home.versions.activate(v.version, reason="passed the gate")
-        return Outcome(v.version, "activated", reasons, rep)
+        return Outcome(v.version, ReleaseAction.ACTIVATED, reasons, rep)
     if canary.canary_state(home.versions) is not None:
         # One canary at a time: the newer candidate replaces the one still climbing.
         canary.abort(home.versions, reason=f"superseded by {v.version}")
     canary.start_canary(home.versions, v.version, steps[0])
-    return Outcome(v.version, "canary", reasons, rep)
+    return Outcome(v.version, ReleaseAction.CANARY, reasons, rep)
 
 
 def _save_report(home: Home, name: str, report: EvalReport) -> None:
     out = home.reports_dir / f"eval-{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(report.to_json(), encoding="utf-8")
-    tmp.replace(out)
+    write_text_atomic(out, report.to_json())
     md = out.with_suffix(".md")
     md.write_text(render_markdown(report), encoding="utf-8")
 

@@ -18,10 +18,11 @@ from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from sam_brain.errors import Conflict, TrainingFailed
+from sam_brain.errors import Conflict, TrainingCancelled, TrainingFailed
 from sam_brain.home import Home
 from sam_brain.schedule_window import in_window
-from sam_brain.train.job import TrainingJob, new_samples_since_last_run
+from sam_brain.train.dataset import new_samples_since_last_run
+from sam_brain.train.job import TrainingJob
 from sam_brain.train.release import Exclusive
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,8 @@ class Coordinator:
 
     async def stop(self) -> None:
         # Jobs still running are cancelled by the shutdown; `_ends_quietly` keeps that out of the log.
-        self.scheduler.shutdown(wait=False)
+        if self.scheduler.running:  # not yet when the daemon stops during its first poll
+            self.scheduler.shutdown(wait=False)
         if self.task is not None and not self.task.done():
             if self.job is not None:
                 await self.job.cancel()
@@ -97,7 +99,7 @@ class Coordinator:
 
     def runs_today(self) -> int:
         midnight = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
-        return self.home.store.runs_since(midnight.astimezone().isoformat())
+        return sum(self.home.store.run_counts(since=midnight.astimezone().isoformat()).values())
 
     def why_not(self, now: datetime | None = None) -> str | None:
         """The reason an automatic run would not start now, or None when it would."""
@@ -132,7 +134,10 @@ class Coordinator:
             self._checking = False
 
     def start_run(self, trigger: str, force: bool = False) -> str:
-        """Start a run now; `force` skips the sample threshold but not the one-at-a-time rule."""
+        """Start a run now and return its id.
+
+        `force` skips the sample threshold but not the one-at-a-time rule.
+        """
         if self.training:
             assert self.job is not None and self.job.run is not None
             raise Conflict(f"run {self.job.run.run_id} is already training")
@@ -143,20 +148,9 @@ class Coordinator:
         self.job = TrainingJob(
             self.home, self.backend, trigger, attempt=attempt, exclusive=self.exclusive
         )
+        run = self.job.open_run()  # recorded now, so the caller gets its id without waiting
         self.task = asyncio.get_running_loop().create_task(self._run(self.job))
-        return "started"
-
-    async def wait_started(self) -> str:
-        """The id of the run just started (the job creates it on its first step)."""
-        for _ in range(200):
-            if self.job is not None and self.job.run is not None:
-                return self.job.run.run_id
-            if self.task is not None and self.task.done():
-                break
-            await asyncio.sleep(0.01)
-        if self.job is not None and self.job.run is not None:
-            return self.job.run.run_id
-        return ""
+        return run.run_id
 
     async def _run(self, job: TrainingJob) -> None:
         try:
@@ -164,7 +158,7 @@ class Coordinator:
             self._attempt = 1
         except TrainingFailed as err:
             retries = self.home.config.training.max_retries
-            if str(err) == "cancelled" or job.attempt > retries:
+            if isinstance(err, TrainingCancelled) or job.attempt > retries:
                 self._attempt = 1
                 return
             delay = self.home.config.training.retry_backoff_seconds * 2 ** (job.attempt - 1)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sam_brain.errors import TrainingFailed
+from sam_brain.errors import TrainingCancelled, TrainingFailed
 from sam_brain.protocols import Progress, TrainResult, TrainSpec
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ class TrainingProcess:
                 raise
             code = await self.proc.wait()
         if self.cancel_requested:
-            raise TrainingFailed("cancelled")
+            raise TrainingCancelled()
         if error is not None:
             raise TrainingFailed(error)
         if code != 0 or result is None:

@@ -310,10 +310,11 @@ def test_dpo_stage_grows_the_preference_margin(
     ]
     (data / "preference.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     reports: list[Progress] = []
-    backend = CudaBackend(dpo_learning_rate=5e-3, dpo_max_steps=6)
-    result = backend.train(
-        _spec(tiny_model, data, tmp_path / "out", max_steps=2), reports.append, lambda: False
+    backend = CudaBackend()
+    spec = _spec(
+        tiny_model, data, tmp_path / "out", max_steps=2, dpo_learning_rate=5e-3, dpo_max_steps=6
     )
+    result = backend.train(spec, reports.append, lambda: False)
     m = result.metrics
     assert m["dpo_steps"] == 6 and m["dpo_margin_after"] > m["dpo_margin_before"] + 1.0
     assert sum(r.message.startswith("dpo") for r in reports) == 6

@@ -102,7 +102,7 @@ def ddp_steps(base: str, world: int) -> dict[str, torch.Tensor]:
 
     backend = CudaBackend(quantize=True)
     shape = read_shape(Path(base))
-    opts = check_options({**PROFILE, "lora_keys": KEYS[:2]}, shape, 3)
+    opts = check_options({**PROFILE, "lora_keys": KEYS[:2]}, shape)
     torch.manual_seed(0)
     model = get_peft_model(backend.load_model(Path(base), training=True), lora_config(opts, shape))
     ranks = Ranks(dist_rank(), world) if world > 1 else Ranks()

@@ -60,10 +60,11 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train(
-    backend: MLXBackend, model: Path, data: Path, out: Path, cancel_in_dpo: bool = False
+    settings: dict[str, Any], model: Path, data: Path, out: Path, cancel_in_dpo: bool = False
 ) -> tuple[TrainResult, list[Progress]]:
     reports: list[Progress] = []
-    spec = TrainSpec(out.name, str(model), str(data), str(out), PROFILE, seed=0)
+    spec = TrainSpec(out.name, str(model), str(data), str(out), {**PROFILE, **settings}, seed=0)
+    backend = MLXBackend()
 
     def cancelled() -> bool:  # turns true once the DPO stage has taken its first step
         return cancel_in_dpo and any(r.message.startswith("dpo") for r in reports)
@@ -135,8 +136,8 @@ def test_encode_pairs_supervises_exactly_the_answers(tiny_model: Path) -> None:
 def test_dpo_grows_the_margin_and_the_adapter_reloads(
     tiny_model: Path, data_dir: Path, tmp_path: Path
 ) -> None:
-    backend = MLXBackend(dpo_learning_rate=5e-3, dpo_max_steps=6)
-    result, reports = _train(backend, tiny_model, data_dir, tmp_path / "out")
+    settings = {"dpo_learning_rate": 5e-3, "dpo_max_steps": 6}
+    result, reports = _train(settings, tiny_model, data_dir, tmp_path / "out")
     m = result.metrics
     dpo = [r for r in reports if r.message.startswith("dpo")]
     assert [r.step for r in dpo] == [1, 2, 3, 4, 5, 6] and {r.total_steps for r in dpo} == {6}
@@ -151,7 +152,7 @@ def test_dpo_grows_the_margin_and_the_adapter_reloads(
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["metrics"]["dpo_margin_after"] == m["dpo_margin_after"]
     # A repeated run resumes SFT as finished and starts DPO from the SFT adapter again.
-    again, _ = _train(backend, tiny_model, data_dir, out)
+    again, _ = _train(settings, tiny_model, data_dir, out)
     assert again.metrics["dpo_margin_before"] == pytest.approx(m["dpo_margin_before"], abs=1e-4)
     assert again.metrics["dpo_margin_after"] == pytest.approx(m["dpo_margin_after"], abs=1e-3)
 
@@ -162,9 +163,9 @@ def test_cancelled_or_diverged_dpo_keeps_the_sft_adapter(
     case: str, tiny_model: Path, data_dir: Path, tmp_path: Path
 ) -> None:
     lr = float("nan") if case == "nan" else 5e-3
-    backend = MLXBackend(dpo_learning_rate=lr, dpo_max_steps=4)
+    settings = {"dpo_learning_rate": lr, "dpo_max_steps": 4}
     out = tmp_path / "out"
-    result, reports = _train(backend, tiny_model, data_dir, out, cancel_in_dpo=case == "cancelled")
+    result, reports = _train(settings, tiny_model, data_dir, out, cancel_in_dpo=case == "cancelled")
     m = result.metrics
     assert "dpo: cancelled or diverged; the SFT adapter is kept" in result.notes
     losses = [r.train_loss or 0.0 for r in reports if r.message.startswith("dpo")]

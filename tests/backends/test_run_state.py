@@ -72,7 +72,7 @@ def test_profile_check_names_every_problem_at_once() -> None:
         "old_flag_left_off": False,  # asks for nothing: accepted though unknown
     }
     with pytest.raises(BackendUnavailable) as err:
-        checked_profile(profile, backend="x", num_blocks=4, block_linears=linears, patience=3)
+        checked_profile(profile, backend="x", num_blocks=4, block_linears=linears)
     assert str(err.value) == (
         "x backend cannot honour: load_in_4bit=True: not an option this backend knows; "
         "batch_size=0 is out of range; num_layers=9 but the model has 4 blocks; "
@@ -80,12 +80,14 @@ def test_profile_check_names_every_problem_at_once() -> None:
         "(choose from: mlp.down_proj, self_attn.q_proj)"
     )
     ok = {"lora_keys": ["mlp.down_proj"], "old_flag_left_off": False}
-    opts = checked_profile(ok, backend="x", num_blocks=4, block_linears=linears, patience=5)
-    assert (opts.patience, opts.num_layers, opts.lora_keys) == (5, -1, ["mlp.down_proj"])
+    opts = checked_profile(ok, backend="x", num_blocks=4, block_linears=linears)
+    assert (opts.patience, opts.num_layers, opts.lora_keys) == (3, -1, ["mlp.down_proj"])
     given = checked_profile(
-        {**ok, "patience": 2}, backend="x", num_blocks=4, block_linears=linears, patience=5
+        {**ok, "patience": 2, "dpo_beta": 0.5}, backend="x", num_blocks=4, block_linears=linears
     )
-    assert given.patience == 2
+    assert (given.patience, given.dpo_beta) == (2, 0.5)
+    with pytest.raises(BackendUnavailable, match=r"dpo_beta=0\.0 is out of range"):
+        checked_profile({**ok, "dpo_beta": 0.0}, backend="x", num_blocks=4, block_linears=linears)
 
 
 def test_out_of_memory_halves_the_batch_then_the_length() -> None:

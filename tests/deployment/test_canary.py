@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -199,3 +200,48 @@ def test_monitor_waits_for_enough_requests_and_reports_no_target_once(tmp_path: 
     assert monitor.check() == [] and monitor.check() == []
     assert len(vs.store.events("rollback_unavailable")) == 1
     assert vs.current().version == "v1.0.0"  # type: ignore[union-attr]
+
+
+def test_a_home_made_before_the_canary_table_keeps_its_canary(tmp_path: Path) -> None:
+    # Older homes kept the weight as a JSON row in `cursors`; opening the store moves it.
+    vs = Versions(Store(tmp_path / "state.db"), tmp_path / "versions")
+    for i in range(2):
+        vs.register(make_adapter(tmp_path / f"a{i}", f"w{i}".encode()))
+    vs.activate("v1.0.0")
+    with vs.store.tx() as db:
+        db.execute("UPDATE versions SET status='canary' WHERE version='v1.0.1'")
+        db.execute("DROP TABLE canary")
+    old = {"version": "v1.0.1", "percent": 50, "since": "2026-01-02T03:04:05+00:00"}
+    vs.store.set_cursors({"deployment.canary": json.dumps(old)})
+    vs.store.close()
+    reopened = Versions(Store(tmp_path / "state.db"), tmp_path / "versions")
+    state = canary.canary_state(reopened)
+    assert state is not None
+    assert (state.version, state.percent, state.since) == (
+        "v1.0.1",
+        50,
+        "2026-01-02T03:04:05+00:00",
+    )
+    assert reopened.store.get_cursor("deployment.canary") is None  # moved, not copied
+    promoted = canary.promote(reopened)
+    assert promoted.status == "active"
+    assert reopened.store.canary() is None  # leaving the canary status clears its weight
+
+
+def test_an_old_home_with_an_empty_canary_cursor_has_no_canary(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    store.set_cursors({"deployment.canary": "{}", "git:/repo": "abc"})
+    store.close()
+    reopened = Store(tmp_path / "state.db")
+    assert reopened.canary() is None
+    assert reopened.get_cursor("deployment.canary") is None
+    assert reopened.get_cursor("git:/repo") == "abc"  # other cursors untouched
+
+
+def test_an_old_home_with_a_damaged_canary_cursor_still_opens(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    store.set_cursors({"deployment.canary": '{"version": "v1.0.1"'})  # cut off mid-write
+    store.close()
+    reopened = Store(tmp_path / "state.db")
+    assert reopened.canary() is None
+    assert reopened.get_cursor("deployment.canary") is None

@@ -1,7 +1,8 @@
 """DedupIndex persistence: journal saves, torn tails, compaction, stale journals and kill -9.
 
-Run as a script (`python tests/test_dedup_journal.py INDEX START`), this file is the child of the
-kill test: it applies `batch(i)` for i = START, START+1, ... and prints i after each save.
+Run as a script (`python tests/pipeline/test_dedup_journal.py INDEX START`), this file is the
+child of the kill test: it applies `batch(i)` for i = START, START+1, ... and prints i after each
+save.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from collectors.sessions import load_session
 from collectors.transcript import Conversation, parse_file
 from collectors.transcript_lines import ToolCall, ToolResult, Turn
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "claude-sessions"
+FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "claude-sessions"
 
 
 def conv(*turns: Turn, interrupts: int = 0) -> Conversation:

@@ -27,7 +27,7 @@ from sam_brain.dev.examples import (
 )
 
 SPOTTER = (
-    Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "claude-sessions" / "spotter"
+    Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "claude-sessions" / "spotter"
 )
 Line = dict[str, Any]
 
@@ -259,7 +259,9 @@ def test_output_is_byte_identical_to_pinned(written: tuple[Path, list[Path]]) ->
 
 
 def test_templates_load_from_package_data() -> None:
-    text = resources.files("sam_brain.dev").joinpath("data/example_templates.txt").read_text("utf-8")
+    text = (
+        resources.files("sam_brain.dev").joinpath("data/example_templates.txt").read_text("utf-8")
+    )
     assert text == TEMPLATES
     assert {k.split(":")[0] for k in KINDS} == {"first", "follow", "qa", "agent"}
     assert len([k for k in KINDS if k.startswith("first:")]) == 8

@@ -14,7 +14,8 @@ from sam_brain.errors import TrainingFailed
 from sam_brain.home import Home
 from sam_brain.pool import file_lock
 from sam_brain.protocols import Sample, stable_id
-from sam_brain.train.job import TrainingJob, build_dataset
+from sam_brain.train.dataset import build_dataset
+from sam_brain.train.job import TrainingJob
 from sam_brain.train.scheduler import Coordinator
 
 
@@ -118,4 +119,39 @@ async def test_shutdown_cancels_a_running_job_without_logging_an_error(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == [], [r.getMessage() for r in errors]
     assert any("cancelled by shutdown" in r.getMessage() for r in caplog.records)
+    home.close()
+
+
+@pytest.mark.slow
+async def test_a_user_cancel_is_recorded_as_cancelled_and_not_retried(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    slow = {
+        "lora_rank": 2, "lora_keys": ["self_attn.q_proj"], "batch_size": 1, "grad_accum": 1,
+        "max_seq_length": 64, "epochs": 500.0, "eval_every": 10_000, "save_every": 10_000,
+    }  # fmt: skip
+    cfg = parse_config(
+        {
+            "data_dir": str(tmp_path / "data"),
+            "sources": {"sessions_dirs": [str(tmp_path / "s")]},
+            "training": {"mlx_base_model": str(tiny_model), "profile": "slow", "max_retries": 3},
+            "profiles": {"slow": slow},
+        }
+    )
+    home = Home.open(cfg)
+    fill(home, 8)
+    coord = Coordinator(home, "mlx")
+    run_id = coord.start_run("forced", force=True)
+    assert home.store.get_run(run_id).status == "pending"  # recorded before the task runs
+    for _ in range(600):  # the worker is up once it reports progress
+        if home.store.get_run(run_id).progress.get("step"):
+            break
+        await asyncio.sleep(0.1)
+    assert await coord.cancel()
+    assert coord.task is not None
+    await asyncio.wait_for(coord.task, 120)
+    run = home.store.get_run(run_id)
+    assert (run.status, run.reason) == ("cancelled", "cancelled")
+    assert coord.retry_at is None and not coord.training  # a cancel is never retried
+    assert home.store.versions() == []
     home.close()

@@ -17,7 +17,7 @@ from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_cla
 from sam_brain.pipeline.scrub import MARKER_RE, Scrubber
 from sam_brain.protocols import Sample
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "fixtures"
 SECRETS = SHARED / "secrets"
 PLUGINS: dict[str, Any] = {c.__name__: c for c in get_mapping_from_secret_type_to_class().values()}
 

@@ -1,0 +1,68 @@
+"""The training data of one run: a snapshot of the pool's trainable samples as JSONL files.
+
+`build_dataset` writes what the backends read (`train.jsonl`, `valid.jsonl`, `test.jsonl` and,
+when the pool has preference pairs, `preference.jsonl`); the threshold check counts the samples
+that arrived since the last completed run.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sam_brain.fsutil import write_jsonl_atomic
+from sam_brain.home import Home
+from sam_brain.pipeline.split import ensure_nonempty, hold_out_groups
+
+
+def base_model_ref(home: Home, backend: str) -> str:
+    t = home.config.training
+    return t.mlx_base_model if backend == "mlx" else t.cuda_base_model
+
+
+def build_dataset(home: Home, out: Path, now: float | None = None) -> dict[str, int]:
+    """Write train/valid/test JSONL of trainable samples (+ preference.jsonl); returns counts.
+
+    A tiny pool may have no validation group yet; then the smallest deterministic group is
+    moved to val for this dataset only (see split.ensure_nonempty). With no test group either, a
+    share of the train sessions is held out for the gate and kept out of training
+    (split.hold_out_groups); `held_out_groups` in the counts says how many.
+    """
+    now = time.time() if now is None else now
+    rows = list(home.pool.samples(ready_before=now))
+    sft = [(s, split) for s, split in rows if s.kind == "sft"]
+    groups = ensure_nonempty({s.group: split for s, split in sft})
+    held = hold_out_groups(groups, home.config.deployment.gate_holdout_share)
+    moved = sum(1 for g, split in held.items() if split != groups[g])
+    groups = held
+    by_split: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
+    for s, _ in sft:
+        by_split[groups[s.group]].append({"messages": s.messages})
+    counts = {
+        "train": write_jsonl_atomic(out / "train.jsonl", by_split["train"]),
+        "val": write_jsonl_atomic(out / "valid.jsonl", by_split["val"]),
+        "test": write_jsonl_atomic(out / "test.jsonl", by_split["test"]),
+    }
+    if moved:
+        counts["held_out_groups"] = moved
+    prefs = [
+        {"prompt": s.messages, "chosen": s.chosen, "rejected": s.rejected}
+        for s, split in rows
+        # a held-out session's preference pairs stay out of training too
+        if s.kind == "preference" and split == "train" and groups.get(s.group) != "test"
+    ]
+    if prefs:
+        counts["preference"] = write_jsonl_atomic(out / "preference.jsonl", prefs)
+    return counts
+
+
+def new_samples_since_last_run(home: Home) -> int:
+    """Trainable samples first seen after the last completed run was created."""
+    since = 0.0
+    for run in home.store.runs(50):
+        if run.status == "completed":
+            since = datetime.fromisoformat(run.created_at).timestamp()
+            break
+    return home.pool.trainable_count(since=since)
