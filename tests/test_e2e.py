@@ -120,8 +120,11 @@ save_every = 6
         write_example_sessions(sessions, n_sessions=6, seed=3)
 
         def active() -> Any:
+            # The version goes active inside the run's release step; the run completes just after.
             doc = get(url + "/api/self")
-            return doc if doc["training_stats"]["model_version"] != "base" else None
+            ts = doc["training_stats"]
+            done = ts["model_version"] != "base" and ts["last_training"]["status"] != "training"
+            return doc if done else None
 
         doc = wait(active, 240, proc, log)
         ts = doc["training_stats"]
