@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from collectors.coverage import has_work
 from collectors.curate import CurateOptions, curate
 from collectors.quality import QualityConfig
 from collectors.transcript import SUBAGENT_TOOLS, Conversation, parse_file
@@ -124,6 +125,9 @@ def load_session(main: Path, subagent_files: Sequence[Path] | None = None) -> Co
         reason = dropped_agent_reason(sub)
         if reason:
             conv.skipped[reason] += 1
+            work = [t for t in sub.turns if has_work(t, thinking=True)]
+            conv.lost[f"tool_calls:{reason}"] += sum(len(t.tool_calls) for t in work)
+            conv.lost[f"assistant_turns:{reason}"] += len(work)
             continue
         first_user = next((t.text.strip() for t in sub.turns if t.role == "user"), "")
         tool_id = by_agent.pop(sub.agent_id, None) or by_prompt.pop(first_user, None)
@@ -303,7 +307,8 @@ class SessionCollector:
         try:
             with _no_cyclic_gc():
                 conv = load_session(main, agents)
-                result.samples = curate(conv, self.options, self.quality, ready_after)
+                coverage: Counter[str] = Counter()
+                result.samples = curate(conv, self.options, self.quality, ready_after, coverage)
                 # Counted and freed while the collector is paused: once it runs again it would
                 # scan every dict and list of the parsed session one more time.
                 skipped = _session_skips(conv)
@@ -319,6 +324,9 @@ class SessionCollector:
         else:
             result.replace_keys.add(str(main))
             result.skipped.update(skipped)
+            if not result.samples:
+                coverage["sessions_without_samples"] += 1
+            result.coverage[str(main)] = coverage
         for f, ident in idents.items():
             result.cursors[self._key(f)] = json.dumps(ident, sort_keys=True)
             if self.archive_dir is not None:

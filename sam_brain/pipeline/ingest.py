@@ -19,6 +19,7 @@ from typing import Any
 
 from sam_brain import registry
 from sam_brain.home import Home
+from sam_brain.pipeline.coverage import Tally
 from sam_brain.pipeline.dedup import DedupIndex
 from sam_brain.pipeline.scrub import Scrubber
 from sam_brain.pipeline.split import assign_split
@@ -46,6 +47,8 @@ class IngestReport:
     by_source: Counter[str] = field(default_factory=Counter)
     by_tier: Counter[str] = field(default_factory=Counter)
     by_split: Counter[str] = field(default_factory=Counter)
+    # Tool calls and assistant turns seen, supervised and lost by reason, in total and per file.
+    coverage: dict[str, Any] = field(default_factory=dict)
     pool_version: int = 0
     seconds: float = 0.0
 
@@ -93,6 +96,7 @@ def store_result(
     report.skipped.update(result.skipped)
     scrubber = scrubber or Scrubber(redact_emails=cfg.redact_emails)
     shares = (cfg.split[0], cfg.split[1], cfg.split[2])
+    tally = Tally(result.coverage)
     with file_lock(home.pool.lock_path):
         index = DedupIndex.open(home.dedup_path, threshold=cfg.dedup_threshold)
         if index.needs_rebuild:  # a damaged index file was set aside: refill it from the pool
@@ -107,9 +111,11 @@ def store_result(
             sample, reason = check_sample(raw, cfg.max_tokens, cfg.min_chars)
             if sample is None:
                 report.dropped[reason or "invalid"] += 1
+                tally.dropped(raw, reason or "invalid")
                 continue
             if reason == "trimmed":
                 report.trimmed += 1
+                tally.trimmed(sample)
             # Scrub before dedup and storage: no credential reaches the pool or its index.
             sample, found = scrubber.scrub_sample(sample)
             report.redactions.update(found)
@@ -121,6 +127,7 @@ def store_result(
             dup = index.check(sample.id, text)
             if (dup is not None and dup != sample.id) or sample.id in batch:
                 report.dropped["duplicate"] += 1
+                tally.dropped(sample, "duplicate")
                 continue
             index.add(sample.id, text)
             # Stratum per group, not per sample: every sample of a session shares its split.
@@ -133,7 +140,7 @@ def store_result(
         for gone in old_ids - set(batch):
             index.remove(gone)
         index.save()
-        home.store.set_cursors(result.cursors)
+        home.store.set_cursors({**result.cursors, **tally.cursors()})
         # "unchanged" is the normal state of a polled source, not a problem worth a counter.
         home.store.add_counts(
             f"skipped:{name}", {k: v for k, v in report.skipped.items() if k != "unchanged"}
@@ -145,6 +152,7 @@ def store_result(
         counts["updated"],
         counts["deleted"],
     )
+    report.coverage = tally.report()
     report.pool_version = home.pool.version
     report.seconds = round(time.monotonic() - started, 3)
     if report.collected or report.deleted or sum(report.skipped.values()):
