@@ -1,12 +1,14 @@
 """Turn a scored session into chat training samples, by curation strategy.
 
 Strategy A: the main conversation as multi-turn samples (tier A sessions only), cut into windows
-of consecutive whole exchanges (a user prompt up to the next one) that each fit the token budget,
-so a long session gives several samples instead of one the validator must trim or drop.
-Strategy B: one single-turn sample per exchange, the user prompt and the final assistant answer
-of that exchange (tiers A and B). Strategy D: each subagent run as "Task prompt -> subagent
-conversation" (subagent runs scored tier A or B). Strategy C (docs and skills) is another
-collector's. Messages use the chat format mlx-lm and TRL accept: `role`/`content`, assistant
+that fit the training length (`sam_brain.pipeline.windowing`): whole exchanges packed together,
+and an exchange too long for one window cut between its steps, each window repeating the prompt
+with the steps before as unsupervised context, so every assistant turn is taught exactly once.
+Strategy B: the user prompt and final answer of an exchange that made no tool call, for sessions
+that give no A windows (tier B), so an answer never claims an action it did not take. Strategy D:
+each subagent run as "Task prompt -> subagent conversation", windowed like A (subagent runs
+scored tier A or B). A tool call the user rejected is never taught: it becomes a preference pair
+(`collectors/rejected.py`). Strategy C (docs and skills) is another collector's. Messages use the chat format mlx-lm and TRL accept: `role`/`content`, assistant
 `tool_calls` in the OpenAI function shape, and `tool` messages with `tool_call_id`.
 """
 
@@ -21,24 +23,15 @@ from msgspec.structs import replace  # `Turn` is a msgspec Struct
 
 from collectors.coverage import account, count_seen, lose
 from collectors.quality import QualityConfig, Score, exchanges, score_conversation
-from collectors.transcript_lines import INTERRUPT_PREFIX
-from sam_brain.pipeline.windowing import (
-    TokenCount,
-    Window,
-    build,
-    estimate_tokens,
-    plan,
-    supervised,
-)
+from collectors.rejected import as_text, is_rejection, pairs
+from sam_brain.pipeline.windowing import TokenCount, build, estimate_tokens, plan, supervised
 from sam_brain.protocols import Message, Sample, stable_id
 
 if TYPE_CHECKING:  # only the shape is needed; sam_brain must not import plug-ins at runtime
     from collectors.transcript import Conversation
-    from collectors.transcript_lines import ToolResult, Turn
+    from collectors.transcript_lines import Turn
 
 SOURCE = "sessions"
-# What Claude Code writes as the result of a tool call the user rejected or interrupted.
-REJECTION_PREFIXES = ("The user doesn't want to proceed with this tool use", INTERRUPT_PREFIX)
 EMPTY_OUTPUT = "(no output)"  # chat templates and the validator reject empty tool messages
 # Tool-call arguments as `json.dumps(input, ensure_ascii=False)` writes them; one encoder, not one
 # per call (decoded JSON holds no cycles, so the circular check is left out).
@@ -96,11 +89,6 @@ def to_messages(turns: list[Turn], options: CurateOptions) -> list[Message]:
         options: Thinking and truncation settings.
     """
     return _finish(_raw_messages(turns, options), options)
-
-
-def is_rejection(result: ToolResult) -> bool:
-    """True for the result Claude Code records when the user rejects or interrupts a tool call."""
-    return result["is_error"] and result["content"].lstrip().startswith(REJECTION_PREFIXES)
 
 
 def _raw_messages(turns: list[Turn], options: CurateOptions) -> list[Message]:
@@ -234,55 +222,11 @@ def _cuts(turns: list[Turn], options: CurateOptions) -> list[_Cut]:
                 messages=_finish(messages, options),
                 tool_calls=sum(len(raw[i].get("tool_calls") or ()) for i in taught),
                 assistant_turns=sum(len(owners[i]) for i in taught),
-                pairs=_pairs(raw, window, options),
+                pairs=pairs(raw, window, options.system_prompt),
                 rejected=[t for i in refused for t in owners[i]],
             )
         )
     return out
-
-
-def _pairs(
-    raw: list[Message], window: Window, options: CurateOptions
-) -> list[tuple[list[Message], Message, Message]]:
-    """(prompt, rejected, chosen) for each rejected call the window holds outside its context.
-
-    The chosen side is the next assistant message that is taught (the action the user accepted
-    next); a rejected call with nothing after it gives no pair.
-    """
-    out = []
-    for pos, i in enumerate(window.indices):
-        if i in window.context or raw[i].get("role") != "assistant" or supervised(raw[i]):
-            continue
-        chosen = next((m for m in raw[i + 1 :] if supervised(m)), None)
-        if chosen is None:
-            continue
-        head = Window(window.indices[:pos], window.context, window.elided)
-        prompt = [
-            {k: v for k, v in m.items() if k != "weight"} for m in build(raw, head, trim=False)
-        ]
-        if options.system_prompt:
-            prompt.insert(0, {"role": "system", "content": options.system_prompt})
-        out.append((prompt, raw[i], chosen))
-    return out
-
-
-def as_text(message: Message) -> str:
-    """An assistant message as plain text: its content, then each call as a Hermes `<tool_call>`.
-
-    The DPO stage takes answers as text; this is the form Qwen2.5's template renders calls in.
-    """
-    parts = [str(message.get("content") or "")]
-    for call in message.get("tool_calls") or ():
-        fn = call["function"]
-        try:
-            args = (
-                json.loads(fn["arguments"]) if isinstance(fn["arguments"], str) else fn["arguments"]
-            )
-        except ValueError:
-            args = fn["arguments"]
-        body = json.dumps({"name": fn["name"], "arguments": args}, ensure_ascii=False)
-        parts.append(f"<tool_call>\n{body}\n</tool_call>")
-    return "\n".join(p for p in parts if p)
 
 
 def _meta(conv: Conversation, turns: list[Turn], strategy: str, tier: str) -> dict[str, Any]:
