@@ -23,7 +23,7 @@ from collectors.sessions import load_session
 from collectors.transcript import parse_file
 from collectors.transcript_lines import ToolCall, ToolResult, Turn, read_lines, strip_reminders
 from sam_brain.dev.examples import write_example_sessions
-from sam_brain.pipeline.validate import estimate_tokens, message_chars
+from sam_brain.pipeline.validate import message_chars
 from sam_brain.protocols import Message
 
 # --------------------------------------------------------------------------------------------
@@ -202,9 +202,9 @@ def plain_windows(turns: list[Any], options: CurateOptions) -> list[list[Message
     raw: list[Message] = []
     for group in groups:
         raw_group = _raw_messages(group, options)
-        if sum(map(options.count, _finish(raw_group, options))) > options.max_tokens:
-            if len(raw_group) > 2:
-                return None
+        alone = sum(map(options.count, _finish(raw_group, options)))
+        if alone > options.max_tokens and len(raw_group) > 2:
+            return None
         candidate = _finish(raw + raw_group, options)
         if raw and sum(map(options.count, candidate)) > options.max_tokens:
             out.append(_finish(raw, options))
