@@ -178,6 +178,7 @@ def _read_jsonl(path: Path) -> list[object]:
 
 
 def cmd_data(args: argparse.Namespace, config: Config) -> int:
+    from sam_brain.pipeline.coverage import CURSOR_PREFIX, summarize
     from sam_brain.pipeline.ingest import export_split
 
     home = open_home(config)
@@ -186,6 +187,7 @@ def cmd_data(args: argparse.Namespace, config: Config) -> int:
             stats = home.pool.stats()
             stats["skipped"] = home.store.counters("skipped")
             stats["dropped"] = home.store.counters("dropped")
+            stats["coverage"] = summarize(home.store.cursors_with_prefix(CURSOR_PREFIX))
             print_doc(stats, args.json)
         elif args.data_command == "show":
             found = home.pool.get(args.id)

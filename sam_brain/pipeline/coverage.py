@@ -81,18 +81,24 @@ class Tally:
 
 
 def summarize(values: dict[str, str]) -> dict[str, Any]:
-    """Sum stored per-file coverage cursors into totals with supervised shares."""
+    """Stored per-file coverage cursors as `{"total": {...}, "files": {path: {...}}}`.
+
+    The total adds `tool_calls_share` and `assistant_turns_share` (supervised / seen).
+    """
     total: Counter[str] = Counter()
-    for raw in values.values():
+    files: dict[str, dict[str, int]] = {}
+    for key, raw in sorted(values.items()):
         try:
             counts = json.loads(raw)
         except ValueError:
             continue
         if isinstance(counts, dict):
-            total.update({k: int(v) for k, v in counts.items() if isinstance(v, int)})
+            kept = {k: v for k, v in counts.items() if isinstance(v, int) and v}
+            files[key.removeprefix(CURSOR_PREFIX)] = kept
+            total.update(kept)
     out: dict[str, Any] = dict(sorted(total.items()))
-    out["files"] = len(values)
+    out["files"] = len(files)
     for kind in KINDS:
         seen = total[f"{kind}_seen"]
         out[f"{kind}_share"] = round(total[f"{kind}_supervised"] / seen, 4) if seen else None
-    return out
+    return {"total": out, "files": files}
