@@ -27,6 +27,7 @@ from collectors.curate import CurateOptions, curate
 from collectors.quality import QualityConfig
 from collectors.transcript import SUBAGENT_TOOLS, Conversation, parse_file
 from collectors.transcript_lines import ToolCall
+from sam_brain.pipeline.windowing import TokenCount, estimate_tokens
 from sam_brain.protocols import CollectResult, Cursors
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,10 @@ class SessionCollector:
         thinking: include thinking as a `<think>...</think>` prefix of assistant content.
         tool_output_chars: longest tool output kept in a sample (head and tail around a marker).
         quality: scoring configuration (the defaults when None).
-        max_tokens: token budget of one strategy A window (pass `pipeline.max_tokens`).
+        max_tokens: token budget of one strategy A or D window (pass
+            `pipeline.tokens.window_tokens(config)`, from the training profile's length).
+        count: tokens of one message (`pipeline.tokens.message_counter(config)`: the base
+            model's tokenizer when on disk); the conservative estimate when None.
 
     `collect` never raises for one file's problem: unreadable or vanished files are counted.
     """
@@ -209,12 +213,16 @@ class SessionCollector:
         tool_output_chars: int = 2000,
         quality: QualityConfig | None = None,
         max_tokens: int = 4096,
+        count: TokenCount | None = None,
     ) -> None:
         self.dirs = [Path(d).expanduser().absolute() for d in dirs]
         self.quiet_minutes = quiet_minutes
         self.archive_dir = Path(archive_dir).expanduser().absolute() if archive_dir else None
         self.options = CurateOptions(
-            thinking=thinking, tool_output_chars=tool_output_chars, max_tokens=max_tokens
+            thinking=thinking,
+            tool_output_chars=tool_output_chars,
+            max_tokens=max_tokens,
+            count=count or estimate_tokens,
         )
         self.quality = quality
 

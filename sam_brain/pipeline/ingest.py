@@ -23,6 +23,7 @@ from sam_brain.pipeline.coverage import Tally
 from sam_brain.pipeline.dedup import DedupIndex
 from sam_brain.pipeline.scrub import Scrubber
 from sam_brain.pipeline.split import assign_split
+from sam_brain.pipeline.tokens import message_counter, window_tokens
 from sam_brain.pipeline.validate import check_sample
 from sam_brain.pool import file_lock, write_jsonl_atomic
 from sam_brain.protocols import Collector, CollectResult, Sample
@@ -64,7 +65,8 @@ def make_collectors(home: Home) -> dict[str, Collector]:
     out["sessions"] = registry.load(registry.COLLECTORS, "sessions", "collector")(
         dirs=dirs,
         quiet_minutes=src.quiet_minutes,
-        max_tokens=home.config.pipeline.max_tokens,
+        max_tokens=window_tokens(home.config),
+        count=message_counter(home.config),
         archive_dir=home.archive_dir if src.archive_transcripts else None,
     )
     if src.git_repos:
