@@ -218,3 +218,48 @@ def test_split_rows_recuts_only_rows_over_the_budget() -> None:
         m["content"] for r in rows[1:] for m in r if m["role"] == "assistant" and "weight" not in m
     ]
     assert taught == [f"step {i}" for i in range(10)] + ["done"]
+
+
+def test_dataset_build_recuts_long_rows_so_training_truncates_nothing(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    from sam_brain.masking import encode_rows, load_rows
+    from sam_brain.pool import file_lock
+    from sam_brain.protocols import Sample, stable_id
+    from sam_brain.train.job import build_dataset
+
+    cfg = {
+        "data_dir": str(tmp_path / "data"),
+        "training": {"profile": "p"},
+        "profiles": {"p": {"max_seq_length": 160}},
+    }
+    home = Home.open(parse_config(cfg))
+    long_row = [{"role": "user", "content": "fix the parser"}]
+    for i in range(12):
+        long_row += step(i, size=120)
+    long_row.append({"role": "assistant", "content": "done"})
+    huge = [
+        {"role": "user", "content": "write the file"},
+        {"role": "assistant", "content": "x " * 400},  # one step longer than the length
+    ]
+    rows = []
+    for i, messages in enumerate([long_row, huge]):
+        sample = Sample(stable_id("t", str(i)), "sessions", "k", f"g{i}", messages)
+        rows.append((sample, "train"))
+    with file_lock(home.pool.lock_path):
+        home.pool.upsert(rows)
+    counts = build_dataset(home, tmp_path / "ds", base=tiny_model)
+    assert counts["resplit"] == 2 and counts["too_long"] == 1
+    written = load_rows(tmp_path / "ds" / "train.jsonl") + load_rows(
+        tmp_path / "ds" / "valid.jsonl"
+    )
+    taught = [
+        m["content"] for r in written for m in r if m["role"] == "assistant" and "weight" not in m
+    ]
+    assert taught == [f"step {i}" for i in range(12)] + ["done"]
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    _, stats = encode_rows(tokenizer, written, 160)
+    assert stats.truncated == 0 and stats.kept == len(written) > 1
+    home.close()

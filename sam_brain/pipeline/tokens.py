@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from sam_brain.config import Config
-from sam_brain.pipeline.windowing import MESSAGE_OVERHEAD, TokenCount, estimate_tokens
+from sam_brain.pipeline.windowing import (
+    MESSAGE_OVERHEAD,
+    TokenCount,
+    estimate_tokens,
+    split_rows,
+)
 from sam_brain.protocols import Message
 
 log = logging.getLogger(__name__)
@@ -89,3 +94,23 @@ def message_counter(config: Config) -> TokenCount:
         if count is not None:
             return count
     return estimate_tokens
+
+
+def fit_rows(
+    config: Config, by_split: dict[str, list[dict[str, Any]]], base: Path | None
+) -> dict[str, int]:
+    """Re-cut, in place, rows longer than the profile's length; drop those that cannot fit.
+
+    Counted with the base model's tokenizer (`base`), else the estimate. Returns how many rows
+    were cut again (`resplit`) and how many were left out (`too_long`).
+    """
+    count = (tokenizer_counter(base) if base else None) or estimate_tokens
+    budget = int(config.profile().max_seq_length * (1 - TEMPLATE_RESERVE))
+    stats = {"resplit": 0, "too_long": 0}
+    for split, rows in by_split.items():
+        cut, n = split_rows([r["messages"] for r in rows], budget, count)
+        stats["resplit"] += n
+        kept = [m for m in cut if sum(map(count, m)) <= budget]
+        stats["too_long"] += len(cut) - len(kept)
+        by_split[split] = [{"messages": m} for m in kept]
+    return stats

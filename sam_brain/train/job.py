@@ -19,6 +19,7 @@ from sam_brain.errors import SamBrainError, TrainingFailed
 from sam_brain.home import Home
 from sam_brain.hub import resolve_model
 from sam_brain.pipeline.split import ensure_nonempty
+from sam_brain.pipeline.tokens import fit_rows
 from sam_brain.pool import write_jsonl_atomic
 from sam_brain.protocols import Progress, TrainSpec
 from sam_brain.store import Run, now_iso
@@ -33,11 +34,16 @@ def base_model_ref(home: Home, backend: str) -> str:
     return t.mlx_base_model if backend == "mlx" else t.cuda_base_model
 
 
-def build_dataset(home: Home, out: Path, now: float | None = None) -> dict[str, int]:
+def build_dataset(
+    home: Home, out: Path, now: float | None = None, base: Path | None = None
+) -> dict[str, int]:
     """Write train/valid/test JSONL of trainable samples (+ preference.jsonl); returns counts.
 
     A tiny pool may have no validation group yet; then the smallest deterministic group is
-    moved to val for this dataset only (see split.ensure_nonempty).
+    moved to val for this dataset only (see split.ensure_nonempty). Rows longer than the
+    profile's length in the base model's tokens (`base`, when given) are cut again into
+    windows, and a row that still does not fit (one step longer than the length) is left out,
+    so the trainer never truncates a supervised turn; both are counted (`resplit`, `too_long`).
     """
     now = time.time() if now is None else now
     rows = list(home.pool.samples(f"ready_after <= {now!r}"))
@@ -47,6 +53,7 @@ def build_dataset(home: Home, out: Path, now: float | None = None) -> dict[str, 
     by_split: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
     for s, _ in sft:
         by_split[groups[s.group]].append({"messages": s.messages})
+    fit = fit_rows(home.config, by_split, base)
     counts = {
         "train": write_jsonl_atomic(out / "train.jsonl", by_split["train"]),
         "val": write_jsonl_atomic(out / "valid.jsonl", by_split["val"]),
@@ -59,6 +66,7 @@ def build_dataset(home: Home, out: Path, now: float | None = None) -> dict[str, 
     ]
     if prefs:
         counts["preference"] = write_jsonl_atomic(out / "preference.jsonl", prefs)
+    counts.update({k: v for k, v in fit.items() if v})
     return counts
 
 
@@ -115,7 +123,7 @@ class TrainingJob:
         run_dir = home.runs_dir / run.run_id
         try:
             base = await asyncio.to_thread(resolve_model, ref)
-            counts = await asyncio.to_thread(build_dataset, home, run_dir / "data")
+            counts = await asyncio.to_thread(build_dataset, home, run_dir / "data", None, base)
             if counts["train"] == 0:
                 raise TrainingFailed("no trainable samples in the pool")
             home.store.update_run(
