@@ -24,6 +24,8 @@ SAFE_CHARS_PER_TOKEN = 3
 MESSAGE_OVERHEAD = 6  # template tokens around one message: `<|im_start|>role\n` ... `<|im_end|>\n`
 NOTE_TOKENS = 16  # the elision note added to a repeated prompt
 CONTEXT_SHARE = 0.5  # at most this share of a split window is spent on earlier steps as context
+MIN_CLIP_TOKENS = 32  # a context tool result cut shorter than this is not worth showing
+CLIP_CHARS_PER_TOKEN = 2  # cut context to 2 characters a token: below any tokenizer's average
 
 
 def estimate_tokens(message: Message) -> int:
@@ -44,12 +46,15 @@ def supervised(message: Message) -> bool:
 class Window:
     """One training window: message indices in order, which are context, and the note to add.
 
-    `elided` counts steps of the window's exchange left out between its prompt and its context.
+    `elided` counts steps of the window's exchange left out between its prompt and its context;
+    `clip` names context tool results too long to show whole, cut to `clip_chars` characters.
     """
 
     indices: tuple[int, ...]
     context: frozenset[int] = frozenset()
     elided: int = 0
+    clip: frozenset[int] = frozenset()  # context tool results shown cut to `clip_chars`
+    clip_chars: int = 0
 
 
 def exchanges(messages: Sequence[Message]) -> list[list[int]]:
@@ -142,19 +147,42 @@ def _split(
                 used += full[j]
                 context[:0] = steps[j]
                 j -= 1
+            clip, clip_chars = frozenset[int](), 0
+            if j == start - 1:
+                # The step just before is too long for the context: show it with its tool
+                # results cut short, so the next step still sees what it reacts to.
+                tools = [i for i in steps[j] if messages[i].get("role") == "tool"]
+                fixed = full[j] - sum(sizes[i] for i in tools)
+                per = (limit - fixed) // max(1, len(tools)) - MESSAGE_OVERHEAD - NOTE_TOKENS
+                if tools and per >= MIN_CLIP_TOKENS:
+                    clip, clip_chars = frozenset(tools), per * CLIP_CHARS_PER_TOKEN
+                    used = fixed + len(tools) * (per + MESSAGE_OVERHEAD + NOTE_TOKENS)
+                    context = list(steps[j])
+                    j -= 1
             elided = j + 1
             room -= used + (NOTE_TOKENS if elided else 0)
         else:
-            elided = 0
+            elided, clip, clip_chars = 0, frozenset(), 0
         end, used = start + 1, full[start]
         while end < len(steps) and used + kept[end] <= room:
             used += full[end]
             end += 1
         body = [i for s in steps[start:end] for i in s]
         indices = (prompt, *context, *body)
-        out.append(Window(indices, frozenset(context), elided))
+        out.append(Window(indices, frozenset(context), elided, clip, clip_chars))
         start = end
     return out
+
+
+def clip_text(text: str, chars: int) -> str:
+    """Keep the head and tail of `text` (3:1) within `chars`, naming how much was cut."""
+    if len(text) <= chars:
+        return text
+    tail = chars // 4
+    head = chars - tail
+    return (
+        f"{text[:head]}\n[... {len(text) - head - tail} chars cut ...]\n{text[len(text) - tail :]}"
+    )
 
 
 def build(messages: Sequence[Message], window: Window, *, trim: bool = True) -> list[Message]:
@@ -168,6 +196,8 @@ def build(messages: Sequence[Message], window: Window, *, trim: bool = True) -> 
         m = messages[i]
         if i in window.context and m.get("role") == "assistant":
             m = {**m, "weight": 0}
+        elif i in window.clip:
+            m = {**m, "content": clip_text(str(m.get("content") or ""), window.clip_chars)}
         elif window.elided and not out and m.get("role") == "user":
             m = {**m, "content": f"{m.get('content') or ''}\n\n{elision_note(window.elided)}"}
         out.append(m)
