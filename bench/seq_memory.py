@@ -50,7 +50,9 @@ def write_rows(data: Path, model: Path, length: int, rows: int = 6) -> None:
         (data / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def measure(backend: str, model: Path, length: int, ckpt: bool, work: Path) -> dict[str, float]:
+def measure(
+    backend: str, model: Path, length: int, ckpt: bool, work: Path, steps: int = 3
+) -> dict[str, float]:
     from sam_brain.config import Config
     from sam_brain.protocols import TrainSpec
 
@@ -59,7 +61,7 @@ def measure(backend: str, model: Path, length: int, ckpt: bool, work: Path) -> d
         max_seq_length=length,
         grad_checkpoint=ckpt,
         grad_accum=1,
-        max_steps=3,
+        max_steps=steps,
         eval_every=100,
         save_every=100,
     )
@@ -91,22 +93,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lengths", type=int, nargs="+", default=[512, 2048])
     p.add_argument("--backend", default="mlx", choices=["mlx", "cuda"])
     p.add_argument("--real", type=Path, default=REAL, help="a real small model directory")
+    p.add_argument("--steps", type=int, default=3, help="optimizer steps per run")
+    p.add_argument("--no-tiny", action="store_true", help="measure the real model only")
+    p.add_argument("--ckpt", choices=["both", "on", "off"], default="both")
     args = p.parse_args(argv)
     from sam_brain.dev.tinymodel import build_tiny_model
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        tiny = build_tiny_model(
-            work / "tiny-33m", hidden_size=512, num_layers=8, vocab_size=16384,
-            num_heads=8, num_kv_heads=4,
-        )  # fmt: skip
-        models = [tiny] + ([args.real] if (args.real / "config.json").is_file() else [])
+        models = [args.real] if (args.real / "config.json").is_file() else []
+        if not args.no_tiny:
+            models.insert(0, build_tiny_model(
+                work / "tiny-33m", hidden_size=512, num_layers=8, vocab_size=16384,
+                num_heads=8, num_kv_heads=4,
+            ))  # fmt: skip
+        modes = {"both": (True, False), "on": (True,), "off": (False,)}[args.ckpt]
         print(f"| model | length | grad ckpt | peak RSS MB | {args.backend} peak MB | wall s |")
         print("|---|---|---|---|---|---|")
         for model in models:
             for length in args.lengths:
-                for ckpt in (True, False):
-                    r = measure(args.backend, model, length, ckpt, work)
+                for ckpt in modes:
+                    r = measure(args.backend, model, length, ckpt, work, args.steps)
                     print(f"| {model.name} | {length} | {'on' if ckpt else 'off'} | "
                           f"{r['rss_mb']} | {r['backend_peak_mb']} | {r['seconds']} |", flush=True)  # fmt: skip
     return 0
