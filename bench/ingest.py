@@ -236,7 +236,8 @@ def bench_pipeline(args: argparse.Namespace) -> None:
             # teich anonymises with a process per core; ours runs on one core (plus I/O threads).
             print(f"CPU time: teich {cpu_teich:.1f}s, ours {cpu_ours:.1f}s "
                   f"({cpu_teich / cpu_ours:.1f}x less for ours)")  # fmt: skip
-        print_coverage(corpus.root, report, None if problem else teich_rows)
+        taught = our_taught_calls(work / "ours", corpus.root)
+        print_coverage(corpus.root, report, taught, None if problem else teich_rows)
         compare_secrets(work / "secrets", teich)
 
 
@@ -270,14 +271,34 @@ def raw_calls(root: Path) -> tuple[int, set[tuple[str, str]]]:
     return len(seen), rejected
 
 
-def print_coverage(root: Path, report: Any, teich_rows: list[Any] | None) -> None:
+def our_taught_calls(home_dir: Path, sessions: Path) -> list[str]:
+    """The tool call ids our stored samples teach (assistant messages not marked `weight: 0`)."""
+    from sam_brain.home import Home
+
+    home = Home.open(_config(home_dir, sessions, 0.0))
+    try:
+        return [
+            str(c.get("id"))
+            for s, _ in home.pool.samples("kind = 'sft'")
+            for m in s.messages
+            if m.get("role") == "assistant" and m.get("weight", 1) != 0
+            for c in m.get("tool_calls") or ()
+        ]
+    finally:
+        home.close()
+
+
+def print_coverage(
+    root: Path, report: Any, taught: list[str], teich_rows: list[Any] | None
+) -> None:
     """How much of the agents' work each tool turns into training targets (issue 11)."""
     seen, rejected = raw_calls(root)
     rejected_ids = {tid for _, tid in rejected}
     total = report.coverage.get("total", {})
     ours = total.get("tool_calls_supervised", 0)
-    rows = [["ours", f"{seen:,}", f"{ours:,} ({ours / max(seen, 1):.1%})", "0 (pairs: "
-             f"{total.get('preference_pairs', 0):,})", "by name", "newest branch only"]]  # fmt: skip
+    ours_rejected = sum(c in rejected_ids for c in taught)
+    rows = [["ours", f"{seen:,}", f"{ours:,} ({ours / max(seen, 1):.1%})", f"{ours_rejected:,} "
+             f"(pairs: {total.get('preference_pairs', 0):,})", "by name", "newest branch only"]]  # fmt: skip
     if teich_rows is not None:
         calls = [c for r in teich_rows for m in r.get("messages") or () if m.get("role") == "assistant"
                  for c in m.get("tool_calls") or ()]  # fmt: skip
