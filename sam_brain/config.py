@@ -114,7 +114,7 @@ def _builtin_profiles() -> dict[str, Profile]:
             batch_size=1,
             grad_accum=4,
             # Agentic windows: 2048 holds 99% of single transcript messages and a few steps of
-            # context; one step at 2048 peaks at ~X GB on an 8 GB Mac (docs/operations.md).
+            # context; a step of the default 1.5B-4bit model needs ~4-6 GB (docs/operations.md).
             max_seq_length=2048,
             num_layers=8,
             grad_checkpoint=True,
