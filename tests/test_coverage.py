@@ -263,3 +263,29 @@ def test_dataset_build_recuts_long_rows_so_training_truncates_nothing(
     _, stats = encode_rows(tokenizer, written, 160)
     assert stats.truncated == 0 and stats.kept == len(written) > 1
     home.close()
+
+
+def test_windows_fit_in_the_base_models_own_tokens(tiny_model: Path, fixtures: Path) -> None:
+    from collectors.curate import CurateOptions, curate
+    from collectors.sessions import load_session
+    from sam_brain.config import Config
+    from sam_brain.pipeline.tokens import message_counter, tokenizer_counter, window_tokens
+    from sam_brain.pipeline.windowing import estimate_tokens
+
+    count = tokenizer_counter(tiny_model)
+    assert count is not None and tokenizer_counter(tiny_model / "missing") is None
+    assert count.many([{"role": "user", "content": "hi there"}]) == [  # type: ignore[attr-defined]
+        count({"role": "user", "content": "hi there"})
+    ]
+    # The default base models are not on this machine: the conservative estimate is used.
+    assert message_counter(Config()) is estimate_tokens
+    assert window_tokens(Config()) == int(2048 * 0.9)  # the 8gb profile, less the reserve
+    conv = load_session(fixtures / SPOTTER)
+    options = CurateOptions(max_tokens=1500, count=count)
+    windows = [s for s in curate(conv, options) if s.kind == "sft"]
+    sizes = [sum(map(count, s.messages)) for s in windows]
+    single = [s for s, n in zip(windows, sizes, strict=True) if n > 1500]
+    # Every window fits in the tokenizer's own count, but those holding one over-long step.
+    assert all(sum(m["role"] == "assistant" and "weight" not in m for m in s.messages) == 1
+               for s in single)  # fmt: skip
+    assert len(single) < len(windows) // 4

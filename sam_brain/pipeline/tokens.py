@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,25 +62,40 @@ def _tokenizer(path: str) -> Any:
     return Tokenizer.from_file(path)
 
 
+class TokenizerCount:
+    """Counts messages with a `tokenizers.Tokenizer`; `many` encodes a batch on all cores."""
+
+    def __init__(self, tok: Any) -> None:
+        self.tok = tok
+
+    @staticmethod
+    def _text(message: Message) -> str:
+        parts = [str(message.get("content") or "")]
+        for call in message.get("tool_calls") or ():
+            fn = call.get("function") or {}
+            parts.append(json.dumps({"name": fn.get("name"), "arguments": fn.get("arguments")}))
+        return "\n".join(parts)
+
+    def __call__(self, message: Message) -> int:
+        ids = self.tok.encode(self._text(message), add_special_tokens=False).ids
+        return len(ids) + MESSAGE_OVERHEAD
+
+    def many(self, messages: Sequence[Message]) -> list[int]:
+        texts = [self._text(m) for m in messages]
+        encoded = self.tok.encode_batch(texts, add_special_tokens=False)
+        return [len(e.ids) + MESSAGE_OVERHEAD for e in encoded]
+
+
 def tokenizer_counter(model_dir: Path) -> TokenCount | None:
     """A message counter from `model_dir/tokenizer.json` (None when there is none)."""
     path = model_dir / "tokenizer.json"
     if not path.is_file():
         return None
     try:
-        tok = _tokenizer(str(path))
+        return TokenizerCount(_tokenizer(str(path)))
     except Exception as err:  # a damaged file must not stop ingest
         log.warning("cannot load %s (%s); token counts are estimated", path, err)
         return None
-
-    def count(message: Message) -> int:
-        parts = [str(message.get("content") or "")]
-        for call in message.get("tool_calls") or ():
-            fn = call.get("function") or {}
-            parts.append(json.dumps({"name": fn.get("name"), "arguments": fn.get("arguments")}))
-        return len(tok.encode("\n".join(parts), add_special_tokens=False).ids) + MESSAGE_OVERHEAD
-
-    return count
 
 
 def message_counter(config: Config) -> TokenCount:

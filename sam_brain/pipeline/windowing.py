@@ -25,7 +25,7 @@ MESSAGE_OVERHEAD = 6  # template tokens around one message: `<|im_start|>role\n`
 NOTE_TOKENS = 16  # the elision note added to a repeated prompt
 CONTEXT_SHARE = 0.5  # at most this share of a split window is spent on earlier steps as context
 MIN_CLIP_TOKENS = 32  # a context tool result cut shorter than this is not worth showing
-CLIP_CHARS_PER_TOKEN = 2  # cut context to 2 characters a token: below any tokenizer's average
+CLIP_CHARS_PER_TOKEN = 3  # cut context at the text's own ratio, at most 3 characters a token
 
 
 def estimate_tokens(message: Message) -> int:
@@ -47,14 +47,13 @@ class Window:
     """One training window: message indices in order, which are context, and the note to add.
 
     `elided` counts steps of the window's exchange left out between its prompt and its context;
-    `clip` names context tool results too long to show whole, cut to `clip_chars` characters.
+    `clip` names context tool results too long to show whole, each with the characters kept.
     """
 
     indices: tuple[int, ...]
     context: frozenset[int] = frozenset()
     elided: int = 0
-    clip: frozenset[int] = frozenset()  # context tool results shown cut to `clip_chars`
-    clip_chars: int = 0
+    clip: tuple[tuple[int, int], ...] = ()  # (index, characters): context tool results cut
 
 
 def exchanges(messages: Sequence[Message]) -> list[list[int]]:
@@ -98,7 +97,8 @@ def plan(
         budget: Tokens per window (reserve the system prompt and template framing yourself).
         count: Tokens of one message (the base model's tokenizer, or `estimate_tokens`).
     """
-    sizes = [count(m) for m in messages]
+    many = getattr(count, "many", None)  # a tokenizer counts a batch at once, on every core
+    sizes = list(many(messages)) if many else [count(m) for m in messages]
     out: list[Window] = []
     current: list[int] = []
     total = kept = 0  # `current`'s size, and up to its last assistant message
@@ -147,7 +147,7 @@ def _split(
                 used += full[j]
                 context[:0] = steps[j]
                 j -= 1
-            clip, clip_chars = frozenset[int](), 0
+            clip: tuple[tuple[int, int], ...] = ()
             if j == start - 1:
                 # The step just before is too long for the context: show it with its tool
                 # results cut short, so the next step still sees what it reacts to.
@@ -155,23 +155,30 @@ def _split(
                 fixed = full[j] - sum(sizes[i] for i in tools)
                 per = (limit - fixed) // max(1, len(tools)) - MESSAGE_OVERHEAD - NOTE_TOKENS
                 if tools and per >= MIN_CLIP_TOKENS:
-                    clip, clip_chars = frozenset(tools), per * CLIP_CHARS_PER_TOKEN
+                    clip = tuple((i, _chars_for(messages[i], sizes[i], per)) for i in tools)
                     used = fixed + len(tools) * (per + MESSAGE_OVERHEAD + NOTE_TOKENS)
                     context = list(steps[j])
                     j -= 1
             elided = j + 1
             room -= used + (NOTE_TOKENS if elided else 0)
         else:
-            elided, clip, clip_chars = 0, frozenset(), 0
+            elided, clip = 0, ()
         end, used = start + 1, full[start]
         while end < len(steps) and used + kept[end] <= room:
             used += full[end]
             end += 1
         body = [i for s in steps[start:end] for i in s]
         indices = (prompt, *context, *body)
-        out.append(Window(indices, frozenset(context), elided, clip, clip_chars))
+        out.append(Window(indices, frozenset(context), elided, clip))
         start = end
     return out
+
+
+def _chars_for(message: Message, tokens: int, allowed: int) -> int:
+    """Characters of `message`'s content that make about `allowed` tokens, at its own ratio."""
+    chars = len(str(message.get("content") or ""))
+    ratio = chars / max(1, tokens - MESSAGE_OVERHEAD)
+    return int(allowed * min(ratio, CLIP_CHARS_PER_TOKEN) * 0.9)
 
 
 def clip_text(text: str, chars: int) -> str:
@@ -192,12 +199,13 @@ def build(messages: Sequence[Message], window: Window, *, trim: bool = True) -> 
     cut, so the window ends on what it teaches; an empty list means it teaches nothing.
     """
     out: list[Message] = []
+    clips = dict(window.clip)
     for i in window.indices:
         m = messages[i]
         if i in window.context and m.get("role") == "assistant":
             m = {**m, "weight": 0}
-        elif i in window.clip:
-            m = {**m, "content": clip_text(str(m.get("content") or ""), window.clip_chars)}
+        elif i in clips:
+            m = {**m, "content": clip_text(str(m.get("content") or ""), clips[i])}
         elif window.elided and not out and m.get("role") == "user":
             m = {**m, "content": f"{m.get('content') or ''}\n\n{elision_note(window.elided)}"}
         out.append(m)
