@@ -236,7 +236,89 @@ def bench_pipeline(args: argparse.Namespace) -> None:
             # teich anonymises with a process per core; ours runs on one core (plus I/O threads).
             print(f"CPU time: teich {cpu_teich:.1f}s, ours {cpu_ours:.1f}s "
                   f"({cpu_teich / cpu_ours:.1f}x less for ours)")  # fmt: skip
+        taught = our_taught_calls(work / "ours", corpus.root)
+        print_coverage(corpus.root, report, taught, None if problem else teich_rows)
         compare_secrets(work / "secrets", teich)
+
+
+REJECTED = ("The user doesn't want to proceed with this tool use", "[Request interrupted by user")
+
+
+def raw_calls(root: Path) -> tuple[int, set[tuple[str, str]]]:
+    """Tool calls in the transcripts (distinct ids per file), and the (file, id) rejected."""
+    import orjson
+
+    seen: set[tuple[str, str]] = set()
+    rejected: set[tuple[str, str]] = set()
+    for path in sorted(root.rglob("*.jsonl")):
+        key = path.stem.removeprefix("agent-")
+        for line in path.read_bytes().split(b"\n"):
+            try:
+                rec = orjson.loads(line) if line else None
+            except orjson.JSONDecodeError:
+                continue
+            msg = rec.get("message") if isinstance(rec, dict) else None
+            blocks = msg.get("content") if isinstance(msg, dict) else None
+            for b in blocks if isinstance(blocks, list) else ():
+                if not isinstance(b, dict):
+                    continue
+                if b.get("type") == "tool_use":
+                    seen.add((str(path), str(b.get("id"))))
+                elif b.get("type") == "tool_result" and b.get("is_error"):
+                    text = b.get("content")
+                    if isinstance(text, str) and text.lstrip().startswith(REJECTED):
+                        rejected.add((key, str(b.get("tool_use_id"))))
+    return len(seen), rejected
+
+
+def our_taught_calls(home_dir: Path, sessions: Path) -> list[str]:
+    """The tool call ids our stored samples teach (assistant messages not marked `weight: 0`)."""
+    from sam_brain.home import Home
+
+    home = Home.open(_config(home_dir, sessions, 0.0))
+    try:
+        return [
+            str(c.get("id"))
+            for s, _ in home.pool.samples("kind = 'sft'")
+            for m in s.messages
+            if m.get("role") == "assistant" and m.get("weight", 1) != 0
+            for c in m.get("tool_calls") or ()
+        ]
+    finally:
+        home.close()
+
+
+def print_coverage(
+    root: Path, report: Any, taught: list[str], teich_rows: list[Any] | None
+) -> None:
+    """How much of the agents' work each tool turns into training targets (issue 11)."""
+    seen, rejected = raw_calls(root)
+    rejected_ids = {tid for _, tid in rejected}
+    total = report.coverage.get("total", {})
+    ours = total.get("tool_calls_supervised", 0)
+    ours_rejected = sum(c in rejected_ids for c in taught)
+    rows = [["ours", f"{seen:,}", f"{ours:,} ({ours / max(seen, 1):.1%})", f"{ours_rejected:,} "
+             f"(pairs: {total.get('preference_pairs', 0):,})", "by name", "newest branch only"]]  # fmt: skip
+    if teich_rows is not None:
+        calls = [c for r in teich_rows for m in r.get("messages") or () if m.get("role") == "assistant"
+                 for c in m.get("tool_calls") or ()]  # fmt: skip
+        tools = [m for r in teich_rows for m in r.get("messages") or () if m.get("role") == "tool"]
+        unknown = sum(m.get("name") == "unknown_tool" for m in tools)
+        taught_rejected = sum(c.get("id") in rejected_ids for c in calls)
+        rows.insert(0, ["teich (anchor)", f"{seen:,}", f"{len(calls):,} ({len(calls) / max(seen, 1):.1%})",
+                        f"{taught_rejected:,}", f"{unknown:,} of {len(tools):,} `unknown_tool`",
+                        "branches concatenated"])  # fmt: skip
+    common.print_table(
+        "Coverage: tool calls in the transcripts that become supervised targets",
+        ["tool", "calls seen", "calls taught", "rejected calls taught", "tool results",
+         "rewinds"],
+        rows,
+    )  # fmt: skip
+    lost = {k.split(":", 1)[1]: v for k, v in total.items() if k.startswith("tool_calls_lost:")}
+    print(
+        "ours, calls not taught by reason: "
+        + ", ".join(f"{k} {v:,}" for k, v in sorted(lost.items()))
+    )
 
 
 def compare_secrets(work: Path, teich: str | None) -> None:

@@ -1,26 +1,31 @@
 """Turn a scored session into chat training samples, by curation strategy.
 
 Strategy A: the main conversation as multi-turn samples (tier A sessions only), cut into windows
-of consecutive whole exchanges (a user prompt up to the next one) that each fit the token budget,
-so a long session gives several samples instead of one the validator must trim or drop.
-Strategy B: one single-turn sample per exchange, the user prompt and the final assistant answer
-of that exchange (tiers A and B). Strategy D: each subagent run as "Task prompt -> subagent
-conversation" (subagent runs scored tier A or B). Strategy C (docs and skills) is another
-collector's. Messages use the chat format mlx-lm and TRL accept: `role`/`content`, assistant
+that fit the training length (`sam_brain.pipeline.windowing`): whole exchanges packed together,
+and an exchange too long for one window cut between its steps, each window repeating the prompt
+with the steps before as unsupervised context, so every assistant turn is taught exactly once.
+Strategy B: the user prompt and final answer of an exchange that made no tool call, for sessions
+that give no A windows (tier B), so an answer never claims an action it did not take. Strategy D:
+each subagent run as "Task prompt -> subagent conversation", windowed like A (subagent runs
+scored tier A or B). A tool call the user rejected is never taught: it becomes a preference pair
+(`collectors/rejected.py`). Strategy C (docs and skills) is another collector's. Messages use the chat format mlx-lm and TRL accept: `role`/`content`, assistant
 `tool_calls` in the OpenAI function shape, and `tool` messages with `tool_call_id`.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from msgspec.structs import replace  # `Turn` is a msgspec Struct
 
+from collectors.coverage import account, count_seen, lose
 from collectors.quality import QualityConfig, Score, exchanges, score_conversation, score_window
+from collectors.rejected import as_text, is_rejection, pairs
 from collectors.transcript_context import user_content
-from sam_brain.pipeline.validate import CHARS_PER_TOKEN, message_chars
+from sam_brain.pipeline.windowing import TokenCount, build, estimate_tokens, plan, supervised
 from sam_brain.protocols import Message, Sample, stable_id
 
 if TYPE_CHECKING:  # only the shape is needed; sam_brain must not import plug-ins at runtime
@@ -45,8 +50,10 @@ class CurateOptions:
         multi_turn_tiers: tiers whose sessions give a strategy A sample.
         single_turn_tiers: tiers whose sessions give strategy B samples.
         subagent_tiers: tiers (of the subagent run's own score) that give strategy D samples.
-        max_tokens: token budget of a strategy A window (estimated as the validator does); one
-            exchange longer than this is still emitted alone, for the validator to trim or drop.
+        max_tokens: token budget of a strategy A or D window (the training profile's
+            `max_seq_length`); a longer exchange is cut inside itself between steps.
+        count: tokens of one message: the base model's tokenizer when it is on disk
+            (`collectors.tokens`), else the conservative `windowing.estimate_tokens`.
     """
 
     thinking: bool = True
@@ -56,6 +63,7 @@ class CurateOptions:
     single_turn_tiers: tuple[str, ...] = ("A", "B")
     subagent_tiers: tuple[str, ...] = ("A", "B")
     max_tokens: int = 4096
+    count: TokenCount = estimate_tokens
 
 
 def truncate(text: str, limit: int) -> str:
@@ -85,17 +93,33 @@ def to_messages(turns: list[Turn], options: CurateOptions) -> list[Message]:
 
 
 def _raw_messages(turns: list[Turn], options: CurateOptions) -> list[Message]:
-    """`to_messages` before its trailing non-assistant messages are cut and the system added.
+    """`to_messages` before its trailing unsupervised messages are cut and the system added.
 
     For runs that each start with a user turn, the raw messages of the runs joined are the
     runs' raw messages joined: each run's first message does not depend on what came before.
     """
+    return _owned_messages(turns, options)[0]
+
+
+def _owned_messages(
+    turns: list[Turn], options: CurateOptions
+) -> tuple[list[Message], list[list[Turn]]]:
+    """`_raw_messages`, and the turns each message was made from.
+
+    An assistant message with a call the user rejected or interrupted gets `weight: 0`: the
+    action is shown as context, never taught (`preference_pairs` makes it a rejected answer).
+    """
+    rejected = {
+        r["tool_use_id"] for t in turns if t.role == "tool" for r in t.results if is_rejection(r)
+    }
     messages: list[Message] = []
+    owners: list[list[Turn]] = []
     for turn in turns:
         if turn.role == "user":
             messages.append(
                 {"role": "user", "content": user_content(turn, options.tool_output_chars)}
             )
+            owners.append([turn])
         elif turn.role == "assistant" and messages:
             content = _assistant_content(turn, options.thinking)
             if not (content or turn.tool_calls):
@@ -105,6 +129,7 @@ def _raw_messages(turns: list[Turn], options: CurateOptions) -> list[Message]:
                 messages[-1]["content"] = "\n\n".join(
                     p for p in (messages[-1]["content"], content) if p
                 )
+                owners[-1].append(turn)
                 continue
             msg: Message = {"role": "assistant", "content": content}
             if turn.tool_calls:
@@ -119,74 +144,92 @@ def _raw_messages(turns: list[Turn], options: CurateOptions) -> list[Message]:
                     }
                     for c in turn.tool_calls
                 ]
+                if rejected and any(c["id"] in rejected for c in turn.tool_calls):
+                    msg["weight"] = 0
             messages.append(msg)
+            owners.append([turn])
         elif turn.role == "tool" and messages and messages[-1]["role"] in ("assistant", "tool"):
             for r in turn.results:
                 content = truncate(r["content"], options.tool_output_chars) or EMPTY_OUTPUT
                 messages.append(
                     {"role": "tool", "tool_call_id": r["tool_use_id"], "content": content}
                 )
-    return messages
+                owners.append([turn])
+    return messages, owners
 
 
 def _finish(raw: list[Message], options: CurateOptions) -> list[Message]:
     messages = list(raw)
-    while messages and messages[-1]["role"] != "assistant":
+    while messages and not supervised(messages[-1]):
         messages.pop()
     if messages and options.system_prompt:
         messages.insert(0, {"role": "system", "content": options.system_prompt})
     return messages
 
 
-def windows(turns: list[Turn], options: CurateOptions) -> list[tuple[list[Turn], list[Message]]]:
-    """Cut turns into consecutive, non-overlapping windows of whole exchanges within the budget.
+def _budget(options: CurateOptions) -> int:
+    """Tokens a window's body may use: the budget less the system prompt, if any."""
+    if not options.system_prompt:
+        return options.max_tokens
+    return options.max_tokens - options.count({"role": "system", "content": options.system_prompt})
 
-    An exchange is a user prompt and everything up to the next one; turns before the first prompt
-    are left out. Exchanges are packed greedily, in order, while the window's messages fit
-    `options.max_tokens` (`validate.estimate_tokens`), so a grown session keeps its earlier windows.
+
+@dataclass
+class _Cut:
+    """One window of a conversation: its turns (anchor first), messages and what it teaches."""
+
+    turns: list[Turn]
+    messages: list[Message]
+    tool_calls: int  # supervised tool calls
+    assistant_turns: int  # supervised assistant turns
+    pairs: list[tuple[list[Message], Message, Message]]  # (prompt, rejected, chosen)
+    rejected: list[Turn]  # turns whose call the user rejected, held outside the context
+
+
+def windows(turns: list[Turn], options: CurateOptions) -> list[tuple[list[Turn], list[Message]]]:
+    """Cut turns into windows within the budget, every assistant turn supervised in exactly one.
+
+    Whole exchanges (a user prompt and everything up to the next one) are packed greedily, in
+    order, so a grown session keeps its earlier windows; an exchange longer than the budget is
+    cut inside itself between steps (see `sam_brain.pipeline.windowing`). Turns before the first
+    prompt are left out (`coverage` counts them).
 
     Args:
         turns: Conversation turns (user, assistant, tool).
-        options: Budget, thinking and truncation settings.
+        options: Budget, token count, thinking and truncation settings.
 
     Returns:
-        Each window's turns and chat messages (windows that give no messages are left out).
+        Each window's turns (the first one, the anchor, is its first supervised turn when the
+        window repeats a prompt) and chat messages; windows that teach nothing are left out.
     """
-    groups: list[list[Turn]] = []
-    for turn in turns:
-        if turn.role == "user":
-            groups.append([])
-        if groups:
-            groups[-1].append(turn)
-    out: list[tuple[list[Turn], list[Message]]] = []
-    window: list[Turn] = []
-    raw: list[Message] = []
-    # The window's size in `message_chars`: all of `raw`, and what `_finish` keeps of it (up to
-    # its last assistant message), so each try costs one exchange, not the whole window again.
-    total = kept = 0
-    system = message_chars({"role": "system", "content": options.system_prompt})
-    for group in groups:
-        # Each exchange is turned into messages once (see _raw_messages), not once per window try.
-        raw_group = _raw_messages(group, options)
-        group_total = group_kept = 0
-        for message in raw_group:
-            group_total += message_chars(message)
-            if message["role"] == "assistant":
-                group_kept = group_total
-        tried = total + group_kept if group_kept else kept  # what _finish(raw + raw_group) keeps
-        size = tried + system if tried and options.system_prompt else tried
-        if window and size // CHARS_PER_TOKEN + 1 > options.max_tokens:  # as estimate_tokens
-            out.append((window, _finish(raw, options)))
-            window, raw = list(group), raw_group
-            total, kept = group_total, group_kept
-        else:
-            window.extend(group)
-            raw.extend(raw_group)
-            kept = tried
-            total += group_total
-    if window:
-        out.append((window, _finish(raw, options)))
-    return [(w, m) for w, m in out if m]
+    return [(cut.turns, cut.messages) for cut in _cuts(turns, options)]
+
+
+def _cuts(turns: list[Turn], options: CurateOptions) -> list[_Cut]:
+    first = next((i for i, t in enumerate(turns) if t.role == "user"), len(turns))
+    raw, owners = _owned_messages(turns[first:], options)
+    out: list[_Cut] = []
+    for window in plan(raw, _budget(options), options.count):
+        messages = build(raw, window)
+        if not messages:
+            continue
+        own = [i for i in window.indices if i not in window.context]
+        taught = [i for i in own if supervised(raw[i])]
+        refused = [i for i in own if raw[i].get("role") == "assistant" and i not in taught]
+        # A repeated prompt does not name the window: its first supervised turn does.
+        lead = taught[:1] if window.context or window.elided else []
+        order = lead + [i for i in window.indices if i not in lead]
+        out.append(
+            _Cut(
+                turns=[t for i in order for t in owners[i]],
+                messages=_finish(messages, options),
+                tool_calls=sum(len(raw[i].get("tool_calls") or ()) for i in taught),
+                assistant_turns=sum(len(owners[i]) for i in taught),
+                pairs=pairs(raw, window, options.system_prompt),
+                rejected=[t for i in refused for t in owners[i]],
+            )
+        )
+    return out
 
 
 def _meta(conv: Conversation, turns: list[Turn], strategy: str, tier: str) -> dict[str, Any]:
@@ -210,27 +253,59 @@ def _meta(conv: Conversation, turns: list[Turn], strategy: str, tier: str) -> di
 def _sample(
     main: Conversation,
     conv: Conversation,
-    turns: list[Turn],
-    messages: list[Message],
+    cut: _Cut,
     strategy: str,
     score: Score,
     ready_after: float,
 ) -> Sample:
+    turns = cut.turns
     anchor = turns[0].uuids[0] if turns and turns[0].uuids else ""
     score = score_window(turns, session=score)  # the sample's own turns, not its session's
+    meta = _meta(conv, turns, strategy, score.tier)
+    meta["supervised"] = {"tool_calls": cut.tool_calls, "assistant_turns": cut.assistant_turns}
     return Sample(
         id=stable_id(SOURCE, main.session_id, strategy, anchor),
         source=SOURCE,
         source_key=str(main.path),
         group=main.session_id,
-        messages=messages,
+        messages=cut.messages,
         strategy=strategy,
         tier=score.tier,
         score=score.overall,
         scores=dict(score.dims),
-        meta=_meta(conv, turns, strategy, score.tier),
+        meta=meta,
         ready_after=ready_after,
     )
+
+
+def _pair_samples(
+    main: Conversation, conv: Conversation, cut: _Cut, score: Score, ready_after: float
+) -> list[Sample]:
+    """One preference sample per rejected call: the rejected action vs. the next accepted one."""
+    out = []
+    for prompt, rejected, chosen in cut.pairs:
+        call = rejected["tool_calls"][0]["id"]
+        meta = _meta(conv, cut.turns, "rejected_call", score.tier)
+        meta["rejected_call"] = call
+        out.append(
+            Sample(
+                id=stable_id(SOURCE, main.session_id, "preference", call),
+                source=SOURCE,
+                source_key=str(main.path),
+                group=main.session_id,
+                messages=prompt,
+                kind="preference",
+                strategy="A",
+                tier=score.tier,
+                score=score.overall,
+                scores=dict(score.dims),
+                chosen=as_text(chosen),
+                rejected=as_text(rejected),
+                meta=meta,
+                ready_after=ready_after,
+            )
+        )
+    return out
 
 
 def curate(
@@ -238,54 +313,105 @@ def curate(
     options: CurateOptions | None = None,
     quality: QualityConfig | None = None,
     ready_after: float = 0.0,
+    coverage: Counter[str] | None = None,
 ) -> list[Sample]:
-    """Samples of strategies A, B and D for one session and its subagents.
+    """Samples of strategies A, B and D (and rejected-call preference pairs) for one session.
+
+    Strategy B only takes exchanges without tool calls, and only from sessions that give no A
+    windows, so no answer claims an action it did not take and no text is taught twice.
 
     Args:
         conv: The main conversation, subagents attached.
         options: Strategy and formatting options; the defaults when None.
         quality: Scoring configuration; the defaults when None.
         ready_after: Unix time before which the samples are not trainable.
+        coverage: When given, receives what was seen, taught and lost (see `collectors.coverage`).
 
     Returns:
         Samples with stable ids: re-curating the same (or a grown) session gives the same ids.
     """
     options = options or CurateOptions()
+    coverage = Counter() if coverage is None else coverage
     score = score_conversation(conv, quality)
     samples: list[Sample] = []
+    first = count_seen(conv, conv.turns, coverage, options.thinking)
     if score.tier in options.multi_turn_tiers:
-        for turns, messages in windows(conv.turns, options):
-            samples.append(_sample(conv, conv, turns, messages, "A", score, ready_after))
-    if score.tier in options.single_turn_tiers:
-        for group in exchanges(conv.turns):
-            prompt, answer = group[0], group[-1]
-            if prompt.role != "user" or answer.role != "assistant" or not answer.text:
-                continue  # no prompt (event or headless start) or no final answer (interrupted)
-            pair = [prompt, replace(answer, tool_calls=[])]
-            messages = to_messages(pair, options)
-            samples.append(_sample(conv, conv, pair, messages, "B", score, ready_after))
+        samples += _taught(
+            conv, conv, _cuts(conv.turns, options), "A", score, ready_after, coverage
+        )
+    else:
+        samples += _single_turn(conv, conv.turns[first:], options, score, ready_after, coverage)
     for sub in conv.subagents:
-        samples.extend(_subagent_sample(conv, sub, options, quality, ready_after))
+        samples.extend(_subagent_samples(conv, sub, options, quality, ready_after, coverage))
+    account(coverage)
     return samples
 
 
-def _subagent_sample(
+def _taught(
+    main: Conversation,
+    conv: Conversation,
+    cuts: list[_Cut],
+    strategy: str,
+    score: Score,
+    ready_after: float,
+    coverage: Counter[str],
+) -> list[Sample]:
+    samples = []
+    for cut in cuts:
+        samples.append(_sample(main, conv, cut, strategy, score, ready_after))
+        samples += _pair_samples(main, conv, cut, score, ready_after)
+        coverage["tool_calls_supervised"] += cut.tool_calls
+        coverage["assistant_turns_supervised"] += cut.assistant_turns
+        coverage["preference_pairs"] += len(cut.pairs)
+        lose(coverage, cut.rejected, "rejected", thinking=True)  # they hold calls
+    return samples
+
+
+def _single_turn(
+    conv: Conversation,
+    turns: list[Turn],
+    options: CurateOptions,
+    score: Score,
+    ready_after: float,
+    coverage: Counter[str],
+) -> list[Sample]:
+    """Strategy B: prompt -> final answer, for exchanges that made no tool call."""
+    samples = []
+    for group in exchanges(turns):
+        prompt, answer = group[0], group[-1]
+        if (
+            score.tier in options.single_turn_tiers
+            and not any(t.tool_calls for t in group)
+            and prompt.role == "user"
+            and answer.role == "assistant"
+            and answer.text
+        ):
+            cut = _Cut([prompt, answer], to_messages([prompt, answer], options), 0, 1, [], [])
+            if cut.messages:
+                samples += _taught(conv, conv, [cut], "B", score, ready_after, coverage)
+                lose(coverage, group[1:-1], "single_turn_rest", options.thinking)
+                continue
+        lose(coverage, group, f"tier_{score.tier}", options.thinking)
+    return samples
+
+
+def _subagent_samples(
     main: Conversation,
     sub: Conversation,
     options: CurateOptions,
     quality: QualityConfig | None,
     ready_after: float,
+    coverage: Counter[str],
 ) -> list[Sample]:
-    score = score_conversation(sub, quality)
-    if score.tier not in options.subagent_tiers:
-        return []
     turns = list(sub.turns)
     prompt = str(sub.task["input"].get("prompt", "")) if sub.task else ""
     if turns and turns[0].role != "user" and prompt:
         # Some subagent files start with the assistant; the Task call holds the prompt.
         first = replace(turns[0], role="user", text=prompt, thinking="", tool_calls=[], results=[])
         turns.insert(0, replace(first, uuids=[sub.parent_tool_use_id], trigger=""))
-    messages = to_messages(turns, options)
-    if not messages:
+    start = count_seen(sub, turns, coverage, options.thinking)
+    score = score_conversation(sub, quality)
+    if score.tier not in options.subagent_tiers:
+        lose(coverage, turns[start:], f"subagent_tier_{score.tier}", options.thinking)
         return []
-    return [_sample(main, sub, turns, messages, "D", score, ready_after)]
+    return _taught(main, sub, _cuts(turns, options), "D", score, ready_after, coverage)

@@ -22,11 +22,13 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from collectors.coverage import has_work
 from collectors.curate import CurateOptions, curate
 from collectors.quality import QualityConfig
 from collectors.transcript import SUBAGENT_TOOLS, Conversation, parse_file
 from collectors.transcript_lines import ToolCall
 from sam_brain.fsutil import atomic_file
+from sam_brain.pipeline.windowing import TokenCount, estimate_tokens
 from sam_brain.protocols import CollectResult, Cursors
 
 log = logging.getLogger(__name__)
@@ -125,6 +127,9 @@ def load_session(main: Path, subagent_files: Sequence[Path] | None = None) -> Co
         reason = dropped_agent_reason(sub)
         if reason:
             conv.skipped[reason] += 1
+            work = [t for t in sub.turns if has_work(t, thinking=True)]
+            conv.lost[f"tool_calls:{reason}"] += sum(len(t.tool_calls) for t in work)
+            conv.lost[f"assistant_turns:{reason}"] += len(work)
             continue
         first_user = next((t.text.strip() for t in sub.turns if t.role == "user"), "")
         tool_id = by_agent.pop(sub.agent_id, None) or by_prompt.pop(first_user, None)
@@ -190,7 +195,10 @@ class SessionCollector:
         thinking: include thinking as a `<think>...</think>` prefix of assistant content.
         tool_output_chars: longest tool output kept in a sample (head and tail around a marker).
         quality: scoring configuration (the defaults when None).
-        max_tokens: token budget of one strategy A window (pass `pipeline.max_tokens`).
+        max_tokens: token budget of one strategy A or D window (pass
+            `pipeline.tokens.window_tokens(config)`, from the training profile's length).
+        count: tokens of one message (`pipeline.tokens.message_counter(config)`: the base
+            model's tokenizer when on disk); the conservative estimate when None.
 
     `collect` never raises for one file's problem: unreadable or vanished files are counted.
     """
@@ -206,12 +214,16 @@ class SessionCollector:
         tool_output_chars: int = 2000,
         quality: QualityConfig | None = None,
         max_tokens: int = 4096,
+        count: TokenCount | None = None,
     ) -> None:
         self.dirs = [Path(d).expanduser().absolute() for d in dirs]
         self.quiet_minutes = quiet_minutes
         self.archive_dir = Path(archive_dir).expanduser().absolute() if archive_dir else None
         self.options = CurateOptions(
-            thinking=thinking, tool_output_chars=tool_output_chars, max_tokens=max_tokens
+            thinking=thinking,
+            tool_output_chars=tool_output_chars,
+            max_tokens=max_tokens,
+            count=count or estimate_tokens,
         )
         self.quality = quality
 
@@ -304,7 +316,8 @@ class SessionCollector:
         try:
             with _no_cyclic_gc():
                 conv = load_session(main, agents)
-                result.samples = curate(conv, self.options, self.quality, ready_after)
+                coverage: Counter[str] = Counter()
+                result.samples = curate(conv, self.options, self.quality, ready_after, coverage)
                 # Counted and freed while the collector is paused: once it runs again it would
                 # scan every dict and list of the parsed session one more time.
                 skipped = _session_skips(conv)
@@ -320,6 +333,9 @@ class SessionCollector:
         else:
             result.replace_keys.add(str(main))
             result.skipped.update(skipped)
+            if not result.samples:
+                coverage["sessions_without_samples"] += 1
+            result.coverage[str(main)] = coverage
         for f, ident in idents.items():
             result.cursors[self._key(f)] = json.dumps(ident, sort_keys=True)
             if self.archive_dir is not None:

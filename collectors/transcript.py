@@ -51,6 +51,9 @@ class Conversation:
     turns: list[Turn] = field(default_factory=list)
     subagents: list[Conversation] = field(default_factory=list)
     skipped: Counter[str] = field(default_factory=Counter)
+    # Work left out before curation, as `tool_calls:<reason>` / `assistant_turns:<reason>`
+    # (abandoned rewind branches, dropped warm-up agents); see collectors/coverage.py.
+    lost: Counter[str] = field(default_factory=Counter)
     interrupts: int = 0
     agent_id: str = ""
     parent_tool_use_id: str = ""
@@ -276,7 +279,17 @@ def parse_file(path: Path, *, subagent: bool = False) -> Conversation:
     nodes, links, meta = _nodes(path, lines, skipped, subagent_file=subagent)
     main_items: list[Turn] = []
     sidechains: list[list[Turn]] = []
+    # Assistant lines off every kept path (rewound branches), counted before merging.
+    calls = lines_with_work = 0
+    for node in nodes.values():
+        if node.turn.role == "assistant":
+            calls += len(node.turn.tool_calls)
+            lines_with_work += bool(node.turn.tool_calls)
     for root, items in thread(nodes, links, skipped):
+        for item in items:
+            if item.role == "assistant":
+                calls -= len(item.tool_calls)
+                lines_with_work -= bool(item.tool_calls)
         if root.sidechain:
             sidechains.append(items)
         else:
@@ -284,6 +297,9 @@ def parse_file(path: Path, *, subagent: bool = False) -> Conversation:
     turns, interrupts = _merge(main_items, skipped)
     conv = _conversation(path, meta, turns)
     conv.skipped, conv.interrupts = skipped, interrupts
+    if calls:
+        conv.lost["tool_calls:abandoned_branch"] = calls
+        conv.lost["assistant_turns:abandoned_branch"] = lines_with_work
     if subagent:
         conv.agent_id = meta.agent_id or path.stem.removeprefix("agent-")
     for items in sidechains:

@@ -119,7 +119,9 @@ def _builtin_profiles() -> dict[str, Profile]:
             lora_alpha=8.0,
             batch_size=1,
             grad_accum=4,
-            max_seq_length=512,
+            # Agentic windows: 2048 holds 99% of single transcript messages and a few steps of
+            # context; a step of the default 1.5B-4bit model needs ~4-6 GB (docs/operations.md).
+            max_seq_length=2048,
             num_layers=8,
             grad_checkpoint=True,
             learning_rate=1e-4,

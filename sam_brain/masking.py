@@ -2,7 +2,8 @@
 
 Both backends call `encode_chat`, so the MLX and CUDA trainers supervise exactly the same tokens:
 every assistant turn (its content, its tool calls and its closing end-of-turn token such as
-`<|im_end|>`) has mask 1; system, user and tool-result tokens and the assistant header
+`<|im_end|>`) has mask 1, except one marked `"weight": 0` (context a window repeats, or a call the
+user rejected; the OpenAI fine-tuning convention); system, user and tool-result tokens and the assistant header
 (`<|im_start|>assistant\\n`) have mask 0. Spans are found generically by rendering prefixes of the
 conversation with the model's own chat template (`messages[:i]` plus the generation prompt marks
 where assistant turn `i` starts, `messages[:i+1]` where it ends), so no template is parsed by hand;
@@ -134,7 +135,7 @@ def supervised_spans(tokenizer: Any, messages: list[Message]) -> tuple[str, list
     full = _render(tokenizer, prepared, None, add_generation_prompt=False)
     spans: list[tuple[int, int]] = []
     for i, message in enumerate(prepared.messages):
-        if message.get("role") != "assistant":
+        if message.get("role") != "assistant" or message.get("weight", 1) == 0:
             continue
         start_text = _render(tokenizer, prepared, i, add_generation_prompt=True)
         end_text = _render(tokenizer, prepared, i + 1, add_generation_prompt=False)

@@ -73,18 +73,22 @@ class CollectResult:
     `replace_keys`: source keys whose previous samples must be removed before these are stored
     (a re-extracted transcript replaces its samples). `skipped`: reason -> count, never silent.
     `cursors`: key -> value to persist only after the samples are safely stored.
+    `coverage`: source key -> what its work was (seen, supervised, lost by reason; see
+    collectors/coverage.py), for collectors that count it.
     """
 
     samples: list[Sample] = field(default_factory=list)
     replace_keys: set[str] = field(default_factory=set)
     skipped: Counter[str] = field(default_factory=Counter)
     cursors: dict[str, str] = field(default_factory=dict)
+    coverage: dict[str, Counter[str]] = field(default_factory=dict)
 
     def merge(self, other: CollectResult) -> None:
         self.samples.extend(other.samples)
         self.replace_keys |= other.replace_keys
         self.skipped.update(other.skipped)
         self.cursors.update(other.cursors)
+        self.coverage.update(other.coverage)
 
 
 class Cursors(Protocol):

@@ -257,6 +257,14 @@ class Store:
         rows = self._query("SELECT value FROM cursors WHERE key=?", (key,))
         return str(rows[0]["value"]) if rows else None
 
+    def cursors_with_prefix(self, prefix: str) -> dict[str, str]:
+        """Every cursor whose key starts with `prefix` (per-file ingest coverage, for example)."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self._query(
+            "SELECT key, value FROM cursors WHERE key LIKE ? ESCAPE '\\'", (escaped + "%",)
+        )
+        return {str(r["key"]): str(r["value"]) for r in rows}
+
     def set_cursors(self, values: dict[str, str], db: sqlite3.Connection | None = None) -> None:
         if not values:
             return

@@ -30,7 +30,7 @@ def test_defaults_match_the_documented_product() -> None:
         p8.grad_checkpoint,
         p8.learning_rate,
         p8.epochs,
-    ) == (4, 8.0, 1, 4, 512, 8, True, 1e-4, 1.0)
+    ) == (4, 8.0, 1, 4, 2048, 8, True, 1e-4, 1.0)
     full = cfg.profiles["full"]
     assert (full.lora_rank, full.lora_alpha, full.batch_size, full.max_seq_length, full.epochs) == (
         8,

@@ -119,6 +119,7 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
 def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
     from sam_brain import registry
     from sam_brain.pipeline.ingest import ingest
+    from sam_brain.pipeline.tokens import message_counter, window_tokens
 
     home = open_home(config)
     try:
@@ -133,7 +134,8 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
             collector = cls(
                 dirs=dirs,
                 quiet_minutes=0.0 if args.now else config.sources.quiet_minutes,
-                max_tokens=config.pipeline.max_tokens,
+                max_tokens=window_tokens(config),
+                count=message_counter(config),
                 archive_dir=home.archive_dir if config.sources.archive_transcripts else None,
             )
             report = ingest(home, collector, files or None)

@@ -40,12 +40,15 @@ RENDER_HELP = (
 
 
 def data(args: argparse.Namespace, config: Config) -> int:
+    from sam_brain.pipeline.coverage import CURSOR_PREFIX, summarize
+
     home = open_home(config)
     try:
         if args.data_command == "stats":
             stats = home.pool.stats()
             stats["skipped"] = home.store.counters("skipped")
             stats["dropped"] = home.store.counters("dropped")
+            stats["coverage"] = summarize(home.store.cursors_with_prefix(CURSOR_PREFIX))
             print_doc(stats, args.json)
         elif args.data_command == "show":
             sample, columns = _get(home, args.id)

@@ -21,9 +21,11 @@ from sam_brain import registry
 from sam_brain.config import PipelineConfig
 from sam_brain.fsutil import write_jsonl_atomic, write_text_atomic
 from sam_brain.home import Home
+from sam_brain.pipeline.coverage import Tally
 from sam_brain.pipeline.dedup import DedupIndex
 from sam_brain.pipeline.scrub import Scrubber
 from sam_brain.pipeline.split import assign_split
+from sam_brain.pipeline.tokens import message_counter, window_tokens
 from sam_brain.pipeline.validate import check_sample
 from sam_brain.pool import file_lock
 from sam_brain.protocols import Collector, CollectResult, Sample
@@ -48,6 +50,8 @@ class IngestReport:
     by_source: Counter[str] = field(default_factory=Counter)
     by_tier: Counter[str] = field(default_factory=Counter)
     by_split: Counter[str] = field(default_factory=Counter)
+    # Tool calls and assistant turns seen, supervised and lost by reason, in total and per file.
+    coverage: dict[str, Any] = field(default_factory=dict)
     pool_version: int = 0
     seconds: float = 0.0
 
@@ -63,7 +67,8 @@ def make_collectors(home: Home) -> dict[str, Collector]:
     out["sessions"] = registry.load(registry.COLLECTORS, "sessions", "collector")(
         dirs=dirs,
         quiet_minutes=src.quiet_minutes,
-        max_tokens=home.config.pipeline.max_tokens,
+        max_tokens=window_tokens(home.config),
+        count=message_counter(home.config),
         archive_dir=home.archive_dir if src.archive_transcripts else None,
     )
     if src.git_repos:
@@ -94,18 +99,20 @@ def store_result(
     report = IngestReport(collector=name, collected=len(result.samples))
     report.skipped.update(result.skipped)
     scrubber = scrubber or Scrubber(redact_emails=cfg.redact_emails)
+    tally = Tally(result.coverage)
     with file_lock(home.pool.lock_path):
         index = _open_index(home, cfg.dedup_threshold)
         old_ids: set[str] = set()
         if result.replace_keys:
             old_ids = {s.id for s, _ in home.pool.samples(source_keys=result.replace_keys)}
-        prepared = _clean(result.samples, cfg, scrubber, report)
-        batch = _dedup_and_split(prepared, index, cfg, report)
+        prepared = _clean(result.samples, cfg, scrubber, report, tally)
+        batch = _dedup_and_split(prepared, index, cfg, report, tally)
         counts = home.pool.upsert(list(batch.values()), result.replace_keys)
         for gone in old_ids - set(batch):
             index.remove(gone)
         index.save()
-        _save_progress(home, name, result, report)
+        _save_progress(home, name, result, report, tally)
+    report.coverage = tally.report()
     finish_report(home, report, stored=len(batch), counts=counts, started=started)
     return report
 
@@ -118,7 +125,11 @@ def _open_index(home: Home, threshold: float) -> DedupIndex:
 
 
 def _clean(
-    samples: Sequence[Sample], cfg: PipelineConfig, scrubber: Scrubber, report: IngestReport
+    samples: Sequence[Sample],
+    cfg: PipelineConfig,
+    scrubber: Scrubber,
+    report: IngestReport,
+    tally: Tally,
 ) -> list[tuple[Sample, str]]:
     """Valid, scrubbed samples with their text; drops and redactions counted on the report."""
     prepared: list[tuple[Sample, str]] = []
@@ -126,9 +137,11 @@ def _clean(
         sample, reason = check_sample(raw, cfg.max_tokens, cfg.min_chars)
         if sample is None:
             report.dropped[reason or "invalid"] += 1
+            tally.dropped(raw, reason or "invalid")
             continue
         if reason == "trimmed":
             report.trimmed += 1
+            tally.trimmed(sample)
         # Scrub before dedup and storage: no credential reaches the pool or its index.
         sample, found = scrubber.scrub_sample(sample)
         report.redactions.update(found)
@@ -141,6 +154,7 @@ def _dedup_and_split(
     index: DedupIndex,
     cfg: PipelineConfig,
     report: IngestReport,
+    tally: Tally,
 ) -> dict[str, tuple[Sample, str]]:
     """The new samples by id with their split; near-duplicates are dropped and counted."""
     shares = (cfg.split[0], cfg.split[1], cfg.split[2])
@@ -151,6 +165,7 @@ def _dedup_and_split(
         dup = index.check(sample.id, text)
         if (dup is not None and dup != sample.id) or sample.id in batch:
             report.dropped["duplicate"] += 1
+            tally.dropped(sample, "duplicate")
             continue
         index.add(sample.id, text)
         # Stratum per group, not per sample: every sample of a session shares its split.
@@ -162,9 +177,11 @@ def _dedup_and_split(
     return batch
 
 
-def _save_progress(home: Home, name: str, result: CollectResult, report: IngestReport) -> None:
-    """The collector's cursors and the cumulative skip and drop counters."""
-    home.store.set_cursors(result.cursors)
+def _save_progress(
+    home: Home, name: str, result: CollectResult, report: IngestReport, tally: Tally
+) -> None:
+    """The collector's cursors, per-file coverage, and the cumulative skip and drop counters."""
+    home.store.set_cursors({**result.cursors, **tally.cursors()})
     # "unchanged" is the normal state of a polled source, not a problem worth a counter.
     home.store.add_counts(
         f"skipped:{name}", {k: v for k, v in report.skipped.items() if k != "unchanged"}

@@ -15,6 +15,7 @@ from typing import Any
 from sam_brain.fsutil import write_jsonl_atomic
 from sam_brain.home import Home
 from sam_brain.pipeline.split import ensure_nonempty, hold_out_groups
+from sam_brain.pipeline.tokens import fit_rows
 
 
 def base_model_ref(home: Home, backend: str) -> str:
@@ -22,13 +23,18 @@ def base_model_ref(home: Home, backend: str) -> str:
     return t.mlx_base_model if backend == "mlx" else t.cuda_base_model
 
 
-def build_dataset(home: Home, out: Path, now: float | None = None) -> dict[str, int]:
+def build_dataset(
+    home: Home, out: Path, now: float | None = None, base: Path | None = None
+) -> dict[str, int]:
     """Write train/valid/test JSONL of trainable samples (+ preference.jsonl); returns counts.
 
     A tiny pool may have no validation group yet; then the smallest deterministic group is
     moved to val for this dataset only (see split.ensure_nonempty). With no test group either, a
     share of the train sessions is held out for the gate and kept out of training
-    (split.hold_out_groups); `held_out_groups` in the counts says how many.
+    (split.hold_out_groups); `held_out_groups` in the counts says how many. Rows longer than the
+    profile's length in the base model's tokens (`base`, when given) are cut again into windows,
+    and a row that still does not fit (one step longer than the length) is left out, so the
+    trainer never truncates a supervised turn; both are counted (`resplit`, `too_long`).
     """
     now = time.time() if now is None else now
     rows = list(home.pool.samples(ready_before=now))
@@ -40,6 +46,7 @@ def build_dataset(home: Home, out: Path, now: float | None = None) -> dict[str, 
     by_split: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
     for s, _ in sft:
         by_split[groups[s.group]].append({"messages": s.messages})
+    fit = fit_rows(home.config, by_split, base)
     counts = {
         "train": write_jsonl_atomic(out / "train.jsonl", by_split["train"]),
         "val": write_jsonl_atomic(out / "valid.jsonl", by_split["val"]),
@@ -55,6 +62,7 @@ def build_dataset(home: Home, out: Path, now: float | None = None) -> dict[str, 
     ]
     if prefs:
         counts["preference"] = write_jsonl_atomic(out / "preference.jsonl", prefs)
+    counts.update({k: v for k, v in fit.items() if v})
     return counts
 
 

@@ -91,7 +91,7 @@ class TrainingJob:
         """Resolve the base model and write the dataset; the run turns `training`."""
         base = await asyncio.to_thread(resolve_model, self.ref)
         data = self.run_dir(run) / "data"
-        counts = await asyncio.to_thread(build_dataset, self.home, data)
+        counts = await asyncio.to_thread(build_dataset, self.home, data, None, base)
         if counts["train"] == 0:
             raise TrainingFailed("no trainable samples in the pool")
         self.home.store.update_run(

@@ -14,11 +14,13 @@ import pytest
 
 from collectors.curate import CurateOptions, curate, truncate, windows
 from collectors.sessions import SessionCollector, load_session
-from sam_brain.pipeline.validate import check_sample, estimate_tokens
+from sam_brain.pipeline.validate import check_sample
+from sam_brain.pipeline.windowing import estimate_tokens as estimate_message
 from sam_brain.protocols import Collector, CollectResult, stable_id
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "claude-sessions"
 SPOTTER = "spotter/258c7280-ae70-4798-800f-63464d01a85d"
+B_ONLY = CurateOptions(multi_turn_tiers=(), single_turn_tiers=("A", "B", "C"))
 
 
 def fixture(rel: str) -> Path:
@@ -99,7 +101,8 @@ class Session:
 
 
 def by_strategy(result: CollectResult) -> Counter[str]:
-    return Counter(s.strategy for s in result.samples)
+    """Supervised samples by strategy (preference pairs are counted apart)."""
+    return Counter(s.strategy for s in result.samples if s.kind == "sft")
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,16 +179,18 @@ def test_collector_over_fixtures_then_unchanged(tmp_path: Path) -> None:
     collector = SessionCollector([root], archive_dir=tmp_path / "archive")
     assert isinstance(collector, Collector)
     first = collector.collect(Cursors())
-    # 258c gives two A windows; the viewer and spotter/subagent sessions start with a slash
-    # command whose work (now prompted by the command's context) gives one more A window each.
-    assert by_strategy(first) == {"A": 7, "B": 9, "D": 6}
+    # 258c's one long exchange is cut into 35 windows; no B: every tier A session gives A.
+    assert by_strategy(first) == {"A": 39, "D": 33}
+    assert [s.meta["rejected_call"] for s in first.samples if s.kind == "preference"] == [
+        "toolu_011NXYeWWxrZPLNNT8pFAZPi"
+    ]
     mains = {s.source_key for s in first.samples}
     assert len(first.replace_keys) == 8  # every main transcript, sample or not
     assert mains <= first.replace_keys
     assert len(first.cursors) == 10  # 8 mains + 2 nested subagent files
     assert first.skipped["warmup_agent"] == 1 and first.skipped["acompact_agent"] == 1
     # Every sample is a well-formed chat (starts with user, ends with assistant, no empty turns).
-    assert [check_sample(s, max_tokens=10**9, min_chars=1)[1] for s in first.samples] == [None] * 22
+    assert [check_sample(s, max_tokens=10**9, min_chars=1)[1] for s in first.samples] == [None] * 73
     d = next(s for s in first.samples if s.strategy == "D" and "a881341" in s.meta["path"])
     assert d.group == "258c7280-ae70-4798-800f-63464d01a85d"
     assert d.source_key == str(root / f"{SPOTTER}.jsonl")
@@ -202,10 +207,10 @@ def test_growth_reextracts_with_replace_keys_and_stable_ids(tmp_path: Path) -> N
     session.save()
     collector = SessionCollector([tmp_path], tool_output_chars=100)
     first = collector.collect(Cursors())
-    assert by_strategy(first) == {"A": 1, "B": 2}
+    assert by_strategy(first) == {"A": 1}  # tier A: no B pair repeats what A teaches
     assert first.replace_keys == {str(session.path)}
     ids = {s.id for s in first.samples}
-    assert stable_id("sessions", "sess-1", "B", "sess-1-001") in ids
+    assert stable_id("sessions", "sess-1", "A", "sess-1-001") in ids
 
     unchanged = collector.collect(Cursors(first.cursors))
     assert unchanged.samples == [] and unchanged.skipped["unchanged"] == 1
@@ -214,8 +219,8 @@ def test_growth_reextracts_with_replace_keys_and_stable_ids(tmp_path: Path) -> N
     session.save()
     grown = collector.collect(Cursors(first.cursors))
     assert grown.replace_keys == {str(session.path)}
-    assert by_strategy(grown) == {"A": 1, "B": 3}
-    assert ids < {s.id for s in grown.samples}
+    assert by_strategy(grown) == {"A": 1}
+    assert ids == {s.id for s in grown.samples}  # the one window grew in place
     multi = next(s for s in grown.samples if s.strategy == "A")
     assert [m["role"] for m in multi.messages].count("user") == 3
     tool_msgs = [m for m in multi.messages if m["role"] == "tool"]
@@ -292,7 +297,7 @@ def test_ingest_file_of_a_subagent_means_its_parent(tmp_path: Path) -> None:
     nested = fixture(f"{SPOTTER}/subagents/agent-a881341.jsonl")
     result = SessionCollector([]).ingest_file(nested)
     assert result.replace_keys == {str(fixture(f"{SPOTTER}.jsonl"))}
-    assert by_strategy(result) == {"A": 2, "B": 1, "D": 1}
+    assert by_strategy(result) == {"A": 36, "D": 1}
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,14 +329,9 @@ def test_samples_use_the_chat_format(tmp_path: Path) -> None:
     )
     assert set(multi.scores) == {"completion", "depth", "domain", "tools", "thinking", "errors"}
     assert multi.meta["uuids"][0] == "sess-1-001" and multi.meta["git_branch"] == "main"
-    single = next(s for s in samples if s.strategy == "B")
-    assert single.messages == [
-        {"role": "user", "content": "Question 1: fix the failing pytest test in the parser module"},
-        {
-            "role": "assistant",
-            "content": "Answer 1: the function had a bug; the test and build pass.",
-        },
-    ]
+    # The exchange made a tool call: no single-turn pair may claim its answer without it.
+    assert not [s for s in samples if s.strategy == "B"]
+    assert not [s for s in curate(load_session(session.path), B_ONLY) if s.strategy == "B"]
     no_think = curate(load_session(session.path), CurateOptions(thinking=False))
     assert all("<think>" not in str(m["content"]) for s in no_think for m in s.messages)
 
@@ -344,8 +344,21 @@ def users(messages: list[Any]) -> int:
     return sum(m["role"] == "user" for m in messages)
 
 
-def test_long_session_is_windowed_by_whole_exchanges(tmp_path: Path) -> None:
-    # Estimated tokens per exchange: 1076, 1076, 1076, 3076, 5076 (over budget alone), 576.
+def taught(messages: list[Any]) -> list[str]:
+    """A key per supervised assistant message: its tool call ids, or its text."""
+    return [
+        ",".join(c["id"] for c in m.get("tool_calls") or []) or m["content"]
+        for m in messages
+        if m["role"] == "assistant" and m.get("weight", 1) != 0
+    ]
+
+
+def tokens(messages: list[Any]) -> int:
+    return sum(map(estimate_message, messages))
+
+
+def test_long_session_is_windowed_and_a_long_exchange_cut_between_steps(tmp_path: Path) -> None:
+    # Estimated tokens per exchange: 1451, 1451, 1451, 4117 and 6784 (both over 4096), 784.
     session = Session(tmp_path / "sess-1.jsonl")
     for i, size in enumerate([4000, 4000, 4000, 12000, 20000, 2000], 1):
         session.exchange(i, output="x" * size)
@@ -353,51 +366,75 @@ def test_long_session_is_windowed_by_whole_exchanges(tmp_path: Path) -> None:
     conv = load_session(session.path)
     options = CurateOptions(tool_output_chars=10**6)  # default budget: 4096
     multi = [s for s in curate(conv, options) if s.strategy == "A"]
-    assert [users(s.messages) for s in multi] == [3, 1, 1, 1]
-    assert [estimate_tokens(s.messages) for s in multi] == [3226, 3076, 5076, 576]
-    # Each window is anchored on its first exchange's prompt (5 lines per exchange).
-    anchors = ["sess-1-001", "sess-1-016", "sess-1-021", "sess-1-026"]
-    assert [s.id for s in multi] == [stable_id("sessions", "sess-1", "A", a) for a in anchors]
-    assert {s.group for s in multi} == {"sess-1"}
-    uuids = [u for s in multi for u in s.meta["uuids"]]
-    assert len(uuids) == len(set(uuids)) == 30  # no overlap, no exchange left out
-    # The over-budget single exchange is left to the validator, which drops it.
-    reasons = [check_sample(s, max_tokens=4096, min_chars=1)[1] for s in multi]
-    assert reasons == [None, None, "too_long", None]
-    # The budget is inclusive: 3226 still holds the first window, one token less splits it.
-    exact = windows(conv.turns, replace(options, max_tokens=3226))
-    assert [users(m) for _, m in exact] == [3, 1, 1, 1]
-    tight = windows(conv.turns, replace(options, max_tokens=3225))
-    assert [users(m) for _, m in tight] == [2, 1, 1, 1, 1]
+    shapes = [
+        [m["role"][0] + ("-" if m.get("weight") == 0 else "") for m in s.messages] for s in multi
+    ]
+    assert shapes == [
+        ["u", "a", "t", "a", "u", "a", "t", "a"],
+        ["u", "a", "t", "a"],
+        ["u", "a"],  # exchange 4, cut: its call (the result is the next window's context)
+        ["u", "a-", "t", "a"],  # its prompt again, the call and its 12000-char result (cut
+        ["u", "a"],  # to fit the context share, half the budget) as context, the answer
+        ["u", "a-", "t", "a"],  # exchange 5 alike
+        ["u", "a", "t", "a"],
+    ]
+    assert multi[3].messages[0] == multi[2].messages[0]  # nothing elided: no note
+    cut = multi[3].messages[2]["content"]
+    assert len(cut) < 6000 and "chars cut ...]" in cut and cut.startswith("x" * 1000)
+    # Every assistant turn (12) is taught in exactly one window, and every window fits.
+    keys = [k for s in multi for k in taught(s.messages)]
+    assert len(keys) == len(set(keys)) == 12
+    assert sum(s.meta["supervised"]["assistant_turns"] for s in multi) == 12
+    assert all(tokens(s.messages) <= 4096 for s in multi)
+    assert [check_sample(s, max_tokens=4096, min_chars=1)[1] for s in multi] == [None] * 7
+    # Windows inside an exchange are named by their first taught turn (5 lines an exchange).
+    anchors = ["sess-1-001", "sess-1-011", "sess-1-016", "sess-1-020", "sess-1-021", "sess-1-025"]
+    assert [s.id for s in multi[:6]] == [stable_id("sessions", "sess-1", "A", a) for a in anchors]
+    # The budget is inclusive: 2914 still holds the first window, one token less splits it.
+    assert tokens(multi[0].messages) == 2914
+    exact = windows(conv.turns, replace(options, max_tokens=2914))
+    assert [users(m) for _, m in exact][:2] == [2, 1]
+    tight = windows(conv.turns, replace(options, max_tokens=2913))
+    assert [users(m) for _, m in tight][:3] == [1, 1, 1]
 
     session.exchange(7)
     session.save()
     grown = [s for s in curate(load_session(session.path), options) if s.strategy == "A"]
     assert [s.id for s in grown] == [s.id for s in multi]  # the last window grew in place
-    assert [users(s.messages) for s in grown] == [3, 1, 1, 2]
+    assert users(grown[-1].messages) == 2
 
 
 def test_collector_passes_max_tokens_to_windows(tmp_path: Path) -> None:
     session = Session(tmp_path / "sess-1.jsonl")
     for i in range(1, 5):
-        session.exchange(i)  # about 76 estimated tokens each
+        session.exchange(i)  # 126 estimated tokens each
     session.save()
-    assert by_strategy(SessionCollector([tmp_path]).collect(Cursors())) == {"A": 1, "B": 4}
-    small = SessionCollector([tmp_path], max_tokens=160).collect(Cursors())
-    assert by_strategy(small) == {"A": 2, "B": 4}
-    assert all(estimate_tokens(s.messages) <= 160 for s in small.samples)
+    assert by_strategy(SessionCollector([tmp_path]).collect(Cursors())) == {"A": 1}
+    small = SessionCollector([tmp_path], max_tokens=260).collect(Cursors())
+    assert by_strategy(small) == {"A": 2}
+    assert all(tokens(s.messages) <= 260 for s in small.samples)
 
 
-def test_spotter_session_windows_fit_the_budget_unless_single_exchange() -> None:
+def test_spotter_session_is_taught_whole_within_the_budget() -> None:
     conv = load_session(fixture(f"{SPOTTER}.jsonl"))
-    multi = [s for s in curate(conv) if s.strategy == "A"]
-    # 2 prompts: the first starts 338 messages of agent work (~70.7k tokens), the second is short.
-    assert [(users(s.messages), len(s.messages)) for s in multi] == [(1, 338), (1, 2)]
-    assert estimate_tokens(multi[0].messages) > 4096 >= estimate_tokens(multi[1].messages)
-    assert all(estimate_tokens(s.messages) <= 4096 or users(s.messages) == 1 for s in multi)
-    assert len({s.id for s in multi}) == 2
+    coverage: Counter[str] = Counter()
+    multi = [s for s in curate(conv, coverage=coverage) if s.strategy == "A" and s.kind == "sft"]
+    # 2 prompts: the first starts 338 messages of agent work (~70k tokens), cut into 35 windows.
+    assert len(multi) == 36 and users(multi[-1].messages) == 1
+    # Each window fits, but one whose single step (a 22k-char Write) is longer than the budget.
+    over = [len(taught(s.messages)) for s in multi if tokens(s.messages) > 4096]
+    assert over == [1]
+    first_prompt = multi[0].messages[0]["content"]
+    assert all(s.messages[0]["content"].startswith(first_prompt) for s in multi[:35])
+    assert len({s.id for s in multi}) == 36
     assert {s.group for s in multi} == {"258c7280-ae70-4798-800f-63464d01a85d"}
-    assert not set(multi[0].meta["uuids"]) & set(multi[1].meta["uuids"])
+    keys = [k for s in multi for k in taught(s.messages)]
+    assert len(keys) == len(set(keys))  # nothing taught twice
+    # Every tool call of the main conversation is taught but the rejected one.
+    assert coverage["tool_calls_lost:rejected"] == 1
+    assert coverage["tool_calls_lost:unaccounted"] == 0
+    main_calls = sum(len(t.tool_calls) for t in conv.turns)
+    assert sum(k.count("toolu_") for k in keys) == main_calls - 1 == 185
 
 
 def test_truncate_keeps_head_and_tail() -> None:
@@ -432,8 +469,7 @@ def test_event_answer_is_not_the_prompts_answer_and_empty_output_is_marked(tmp_p
     assert multi.messages[3]["content"] == (
         "The server is building; the config module sets the port.\n\nThe background build finished."
     )
-    pairs = [s.messages[1]["content"] for s in samples if s.strategy == "B"]
-    assert pairs == ["The server is building; the config module sets the port."]
+    assert not [s for s in samples if s.strategy == "B"]  # the exchange made a call
 
 
 def test_subagent_starting_with_assistant_gets_the_task_prompt(tmp_path: Path) -> None:
