@@ -25,7 +25,14 @@ from collectors.coverage import account, count_seen, lose
 from collectors.quality import QualityConfig, Score, exchanges, score_conversation, score_window
 from collectors.rejected import as_text, is_rejection, pairs
 from collectors.transcript_context import user_content
-from sam_brain.pipeline.windowing import TokenCount, build, estimate_tokens, plan, supervised
+from sam_brain.pipeline.windowing import (
+    TokenCount,
+    build,
+    estimate_tokens,
+    plan,
+    supervised,
+    tools_tokens,
+)
 from sam_brain.protocols import Message, Sample, stable_id
 
 if TYPE_CHECKING:  # only the shape is needed; sam_brain must not import plug-ins at runtime
@@ -209,7 +216,9 @@ def _cuts(turns: list[Turn], options: CurateOptions) -> list[_Cut]:
     first = next((i for i, t in enumerate(turns) if t.role == "user"), len(turns))
     raw, owners = _owned_messages(turns[first:], options)
     out: list[_Cut] = []
-    for window in plan(raw, _budget(options), options.count):
+    # The tools block of the whole conversation bounds the block of any window cut from it.
+    budget = _budget(options) - tools_tokens(raw, options.count)
+    for window in plan(raw, budget, options.count):
         messages = build(raw, window)
         if not messages:
             continue

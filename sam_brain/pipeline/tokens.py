@@ -5,7 +5,7 @@ the counter is the configured base model's `tokenizer.json`, loaded with `tokeni
 transformers import) and found offline only: a local directory, or the Hugging Face cache, never
 a download (ingest must not wait on the network). Without it, `windowing.estimate_tokens` counts
 conservatively (3 characters a token). A message's count is its content and tool calls encoded,
-plus `MESSAGE_OVERHEAD` template tokens; `tools=` blocks are covered by `TEMPLATE_RESERVE`.
+plus `MESSAGE_OVERHEAD` template tokens; the `tools=` block is counted (`windowing.tools_tokens`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from sam_brain.pipeline.windowing import (
     TokenCount,
     estimate_tokens,
     split_rows,
+    tools_tokens,
 )
 from sam_brain.protocols import Message
 
@@ -126,7 +127,7 @@ def fit_rows(
     for split, rows in by_split.items():
         cut, n = split_rows([r["messages"] for r in rows], budget, count)
         stats["resplit"] += n
-        kept = [m for m in cut if sum(map(count, m)) <= budget]
+        kept = [m for m in cut if sum(map(count, m)) + tools_tokens(m, count) <= budget]
         stats["too_long"] += len(cut) - len(kept)
         by_split[split] = [{"messages": m} for m in kept]
     return stats

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 from sam_brain.pipeline.validate import message_chars
 from sam_brain.protocols import Message
+from sam_brain.render import tools_block
+from sam_brain.tool_schemas import tool_definitions
 
 TokenCount = Callable[[Message], int]
 # Without the base model's tokenizer on disk: 3 characters a token, below what Qwen2.5's
@@ -214,6 +216,16 @@ def build(messages: Sequence[Message], window: Window, *, trim: bool = True) -> 
     return out
 
 
+def tools_tokens(messages: Sequence[Message], count: TokenCount = estimate_tokens) -> int:
+    """Tokens of the tool-definitions block the renderer puts before a sample that calls tools.
+
+    The block lists every tool the messages call (`sam_brain.render`), so it is counted for the
+    messages given: for a whole conversation it bounds the block of any window cut from it.
+    """
+    tools = tool_definitions(list(messages))
+    return count({"role": "system", "content": tools_block(tools)}) if tools else 0
+
+
 def split_rows(
     rows: Sequence[list[Message]], budget: int, count: TokenCount = estimate_tokens
 ) -> tuple[list[list[Message]], int]:
@@ -225,10 +237,11 @@ def split_rows(
     split = 0
     for row in rows:
         system = [m for m in row[:1] if m.get("role") == "system"]
-        if sum(count(m) for m in row) <= budget:
+        tools = tools_tokens(row, count)
+        if sum(count(m) for m in row) + tools <= budget:
             out.append(row)
             continue
-        reserve = sum(count(m) for m in system)
+        reserve = sum(count(m) for m in system) + tools
         windows = [build(row, w) for w in plan(row, budget - reserve, count)]
         windows = [system + w for w in windows if w]
         split += 1

@@ -205,13 +205,16 @@ def test_fixture_commands_become_the_first_prompt(
 def test_fixture_subagent_samples_carry_task_prompt_and_call_id() -> None:
     conv = load_session(fixture("claude-code-viewer/fe5e1c67-53e7-4862-81ae-d0e013e3270b.jsonl"))
     d_samples = [s for s in curate(conv) if s.strategy == "D"]
-    assert len(d_samples) == 5
+    # Five subagent runs, each cut into windows that all start with its Task prompt.
+    assert len({s.meta["parent_tool_use_id"] for s in d_samples}) == 5
+    assert len(d_samples) >= 5
     calls = {c["id"]: c for t in conv.turns for c in t.tool_calls}
     for sample in d_samples:
         call = calls[sample.meta["parent_tool_use_id"]]
         assert call["name"] == "Task"
         assert sample.meta["task_prompt"] == call["input"]["prompt"]
-        assert sample.messages[0]["content"] == call["input"]["prompt"]
+        # Later windows of a long run add an elision note after the prompt.
+        assert sample.messages[0]["content"].startswith(call["input"]["prompt"])
 
 
 def test_fixture_local_commands_are_not_context() -> None:

@@ -24,6 +24,7 @@ from collectors.transcript import parse_file
 from collectors.transcript_lines import ToolCall, ToolResult, Turn, read_lines, strip_reminders
 from sam_brain.dev.examples import write_example_sessions
 from sam_brain.pipeline.validate import message_chars
+from sam_brain.pipeline.windowing import estimate_tokens, tools_tokens
 from sam_brain.protocols import Message
 
 # --------------------------------------------------------------------------------------------
@@ -200,13 +201,15 @@ def plain_windows(turns: list[Any], options: CurateOptions) -> list[list[Message
             groups[-1].append(turn)
     out = []
     raw: list[Message] = []
+    # The tools block of the whole conversation is budgeted beside every window.
+    limit = options.max_tokens - tools_tokens(_raw_messages(turns, options), options.count)
     for group in groups:
         raw_group = _raw_messages(group, options)
         alone = sum(map(options.count, _finish(raw_group, options)))
-        if alone > options.max_tokens and len(raw_group) > 2:
+        if alone > limit and len(raw_group) > 2:
             return None
         candidate = _finish(raw + raw_group, options)
-        if raw and sum(map(options.count, candidate)) > options.max_tokens:
+        if raw and sum(map(options.count, candidate)) > limit:
             out.append(_finish(raw, options))
             raw = raw_group
         else:
@@ -238,8 +241,10 @@ def test_windows_match_a_whole_window_estimate(tmp_path: Path) -> None:
     compared = 0
     for system in ("", "You are SAM."):
         for budget in (*range(0, 200, 3), 400, 900, 2000, 4096):
-            options = replace(CurateOptions(), max_tokens=budget, system_prompt=system)
             for turns in runs:
+                # Budgets beside the run's tools block, which every window carries.
+                block = tools_tokens(_raw_messages(turns, CurateOptions()), estimate_tokens)
+                options = replace(CurateOptions(), max_tokens=budget + block, system_prompt=system)
                 plain = plain_windows(turns, options)
                 if plain is not None:
                     compared += 1

@@ -224,15 +224,22 @@ def test_fixture_rejected_plan_is_tier_c() -> None:
 
 
 def test_fixture_windows_are_scored_on_their_own_turns() -> None:
-    """258c: the agentic window stays A despite one rejected TaskOutput among 186 calls; the
-    follow-up "did you push?" window answers "everything is pushed" with no call and nothing
-    to point at: tier C."""
+    """258c: the long agentic exchange is cut into many windows, each scored on its own turns;
+    the windows holding the rejected TaskOutput call score below the grounded tool loops, and the
+    follow-up "did you push?" window (an answer with no call and nothing to point at) is tier C."""
+    import statistics
+
     conv = load_session(_fixture("spotter/258c7280-ae70-4798-800f-63464d01a85d.jsonl"))
     assert score_conversation(conv).tier == "A"
-    first, last = (score_window(w) for w, _ in windows(conv.turns, CurateOptions()))
-    assert first.flags == {"rejected_call": 1} and first.tier == "A"
+    scores = [score_window(w) for w, _ in windows(conv.turns, CurateOptions())]
+    assert len(scores) > 10
+    *agentic, last = scores
     assert last.flags == {"context_free": 1, "unexecuted_claim": 1} and last.tier == "C"
+    grounded = [x.overall for x in agentic if not x.flags]
+    rejected = [x.overall for x in agentic if x.flags.get("rejected_call")]
+    assert rejected and statistics.mean(rejected) < statistics.median(grounded)
+    assert last.overall < min(grounded)
     samples = [s for s in curate(conv) if s.strategy == "A"]
-    assert [s.tier for s in samples] == ["A", "C"]  # not the session's A inherited twice
-    assert [s.score for s in samples] == [first.overall, last.overall]
-    assert samples[0].scores == first.dims
+    # Per-sample scores, not the session's A inherited by every window.
+    assert len({round(s.score, 6) for s in samples}) > len(samples) // 2
+    assert samples[-1].tier == "C" and samples[-1].score == last.overall

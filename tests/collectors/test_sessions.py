@@ -16,6 +16,7 @@ from collectors.curate import CurateOptions, curate, truncate, windows
 from collectors.sessions import SessionCollector, load_session
 from sam_brain.pipeline.validate import check_sample
 from sam_brain.pipeline.windowing import estimate_tokens as estimate_message
+from sam_brain.pipeline.windowing import tools_tokens
 from sam_brain.protocols import Collector, CollectResult, stable_id
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "claude-sessions"
@@ -179,8 +180,9 @@ def test_collector_over_fixtures_then_unchanged(tmp_path: Path) -> None:
     collector = SessionCollector([root], archive_dir=tmp_path / "archive")
     assert isinstance(collector, Collector)
     first = collector.collect(Cursors())
-    # 258c's one long exchange is cut into 35 windows; no B: every tier A session gives A.
-    assert by_strategy(first) == {"A": 39, "D": 33}
+    # 258c's one long exchange is cut into 44 windows (each beside its tools block); no B: every
+    # tier A session gives A; slash-command sessions give windows too (their command is the prompt).
+    assert by_strategy(first) == {"A": 59, "D": 41}
     assert [s.meta["rejected_call"] for s in first.samples if s.kind == "preference"] == [
         "toolu_011NXYeWWxrZPLNNT8pFAZPi"
     ]
@@ -190,7 +192,9 @@ def test_collector_over_fixtures_then_unchanged(tmp_path: Path) -> None:
     assert len(first.cursors) == 10  # 8 mains + 2 nested subagent files
     assert first.skipped["warmup_agent"] == 1 and first.skipped["acompact_agent"] == 1
     # Every sample is a well-formed chat (starts with user, ends with assistant, no empty turns).
-    assert [check_sample(s, max_tokens=10**9, min_chars=1)[1] for s in first.samples] == [None] * 73
+    assert [check_sample(s, max_tokens=10**9, min_chars=1)[1] for s in first.samples] == [
+        None
+    ] * 101
     d = next(s for s in first.samples if s.strategy == "D" and "a881341" in s.meta["path"])
     assert d.group == "258c7280-ae70-4798-800f-63464d01a85d"
     assert d.source_key == str(root / f"{SPOTTER}.jsonl")
@@ -297,7 +301,7 @@ def test_ingest_file_of_a_subagent_means_its_parent(tmp_path: Path) -> None:
     nested = fixture(f"{SPOTTER}/subagents/agent-a881341.jsonl")
     result = SessionCollector([]).ingest_file(nested)
     assert result.replace_keys == {str(fixture(f"{SPOTTER}.jsonl"))}
-    assert by_strategy(result) == {"A": 36, "D": 1}
+    assert by_strategy(result) == {"A": 45, "D": 1}
 
 
 # --------------------------------------------------------------------------------------------
@@ -390,11 +394,13 @@ def test_long_session_is_windowed_and_a_long_exchange_cut_between_steps(tmp_path
     # Windows inside an exchange are named by their first taught turn (5 lines an exchange).
     anchors = ["sess-1-001", "sess-1-011", "sess-1-016", "sess-1-020", "sess-1-021", "sess-1-025"]
     assert [s.id for s in multi[:6]] == [stable_id("sessions", "sess-1", "A", a) for a in anchors]
-    # The budget is inclusive: 2914 still holds the first window, one token less splits it.
-    assert tokens(multi[0].messages) == 2914
-    exact = windows(conv.turns, replace(options, max_tokens=2914))
+    # The budget is inclusive (messages plus the conversation's tools block): the first window's
+    # size still holds it, one token less splits it.
+    block = tools_tokens([m for _, ms in windows(conv.turns, options) for m in ms])
+    first = tokens(multi[0].messages) + block
+    exact = windows(conv.turns, replace(options, max_tokens=first))
     assert [users(m) for _, m in exact][:2] == [2, 1]
-    tight = windows(conv.turns, replace(options, max_tokens=2913))
+    tight = windows(conv.turns, replace(options, max_tokens=first - 1))
     assert [users(m) for _, m in tight][:3] == [1, 1, 1]
 
     session.exchange(7)
@@ -409,24 +415,26 @@ def test_collector_passes_max_tokens_to_windows(tmp_path: Path) -> None:
     for i in range(1, 5):
         session.exchange(i)  # 126 estimated tokens each
     session.save()
-    assert by_strategy(SessionCollector([tmp_path]).collect(Cursors())) == {"A": 1}
-    small = SessionCollector([tmp_path], max_tokens=260).collect(Cursors())
+    whole = SessionCollector([tmp_path]).collect(Cursors())
+    assert by_strategy(whole) == {"A": 1}
+    block = tools_tokens(whole.samples[0].messages)  # the rendered tools block is budgeted too
+    small = SessionCollector([tmp_path], max_tokens=260 + block).collect(Cursors())
     assert by_strategy(small) == {"A": 2}
-    assert all(tokens(s.messages) <= 260 for s in small.samples)
+    assert all(tokens(s.messages) + block <= 260 + block for s in small.samples)
 
 
 def test_spotter_session_is_taught_whole_within_the_budget() -> None:
     conv = load_session(fixture(f"{SPOTTER}.jsonl"))
     coverage: Counter[str] = Counter()
     multi = [s for s in curate(conv, coverage=coverage) if s.strategy == "A" and s.kind == "sft"]
-    # 2 prompts: the first starts 338 messages of agent work (~70k tokens), cut into 35 windows.
-    assert len(multi) == 36 and users(multi[-1].messages) == 1
+    # 2 prompts: the first starts 338 messages of agent work (~70k tokens), cut into 44 windows.
+    assert len(multi) == 45 and users(multi[-1].messages) == 1
     # Each window fits, but one whose single step (a 22k-char Write) is longer than the budget.
     over = [len(taught(s.messages)) for s in multi if tokens(s.messages) > 4096]
     assert over == [1]
     first_prompt = multi[0].messages[0]["content"]
-    assert all(s.messages[0]["content"].startswith(first_prompt) for s in multi[:35])
-    assert len({s.id for s in multi}) == 36
+    assert all(s.messages[0]["content"].startswith(first_prompt) for s in multi[:44])
+    assert len({s.id for s in multi}) == 45
     assert {s.group for s in multi} == {"258c7280-ae70-4798-800f-63464d01a85d"}
     keys = [k for s in multi for k in taught(s.messages)]
     assert len(keys) == len(set(keys))  # nothing taught twice
