@@ -111,7 +111,9 @@ def test_chat_template_renders_chatml(mlx_model: tuple[Any, Any]) -> None:
     )
     prompt = tok.apply_chat_template(PROMPT, add_generation_prompt=True, tokenize=False)
     assert prompt.startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
-    assert prompt.endswith("<|im_start|>user\n" + PROMPT[0]["content"] + "<|im_end|>\n<|im_start|>assistant\n")
+    assert prompt.endswith(
+        "<|im_start|>user\n" + PROMPT[0]["content"] + "<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert tok.encode(EOS_TOKEN, add_special_tokens=False) == [tok.eos_token_id] == [2]
 
 

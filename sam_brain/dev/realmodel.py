@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -122,18 +123,19 @@ def _convert(gguf_dir: Path, gguf_name: str, out: Path) -> None:
     try:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
-        from transformers.utils import is_gguf_available
     except ImportError as err:
         raise BackendUnavailable(
             f"building the real model needs torch and transformers ({err}): pip install -e '.[cuda]'"
         ) from err
-    if not is_gguf_available():
-        raise BackendUnavailable("transformers needs the `gguf` package to read the model: pip install gguf")
+    if importlib.util.find_spec("gguf") is None:
+        raise BackendUnavailable(
+            "transformers needs the `gguf` package to read the model: pip install gguf"
+        )
     tok = AutoTokenizer.from_pretrained(str(gguf_dir), gguf_file=gguf_name)
     loaded = AutoModelForCausalLM.from_pretrained(
         str(gguf_dir), gguf_file=gguf_name, dtype=torch.float32
     )
-    config = loaded.config
+    config: Any = loaded.config
     config.quantization_config = None
     del config.quantization_config
     # The GGUF stores eps as float32 (9.9999997e-06); the published model says 1e-05.
@@ -198,7 +200,9 @@ def build_real_model(out: Path | None = None) -> Path:
     if _is_built(out):
         return out
     if out.exists() and any(out.iterdir()):
-        raise ModelUnavailable(f"{out}: exists and is not a built {MODEL_NAME} folder; pick an empty path")
+        raise ModelUnavailable(
+            f"{out}: exists and is not a built {MODEL_NAME} folder; pick an empty path"
+        )
     out.mkdir(parents=True, exist_ok=True)
     for src in sorted(cached.iterdir()):
         if src.name == SOURCE_FILE:
