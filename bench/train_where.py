@@ -27,12 +27,14 @@ LAYERS, HEADS, KV, HEAD_DIM = 30, 9, 3, 64
 
 
 def best(fn: Callable[[], Any], reps: int) -> float:
+    """Least CPU seconds (all threads) of `reps` runs: on a shared machine wall time measures the
+    neighbours, CPU time the work (it also counts threads spinning while they wait)."""
     fn()  # warm-up: compile, allocate
     times = []
     for _ in range(reps):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(time.process_time() - t0)
     return min(times)
 
 
@@ -159,7 +161,7 @@ def main() -> None:
         runs.append((f"torch {threads} threads {attn}", torch_env(), ["torch", str(threads), attn]))
     runs = [r for r in runs if args.only is None or r[0].startswith(args.only)]
     tokens = args.batch * args.seq
-    print(f"batch {args.batch} x {args.seq} tokens; best of {args.reps}; seconds (tokens/s)")
+    print(f"batch {args.batch} x {args.seq} tokens; best of {args.reps}; CPU seconds (tokens per CPU-s)")
     for label, env, child in runs:
         cmd = [sys.executable, __file__, "--batch", str(args.batch), "--seq", str(args.seq)]
         cmd += ["--reps", str(args.reps), "--child", *child]
@@ -170,7 +172,7 @@ def main() -> None:
             continue
         print(f"\n{label}:")
         for part, secs in json.loads(line[2:]).items():
-            print(f"  {part:42s} {secs:7.3f} s  ({tokens / secs:6.0f} tokens/s)")
+            print(f"  {part:42s} {secs:7.3f} CPU-s  ({tokens / secs:6.0f} tokens/CPU-s)")
 
 
 if __name__ == "__main__":
