@@ -4,7 +4,7 @@ One process per runtime; each part is timed as the best of `--reps` runs (the ma
 the whole step (forward, backward, no optimizer) as our backends compute the loss, the body alone
 (30 blocks), the 49k-token head with its cross-entropy on every position vs only on the supervised
 ones, and attention alone (30 layers of 9 query / 3 KV heads). torch also runs with 1 and 2
-threads and with `sdpa` vs `eager` attention.
+threads and with `sdpa` vs `eager` attention, MLX with OpenBLAS on 2 threads and on 1.
 
     python bench/train_where.py [--batch 2 --seq 256 --reps 3] [--only mlx|torch]
 """
@@ -157,11 +157,16 @@ def main() -> None:
     from bench.train import openblas_env, torch_env
 
     runs = [("mlx", openblas_env(), ["mlx"])]
+    runs.append(
+        ("mlx, OpenBLAS 1 thread", {**openblas_env(), "OPENBLAS_NUM_THREADS": "1"}, ["mlx"])
+    )
     for threads, attn in ((2, "sdpa"), (1, "sdpa"), (2, "eager")):
         runs.append((f"torch {threads} threads {attn}", torch_env(), ["torch", str(threads), attn]))
     runs = [r for r in runs if args.only is None or r[0].startswith(args.only)]
     tokens = args.batch * args.seq
-    print(f"batch {args.batch} x {args.seq} tokens; best of {args.reps}; CPU seconds (tokens per CPU-s)")
+    print(
+        f"batch {args.batch} x {args.seq} tokens; best of {args.reps}; CPU seconds (tokens per CPU-s)"
+    )
     for label, env, child in runs:
         cmd = [sys.executable, __file__, "--batch", str(args.batch), "--seq", str(args.seq)]
         cmd += ["--reps", str(args.reps), "--child", *child]
