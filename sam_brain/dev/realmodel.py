@@ -185,9 +185,10 @@ def _build_cached() -> Path:
             )
             for f in staged.iterdir():
                 f.chmod(0o644)  # safetensors writes 0600; the cache is read by other users' runs
-            # Swap in atomically: a reader sees the old folder or the complete new one.
+            # The complete folder appears with one rename, never half-written; a stale one (older
+            # recipe or wheel) moves into the temporary folder first and is deleted with it.
             if folder.exists():
-                shutil.rmtree(folder)
+                folder.rename(work / "stale")
             staged.rename(folder)
     return folder
 
