@@ -113,6 +113,7 @@ def rows_of() -> Callable[[int, int], list[dict[str, Any]]]:
     """`colour_rows` for test modules (conftest is not importable under importlib mode)."""
     return colour_rows
 
+
 @pytest.fixture(scope="session")
 def real_model() -> Path:
     """SmolLM2-135M-Instruct built into the user cache once (sam_brain.dev.realmodel); skips

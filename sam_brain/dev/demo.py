@@ -110,7 +110,8 @@ def wait_for(what: str, check: Any, timeout: float, proc: subprocess.Popen[bytes
     raise SystemExit(f"demo: timed out after {timeout:.0f}s waiting for {what}")
 
 
-def samctl(env: dict[str, str], *args: str, ok: tuple[int, ...] = (0,)) -> str:
+def samctl(env: dict[str, str], *args: str, ok: tuple[int, ...] = (0,)) -> int:
+    """Run and print one samctl command; returns its exit code (one of `ok`, else the demo stops)."""
     out = subprocess.run(
         [sys.executable, "-m", "sam_brain.control.cli", *args],
         env=env,
@@ -123,7 +124,7 @@ def samctl(env: dict[str, str], *args: str, ok: tuple[int, ...] = (0,)) -> str:
         print("      " + line)
     if out.returncode not in ok:
         raise SystemExit(f"demo: samctl {' '.join(args)} failed with exit {out.returncode}")
-    return text
+    return out.returncode
 
 
 def run(home: Path, n_sessions: int = 12, which: str = "tiny") -> None:
@@ -199,14 +200,18 @@ def run(home: Path, n_sessions: int = 12, which: str = "tiny") -> None:
             60,
             proc,
         )
-        wait_for(
-            "the training slot",
-            lambda: not get(url + "/api/training")["training"],
-            150 * slow,
-            proc,
-        )
         say("forcing a training run (it starts from the active adapter)")
-        samctl(env, "train", "--force", "--wait")
+        for _ in range(3):
+            # The new samples may start an automatic run at any moment: wait for the slot, and
+            # if one slipped in between, let it finish and force again (exit 4: already training).
+            wait_for(
+                "the training slot",
+                lambda: not get(url + "/api/training")["training"],
+                150 * slow,
+                proc,
+            )
+            if samctl(env, "train", "--force", "--wait", ok=(0, 4)) == 0:
+                break
         say("the gate compared it with the active version on the test split:")
         say("better -> a canary on 10% of conversations; not better -> rejected, nothing changes")
         samctl(env, "list")

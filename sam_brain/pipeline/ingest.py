@@ -213,7 +213,9 @@ def finish_report(
     )
     report.pool_version = home.pool.version
     report.seconds = round(time.monotonic() - started, 3)
-    if report.collected or report.deleted or sum(report.skipped.values()):
+    # A poll that found every file unchanged did nothing worth a report (it runs every few seconds).
+    news = sum(v for k, v in report.skipped.items() if k != "unchanged")
+    if report.collected or report.deleted or news:
         write_report(home, report)
         doc = report.to_dict()
         home.store.add_event("ingest", {k: doc[k] for k in REPORT_EVENT_KEYS})

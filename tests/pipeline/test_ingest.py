@@ -39,10 +39,13 @@ def test_real_fixtures_go_through_every_stage(tmp_path: Path, shared_dir: Path) 
     assert len(texts) == report.stored == home.pool.count()
     # The developer's home path never reaches the pool.
     assert not any("/home/marco" in t for t in texts)
-    # Re-running finds nothing new and stores nothing twice.
+    reports = list((tmp_path / "home" / "reports").glob("ingest-*.json"))
+    assert len(reports) == 1
+    # Re-running finds nothing new, stores nothing twice and writes no report (a daemon polls).
     again = ingest(home, collector)
     assert again.inserted == 0 and home.pool.count() == report.stored
-    assert list((tmp_path / "home" / "reports").glob("ingest-*.json"))
+    assert again.skipped["unchanged"] > 0
+    assert list((tmp_path / "home" / "reports").glob("ingest-*.json")) == reports
     home.close()
 
 
