@@ -279,7 +279,7 @@ def our_taught_calls(home_dir: Path, sessions: Path) -> list[str]:
     try:
         return [
             str(c.get("id"))
-            for s, _ in home.pool.samples("kind = 'sft'")
+            for s, _ in home.pool.samples(kind="sft")
             for m in s.messages
             if m.get("role") == "assistant" and m.get("weight", 1) != 0
             for c in m.get("tool_calls") or ()

@@ -52,7 +52,10 @@ def fixture_rows() -> list[dict[str, Any]]:
     samples = SessionCollector([fixtures], quiet_minutes=0).collect(NoCursors()).samples
     rows = [{"messages": s.messages} for s in samples if s.kind == "sft"]
     assert len(rows) >= 4
-    return rows
+    # The shortest windows that call a tool: whole rows (tools block included) in a short length,
+    # so a step stays cheap and what is trained is the agentic part.
+    tooled = [r for r in rows if any(m.get("tool_calls") for m in r["messages"])]
+    return sorted(tooled, key=lambda r: len(json.dumps(r)))
 
 
 def test_folder_is_complete_and_cached(real_model: Path) -> None:
@@ -159,41 +162,48 @@ def _write_split(rows: list[dict[str, Any]], data: Path) -> Path:
 def _profile(**extra: Any) -> dict[str, Any]:
     from sam_brain.config import Profile
 
-    return asdict(
-        Profile(
-            lora_rank=8,
-            lora_alpha=16.0,
-            lora_keys=KEYS,
-            num_layers=4,
-            batch_size=2,
-            grad_accum=1,
-            max_seq_length=256,
-            learning_rate=1e-3,
-            max_steps=2,
-            eval_every=2,
-            save_every=100,
-            **extra,
-        )
-    )
+    fields: dict[str, Any] = {
+        "lora_rank": 8,
+        "lora_alpha": 16.0,
+        "lora_keys": KEYS,
+        "num_layers": 4,
+        "batch_size": 2,
+        "grad_accum": 1,
+        "max_seq_length": 768,
+        "learning_rate": 1e-3,
+        "max_steps": 2,
+        "eval_every": 2,
+        "save_every": 100,
+    }
+    return asdict(Profile(**{**fields, **extra}))
 
 
-def test_mlx_training_steps_on_real_sessions_lower_the_loss(
-    real_model: Path, fixture_rows: list[dict[str, Any]], tmp_path: Path
-) -> None:
-    import mlx.core as mx
-
+@pytest.fixture(scope="module")
+def mlx_run(
+    real_model: Path, fixture_rows: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Any, Path, Path]:
+    """One short MLX run on two real tool-using windows: (result, adapter folder, data folder)."""
     from backends.mlx import MLXBackend
     from sam_brain.protocols import TrainSpec
 
-    data = _write_split(fixture_rows[:2], tmp_path / "data")
-    out = tmp_path / "run"
-    spec = TrainSpec("real", str(real_model), str(data), str(out), _profile(), seed=0)
-    result = MLXBackend().train(spec, lambda p: None, lambda: False)
+    root = tmp_path_factory.mktemp("mlx-real")
+    data = _write_split(fixture_rows[:2], root / "data")
+    out = root / "run"
+    profile = _profile(max_steps=3, eval_every=3, learning_rate=2e-3)
+    spec = TrainSpec("real", str(real_model), str(data), str(out), profile, seed=0)
+    return MLXBackend().train(spec, lambda p: None, lambda: False), out, data
 
+
+def test_mlx_training_steps_on_real_sessions_lower_the_loss(
+    mlx_run: tuple[Any, Path, Path],
+) -> None:
+    import mlx.core as mx
+
+    result, out, _ = mlx_run
     m = result.metrics
-    assert result.steps == 2
+    assert result.steps == 3
     assert m["best_val_loss"] < m["initial_val_loss"] - 0.01
-    assert m["best_step"] == 2.0
+    assert m["best_step"] == 3.0
     weights = mx.load(str(out / "adapters.safetensors"))
     assert isinstance(weights, dict)
     b = [k for k in weights if k.endswith("lora_b")]
@@ -212,7 +222,8 @@ def test_torch_training_steps_on_real_sessions_lower_the_loss(
 
     data = _write_split(fixture_rows[:2], tmp_path / "data")
     out = tmp_path / "run"
-    spec = TrainSpec("real-torch", str(real_model), str(data), str(out), _profile(), seed=0)
+    profile = _profile(learning_rate=3e-3)
+    spec = TrainSpec("real-torch", str(real_model), str(data), str(out), profile, seed=0)
     result = CudaBackend(quantize=False).train(spec, lambda p: None, lambda: False)
 
     m = result.metrics
@@ -240,3 +251,22 @@ def test_offline_without_the_wheel_is_one_clear_error(
     assert f"{realmodel.PACKAGE}=={realmodel.VERSION}" in message
     assert str(wheels) in message
     assert not (tmp_path / "cache" / "models" / realmodel.MODEL_NAME).exists()
+
+
+def test_gate_judges_a_real_adapter(real_model: Path, mlx_run: tuple[Any, Path, Path]) -> None:
+    """The gate on the real model: an adapter trained on rows beats the base on them (every row
+    better in the paired comparison) and passes; its report names the base and candidate loss."""
+    from deployment.evaluate import GateConfig, evaluate_candidate
+    from deployment.resident import ResidentModel
+
+    _, out, data = mlx_run
+    test = data / "train.jsonl"
+    rows = test.read_text().count("\n")
+    config = GateConfig(
+        max_length=768, prompts=1, gen_max_tokens=24, max_repetition=1.0, min_terminated=0.0
+    )
+    report = evaluate_candidate(ResidentModel(str(real_model)), test, str(out), config=config)
+    assert report.scored == rows == 2
+    assert report.candidate_loss.mean_loss < report.base.mean_loss - 0.01
+    assert report.comparison.better == rows and report.gate.promote, report.gate.reasons
+    assert report.generation and report.generation[0].text.strip()
