@@ -26,20 +26,22 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+LEARNING_RATE = 1e-3
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from bench.common import SESSIONS, machine_load  # noqa: E402
 from bench.learning_eval import TEXT, Scores, load_model, score, turn_points  # noqa: E402
 
 
-def ingest_fixtures(home_dir: Path, fixtures: Path) -> list[Any]:
-    """The fixture sessions through the product's ingest; the pool's samples."""
-    from sam_brain.config import Config, SourcesConfig
+def ingest_fixtures(home_dir: Path, fixtures: Path, model: Path) -> list[Any]:
+    """The fixture sessions through the product's ingest (windows sized in `model`'s tokens)."""
+    from sam_brain.config import Config, SourcesConfig, TrainingConfig
     from sam_brain.home import Home
     from sam_brain.pipeline.ingest import ingest, make_collectors
 
     sources = replace(SourcesConfig(), sessions_dirs=[str(fixtures)], quiet_minutes=0.0)
-    config = Config(data_dir=str(home_dir), sources=sources)
+    training = replace(TrainingConfig(), cuda_base_model=str(model), mlx_base_model=str(model))
+    config = Config(data_dir=str(home_dir), sources=sources, training=training)
     home = Home.open(config)
     try:
         report = ingest(home, make_collectors(home)["sessions"])
@@ -62,36 +64,39 @@ def hold_out(samples: list[Any], share: float) -> tuple[set[str], set[str]]:
         if s.kind == "sft":
             turns[s.group] += assistant_turns(s)
     largest = max(turns, key=lambda g: turns[g])
-    held: set[str] = set()
     total = sum(turns.values())
+    held: set[str] = set()
     for group in sorted(turns, key=lambda g: unit_hash("learning", g)):
-        if sum(turns[g] for g in held) >= share * total or len(held) >= len(turns) // 2:
-            break
-        if group != largest:
+        # Whole sessions only, never the largest, and no more than the share (with some slack).
+        if group != largest and sum(turns[g] for g in held) + turns[group] <= 1.2 * share * total:
             held.add(group)
+    if not held:
+        held = {min((g for g in turns if g != largest), key=lambda g: turns[g])}
     return set(turns) - held, held
 
 
 def write_data(samples: list[Any], train: set[str], data: Path) -> tuple[int, int, int]:
-    """train/valid/preference JSONL from the training sessions only (valid: every 10th row)."""
+    """train/valid/preference JSONL from the training sessions only (valid: every 20th row)."""
     data.mkdir(parents=True, exist_ok=True)
     rows = [s for s in samples if s.kind == "sft" and s.group in train]
     pairs = [s for s in samples if s.kind == "preference" and s.group in train]
-    valid = rows[::10]
-    fit = [r for k, r in enumerate(rows) if k % 10]
+    valid = rows[::20]
+    fit = [r for k, r in enumerate(rows) if k % 20]
 
     def dump(path: Path, items: list[dict[str, Any]]) -> None:
         path.write_text("".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items))
 
     dump(data / "train.jsonl", [{"messages": s.messages} for s in fit])
     dump(data / "valid.jsonl", [{"messages": s.messages} for s in valid])
-    prefs = [{"messages": s.messages, "chosen": s.chosen, "rejected": s.rejected} for s in pairs]
+    prefs = [{"prompt": s.messages, "chosen": s.chosen, "rejected": s.rejected} for s in pairs]
     if prefs:
         dump(data / "preference.jsonl", prefs)
     return len(fit), len(valid), len(prefs)
 
 
-def train(model_dir: Path, data: Path, out: Path, minutes: float, backend_name: str) -> Any:
+def train(
+    model_dir: Path, data: Path, out: Path, steps: int, minutes: float, backend_name: str
+) -> Any:
     """One run of the product's trainer, stopped (best adapter kept) when the budget is spent."""
     from sam_brain import registry
     from sam_brain.config import Config
@@ -99,8 +104,14 @@ def train(model_dir: Path, data: Path, out: Path, minutes: float, backend_name: 
 
     name, why = registry.choose_backend(backend_name)
     print(f"backend: {name} ({why})")
-    profile = asdict(Config().profile())  # the default profile, as a new user gets it
-    profile.update(epochs=2.0, eval_every=10, save_every=10_000, learning_rate=2e-4)
+    # The default profile as a new user gets it (8gb: rank 4 on the last 8 blocks, 2048 tokens),
+    # for a short run: one row per optimizer step, a fixed step count (so warm-up and decay fit
+    # the run), a higher learning rate; the time cap only guards the benchmark's budget.
+    profile = asdict(Config().profile())
+    profile.update(
+        batch_size=1, grad_accum=1, max_steps=steps, eval_every=steps, save_every=10_000,
+        learning_rate=LEARNING_RATE,
+    )  # fmt: skip
     spec = TrainSpec("learning", str(model_dir), str(data), str(out), profile, seed=0, resume=False)
     deadline = time.monotonic() + minutes * 60
 
@@ -175,12 +186,16 @@ def main(argv: list[str] | None = None) -> int:
         "--model", type=Path, help="a real model folder (default: samctl dev real-model)"
     )
     ap.add_argument("--fixtures", type=Path, default=SESSIONS)
-    ap.add_argument("--minutes", type=float, default=8.0, help="training time budget")
+    ap.add_argument("--steps", type=int, default=24, help="optimizer steps (one row each)")
+    ap.add_argument("--minutes", type=float, default=10.0, help="training time cap")
     ap.add_argument(
         "--held-out", type=float, default=0.25, help="share of assistant turns held out"
     )
-    ap.add_argument("--turns", type=int, default=30, help="held-out turns for next-action accuracy")
+    ap.add_argument("--turns", type=int, default=20, help="held-out turns for next-action accuracy")
     ap.add_argument("--backend", default="auto")
+    ap.add_argument(
+        "--rows", type=int, default=0, help="score only this many held-out rows (0: all)"
+    )
     ap.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = ap.parse_args(argv)
     if not args.fixtures.is_dir():
@@ -194,19 +209,22 @@ def main(argv: list[str] | None = None) -> int:
         args.model = build_real_model()
     with tempfile.TemporaryDirectory(prefix="sam-learning-") as tmp:
         root = Path(tmp)
-        samples = ingest_fixtures(root / "home", args.fixtures)
+        samples = ingest_fixtures(root / "home", args.fixtures, args.model)
         train_groups, held = hold_out(samples, args.held_out)
         test_rows = [s.messages for s in samples if s.kind == "sft" and s.group in held]
+        test_rows = test_rows[: args.rows] if args.rows else test_rows
         n_fit, n_valid, n_pairs = write_data(samples, train_groups, root / "data")
         test = root / "test.jsonl"
         test.write_text("".join(json.dumps({"messages": m}) + "\n" for m in test_rows))
         print(f"sessions: {len(train_groups)} train, {len(held)} held out; rows: {n_fit} train, "
               f"{n_valid} valid, {n_pairs} pairs, {len(test_rows)} held-out")  # fmt: skip
-        result = train(args.model, root / "data", root / "adapter", args.minutes, args.backend)
+        result = train(
+            args.model, root / "data", root / "adapter", args.steps, args.minutes, args.backend
+        )
         print(f"trained: {result.steps} steps, {result.notes[-1] if result.notes else ''}")
         trained_s = time.monotonic() - started
         points = turn_points(test_rows, args.turns)
-        opts = {"max_length": 2048, "budget": 1536, "max_new": 96}
+        opts = {"max_length": 2048, "budget": 1536, "max_new": 64}
         scores = []
         for adapter in (None, Path(result.adapter_dir)):
             model, tok = load_model(args.model, adapter)
