@@ -144,7 +144,8 @@ class TrainingConfig:
     """When and how adapters are trained."""
 
     backend: str = _f(
-        "auto", "`auto`, `mlx` or `cuda`; auto picks MLX on Apple Silicon and CUDA where a GPU is."
+        "auto",
+        "`auto`, `mlx` or `cuda`; auto picks CUDA where a GPU is, else MLX (torch without mlx-lm).",
     )
     min_for_training: int = _f(100, "New samples needed before training starts on its own.")
     profile: str = _f("8gb", "Name of the profile in `[profiles]` to train with.")
