@@ -50,12 +50,12 @@ def deploy(args: argparse.Namespace, config: Config) -> int:
 def _deploy_offline(args: argparse.Namespace, config: Config) -> int:
     from deployment import canary
     from sam_brain.hub import resolve_model
-    from sam_brain.train.release import _base_ref, release, start_canary_from
+    from sam_brain.train.release import configured_base_ref, release, start_canary_from
 
     home = open_home(config)
     try:
         if args.command == "deploy":
-            ref = _base_ref(home)
+            ref = configured_base_ref(home)
             base = "" if args.dry_run else str(resolve_model(ref))
             outcome = release(
                 home,
@@ -115,7 +115,7 @@ def history(args: argparse.Namespace, config: Config) -> int:
 
 def export(args: argparse.Namespace, config: Config) -> int:
     """`samctl export VERSION --format F --out DIR [--quant Q]`: works on the home directly."""
-    from sam_brain.train.release import export_version_cmd
+    from sam_brain.train.exports import export_version_cmd
 
     home = open_home(config)
     try:

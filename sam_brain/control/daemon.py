@@ -37,7 +37,8 @@ from sam_brain.hub import resolve_model
 from sam_brain.pipeline.ingest import make_collectors, store_result
 from sam_brain.protocols import Collector
 from sam_brain.train.dataset import base_model_ref
-from sam_brain.train.release import Exclusive, canary_policy, export_active, health_limits
+from sam_brain.train.exports import export_active
+from sam_brain.train.release import Exclusive, canary_policy, health_limits
 from sam_brain.train.scheduler import Coordinator
 
 log = logging.getLogger("sam_brain")

@@ -26,7 +26,7 @@ from deployment.adapter_check import check_adapter
 from deployment.canary import CanaryPolicy, HealthLimits
 from deployment.evaluate import EvalReport, GateConfig, evaluate_version
 from sam_brain.config import Config
-from sam_brain.errors import PromotionRejected, SamBrainError
+from sam_brain.errors import PromotionRejected
 from sam_brain.fsutil import write_jsonl_atomic, write_text_atomic
 from sam_brain.home import Home
 from sam_brain.hub import base_fingerprint, resolve_model
@@ -338,7 +338,7 @@ def start_canary_from(home: Home, target: str, traffic: int) -> Version:
     """`samctl canary VERSION|PATH --traffic N`: a registered version or an adapter folder."""
     path = Path(target).expanduser()
     if path.is_dir():
-        ref = _base_ref(home)
+        ref = configured_base_ref(home)
         check_size(path, home.config.deployment.max_adapter_mb)
         check_adapter(path, resolve_model(ref), ref)
         v = home.versions.register(path, base_model=ref, description=f"canary from {path}")
@@ -351,54 +351,9 @@ def start_canary_from(home: Home, target: str, traffic: int) -> Version:
     return home.versions.get(name)
 
 
-def _base_ref(home: Home) -> str:
+def configured_base_ref(home: Home) -> str:
     from sam_brain.registry import choose_backend
 
     backend, _ = choose_backend(home.config.training.backend)
     t = home.config.training
     return t.mlx_base_model if backend == "mlx" else t.cuda_base_model
-
-
-def export_version_cmd(
-    home: Home, version: str, fmt: str, out: Path, quant: str | None = None, force: bool = False
-) -> dict[str, Any]:
-    """`samctl export`: one version in one format, verified, recorded as an event."""
-    from deployment.export import export_version
-    from sam_brain.hub import resolve_model
-
-    v = home.versions.get(version)
-    base = resolve_model(_base_ref(home) if not v.base_model else v.base_model)
-    result = export_version(Path(v.adapter_path), base, fmt, out, quant, force=force)
-    doc = result.to_dict()
-    home.store.add_event(
-        "exported",
-        {
-            "version": version,
-            "format": fmt,
-            "out": str(out),
-            "quant": quant,
-            "skipped": doc.get("skipped"),
-        },
-    )
-    return doc
-
-
-def export_active(home: Home) -> list[str]:
-    """Export the active version to every `deployment.export_formats` not done yet (idempotent)."""
-    active = home.versions.current()
-    done: list[str] = []
-    if active is None:
-        return done
-    for fmt in home.config.deployment.export_formats:
-        out = home.data / "exports" / active.version / fmt
-        if (out / "export.json").exists():
-            continue
-        try:
-            export_version_cmd(home, active.version, fmt, out)
-            done.append(fmt)
-        except SamBrainError as err:  # an export problem must not stop serving
-            log.warning("automatic %s export of %s failed: %s", fmt, active.version, err)
-            home.store.add_event(
-                "export_failed", {"version": active.version, "format": fmt, "reason": str(err)}
-            )
-    return done
