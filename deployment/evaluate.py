@@ -58,6 +58,10 @@ class GateConfig:
     ngram: int = 4
     max_repetition: float = 0.05  # mean share of repeated token n-grams
     min_terminated: float = 0.75  # share of answers that end with end-of-turn within the budget
+    # A small model rambles on long agentic prompts before any training: a generation check
+    # fails only when the candidate misses the bar *and* does worse than the reference model
+    # answering the same prompts (by more than this share), so the gate judges what training did.
+    relative_slack: float = 0.05
 
     def __post_init__(self) -> None:
         if self.test not in ("wilcoxon", "sign"):
@@ -112,6 +116,7 @@ class EvalReport:
     config: GateConfig
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    reference_generation: list[GenerationCheck] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -161,8 +166,12 @@ def decide(
     checks: Sequence[GenerationCheck],
     config: GateConfig,
     reference_name: str = "incumbent",
+    reference_checks: Sequence[GenerationCheck] = (),
 ) -> tuple[Comparison, Gate]:
     """Apply the gate to per-sample losses and generation checks.
+
+    `reference_checks` are the reference model's answers to the same prompts: with them a
+    generation check fails only where the candidate is also worse than the reference.
 
     Returns:
         The paired comparison and the decision with its reasons.
@@ -190,7 +199,7 @@ def decide(
         )
     if config.require_significant and p_better >= config.alpha:
         failures.append(f"improvement is not significant ({config.test} p={p_better:.3g})")
-    failures += _generation_failures(checks, config)
+    failures += _generation_failures(checks, config, reference_checks, reference_name)
     if failures:
         return cmp, Gate(False, failures)
     evidence = [
@@ -202,27 +211,41 @@ def decide(
     return cmp, Gate(True, evidence)
 
 
-def _generation_failures(checks: Sequence[GenerationCheck], config: GateConfig) -> list[str]:
+def _generation_failures(
+    checks: Sequence[GenerationCheck],
+    config: GateConfig,
+    reference: Sequence[GenerationCheck] = (),
+    reference_name: str = "reference",
+) -> list[str]:
     if not checks:
         return []
     failures = []
+    slack = config.relative_slack
     repetition = float(np.mean([c.repetition for c in checks]))
-    if repetition > config.max_repetition:
+    ref_repetition = float(np.mean([c.repetition for c in reference])) if reference else None
+    if repetition > config.max_repetition and (
+        ref_repetition is None or repetition > ref_repetition + slack
+    ):
+        than = f", {reference_name} {ref_repetition:.1%}" if ref_repetition is not None else ""
         failures.append(
             f"repetition: {repetition:.1%} of {config.ngram}-grams repeat"
-            f" (max {config.max_repetition:.0%})"
+            f" (max {config.max_repetition:.0%}{than})"
         )
     ended = sum(c.terminated for c in checks) / len(checks)
-    if ended < config.min_terminated:
+    ref_ended = sum(c.terminated for c in reference) / len(reference) if reference else None
+    if ended < config.min_terminated and (ref_ended is None or ended < ref_ended - slack):
+        than = f", {reference_name} {ref_ended:.0%}" if ref_ended is not None else ""
         failures.append(
             f"only {ended:.0%} of answers ended within {config.gen_max_tokens} tokens"
-            f" (need {config.min_terminated:.0%})"
+            f" (need {config.min_terminated:.0%}{than})"
         )
-    leaked = sorted({m for c in checks for m in c.leaked})
+    # Markers the reference also prints come from the base model or template, not the adapter.
+    ref_leaked = {m for c in reference for m in c.leaked}
+    leaked = sorted({m for c in checks for m in c.leaked} - ref_leaked)
     if leaked:
         failures.append(f"chat-template markers in answers: {', '.join(leaked)}")
     empty = sum(c.empty for c in checks)
-    if empty:
+    if empty > sum(c.empty for c in reference):
         failures.append(f"{empty} of {len(checks)} answers are empty")
     return failures
 
@@ -251,6 +274,27 @@ def sample_losses(resident: GateModel, encoded: Sequence[tuple[list[int], list[i
     mean = float(np.mean(means)) if means else math.nan
     ppl = math.exp(nll_total / tokens) if tokens else math.nan
     return LossStats(mean, ppl, tokens, means)
+
+
+def generation_checks(
+    resident: GateModel, prompts: list[list[Message]], config: GateConfig, markers: Sequence[str]
+) -> list[GenerationCheck]:
+    """Answer each prompt with the adapter in use and check the answer."""
+    checks = []
+    for prompt in prompts:
+        out = resident.generate(prompt, config.gen_max_tokens)
+        ids = resident.tokenizer.encode(out.text, add_special_tokens=False)
+        checks.append(
+            GenerationCheck(
+                prompt=str(prompt[-1].get("content") or "")[:200],
+                text=out.text[:500],
+                repetition=repetition_rate(ids, config.ngram),
+                terminated=out.finish_reason == "stop",
+                leaked=leaked_markers(out.text, markers),
+                empty=not out.text.strip(),
+            )
+        )
+    return checks
 
 
 def evaluate_candidate(
@@ -296,24 +340,22 @@ def evaluate_candidate(
             continue
         resident.use(adapter)
         losses[name] = sample_losses(resident, encoded)
-    checks = []
     markers = special_markers(resident.tokenizer)
-    for prompt in prompts if prompts is not None else prompts_from_rows(rows, config.prompts):
-        out = resident.generate(prompt, config.gen_max_tokens)
-        ids = resident.tokenizer.encode(out.text, add_special_tokens=False)
-        checks.append(
-            GenerationCheck(
-                prompt=str(prompt[-1].get("content") or "")[:200],
-                text=out.text[:500],
-                repetition=repetition_rate(ids, config.ngram),
-                terminated=out.finish_reason == "stop",
-                leaked=leaked_markers(out.text, markers),
-                empty=not out.text.strip(),
-            )
-        )
+    chosen = prompts if prompts is not None else prompts_from_rows(rows, config.prompts)
     ref_name = "incumbent" if "incumbent" in losses else "base"
+    reference_checks: list[GenerationCheck] = []
+    if chosen:
+        resident.use(incumbent_dir)
+        reference_checks = generation_checks(resident, chosen, config, markers)
+        resident.use(candidate_dir)
+    checks = generation_checks(resident, chosen, config, markers)
     cmp, gate = decide(
-        losses[ref_name].per_sample, losses["candidate"].per_sample, checks, config, ref_name
+        losses[ref_name].per_sample,
+        losses["candidate"].per_sample,
+        checks,
+        config,
+        ref_name,
+        reference_checks,
     )
     return EvalReport(
         candidate=candidate_dir,
@@ -326,6 +368,7 @@ def evaluate_candidate(
         candidate_loss=losses["candidate"],
         comparison=cmp,
         generation=checks,
+        reference_generation=reference_checks,
         gate=gate,
         config=config,
         seconds=time.perf_counter() - start,

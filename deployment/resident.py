@@ -23,6 +23,7 @@ from typing import Any
 
 from sam_brain.errors import BadRequest, ModelUnavailable
 from sam_brain.protocols import Message
+from sam_brain.render import prompt_ids
 
 
 @dataclass
@@ -160,7 +161,7 @@ class ResidentModel:
         from mlx_lm.sample_utils import make_sampler
 
         start = time.perf_counter()
-        prompt = list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+        prompt = prompt_ids(self.tokenizer, messages)
         cache, rest = self._cached(prompt)
         sampler = make_sampler(temp=temperature, top_p=top_p if top_p < 1.0 else 0.0)
         parts: list[str] = []

@@ -17,6 +17,7 @@ from typing import Any
 from deployment.resident import Completion
 from sam_brain.errors import BadRequest, ModelUnavailable
 from sam_brain.protocols import Message
+from sam_brain.render import prompt_ids
 
 
 def torch_available() -> bool:
@@ -103,10 +104,7 @@ class TorchResident:
         import torch
 
         start = time.perf_counter()
-        text = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
-        prompt = self.tokenizer.encode(text, add_special_tokens=False)
+        prompt = prompt_ids(self.tokenizer, messages)
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=torch.tensor([prompt], device=self.device),

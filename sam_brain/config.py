@@ -192,10 +192,19 @@ class DeploymentConfig:
         4, "Test conversations generated for the repetition/termination/leak checks."
     )
     gate_max_repetition: float = _f(
-        0.05, "Largest mean share of repeated 4-grams in the candidate's test answers."
+        0.05,
+        "Largest mean share of repeated 4-grams in the candidate's test answers, unless the"
+        " reference (active version or base) repeats as much on the same prompts.",
     )
     gate_min_terminated: float = _f(
-        0.75, "Smallest share of test answers that must end with end-of-turn within the budget."
+        0.75,
+        "Smallest share of test answers that must end with end-of-turn within the budget,"
+        " unless the reference ends no more of them on the same prompts.",
+    )
+    gate_relative_slack: float = _f(
+        0.05,
+        "A generation check below its bar still passes when the candidate is within this share"
+        " of the reference's answers to the same prompts (training did not make it worse).",
     )
     gate_min_rows: int = _f(
         8,

@@ -124,6 +124,16 @@ def render(tokenizer: Any, messages: list[Message], *, add_generation_prompt: bo
     return apply_template(tokenizer, prepared, add_generation_prompt=add_generation_prompt)
 
 
+def prompt_ids(tokenizer: Any, messages: list[Message]) -> list[int]:
+    """Token ids of `messages` with the generation prompt, rendered as training renders them.
+
+    So a model asked to continue an agentic conversation sees its tools and calls in the form it
+    was trained on (for SmolLM2, the Hermes block), not the raw template's own rendering.
+    """
+    text = render(tokenizer, messages, add_generation_prompt=True)
+    return [int(t) for t in tokenizer.encode(text, add_special_tokens=False)]
+
+
 def supports_tools(tokenizer: Any) -> bool:
     """True when the chat template renders tool definitions, call arguments and tool results."""
     template = getattr(tokenizer, "chat_template", None)

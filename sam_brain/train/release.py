@@ -69,6 +69,7 @@ def gate_config(config: Config) -> GateConfig:
         max_length=config.profile().max_seq_length,
         max_repetition=d.gate_max_repetition,
         min_terminated=d.gate_min_terminated,
+        relative_slack=d.gate_relative_slack,
     )
 
 

@@ -130,6 +130,31 @@ def test_generation_checks_each_give_a_reason() -> None:
     ]
 
 
+def test_generation_checks_are_judged_against_the_reference() -> None:
+    def check(repetition: float, ended: bool, *leaked: str) -> GenerationCheck:
+        return GenerationCheck("p", "x", repetition, ended, list(leaked), False)
+
+    rambling = [check(0.5, False, "<|eot_id|>"), check(0.4, False, "<|eot_id|>")]
+    # The base model rambles as much on these prompts: not the adapter's doing, promoted.
+    same = [check(0.45, False, "<|eot_id|>"), check(0.45, False, "<|eot_id|>")]
+    assert decide([2.0, 2.0], [1.0, 1.0], same, GateConfig(), "base", rambling)[1].promote
+    # Worse than the reference by more than the slack: rejected, with the reference's figure.
+    worse = [check(0.6, False, "<|eot_id|>", "<|im_start|>"), check(0.6, False)]
+    _, gate = decide([2.0, 2.0], [1.0, 1.0], worse, GateConfig(), "base", rambling)
+    assert gate.reasons == [
+        "repetition: 60.0% of 4-grams repeat (max 5%, base 45.0%)",
+        "chat-template markers in answers: <|im_start|>",
+    ]
+    # A reference that ends its answers: the candidate that stopped ending them is rejected.
+    tidy = [check(0.0, True), check(0.0, True)]
+    _, gate = decide([2.0, 2.0], [1.0, 1.0], same, GateConfig(), "incumbent", tidy)
+    assert gate.reasons == [
+        "repetition: 45.0% of 4-grams repeat (max 5%, incumbent 0.0%)",
+        "only 0% of answers ended within 256 tokens (need 75%, incumbent 100%)",
+        "chat-template markers in answers: <|eot_id|>",
+    ]
+
+
 def test_check_helpers() -> None:
     assert repetition_rate([1, 2, 3, 4, 1, 2, 3, 4], 4) == pytest.approx(0.2)
     assert repetition_rate([1, 2, 3], 4) == 0.0
@@ -253,10 +278,13 @@ def test_untrained_adapter_against_the_base_is_rejected_with_reasons(
     assert report.incumbent_loss is None and report.comparison.reference == "base"
     assert not report.gate.promote
     assert [c.terminated for c in report.generation] == [False, False]  # the tiny model rambles
-    assert report.gate.reasons[0].startswith(
+    # ... and so does the base on the same prompts: the termination check is judged against it
+    # and is not a reason; the loss is (repetition depends on the random weights' babble).
+    assert [c.terminated for c in report.reference_generation] == [False, False]
+    assert report.gate.reasons[:1] == [
         f"candidate mean loss {report.candidate_loss.mean_loss:.4f} is not below the base's"
-    )
-    assert "only 0% of answers ended within 12 tokens (need 75%)" in report.gate.reasons
+        f" {report.base.mean_loss:.4f} (margin 0)"
+    ]
 
 
 def _counts(setup: dict[str, Any]) -> list[int]:
