@@ -1,6 +1,6 @@
 """Does SAM Brain make a real model better? Base vs. adapter on sessions it never trained on.
 
-    make bench-learning                     # or: python bench/learning.py [--minutes 8] [--out FILE]
+    python bench/learning.py [--steps 24] [--turns 20] [--scorer mlx|torch] [--out FILE]
 
 The real fixture transcripts (../shared/fixtures/claude-sessions) go through the product's own
 ingest (collect, validate, scrub, dedup) into a temporary home. Whole sessions (sample groups) are
@@ -10,12 +10,14 @@ and adapter are scored side by side on the held-out sessions: mean loss on super
 gate's paired sign and Wilcoxon tests), loss on tool-call tokens alone, next-action accuracy
 (teacher-forced: given the transcript up to an assistant turn, does the greedy output call the same
 tool, or answer in text when the transcript did?), JSON validity of generated tool calls, three
-generations, and the product gate's own decision on the same held-out rows.
+generations, and the product gate's own decision on the same held-out rows (its default settings,
+as a new user gets them).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import tempfile
@@ -30,7 +32,16 @@ LEARNING_RATE = 1e-3
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from bench.common import SESSIONS, machine_load  # noqa: E402
-from bench.learning_eval import TEXT, Scores, load_model, score, turn_points  # noqa: E402
+from bench.learning_eval import (  # noqa: E402
+    TEXT,
+    MemoResident,
+    MlxScorer,
+    Scorer,
+    Scores,
+    TorchScorer,
+    score,
+    turn_points,
+)
 
 
 def ingest_fixtures(home_dir: Path, fixtures: Path, model: Path) -> list[Any]:
@@ -96,7 +107,7 @@ def write_data(samples: list[Any], train: set[str], data: Path) -> tuple[int, in
 
 def train(
     model_dir: Path, data: Path, out: Path, steps: int, minutes: float, backend_name: str
-) -> Any:
+) -> tuple[str, Any]:
     """One run of the product's trainer, stopped (best adapter kept) when the budget is spent."""
     from sam_brain import registry
     from sam_brain.config import Config
@@ -120,17 +131,27 @@ def train(
             print(f"  step {p.step}/{p.total_steps} loss {p.train_loss} val {p.val_loss} "
                   f"tok/s {p.tokens_per_sec}", flush=True)  # fmt: skip
 
-    return registry.backend(name).train(spec, progress, lambda: time.monotonic() > deadline)
+    stop = lambda: time.monotonic() > deadline  # noqa: E731
+    return name, registry.backend(name).train(spec, progress, stop)
 
 
-def gate_decision(model_dir: Path, test: Path, adapter: Path) -> dict[str, Any]:
+def gate_decision(resident: Any, test: Path, adapter: Path) -> dict[str, Any]:
     """The product gate's decision on the held-out rows (first version: judged against base)."""
     from deployment.evaluate import evaluate_candidate
-    from deployment.resident import ResidentModel
+    from sam_brain.config import Config
+    from sam_brain.train.release import gate_config
 
-    resident = ResidentModel(str(model_dir))
-    report = evaluate_candidate(resident, test, str(adapter))
-    return {"promote": report.gate.promote, "reasons": report.gate.reasons}
+    report = evaluate_candidate(resident, test, str(adapter), None, gate_config(Config()))
+    checks = zip(report.reference_generation, report.generation, strict=False)
+    return {
+        "promote": report.gate.promote, "reasons": report.gate.reasons,
+        "seconds": round(report.seconds, 1), "memo_hits": getattr(resident, "hits", 0),
+        "generation": [
+            {"base": {"repetition": b.repetition, "ended": b.terminated},
+             "adapter": {"repetition": c.repetition, "ended": c.terminated}}
+            for b, c in checks
+        ],
+    }  # fmt: skip
 
 
 def report(
@@ -147,8 +168,8 @@ def report(
     rows = [
         ("held-out loss (supervised tokens)", mean(base.losses), mean(tuned.losses)),
         ("held-out loss (tool-call tokens)", mean(bt), mean(tt)),
-        ("next-action accuracy", base.accuracy, tuned.accuracy),
-        ("  on turns that call a tool", base.tool_accuracy, tuned.tool_accuracy),
+        ("next-action accuracy (tool turns)", base.tool_accuracy, tuned.tool_accuracy),
+        ("answers in text where the transcript did", base.text_accuracy, tuned.text_accuracy),
         ("tool-call JSON validity", base.json_validity, tuned.json_validity),
     ]
     print(f"\n{'':38} {'base':>10} {'adapter':>10}")
@@ -165,10 +186,10 @@ def report(
     print(
         f"gate: {'promote' if gate.get('promote') else 'reject'}: {'; '.join(gate.get('reasons', []))}"
     )
-    improved = loss.wilcoxon_p_better < 0.05 and tuned.accuracy > base.accuracy
+    improved = loss.wilcoxon_p_better < 0.05 and tuned.tool_accuracy > base.tool_accuracy
     agrees = bool(gate.get("promote")) == improved
     print(f"goals: loss p<0.05 {loss.wilcoxon_p_better < 0.05}, next-action up "
-          f"{tuned.accuracy > base.accuracy}, gate agrees {agrees}")  # fmt: skip
+          f"{tuned.tool_accuracy > base.tool_accuracy}, gate agrees {agrees}")  # fmt: skip
     for k, (b, t) in enumerate(zip(base.generations, tuned.generations, strict=False)):
         print(f"\n--- generation {k + 1} (expected {tuned.actions[k][0]}) ---")
         print(f"base:    {b[:300]!r}\nadapter: {t[:300]!r}")
@@ -191,8 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--held-out", type=float, default=0.25, help="share of assistant turns held out"
     )
-    ap.add_argument("--turns", type=int, default=20, help="held-out turns for next-action accuracy")
+    ap.add_argument(
+        "--turns", type=int, default=16, help="held-out tool-calling turns for next-action accuracy"
+    )
+    ap.add_argument(
+        "--text-turns", type=int, default=4, help="held-out turns answered in text, scored apart"
+    )
     ap.add_argument("--backend", default="auto")
+    ap.add_argument(
+        "--scorer", choices=("auto", "mlx", "torch"), default="auto",
+        help="runtime that scores base and adapter (auto: mlx when the backend is mlx)",
+    )  # fmt: skip
     ap.add_argument(
         "--rows", type=int, default=0, help="score only this many held-out rows (0: all)"
     )
@@ -218,22 +248,37 @@ def main(argv: list[str] | None = None) -> int:
         test.write_text("".join(json.dumps({"messages": m}) + "\n" for m in test_rows))
         print(f"sessions: {len(train_groups)} train, {len(held)} held out; rows: {n_fit} train, "
               f"{n_valid} valid, {n_pairs} pairs, {len(test_rows)} held-out")  # fmt: skip
-        result = train(
+        backend, result = train(
             args.model, root / "data", root / "adapter", args.steps, args.minutes, args.backend
         )
         print(f"trained: {result.steps} steps, {result.notes[-1] if result.notes else ''}")
         trained_s = time.monotonic() - started
-        points = turn_points(test_rows, args.turns)
+        points = turn_points(test_rows, args.turns, args.text_turns)
         opts = {"max_length": 2048, "budget": 1536, "max_new": 64}
+        adapter = Path(result.adapter_dir)
+        resident: Any = None
+        use_mlx = args.scorer == "mlx" or (args.scorer == "auto" and backend == "mlx")
+        if importlib.util.find_spec("mlx_lm") is not None:  # the gate runs on MLX here
+            from deployment.resident import ResidentModel
+
+            resident = MemoResident(ResidentModel(str(args.model)))
         scores = []
-        for adapter in (None, Path(result.adapter_dir)):
-            model, tok = load_model(args.model, adapter)
-            scores.append(score(model, tok, test_rows, points, **opts))
-            del model
-        gate = gate_decision(args.model, test, Path(result.adapter_dir))
+        for which in (None, adapter):
+            scorer: Scorer = (
+                MlxScorer(resident, which) if use_mlx else TorchScorer(args.model, which)
+            )
+            scores.append(score(scorer, test_rows, points, **opts))
+            del scorer
+        scored_s = time.monotonic() - started - trained_s
+        if resident is None:  # the product gate runs on torch where mlx-lm is missing
+            from deployment.torch_scorer import TorchResident
+
+            resident = TorchResident(args.model)
+        gate = gate_decision(resident, test, adapter)
         info = {
             "machine": machine_load(), "steps": result.steps, "train_rows": n_fit,
             "held_out_rows": len(test_rows), "train_seconds": round(trained_s, 1),
+            "score_seconds": round(scored_s, 1), "scorer": "mlx" if use_mlx else "torch",
             "total_seconds": round(time.monotonic() - started, 1), "metrics": result.metrics,
         }  # fmt: skip
         doc = report(scores[0], scores[1], gate, info)
