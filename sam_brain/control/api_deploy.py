@@ -71,7 +71,7 @@ def confined(ctx: AppContext, body: dict[str, Any], key: str, want_dir: bool) ->
     if raw is None:
         return None
     refused = BadRequest(
-        NOT_ALLOWED.format(key=key, what="adapter folder" if want_dir else "existing file")
+        NOT_ALLOWED.format(key=key, what="adapter folder" if want_dir else "existing .jsonl file")
     )
     path = Path(raw)
     if not path.is_absolute():
@@ -81,6 +81,8 @@ def confined(ctx: AppContext, body: dict[str, Any], key: str, want_dir: bool) ->
         fits = real.is_dir() if want_dir else real.is_file()
     except (OSError, RuntimeError):
         raise refused from None
+    if not want_dir and real.suffix != ".jsonl":
+        fits = False  # held-out rows are JSONL; nothing else in the home is read as test data
     if not fits or not any(real.is_relative_to(root) for root in import_roots(ctx)):
         raise refused
     return real

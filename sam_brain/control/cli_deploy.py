@@ -23,6 +23,10 @@ from sam_brain.errors import DaemonUnreachable
 def deploy(args: argparse.Namespace, config: Config) -> int:
     """deploy / canary / promote: through the daemon when it runs, else on the home."""
     client = Client.for_config(args.url, config)
+    try:
+        client.call("GET", "/api/health")  # before staging a copy the daemon may never take
+    except DaemonUnreachable:
+        return _deploy_offline(args, config)
     with contextlib.ExitStack() as stack:
         if args.command == "deploy":
             body: dict[str, Any] = {
