@@ -149,7 +149,7 @@ def token_ok(given: str, accepted: tuple[str, ...]) -> bool:
         return False
     found = False
     for key in accepted:
-        found |= hmac.compare_digest(given.encode(), key.encode())
+        found |= hmac.compare_digest(given.encode(errors="replace"), key.encode(errors="replace"))
     return found
 
 
@@ -174,7 +174,9 @@ def check_request(policy: Policy, request: web.Request) -> tuple[int, str] | Non
     if origin is not None and not origin_ok(policy, origin, port):
         return 403, "requests from another origin are refused"
     mutating = request.method in MUTATING
-    chat = request.path.startswith("/v1/")
+    # By the matched route, not the raw path: no spelling of a path reaches /api as "chat".
+    resource = request.match_info.route.resource
+    chat = resource is not None and resource.canonical.startswith("/v1/")
     if policy.remote or (mutating and not chat):
         accepted = (policy.token, *policy.chat_keys) if chat else (policy.token,)
         if not token_ok(_bearer(request), accepted):
