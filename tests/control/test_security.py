@@ -334,3 +334,16 @@ def test_config_check_warns_on_an_off_loopback_bind(tmp_path: Path) -> None:
         timeout=60,
     )
     assert proc.returncode == 0 and proc.stderr == ""
+
+
+async def test_no_path_spelling_turns_a_control_request_into_chat(
+    home: Home, client: TestClient
+) -> None:
+    """Chat's token exemption follows the matched route, not how the path is written."""
+    before = state(home)
+    me = f"127.0.0.1:{client.port}"
+    for path in ("/v1/../api/train", "/v1/%2e%2e/api/train", "//api/train", "/api/train/"):
+        req = http("POST", path, me, b'{"force": true}', Content_Type="application/json")
+        status, _ = await raw(client, req)
+        assert status in (401, 404), path
+    assert state(home) == before
