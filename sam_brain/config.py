@@ -32,6 +32,16 @@ class ApiConfig:
         "127.0.0.1", "Address to bind; loopback by default so nothing leaves the machine."
     )
     port: int = _f(8765, "TCP port of the API (`curl localhost:8765/api/self`).")
+    allowed_hosts: list[str] = _f(
+        [],
+        "Extra `Host` names (besides localhost, 127.0.0.1, [::1] and the bind address) the API"
+        " answers to; other names are refused (DNS rebinding). `*` accepts any name.",
+    )
+    chat_keys_file: str = _f(
+        "",
+        "A file of API keys (one a line, mode 0600) accepted on /v1/* besides the API token;"
+        " for remote chat clients that must not drive the control API.",
+    )
 
 
 @dataclass(frozen=True)
@@ -182,6 +192,11 @@ class DeploymentConfig:
         "Versions kept on disk; older ones and their run folders are pruned after each release (never the active, canary or rollback target). 0 keeps all.",
     )
     max_adapter_mb: float = _f(2048.0, "Sanity bound: an adapter larger than this is refused.")
+    import_dirs: list[str] = _f(
+        [],
+        "Folders besides the home from which `POST /api/deploy` and `/api/canary` may take an"
+        " adapter (the CLI takes any path).",
+    )
     gate_margin: float = _f(
         0.0, "The candidate's mean test loss must beat the incumbent's by this much."
     )

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sqlite3
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from sam_brain.errors import Conflict, PromotionRejected
 from sam_brain.fsutil import write_text_atomic
 from sam_brain.store import CanaryWeight, Store, Version, VersionStatus, now_iso
 
+log = logging.getLogger(__name__)
 ADAPTER_FILES = ("adapters.safetensors", "adapter_config.json")
 
 
@@ -51,6 +54,35 @@ def sanity_check(adapter_dir: Path) -> None:
         ) from err
     if not isinstance(config, dict):
         raise PromotionRejected(f"adapter at {adapter_dir}: adapter_config.json is not an object")
+
+
+def copy_adapter_files(src: Path, dst: Path) -> list[str]:
+    """Copy the deployable files of `src` into `dst`, never following a symlink.
+
+    Only regular `.safetensors` / `.json` files (checkpoints and optimizer state stay with the
+    run). Symlinks are skipped, not copied: a `leak.json -> /etc/passwd` link must not pull a
+    foreign file into versions/; each file is opened with O_NOFOLLOW, so a link swapped in
+    after the listing fails to open instead of being read. Returns the skipped names.
+    """
+    skipped = []
+    for f in sorted(src.iterdir()):
+        if f.suffix not in (".safetensors", ".json") or f.name[0].isdigit():
+            continue
+        try:
+            fd = os.open(f, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:  # ELOOP: a symlink; or gone since the listing
+            skipped.append(f.name)
+            continue
+        with open(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                skipped.append(f.name)
+                continue
+            with open(dst / f.name, "wb") as out:
+                shutil.copyfileobj(fh, out, 1 << 20)
+        shutil.copystat(f, dst / f.name, follow_symlinks=False)
+    if skipped:
+        log.warning("not copied from %s (symlinks or not regular files): %s", src, skipped)
+    return skipped
 
 
 def version_name(seq: int) -> str:
@@ -87,11 +119,18 @@ class Versions:
         final = self.path(name)
         tmp = self.root / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        # Only the deployable files: checkpoints and optimizer state stay with the run.
         tmp.mkdir(parents=True)
-        for f in adapter_dir.iterdir():
-            if f.is_file() and (f.suffix in (".safetensors", ".json") and not f.name[0].isdigit()):
-                shutil.copy2(f, tmp / f.name)
+        try:
+            skipped = copy_adapter_files(adapter_dir, tmp)
+            linked = [n for n in ADAPTER_FILES if n in skipped]
+            if linked:
+                raise PromotionRejected(
+                    f"adapter at {adapter_dir}: {', '.join(linked)} is a symlink;"
+                    " symlinks are never followed, copy the real file in"
+                )
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         digest = checksum_dir(tmp)
         manifest = {
             "version": name,

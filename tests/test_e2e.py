@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.api_auth import auth_headers
+
 pytestmark = pytest.mark.slow
 
 
@@ -29,12 +31,12 @@ def get(url: str) -> Any:
         return json.loads(resp.read())
 
 
-def post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
+def post(url: str, body: dict[str, Any], home: Path) -> tuple[int, Any]:
     req = urllib.request.Request(
         url,
         data=json.dumps(body).encode(),
         method="POST",
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", **auth_headers(home)},
     )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
@@ -166,7 +168,7 @@ save_every = 6
         # More samples may have arrived after the first run started and started another
         # automatic run; a forced run waits for the slot.
         wait(lambda: not get(url + "/api/training")["training"], 240, proc, log)
-        code, body = post(url + "/api/train", {"force": True})
+        code, body = post(url + "/api/train", {"force": True}, home)
         assert code == 202 and body["run_id"]
 
         def canary_or_rejected() -> Any:
@@ -180,13 +182,15 @@ save_every = 6
         if second["status"] == "rejected":
             # The gate found it no better (tiny random model, noisy test split): try the same
             # adapter by hand as a canary, which registers it as a new version.
-            code, body = post(url + "/api/canary", {"path": second["adapter_path"], "traffic": 10})
+            code, body = post(
+                url + "/api/canary", {"path": second["adapter_path"], "traffic": 10}, home
+            )
             assert code == 200, body
             second = body["canary"]
         assert get(url + "/api/canary")["version"] == second["version"]
-        code, body = post(url + "/api/promote", {})
+        code, body = post(url + "/api/promote", {}, home)
         assert code == 200 and body["version"]["version"] == second["version"]
-        code, body = post(url + "/api/rollback", {})
+        code, body = post(url + "/api/rollback", {}, home)
         assert code == 200 and body["version"]["version"] == "v1.0.0"
     finally:
         proc.send_signal(signal.SIGTERM)

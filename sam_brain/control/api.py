@@ -24,6 +24,7 @@ from sam_brain.control.app import (
     read_bool,
     read_json,
 )
+from sam_brain.control.security import make_policy, security_middleware
 from sam_brain.control.status import self_status
 from sam_brain.errors import BadRequest
 
@@ -114,7 +115,7 @@ async def get_current(request: web.Request) -> web.Response:
 
 async def post_distill(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    body = await read_json(request, {"records", "record"})
+    body = await read_json(request, {"records", "record"}, max_bytes=DISTILL_MAX_BODY)
     if "record" in body:
         records: Any = [body["record"]]
     else:
@@ -133,9 +134,21 @@ async def get_data_stats(request: web.Request) -> web.Response:
     return web.json_response(await asyncio.to_thread(ctx.home.pool.stats))
 
 
-def make_app(ctx: AppContext) -> web.Application:
-    """Build the aiohttp application for one daemon."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=16 * 1024 * 1024)
+DISTILL_MAX_BODY = 16 * 1024 * 1024
+
+
+def make_app(ctx: AppContext, port: int | None = None) -> web.Application:
+    """Build the aiohttp application for one daemon (security checks first, then errors).
+
+    Raises:
+        ConfigError: The API token cannot be created or its file is unusable.
+    """
+    api = ctx.home.config.api
+    policy = make_policy(api, ctx.home.data, ctx.bind_host or api.host, port or api.port)
+    app = web.Application(
+        middlewares=[security_middleware(policy), error_middleware],
+        client_max_size=DISTILL_MAX_BODY,
+    )
     app[CTX] = ctx
     app[SELF_CACHE] = {}
     app.router.add_get("/api/self", get_self)

@@ -8,6 +8,7 @@ queue instead of interleaving.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,20 @@ from deployment import canary
 from deployment.serving_metrics import prom_line, prometheus_lines
 from sam_brain.control.app import CTX, AppContext, read_json
 from sam_brain.errors import BadRequest
-from sam_brain.train.release import release, rollback_or_abort, start_canary_from
+from sam_brain.train.release import (
+    release,
+    rollback_or_abort,
+    start_canary_from,
+    start_canary_version,
+)
 
 DEPLOY_LOCK = web.AppKey("deploy_lock", asyncio.Lock)
+
+
+VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_LEN = {"path": 4096, "test": 4096, "description": 500, "version": 64}
+# One answer for every path that cannot be used, so replies tell nothing about the file system.
+NOT_ALLOWED = "field {key!r} must name an {what} inside the home or deployment.import_dirs"
 
 
 def _str(body: dict[str, Any], key: str, required: bool = False) -> str | None:
@@ -31,7 +43,49 @@ def _str(body: dict[str, Any], key: str, required: bool = False) -> str | None:
         return None
     if not isinstance(value, str) or not value:
         raise BadRequest(f"field {key!r} must be a non-empty string")
+    if len(value) > MAX_LEN.get(key, 4096):
+        raise BadRequest(f"field {key!r} is longer than {MAX_LEN.get(key, 4096)} characters")
     return value
+
+
+def _version(body: dict[str, Any]) -> str | None:
+    name = _str(body, "version")
+    if name is not None and not VERSION_NAME.fullmatch(name):
+        raise BadRequest("field 'version' must be a version name such as v1.0.3")
+    return name
+
+
+def import_roots(ctx: AppContext) -> list[Path]:
+    """Where HTTP callers may take adapters from: the home and `deployment.import_dirs`."""
+    dirs = [ctx.home.data, *(Path(d).expanduser() for d in ctx.home.config.deployment.import_dirs)]
+    return [d.resolve() for d in dirs]
+
+
+def confined(ctx: AppContext, body: dict[str, Any], key: str, want_dir: bool) -> Path | None:
+    """The resolved path in `body[key]` when it is inside the import roots, else a 400.
+
+    No `~` expansion and no relative paths (a page must not learn or guess the user's home);
+    symlinks resolve before the check, so a link out of the home is refused too.
+    """
+    raw = _str(body, key)
+    if raw is None:
+        return None
+    refused = BadRequest(
+        NOT_ALLOWED.format(key=key, what="adapter folder" if want_dir else "existing .jsonl file")
+    )
+    path = Path(raw)
+    if not path.is_absolute():
+        raise refused
+    try:
+        real = path.resolve(strict=True)
+        fits = real.is_dir() if want_dir else real.is_file()
+    except (OSError, RuntimeError):
+        raise refused from None
+    if not want_dir and real.suffix != ".jsonl":
+        fits = False  # held-out rows are JSONL; nothing else in the home is read as test data
+    if not fits or not any(real.is_relative_to(root) for root in import_roots(ctx)):
+        raise refused
+    return real
 
 
 def canary_doc(ctx: AppContext) -> dict[str, Any]:
@@ -65,14 +119,18 @@ async def get_canary(request: web.Request) -> web.Response:
 async def post_canary(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     body = await read_json(request, {"version", "path", "traffic"})
-    target = _str(body, "version") or _str(body, "path")
-    if target is None:
+    if (body.get("version") is None) == (body.get("path") is None):
         raise BadRequest("send {'version': 'v1.0.3'} or {'path': '/adapter/dir'} and 'traffic'")
     traffic = body.get("traffic", ctx.home.config.deployment.canary_steps[0])
-    if not isinstance(traffic, int) or isinstance(traffic, bool):
-        raise BadRequest("field 'traffic' must be an integer percentage")
+    if not isinstance(traffic, int) or isinstance(traffic, bool) or not 1 <= traffic <= 100:
+        raise BadRequest("field 'traffic' must be an integer percentage within 1..100")
+    # Everything is checked before an adapter is copied into versions/.
+    name, path = _version(body), confined(ctx, body, "path", want_dir=True)
     async with request.app[DEPLOY_LOCK]:
-        v = await asyncio.to_thread(start_canary_from, ctx.home, target, traffic)
+        if name is not None:
+            v = await asyncio.to_thread(start_canary_version, ctx.home, name, traffic)
+        else:
+            v = await asyncio.to_thread(start_canary_from, ctx.home, str(path), traffic)
     return web.json_response({"canary": v.to_dict(), "traffic": traffic})
 
 
@@ -87,7 +145,7 @@ async def post_promote(request: web.Request) -> web.Response:
 async def post_rollback(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     body = await read_json(request, {"version"})
-    version = _str(body, "version")
+    version = _version(body)
     async with request.app[DEPLOY_LOCK]:
         what, v = await asyncio.to_thread(rollback_or_abort, ctx.home, version)
     return web.json_response({"action": what, "version": v.to_dict() if v else None})
@@ -96,13 +154,15 @@ async def post_rollback(request: web.Request) -> web.Response:
 async def post_deploy(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     body = await read_json(request, {"path", "dry_run", "description", "test"})
-    path = Path(_str(body, "path", required=True) or "").expanduser()
-    if not path.is_dir():
-        raise BadRequest(f"{path} is not an adapter folder")
+    _str(body, "path", required=True)
     dry = body.get("dry_run", False)
     if not isinstance(dry, bool):
         raise BadRequest("field 'dry_run' must be true or false")
-    test = _str(body, "test")
+    description = _str(body, "description")
+    path = confined(ctx, body, "path", want_dir=True)
+    test = confined(ctx, body, "test", want_dir=False)
+    if path is None:  # unreachable: 'path' is required above
+        raise BadRequest("field 'path' is required")
     if ctx.base_model_dir is None:
         raise BadRequest(f"the base model is not available: {ctx.chat_unavailable}")
     base_dir = ctx.base_model_dir
@@ -113,8 +173,8 @@ async def post_deploy(request: web.Request) -> web.Response:
             path,
             base_model_dir=base_dir,
             base_ref=ctx.base_ref,
-            description=_str(body, "description") or f"deployed from {path}",
-            test_path=Path(test) if test else None,
+            description=description or f"deployed from {path}",
+            test_path=test,
             exclusive=ctx.exclusive,
             dry_run=dry,
         )

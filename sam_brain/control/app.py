@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from deployment.serving import ChatServer
+from sam_brain.control.security import check_json
 from sam_brain.errors import BadRequest, SamBrainError
 from sam_brain.home import Home
 from sam_brain.train.release import Exclusive
@@ -38,6 +39,7 @@ class AppContext:
     base_ref: str = ""
     base_model_dir: str | None = None
     exclusive: Exclusive[Any] | None = None
+    bind_host: str = ""  # where the daemon listens ("": the configured api.host)
 
 
 CTX = web.AppKey("ctx", AppContext)
@@ -62,15 +64,31 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return web.json_response({"error": "internal error; see the daemon log"}, status=500)
 
 
-async def read_json(request: web.Request, allowed: set[str]) -> dict[str, Any]:
-    """The request body as a JSON object with only `allowed` keys (an empty body is {})."""
+MAX_BODY = 256 * 1024  # a control request is small; /api/distill passes a larger bound
+
+
+async def read_json(
+    request: web.Request, allowed: set[str], max_bytes: int = MAX_BODY
+) -> dict[str, Any]:
+    """The request body as a JSON object with only `allowed` keys (an empty body is {}).
+
+    Bounded: at most `max_bytes`, nested at most 32 deep, no NUL or lone surrogates (400/413).
+    """
+    declared = request.content_length or 0
+    if declared > max_bytes:
+        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=declared)
     raw = await request.read()
+    if len(raw) > max_bytes:
+        raise web.HTTPRequestEntityTooLarge(max_size=max_bytes, actual_size=len(raw))
     if not raw.strip():
         return {}
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BadRequest(f"request body is not valid JSON: {err}") from err
+    except RecursionError as err:  # the C decoder's own depth guard
+        raise BadRequest("the body is nested too deeply") from err
+    check_json(body)
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object")
     unknown = sorted(set(body) - allowed)

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from sam_brain.config import Config
+from sam_brain.config import Config, data_dir
 from sam_brain.config_load import load_config
 from sam_brain.control import cli_data, cli_deploy
 from sam_brain.control.cli_client import Client, error_from_http, open_home, print_doc
@@ -27,7 +27,7 @@ EXIT_CODES = """exit codes: 0 ok, 1 error, 2 bad usage/config/request, 3 not fou
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
     try:
-        _, doc = Client(args.url).call("GET", "/api/self")
+        _, doc = Client.for_config(args.url, config).call("GET", "/api/self")
     except DaemonUnreachable:
         from sam_brain.control.status import self_status
 
@@ -98,7 +98,7 @@ def _follow(client: Client, run_id: str, show_bar: bool) -> int:
 
 
 def cmd_train(args: argparse.Namespace, config: Config) -> int:
-    client = Client(args.url)
+    client = Client.for_config(args.url, config)
     if args.cancel:
         _, doc = client.call("POST", "/api/train/cancel", {})
         print("cancel requested" if doc.get("cancelled") else "no run in progress")
@@ -186,7 +186,7 @@ def _read_jsonl(path: Path) -> list[object]:
 def cmd_versions(args: argparse.Namespace, config: Config) -> int:
     if args.command == "rollback":
         try:
-            code, doc = Client(args.url).call(
+            code, doc = Client.for_config(args.url, config).call(
                 "POST", "/api/rollback", {"version": args.version} if args.version else {}
             )
             if code >= 400:
@@ -248,6 +248,15 @@ def cmd_config(args: argparse.Namespace, config: Config) -> int:
 
         print(render_config_doc(), end="")
     else:
+        from sam_brain.control.apitoken import is_loopback, token_path
+
+        if not is_loopback(config.api.host):
+            print(
+                f"warning: api.host = {config.api.host!r} is off-loopback: anyone who can reach"
+                f" port {config.api.port} can try the API; every request then needs the token in"
+                f" {token_path(data_dir(config))} (see docs/operations.md)",
+                file=sys.stderr,
+            )
         print("config OK")
     return 0
 

@@ -11,7 +11,8 @@ import urllib.request
 from typing import Any
 
 from sam_brain import errors
-from sam_brain.config import Config
+from sam_brain.config import Config, data_dir
+from sam_brain.control.apitoken import read_token
 from sam_brain.errors import DaemonUnreachable, SamBrainError
 from sam_brain.home import Home
 
@@ -19,15 +20,22 @@ from sam_brain.home import Home
 class Client:
     """A tiny JSON-over-HTTP client for the daemon (stdlib only: samctl starts fast)."""
 
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, timeout: float = 30.0, token: str | None = None) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self.token = token
+
+    @classmethod
+    def for_config(cls, url: str, config: Config, timeout: float = 30.0) -> Client:
+        """A client that sends the home's API token (`<data>/api.token`) as a bearer token."""
+        return cls(url, timeout, token=read_token(data_dir(config)))
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            self.url + path, data=data, method=method, headers={"Content-Type": "application/json"}
-        )
+        headers = {"Content-Type": "application/json"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 return resp.status, json.loads(resp.read() or b"null")

@@ -7,44 +7,76 @@ home directly when it does not.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sam_brain.config import Config
+from sam_brain.config import Config, data_dir
 from sam_brain.control.cli_client import Client, error_from_http, open_home, print_doc
 from sam_brain.errors import DaemonUnreachable
 
 
 def deploy(args: argparse.Namespace, config: Config) -> int:
     """deploy / canary / promote: through the daemon when it runs, else on the home."""
-    client = Client(args.url)
-    if args.command == "deploy":
-        body: dict[str, Any] = {
-            "path": str(Path(args.path).expanduser().resolve()),
-            "dry_run": args.dry_run,
-        }
-        if args.description:
-            body["description"] = args.description
-        path = "/api/deploy"
-    elif args.command == "canary":
-        target = args.target
-        if Path(target).expanduser().is_dir():
-            body, path = {"path": str(Path(target).expanduser().resolve())}, "/api/canary"
-        else:
-            body, path = {"version": target}, "/api/canary"
-        if args.traffic is not None:
-            body["traffic"] = args.traffic
-    else:
-        body, path = {}, "/api/promote"
+    client = Client.for_config(args.url, config)
     try:
-        code, doc = client.call("POST", path, body)
+        client.call("GET", "/api/health")  # before staging a copy the daemon may never take
     except DaemonUnreachable:
         return _deploy_offline(args, config)
+    with contextlib.ExitStack() as stack:
+        if args.command == "deploy":
+            body: dict[str, Any] = {
+                "path": stack.enter_context(staged(Path(args.path), config)),
+                "dry_run": args.dry_run,
+            }
+            if args.description:
+                body["description"] = args.description
+            path = "/api/deploy"
+        elif args.command == "canary":
+            target = args.target
+            if Path(target).expanduser().is_dir():
+                folder = stack.enter_context(staged(Path(target), config))
+                body, path = {"path": folder}, "/api/canary"
+            else:
+                body, path = {"version": target}, "/api/canary"
+            if args.traffic is not None:
+                body["traffic"] = args.traffic
+        else:
+            body, path = {}, "/api/promote"
+        try:
+            code, doc = client.call("POST", path, body)
+        except DaemonUnreachable:
+            return _deploy_offline(args, config)
     if code >= 400:
         raise error_from_http(code, doc)
     print_doc(doc, args.json)
     return 0
+
+
+@contextlib.contextmanager
+def staged(folder: Path, config: Config) -> Iterator[str]:
+    """The folder as the daemon may take it: itself when inside the home or an import dir, else
+    a copy under `<data>/imports/` (the daemon only takes adapters from there over HTTP; the CLI
+    takes any path). Symlinks are copied as links, so registering skips them too."""
+    src = folder.expanduser().resolve()
+    data = data_dir(config)
+    roots = [data, *(Path(d).expanduser() for d in config.deployment.import_dirs)]
+    if any(src.is_relative_to(r.resolve()) for r in roots) or not src.is_dir():
+        yield str(src)
+        return
+    (data / "imports").mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="stage-", dir=data / "imports"))
+    try:
+        # Checkpoints (numbered files) stay behind: only the deployable files are registered.
+        skip = shutil.ignore_patterns("[0-9]*")
+        shutil.copytree(src, tmp / src.name, symlinks=True, ignore=skip)
+        yield str(tmp / src.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _deploy_offline(args: argparse.Namespace, config: Config) -> int:

@@ -29,7 +29,9 @@ from sam_brain import registry
 from sam_brain.config import Config
 from sam_brain.config_load import load_config
 from sam_brain.control.api import make_app
+from sam_brain.control.apitoken import is_loopback, token_path
 from sam_brain.control.app import AppContext
+from sam_brain.control.security import make_policy
 from sam_brain.control.watchers import Watchers
 from sam_brain.errors import AlreadyRunning, SamBrainError
 from sam_brain.home import Home
@@ -167,6 +169,13 @@ class Daemon:
 
     async def _serve(self) -> None:
         """Set up the parts, serve until SIGTERM/SIGINT, then tear them down (app cleanup_ctx)."""
+        # Before anything else: no usable API token, no daemon (the one-line error says why).
+        make_policy(self.config.api, self.home.data, self.host, self.port)
+        if not is_loopback(self.host):
+            log.warning(
+                "bound off-loopback (%s): every request needs the token in %s",
+                *(self.host, token_path(self.home.data)),
+            )
         self._recover_runs()
         backend, why = registry.choose_backend(self.config.training.backend)
         self.collectors = make_collectors(self.home)
@@ -194,8 +203,9 @@ class Daemon:
             base_ref=ref,
             base_model_dir=base_dir,
             exclusive=exclusive,
+            bind_host=self.host,
         )
-        app = make_app(ctx)
+        app = make_app(ctx, self.port)
         # Started in this order, torn down in reverse when the runner cleans up.
         app.cleanup_ctx.extend([self._chat_ctx, self._watchers_ctx, self._work_ctx(coordinator)])
         runner = web.AppRunner(app, access_log=None)

@@ -26,7 +26,7 @@ from deployment.adapter_check import check_adapter
 from deployment.canary import CanaryPolicy, HealthLimits
 from deployment.evaluate import EvalReport, GateConfig, evaluate_version
 from sam_brain.config import Config
-from sam_brain.errors import PromotionRejected
+from sam_brain.errors import BadRequest, Conflict, PromotionRejected
 from sam_brain.fsutil import write_jsonl_atomic, write_text_atomic
 from sam_brain.home import Home
 from sam_brain.hub import base_fingerprint, resolve_model
@@ -336,9 +336,14 @@ def rollback_or_abort(home: Home, version: str | None = None) -> tuple[str, Vers
 
 
 def start_canary_from(home: Home, target: str, traffic: int) -> Version:
-    """`samctl canary VERSION|PATH --traffic N`: a registered version or an adapter folder."""
+    """`samctl canary VERSION|PATH --traffic N`: a registered version or an adapter folder.
+
+    The traffic and "no canary running" are checked before an adapter folder is copied in, so a
+    refused request leaves no version behind.
+    """
     path = Path(target).expanduser()
     if path.is_dir():
+        _check_canary_can_start(home, traffic)
         ref = configured_base_ref(home)
         check_size(path, home.config.deployment.max_adapter_mb)
         check_adapter(path, resolve_model(ref), ref)
@@ -350,6 +355,21 @@ def start_canary_from(home: Home, target: str, traffic: int) -> Version:
         name = home.versions.get(target).version
     canary.start_canary(home.versions, name, traffic)
     return home.versions.get(name)
+
+
+def start_canary_version(home: Home, version: str, traffic: int) -> Version:
+    """Make the registered `version` the canary at `traffic` percent."""
+    name = home.versions.get(version).version
+    canary.start_canary(home.versions, name, traffic)
+    return home.versions.get(name)
+
+
+def _check_canary_can_start(home: Home, traffic: int) -> None:
+    if not isinstance(traffic, int) or not 1 <= traffic <= 100:
+        raise BadRequest(f"canary traffic must be within 1..100 percent, not {traffic}")
+    running = canary.canary_state(home.versions)
+    if running is not None:
+        raise Conflict(f"canary {running.version} is still running; promote or abort it first")
 
 
 def configured_base_ref(home: Home) -> str:

@@ -10,9 +10,18 @@ from aiohttp.test_utils import TestClient
 
 from sam_brain.config_load import parse_config
 from sam_brain.control.api import make_app
-from sam_brain.control.app import AppContext
+from sam_brain.control.app import CTX, AppContext
 from sam_brain.home import Home
 from sam_brain.train.scheduler import Coordinator
+from tests.api_auth import auth_headers
+
+
+def auth(client: TestClient) -> dict[str, str]:
+    return auth_headers(client.app[CTX].home.data)
+
+
+def json_auth(client: TestClient) -> dict[str, str]:
+    return {**auth(client), "Content-Type": "application/json"}
 
 
 @pytest.fixture
@@ -62,21 +71,21 @@ async def test_self_has_the_documented_shape(client: TestClient) -> None:
 async def test_bad_requests_are_400_with_a_message(
     client: TestClient, body: bytes, needle: str
 ) -> None:
-    resp = await client.post("/api/train", data=body)
+    resp = await client.post("/api/train", data=body, headers=json_auth(client))
     assert resp.status == 400
     assert needle in (await resp.json())["error"]
 
 
 async def test_train_below_threshold_says_why(client: TestClient) -> None:
-    resp = await client.post("/api/train", json={})
+    resp = await client.post("/api/train", json={}, headers=auth(client))
     assert resp.status == 409
     assert "needed" in (await resp.json())["reason"]
 
 
 async def test_rollback_without_versions_is_a_conflict(client: TestClient) -> None:
-    resp = await client.post("/api/rollback", json={})
+    resp = await client.post("/api/rollback", json={}, headers=auth(client))
     assert resp.status == 409
-    resp = await client.post("/api/rollback", json={"version": 3})
+    resp = await client.post("/api/rollback", json={"version": 3}, headers=auth(client))
     assert resp.status == 400
 
 

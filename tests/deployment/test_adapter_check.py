@@ -187,6 +187,7 @@ async def test_the_issue_case_over_http_is_a_400_and_nothing_is_registered(
     from sam_brain.control.api import make_app
     from sam_brain.control.app import AppContext
     from sam_brain.train.scheduler import Coordinator
+    from tests.api_auth import auth_headers
 
     ctx = AppContext(
         home=home,
@@ -197,8 +198,8 @@ async def test_the_issue_case_over_http_is_a_400_and_nothing_is_registered(
         base_model_dir=str(tiny_model),
     )
     client = await aiohttp_client(make_app(ctx))
-    bad = tmp_path / "random"
-    bad.mkdir()
+    bad = home.data / "imports" / "random"  # over HTTP, adapters come from inside the home
+    bad.mkdir(parents=True)
     _random_bytes(bad)
     before = _state(home)
     for path, body in (
@@ -206,7 +207,7 @@ async def test_the_issue_case_over_http_is_a_400_and_nothing_is_registered(
         ("/api/deploy", {"path": str(bad), "dry_run": True}),
         ("/api/canary", {"path": str(bad), "traffic": 10}),
     ):
-        resp = await client.post(path, json=body)
+        resp = await client.post(path, json=body, headers=auth_headers(home.data))
         assert resp.status == 400, path
         assert "not a safetensors file" in (await resp.json())["error"]
     assert _state(home) == before
