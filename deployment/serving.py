@@ -11,17 +11,25 @@ changes. With `shadow` on, routed requests the active version answered are repla
 afterwards (`deployment.shadow`); a replay yields the model to any client request that waits.
 `add_routes` mounts `POST /v1/chat/completions` (JSON or SSE) and `GET /v1/models`; every
 response names the version that served it in `x-sam-version`.
+
+Before any generation a request is read within `max_request_mb`, admitted to the bounded queue
+(`deployment.chat_guard`: 503 with `Retry-After` when full or shutting down), then validated and
+its prompt rendered and counted off the loop (`deployment.chat_request`, `deployment.prompt_limit`):
+every client mistake answers 4xx and is never recorded in a version's window, so it cannot roll
+a version back; only failures of generation itself (a damaged adapter, a crash) count as errors.
+A request stops when its client leaves, its deadline passes or the server shuts down (polled
+between tokens and prefill chunks); `shutdown` stops them all, so SIGTERM is not held by a queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,9 +39,12 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from deployment.canary import canary_state, routes_to_canary
-from deployment.chat_request import ChatRequest, parse_request
+from deployment.chat_guard import Admission, Overloaded, Ticket, read_body, watch_client
+from deployment.chat_request import ChatRequest, decode_body, parse_request
+from deployment.prompt_limit import PromptLimit
 from deployment.resident import Completion, ResidentModel
 from deployment.serving_metrics import VersionMetrics, rss_mb
+from deployment.serving_stream import STOPPED_BY, stream_completion
 from deployment.shadow import Outcome, ShadowMirror, answer_then_mirror
 from sam_brain.errors import BadRequest, SamBrainError
 from sam_brain.store import Version
@@ -77,6 +88,10 @@ class ChatServer:
         shadow: bool = False,
         shadow_queue: int = 8,
         prompt_cache_mb: float = 256.0,
+        max_prompt_tokens: int = 0,
+        max_request_mb: float = 8.0,
+        request_timeout_s: float = 300.0,
+        max_queued: int = 8,
     ) -> None:
         """Args:
         versions: The registry whose active and canary versions are served.
@@ -87,6 +102,10 @@ class ChatServer:
         shadow: Replay routed requests the active version answered on the canary.
         shadow_queue: Replays waiting at most; more are dropped and counted.
         prompt_cache_mb: Bound on the KV caches of recent prompts the resident model keeps.
+        max_prompt_tokens: Longest prompt accepted (0: the model's context).
+        max_request_mb: Largest request body accepted.
+        request_timeout_s: Each request's deadline, queueing included (0: none).
+        max_queued: Requests that may wait behind the one generating; more get 503.
         """
         self.versions = versions
         self.base_model = str(base_model)
@@ -102,6 +121,12 @@ class ChatServer:
         self._routing = Routing()
         self._verified: set[tuple[str, str]] = set()
         self._state_lock = threading.Lock()
+        self.max_request_bytes = int(max_request_mb * 2**20)
+        self.admission = Admission(max_queued, request_timeout_s)
+        self.prompts = PromptLimit(self.base_model, max_prompt_tokens)
+        # Validation has its own thread: a bad request is answered while the model generates.
+        self._checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-chat-check")
+        self.refused: Counter[str] = Counter()  # requests answered without generating, by why
 
     def refresh(self) -> Routing:
         """Re-read active and canary from the store; a change starts new metrics windows."""
@@ -153,11 +178,15 @@ class ChatServer:
         return routing.canary.version if routed and stable else None
 
     @contextlib.asynccontextmanager
-    async def turn(self) -> AsyncIterator[None]:
-        """Hold the model for a client request (a running shadow replay stops for it)."""
+    async def turn(self, ticket: Ticket | None = None) -> AsyncIterator[None]:
+        """Hold the model for a client request (a running shadow replay stops for it).
+
+        Raises:
+            Overloaded: `ticket` was stopped (shutdown, deadline, client gone) while waiting.
+        """
         self.waiting += 1
         try:
-            await self.lock.acquire()
+            await (self.lock.acquire() if ticket is None else self._acquire(ticket))
         finally:
             self.waiting -= 1
         try:
@@ -165,13 +194,55 @@ class ChatServer:
         finally:
             self.lock.release()
 
+    async def _acquire(self, ticket: Ticket) -> None:
+        acquire = asyncio.ensure_future(self.lock.acquire())
+        stopped = asyncio.ensure_future(ticket.stopped.wait())
+        try:
+            await asyncio.wait(
+                {acquire, stopped}, timeout=ticket.remaining(), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            stopped.cancel()
+            if not acquire.done():
+                acquire.cancel()  # a cancelled Lock.acquire never holds the lock
+        held = acquire.done() and not acquire.cancelled()
+        if held and not ticket.cancelled():
+            return
+        if held:
+            self.lock.release()
+        ticket.cancelled()  # records "deadline" when the wait timed out
+        reason = ticket.reason or "deadline"
+        waited = time.monotonic() - ticket.started
+        raise Overloaded(
+            f"gave up waiting for the model after {waited:.1f} s ({reason.replace('_', ' ')})",
+            self.admission.retry_after(),
+        )
+
+    async def check(self, raw: bytes) -> ChatRequest:
+        """Decode and validate a body and count its prompt, on the validation thread.
+
+        Raises:
+            BadRequest: Anything wrong with it, named.
+        """
+
+        def work() -> ChatRequest:
+            body = decode_body(raw)
+            chat = parse_request(body, self.max_tokens_limit, self.default_max_tokens)
+            chat.prompt = self.prompts.prompt_ids(chat.messages, chat.max_tokens)
+            return chat
+
+        return await asyncio.get_running_loop().run_in_executor(self._checker, work)
+
     async def _replay(self, name: str, request: ChatRequest) -> Outcome:
         async with self.lock:
             routing = await asyncio.to_thread(self.refresh)
             if routing.canary is None or routing.canary.version != name:
                 return "skipped"
             completion = await self.generate(
-                routing.canary, request, cancelled=lambda: self.waiting > 0, shadow=True
+                routing.canary,
+                request,
+                cancelled=lambda: self.waiting > 0 or self.admission.closing,
+                shadow=True,
             )
             return "preempted" if completion.finish_reason == "cancelled" else "mirrored"
 
@@ -191,7 +262,8 @@ class ChatServer:
         """Run one generation on the worker thread and record it in the version's window.
 
         The caller holds `self.lock` (so the adapter cannot change mid-stream). A `shadow`
-        replay is recorded as such, and not at all when it was cancelled.
+        replay is recorded as such, and not at all when it was cancelled; a request whose
+        handler was cancelled (shutdown) is not recorded either: neither is the version's doing.
         """
         name = version.version if version else BASE_MODEL
         loop = asyncio.get_running_loop()
@@ -210,17 +282,22 @@ class ChatServer:
                 request.top_p,
                 on_text,
                 cancelled,
+                prompt=request.prompt,
             )
             return completion, swap_ms
 
         done: Completion | None = None
         swap_ms = 0.0
+        interrupted = False
         try:
-            out = await loop.run_in_executor(self._executor, work)
-            done, swap_ms = out
-            return out[0]
+            done, swap_ms = await loop.run_in_executor(self._executor, work)
+            return done
+        except asyncio.CancelledError:
+            interrupted = True
+            raise
         finally:
-            if not (shadow and done is not None and done.finish_reason == "cancelled"):
+            stopped = done is not None and done.finish_reason == "cancelled"
+            if not interrupted and not (shadow and stopped):
                 tokens = done.completion_tokens if done is not None else 0
                 with self._state_lock:
                     window = self._routing.windows.setdefault(name, VersionMetrics(name))
@@ -232,6 +309,7 @@ class ChatServer:
                         seconds=done.seconds if done is not None and tokens else 0.0,
                         swap_ms=swap_ms,
                         shadow=shadow,
+                        cancelled=stopped,
                     )
 
     async def run_exclusive(self, fn: Callable[[ResidentModel], T]) -> T:
@@ -251,25 +329,46 @@ class ChatServer:
             )
         return self.resident
 
+    def shutdown(self) -> None:
+        """Refuse new requests and stop the queued and running ones (the daemon's SIGTERM)."""
+        self.admission.close()
+
     def close(self) -> None:
+        self.shutdown()
         if self.shadow is not None:
             self.shadow.close()
-        self._executor.shutdown(wait=True)
+        self._checker.shutdown(wait=True, cancel_futures=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 SERVER = web.AppKey("chat_server", ChatServer)
 
 
 def add_routes(app: web.Application, server: ChatServer) -> None:
-    """Mount the OpenAI-compatible chat routes of `server` on `app`."""
+    """Mount the OpenAI-compatible chat routes of `server` on `app`.
+
+    The app's shutdown stops queued and running chat requests before aiohttp waits for
+    handlers, so a stopping daemon is not held by them.
+    """
     app[SERVER] = server
     app.router.add_post("/v1/chat/completions", post_chat_completions)
     app.router.add_get("/v1/models", get_models)
 
+    async def stop_chat(app: web.Application) -> None:
+        server.shutdown()
 
-def _error(status: int, message: str, kind: str) -> web.Response:
+    app.on_shutdown.append(stop_chat)
+
+
+def _error(
+    status: int, message: str, kind: str, headers: dict[str, str] | None = None
+) -> web.Response:
     body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
-    return web.json_response(body, status=status)
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _overloaded(err: Overloaded) -> web.Response:
+    return _error(503, str(err), "server_overloaded", {"Retry-After": str(err.retry_after)})
 
 
 async def get_models(request: web.Request) -> web.Response:
@@ -281,31 +380,66 @@ async def get_models(request: web.Request) -> web.Response:
 
 
 async def post_chat_completions(request: web.Request) -> web.StreamResponse:
+    """Read, admit, validate, then generate; see the module docstring for the order and codes."""
     server = request.app[SERVER]
     try:
-        try:
-            body = json.loads(await request.read())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise BadRequest(f"request body is not valid JSON: {err}") from err
-        chat = parse_request(body, server.max_tokens_limit, server.default_max_tokens)
+        raw = await read_body(request, server.max_request_bytes)
+        ticket = server.admission.admit()
+    except Overloaded as err:
+        server.refused["overloaded"] += 1
+        return _overloaded(err)
     except BadRequest as err:
-        return _error(400, str(err), "invalid_request_error")
-    async with server.turn():
-        try:
-            version = await asyncio.to_thread(server.choose, chat)
-        except SamBrainError as err:
-            return _error(err.http_status, str(err), "invalid_request_error")
-        name = version.version if version else BASE_MODEL
-        mirror = server.mirror_target(chat, version)
-        if chat.stream:
-            response = await _stream(request, server, version, chat)
-            return await answer_then_mirror(request, response, server.shadow, mirror, chat)
-        try:
-            completion = await server.generate(version, chat)
-        except Exception as err:  # counted as an error in the version's metrics already
-            log.exception("chat completion by %s failed", name)
-            status = err.http_status if isinstance(err, SamBrainError) else 500
-            return _error(max(status, 500), f"generation failed: {err}", "server_error")
+        server.refused["bad_request"] += 1
+        return _error(err.http_status, str(err), "invalid_request_error")
+    watcher = asyncio.ensure_future(watch_client(request, ticket))
+    try:
+        return await _answer(request, server, raw, ticket)
+    except asyncio.CancelledError:  # aiohttp cancels handlers left at the end of a shutdown
+        ticket.stop("shutdown")
+        raise
+    finally:
+        watcher.cancel()
+        server.admission.release(ticket)
+
+
+async def _answer(
+    request: web.Request, server: ChatServer, raw: bytes, ticket: Ticket
+) -> web.StreamResponse:
+    try:
+        chat = await server.check(raw)
+    except BadRequest as err:
+        server.refused["bad_request"] += 1
+        return _error(err.http_status, str(err), "invalid_request_error")
+    except SamBrainError as err:  # the base model's tokenizer is unreadable: the server's fault
+        return _error(max(err.http_status, 500), str(err), "server_error")
+    try:
+        async with server.turn(ticket):
+            try:
+                version = await asyncio.to_thread(server.choose, chat)
+            except BadRequest as err:
+                server.refused["bad_request"] += 1
+                return _error(err.http_status, str(err), "invalid_request_error")
+            name = version.version if version else BASE_MODEL
+            mirror = server.mirror_target(chat, version)
+            if chat.stream:
+                response = await stream_completion(
+                    request,
+                    name,
+                    lambda push: server.generate(version, chat, push, ticket.cancelled),
+                    ticket,
+                )
+                return await answer_then_mirror(request, response, server.shadow, mirror, chat)
+            try:
+                completion = await server.generate(version, chat, cancelled=ticket.cancelled)
+            except Exception as err:  # counted as an error in the version's metrics already
+                log.exception("chat completion by %s failed", name)
+                status = err.http_status if isinstance(err, SamBrainError) else 500
+                return _error(max(status, 500), f"generation failed: {err}", "server_error")
+    except Overloaded as err:
+        server.refused[ticket.reason or "overloaded"] += 1
+        return _overloaded(err)
+    if completion.finish_reason == "cancelled":
+        return _stopped(server, ticket, completion)
     payload = {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -330,61 +464,14 @@ async def post_chat_completions(request: web.Request) -> web.StreamResponse:
     return await answer_then_mirror(request, response, server.shadow, mirror, chat)
 
 
-async def _stream(
-    request: web.Request, server: ChatServer, version: Version | None, chat: ChatRequest
-) -> web.StreamResponse:
-    """SSE: a role chunk, one chunk per text segment, a finish chunk, then `data: [DONE]`."""
-    name = version.version if version else BASE_MODEL
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[str] = asyncio.Queue()
-    stop = threading.Event()
-    chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-
-    def chunk(delta: dict[str, str], finish: str | None = None) -> bytes:
-        doc = {
-            "id": chunk_id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": name,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        }
-        return f"data: {json.dumps(doc)}\n\n".encode()
-
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            "x-sam-version": name,
-        }
-    )
-    await response.prepare(request)
-
-    def push(text: str) -> None:  # called on the worker thread
-        loop.call_soon_threadsafe(queue.put_nowait, text)
-
-    task = asyncio.ensure_future(server.generate(version, chat, push, stop.is_set))
-    try:
-        await response.write(chunk({"role": "assistant"}))
-        while True:
-            getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-            if getter.done():
-                await response.write(chunk({"content": getter.result()}))
-                continue
-            getter.cancel()
-            while not queue.empty():  # segments queued before the worker finished
-                await response.write(chunk({"content": queue.get_nowait()}))
-            break
-        try:
-            completion = task.result()
-            await response.write(chunk({}, completion.finish_reason))
-        except Exception as err:
-            log.exception("streamed chat completion failed")
-            error = {"error": {"message": f"generation failed: {err}", "type": "server_error"}}
-            await response.write(f"data: {json.dumps(error)}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-    except (ConnectionResetError, asyncio.CancelledError):
-        stop.set()  # the client left: stop generating, keep the lock until the worker is idle
-        await asyncio.gather(task, return_exceptions=True)
-        raise
-    return response
+def _stopped(server: ChatServer, ticket: Ticket, completion: Completion) -> web.Response:
+    """The answer to a generation stopped before its end (the client may be gone)."""
+    reason = ticket.reason or "client_gone"
+    server.refused[reason] += 1
+    done = f" after {completion.completion_tokens} tokens"
+    if reason == "deadline":
+        return _error(504, STOPPED_BY["deadline"][1] + done, "timeout")
+    if reason == "shutdown":
+        retry = {"Retry-After": str(server.admission.retry_after())}
+        return _error(503, STOPPED_BY["shutdown"][1] + done, "server_overloaded", retry)
+    return _error(499, "the client closed the connection" + done, "cancelled")

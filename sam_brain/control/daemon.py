@@ -42,6 +42,7 @@ from sam_brain.train.release import Exclusive, canary_policy, health_limits
 from sam_brain.train.scheduler import Coordinator
 
 log = logging.getLogger("sam_brain")
+SHUTDOWN_GRACE_S = 3.0  # SIGTERM must stop the daemon within 10 s whatever is in flight
 
 
 @contextlib.contextmanager
@@ -198,7 +199,8 @@ class Daemon:
         app = make_app(ctx)
         # Started in this order, torn down in reverse when the runner cleans up.
         app.cleanup_ctx.extend([self._chat_ctx, self._watchers_ctx, self._work_ctx(coordinator)])
-        runner = web.AppRunner(app, access_log=None)
+        # Chat requests stop on the app's shutdown signal; other handlers get a few seconds.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self.port).start()
@@ -255,6 +257,10 @@ class Daemon:
             shadow=dep.shadow,
             shadow_queue=dep.shadow_queue,
             prompt_cache_mb=dep.prompt_cache_mb,
+            max_prompt_tokens=dep.max_prompt_tokens,
+            max_request_mb=dep.max_request_mb,
+            request_timeout_s=dep.request_timeout_seconds,
+            max_queued=dep.max_queued_requests,
         )
         return chat, unavailable
 
