@@ -81,12 +81,15 @@ class PromptLimit:
 
     def _load(self) -> Any:
         if self._tokenizer is None:
-            from mlx_lm.utils import load_tokenizer
+            from mlx_lm import utils
 
+            load_tokenizer: Any = utils.load_tokenizer  # untyped in mlx-lm
             try:
                 self._tokenizer = load_tokenizer(Path(self.base_model))
             except (OSError, ValueError) as err:
-                raise SamBrainError(f"cannot load the tokenizer of {self.base_model}: {err}") from err
+                raise SamBrainError(
+                    f"cannot load the tokenizer of {self.base_model}: {err}"
+                ) from err
             self._context = model_context(self.base_model)
         return self._tokenizer
 
