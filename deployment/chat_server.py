@@ -186,24 +186,27 @@ class ChatServer:
     async def _acquire(self, ticket: Ticket) -> None:
         acquire = asyncio.ensure_future(self.lock.acquire())
         stopped = asyncio.ensure_future(ticket.stopped.wait())
+        waited = False
         try:
             await asyncio.wait(
                 {acquire, stopped}, timeout=ticket.remaining(), return_when=asyncio.FIRST_COMPLETED
             )
+            waited = True
         finally:
             stopped.cancel()
             if not acquire.done():
                 acquire.cancel()  # a cancelled Lock.acquire never holds the lock
-        held = acquire.done() and not acquire.cancelled()
-        if held and not ticket.cancelled():
-            return
+            held = acquire.done() and not acquire.cancelled()
+            if held and (not waited or ticket.cancelled()):
+                self.lock.release()  # got it just as this request was stopped or cancelled
+                held = False
         if held:
-            self.lock.release()
+            return
         ticket.cancelled()  # records "deadline" when the wait timed out
         reason = ticket.reason or "deadline"
-        waited = time.monotonic() - ticket.started
+        seconds = time.monotonic() - ticket.started
         raise Overloaded(
-            f"gave up waiting for the model after {waited:.1f} s ({reason.replace('_', ' ')})",
+            f"gave up waiting for the model after {seconds:.1f} s ({reason.replace('_', ' ')})",
             self.admission.retry_after(),
         )
 
@@ -251,8 +254,8 @@ class ChatServer:
         """Run one generation on the worker thread and record it in the version's window.
 
         The caller holds `self.lock` (so the adapter cannot change mid-stream). A `shadow`
-        replay is recorded as such, and not at all when it was cancelled; a request whose
-        handler was cancelled (shutdown) is not recorded either: neither is the version's doing.
+        replay is recorded as such, and not at all when it was cancelled; a request stopped
+        early (its handler cancelled, or its ticket) is recorded as cancelled, never as an error.
         """
         name = version.version if version else BASE_MODEL
         loop = asyncio.get_running_loop()
@@ -286,14 +289,14 @@ class ChatServer:
             interrupted = True
             raise
         finally:
-            stopped = done is not None and done.finish_reason == "cancelled"
-            if not interrupted and not (shadow and stopped):
+            stopped = interrupted or (done is not None and done.finish_reason == "cancelled")
+            if not (shadow and stopped):
                 tokens = done.completion_tokens if done is not None else 0
                 with self._state_lock:
                     window = self._routing.windows.setdefault(name, VersionMetrics(name))
                     window.record(
                         (time.perf_counter() - start) * 1000,
-                        done is None,
+                        done is None and not interrupted,
                         rss_mb(),
                         tokens=tokens,
                         seconds=done.seconds if done is not None and tokens else 0.0,

@@ -85,8 +85,10 @@ async def post_chat_completions(request: web.Request) -> web.StreamResponse:
     watcher = asyncio.ensure_future(watch_client(request, ticket))
     try:
         return await _answer(request, server, raw, ticket)
-    except asyncio.CancelledError:  # aiohttp cancels handlers left at the end of a shutdown
-        ticket.stop("shutdown")
+    except asyncio.CancelledError:  # aiohttp may cancel a handler whose client left, or at shutdown
+        reason = "shutdown" if server.admission.closing else "client_gone"
+        server.refused[reason] += 1
+        ticket.stop(reason)  # the worker stops at its next poll
         raise
     finally:
         watcher.cancel()
