@@ -21,7 +21,7 @@ import uuid
 
 from aiohttp import web
 
-from deployment.chat_guard import Overloaded, Ticket, read_body, watch_client
+from deployment.chat_guard import Overloaded, StopReason, Ticket, read_body, watch_client
 from deployment.chat_server import BASE_MODEL, ROUTED_MODEL, ChatServer, Routing
 from deployment.resident import Completion
 from deployment.serving_stream import STOPPED_BY, stream_completion
@@ -86,7 +86,7 @@ async def post_chat_completions(request: web.Request) -> web.StreamResponse:
     try:
         return await _answer(request, server, raw, ticket)
     except asyncio.CancelledError:  # aiohttp may cancel a handler whose client left, or at shutdown
-        reason = "shutdown" if server.admission.closing else "client_gone"
+        reason: StopReason = "shutdown" if server.admission.closing else "client_gone"
         server.refused[reason] += 1
         ticket.stop(reason)  # the worker stops at its next poll
         raise
