@@ -121,6 +121,8 @@ async def _answer(
                     lambda push: server.generate(version, chat, push, ticket.cancelled),
                     ticket,
                 )
+                if ticket.reason is not None:  # ended early by its deadline or a shutdown
+                    server.refused[ticket.reason] += 1
                 return await answer_then_mirror(request, response, server.shadow, mirror, chat)
             try:
                 completion = await server.generate(version, chat, cancelled=ticket.cancelled)

@@ -168,6 +168,7 @@ async def test_a_request_past_its_deadline_is_stopped(make_served: Any) -> None:
     assert all(json.loads(e)["choices"][0]["finish_reason"] is None for e in events[1:-2])
     window = server.metrics()["v1.0.0"]
     assert (window.requests, window.errors, window.cancelled) == (2, 0, 2)
+    assert server.refused["deadline"] == 2
 
 
 async def test_shutdown_stops_running_and_queued_requests(make_served: Any) -> None:
