@@ -320,11 +320,19 @@ class ChatServer:
             self.resident = ResidentModel(
                 self.base_model, self._loader, prompt_cache_mb=self._prompt_cache_mb
             )
+            if self.admission.closing:  # loaded by work queued before the shutdown
+                self.resident.halt()
         return self.resident
 
     def shutdown(self) -> None:
-        """Refuse new requests and stop the queued and running ones (the daemon's SIGTERM)."""
+        """Refuse new requests and stop the queued and running ones (the daemon's SIGTERM).
+
+        The resident model is halted too, so work queued on it by `run_exclusive` (the gate)
+        raises at its next step instead of holding the worker thread past the shutdown.
+        """
         self.admission.close()
+        if self.resident is not None:
+            self.resident.halt()
 
     def close(self) -> None:
         self.shutdown()

@@ -8,8 +8,9 @@ model instead). Recently used adapters stay cached in memory. The KV caches of r
 too (mlx-lm's `LRUPromptCache`, keyed by the adapter applied, bounded in entries and bytes), so a
 request that repeats or extends an earlier conversation only prefills its new tokens, as
 mlx_lm.server does. A long prompt is prefilled in `prefill_step_size` chunks and the
-`cancelled` callback is polled after each chunk and each token, so a client that leaves (or a
-shutdown) frees the model within one chunk. Serving (`deployment.serving`), the evaluation gate and
+`cancelled` callback is polled after each chunk and each token, so a client that leaves frees the
+model within one chunk; `halt` (the daemon's shutdown) makes every later step raise `Halted`, so
+work queued on the model without a callback (the evaluation gate) stops as quickly. Serving (`deployment.serving`), the evaluation gate and
 the benchmarks all share one instance.
 """
 
@@ -23,9 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sam_brain.errors import BadRequest, ModelUnavailable
+from sam_brain.errors import BadRequest, ModelUnavailable, SamBrainError
 from sam_brain.protocols import Message
 from sam_brain.render import prompt_ids
+
+
+class Halted(SamBrainError):
+    """The model was halted (the daemon is stopping); the work asked of it was not done."""
+
+    http_status = 503
 
 
 class _Stopped(Exception):
@@ -74,6 +81,7 @@ class ResidentModel:
 
         self.base_model = str(base_model)
         self.prefill_step_size = prefill_step_size
+        self.halted = False
         try:
             loaded: Any = (loader or load)(self.base_model)
         except (OSError, ValueError) as err:
@@ -136,8 +144,17 @@ class ResidentModel:
         self.last_swap_ms = (time.perf_counter() - start) * 1000
         return self.last_swap_ms
 
+    def halt(self) -> None:
+        """Stop all work for good: generations and scoring from now on raise `Halted`."""
+        self.halted = True
+
+    def _check_halted(self) -> None:
+        if self.halted:
+            raise Halted("the model is stopping (the daemon is shutting down)")
+
     def sample_nll(self, ids: list[int], mask: list[int]) -> tuple[float, int]:
         """Summed NLL of the supervised tokens of one encoded row, and how many there are."""
+        self._check_halted()
         import mlx.core as mx
         import mlx.nn as nn
         import numpy as np
@@ -172,6 +189,15 @@ class ResidentModel:
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler
 
+        def stop() -> bool:
+            # A caller that can stop (a client request) stops; others (the gate) raise Halted.
+            if cancelled is not None and cancelled():
+                return True
+            self._check_halted()
+            return False
+
+        if stop():  # stopped while it waited for the worker
+            return Completion("", "cancelled", len(prompt or ()), 0)
         start = time.perf_counter()
         prompt = prompt_ids(self.tokenizer, messages) if prompt is None else prompt
         cache, rest = self._cached(prompt)
@@ -181,7 +207,7 @@ class ResidentModel:
         finish = "length"
 
         def prefilled(done: int, total: int) -> None:
-            if done and cancelled is not None and cancelled():
+            if done and stop():
                 raise _Stopped
 
         try:
@@ -201,7 +227,7 @@ class ResidentModel:
                         on_text(response.text)
                 tokens.append(int(response.token))
                 finish = response.finish_reason or finish
-                if cancelled is not None and cancelled():
+                if stop():
                     finish = "cancelled"
                     break
         except _Stopped:  # during prefill: the cache is partial, so it is not kept

@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from deployment.prompt_limit import CHUNK_CHARS, PromptTooLong, capped_ids
-from deployment.resident import ResidentModel
+from deployment.resident import Halted, ResidentModel
 from deployment.serving_metrics import rss_mb
 
 HELLO = [{"role": "user", "content": "How do I list the files in a folder?"}]
@@ -188,3 +188,17 @@ async def test_shutdown_stops_running_and_queued_requests(make_served: Any) -> N
     late = await client.post("/v1/chat/completions", json={"messages": HELLO})
     assert late.status == 503 and "shutting down" in (await late.json())["error"]["message"]
     assert server.metrics()["v1.0.0"].errors == 0
+
+
+async def test_shutdown_halts_exclusive_work_on_the_model(make_served: Any) -> None:
+    """Work queued on the model without a client (the gate) stops at shutdown too."""
+    client, server, _ = await make_served()
+    assert (await client.post("/v1/chat/completions", json={"messages": HELLO})).status == 200
+    gate = asyncio.ensure_future(server.run_exclusive(lambda r: r.generate(HELLO, 4096)))
+    await asyncio.sleep(1.0)
+    assert not gate.done()
+    started = time.perf_counter()
+    server.shutdown()
+    with pytest.raises(Halted, match="shutting down"):
+        await asyncio.wait_for(gate, timeout=10)
+    assert time.perf_counter() - started < 5
