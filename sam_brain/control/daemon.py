@@ -2,8 +2,9 @@
 
 One asyncio process per home (an flock on `daemon.lock`): it watches the sources, ingests what
 changes, lets the coordinator train when enough new samples wait, and serves the API. SIGTERM or
-SIGINT stop it cleanly: a running training subprocess is asked to checkpoint and stop, the
-watchers and the server close, and the lock is released.
+SIGINT stop it cleanly: queued and running chat requests are stopped at once, a running training
+subprocess is asked to checkpoint and stop, the watchers and the server close, the lock is
+released, and the process exits without the interpreter's slow teardown (within 10 s in all).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from aiohttp import web
 
@@ -342,7 +343,19 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"sam-brain: {err}", file=sys.stderr)
         return 1
-    return 0
+    exit_now()
+
+
+def exit_now() -> NoReturn:
+    """Exit 0 without the interpreter's teardown, once the daemon has closed everything.
+
+    Finalizing MLX, LanceDB and the tokenizers took 2-5 s after "stopped" on a loaded 2-core
+    host; skipping it keeps SIGTERM's exit well within 10 s. Logs and stdio are flushed first.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
