@@ -115,7 +115,7 @@ class ChatServer:
         self.prompts = PromptLimit(self.base_model, max_prompt_tokens)
         # Validation has its own thread: a bad request is answered while the model generates.
         self._checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-chat-check")
-        self.refused: Counter[str] = Counter()  # requests answered without generating, by why
+        self.refused: Counter[str] = Counter()  # requests not answered in full, by why
 
     def refresh(self) -> Routing:
         """Re-read active and canary from the store; a change starts new metrics windows."""
