@@ -7,8 +7,11 @@ strict=False)`), so a swap costs milliseconds, not a model load (mlx_lm.server r
 model instead). Recently used adapters stay cached in memory. The KV caches of recent prompts stay
 too (mlx-lm's `LRUPromptCache`, keyed by the adapter applied, bounded in entries and bytes), so a
 request that repeats or extends an earlier conversation only prefills its new tokens, as
-mlx_lm.server does. Serving (`deployment.serving`), the evaluation gate and the benchmarks all
-share one instance.
+mlx_lm.server does. A long prompt is prefilled in `prefill_step_size` chunks and the
+`cancelled` callback is polled after each chunk and each token, so a client that leaves frees the
+model within one chunk; `halt` (the daemon's shutdown) makes every later step raise `Halted`, so
+work queued on the model without a callback (the evaluation gate) stops as quickly. Serving (`deployment.serving`), the evaluation gate and
+the benchmarks all share one instance.
 """
 
 from __future__ import annotations
@@ -21,9 +24,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sam_brain.errors import BadRequest, ModelUnavailable
+from sam_brain.errors import BadRequest, ModelUnavailable, SamBrainError
 from sam_brain.protocols import Message
 from sam_brain.render import prompt_ids
+
+
+class Halted(SamBrainError):
+    """The model was halted (the daemon is stopping); the work asked of it was not done."""
+
+    http_status = 503
+
+
+class _Stopped(Exception):
+    """Raised from the prefill progress callback to stop a cancelled prefill."""
 
 
 @dataclass
@@ -48,6 +61,7 @@ class ResidentModel:
         cache_size: int = 4,
         prompt_cache_entries: int = 8,
         prompt_cache_mb: float = 256.0,
+        prefill_step_size: int = 512,
     ) -> None:
         """Load the base model (once).
 
@@ -57,6 +71,7 @@ class ResidentModel:
             cache_size: Adapters whose weights are kept in memory (least recently used dropped).
             prompt_cache_entries: Conversations whose KV cache is kept (0: no prompt cache).
             prompt_cache_mb: Bound on the kept KV caches' size (0: no prompt cache).
+            prefill_step_size: Prompt tokens per prefill step (cancellation is polled between).
 
         Raises:
             ModelUnavailable: The base model cannot be loaded.
@@ -65,6 +80,8 @@ class ResidentModel:
         from mlx_lm.models.cache import LRUPromptCache
 
         self.base_model = str(base_model)
+        self.prefill_step_size = prefill_step_size
+        self.halted = False
         try:
             loaded: Any = (loader or load)(self.base_model)
         except (OSError, ValueError) as err:
@@ -127,8 +144,17 @@ class ResidentModel:
         self.last_swap_ms = (time.perf_counter() - start) * 1000
         return self.last_swap_ms
 
+    def halt(self) -> None:
+        """Stop all work for good: generations and scoring from now on raise `Halted`."""
+        self.halted = True
+
+    def _check_halted(self) -> None:
+        if self.halted:
+            raise Halted("the model is stopping (the daemon is shutting down)")
+
     def sample_nll(self, ids: list[int], mask: list[int]) -> tuple[float, int]:
         """Summed NLL of the supervised tokens of one encoded row, and how many there are."""
+        self._check_halted()
         import mlx.core as mx
         import mlx.nn as nn
         import numpy as np
@@ -146,6 +172,7 @@ class ResidentModel:
         top_p: float = 1.0,
         on_text: Callable[[str], None] | None = None,
         cancelled: Callable[[], bool] | None = None,
+        prompt: list[int] | None = None,
     ) -> Completion:
         """Complete `messages` (chat template applied) with the adapter currently in use.
 
@@ -155,35 +182,57 @@ class ResidentModel:
             temperature: 0 is greedy.
             top_p: Nucleus sampling share (1: off).
             on_text: Called with each decoded text segment, for streaming.
-            cancelled: Polled between tokens; True stops early (finish_reason "cancelled").
+            cancelled: Polled between prefill chunks and tokens; True stops early
+                (finish_reason "cancelled").
+            prompt: The rendered prompt's ids when the caller has them (`prompt_ids(messages)`).
         """
         from mlx_lm import stream_generate
         from mlx_lm.sample_utils import make_sampler
 
+        def stop() -> bool:
+            # A caller that can stop (a client request) stops; others (the gate) raise Halted.
+            if cancelled is not None and cancelled():
+                return True
+            self._check_halted()
+            return False
+
+        if stop():  # stopped while it waited for the worker
+            return Completion("", "cancelled", len(prompt or ()), 0)
         start = time.perf_counter()
-        prompt = prompt_ids(self.tokenizer, messages)
+        prompt = prompt_ids(self.tokenizer, messages) if prompt is None else prompt
         cache, rest = self._cached(prompt)
         sampler = make_sampler(temp=temperature, top_p=top_p if top_p < 1.0 else 0.0)
         parts: list[str] = []
         tokens: list[int] = []
         finish = "length"
-        for response in stream_generate(
-            self.model,
-            self.tokenizer,
-            rest,
-            max_tokens=max_tokens,
-            sampler=sampler,
-            prompt_cache=cache,
-        ):
-            if response.text:
-                parts.append(response.text)
-                if on_text is not None:
-                    on_text(response.text)
-            tokens.append(int(response.token))
-            finish = response.finish_reason or finish
-            if cancelled is not None and cancelled():
-                finish = "cancelled"
-                break
+
+        def prefilled(done: int, total: int) -> None:
+            if done and stop():
+                raise _Stopped
+
+        try:
+            for response in stream_generate(
+                self.model,
+                self.tokenizer,
+                rest,
+                max_tokens=max_tokens,
+                sampler=sampler,
+                prompt_cache=cache,
+                prefill_step_size=self.prefill_step_size,
+                prompt_progress_callback=prefilled,
+            ):
+                if response.text:
+                    parts.append(response.text)
+                    if on_text is not None:
+                        on_text(response.text)
+                tokens.append(int(response.token))
+                finish = response.finish_reason or finish
+                if stop():
+                    finish = "cancelled"
+                    break
+        except _Stopped:  # during prefill: the cache is partial, so it is not kept
+            seconds = time.perf_counter() - start
+            return Completion("", "cancelled", len(prompt), 0, seconds, len(prompt) - len(rest))
         self._keep(prompt + tokens, cache)
         seconds = time.perf_counter() - start
         cached = len(prompt) - len(rest)

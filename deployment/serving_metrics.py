@@ -5,7 +5,9 @@ mean and max latency, process memory, adapter swaps, plus the latencies of its l
 `LATENCY_WINDOW` requests (a bounded deque, so memory stays flat however long it serves) for the
 p50/p90/p99, and completion tokens over generation seconds for its tokens/s. Requests mirrored to
 a canary in shadow mode (`deployment.shadow`) count like served ones and also in
-`shadow_requests`. `prometheus_lines` renders a snapshot in the Prometheus text format, one
+`shadow_requests`. Requests stopped early (the client left, a deadline, a shutdown) count as
+requests, never as errors, and also in `cancelled`; requests refused before generation (bad
+requests, a full queue) are not recorded at all. `prometheus_lines` renders a snapshot in the Prometheus text format, one
 metric family per block (a summary with quantile labels for latency, gauges and counters).
 """
 
@@ -43,6 +45,7 @@ class VersionMetrics:
     generation_s_total: float = 0.0  # time spent generating the successful requests' tokens
     shadow_requests: int = 0  # of `requests`: mirrored copies of stable traffic
     shadow_errors: int = 0  # of `errors`: failed mirrored copies
+    cancelled: int = 0  # of `requests`: stopped before their end (client gone, deadline, shutdown)
     latency_window: deque[float] = field(default_factory=_window, repr=False, compare=False)
 
     @property
@@ -80,6 +83,7 @@ class VersionMetrics:
         seconds: float = 0.0,
         swap_ms: float = 0.0,
         shadow: bool = False,
+        cancelled: bool = False,
     ) -> None:
         """Count one finished request.
 
@@ -91,6 +95,7 @@ class VersionMetrics:
             seconds: Generation time of those tokens (prefill included).
             swap_ms: Time its adapter swap took (0: the adapter was in place).
             shadow: It was a mirrored copy of a request the stable version answered.
+            cancelled: It was stopped before its end (not an error).
         """
         self.requests += 1
         self.errors += int(error)
@@ -103,6 +108,7 @@ class VersionMetrics:
         if swap_ms:
             self.swaps += 1
             self.swap_ms_total += swap_ms
+        self.cancelled += int(cancelled)
         if shadow:
             self.shadow_requests += 1
             self.shadow_errors += int(error)
@@ -154,6 +160,12 @@ def prometheus_lines(
         "sam_brain_requests_total", "counter", "Chat requests per version.", lambda m: m.requests
     )
     family("sam_brain_errors_total", "counter", "Failed chat requests.", lambda m: m.errors)
+    family(
+        "sam_brain_cancelled_total",
+        "counter",
+        "Chat requests stopped early (client gone, deadline, shutdown).",
+        lambda m: m.cancelled,
+    )
     family(
         "sam_brain_latency_ms",
         "gauge",

@@ -243,6 +243,19 @@ class DeploymentConfig:
         256.0,
         "Memory for the KV caches of recent conversations, so a follow-up request only prefills its new tokens (0: off).",
     )
+    max_prompt_tokens: int = _f(
+        16384,
+        "Longest chat prompt accepted, in tokens (never more than the model's context; 0: the context); longer ones answer 400 at once.",
+    )
+    max_request_mb: float = _f(8.0, "Largest chat request body accepted; larger ones answer 413.")
+    request_timeout_seconds: float = _f(
+        300.0,
+        "Deadline of one chat request, waiting included; a request past it is stopped (504, or 503 while still queued). 0: none.",
+    )
+    max_queued_requests: int = _f(
+        8,
+        "Chat requests that may wait behind the one generating; more answer 503 with `Retry-After`.",
+    )
     canary_steps: list[int] = _f(
         [10, 25, 50, 100],
         "Canary traffic weights in percent; the last step promotes. `[100]` skips the canary.",

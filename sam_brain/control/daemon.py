@@ -2,8 +2,9 @@
 
 One asyncio process per home (an flock on `daemon.lock`): it watches the sources, ingests what
 changes, lets the coordinator train when enough new samples wait, and serves the API. SIGTERM or
-SIGINT stop it cleanly: a running training subprocess is asked to checkpoint and stop, the
-watchers and the server close, and the lock is released.
+SIGINT stop it cleanly: queued and running chat requests are stopped at once, a running training
+subprocess is asked to checkpoint and stop, the watchers and the server close, the lock is
+released, and the process exits without the interpreter's slow teardown (within 10 s in all).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from aiohttp import web
 
@@ -44,6 +45,7 @@ from sam_brain.train.release import Exclusive, canary_policy, health_limits
 from sam_brain.train.scheduler import Coordinator
 
 log = logging.getLogger("sam_brain")
+SHUTDOWN_GRACE_S = 3.0  # SIGTERM must stop the daemon within 10 s whatever is in flight
 
 
 @contextlib.contextmanager
@@ -208,7 +210,8 @@ class Daemon:
         app = make_app(ctx, self.port)
         # Started in this order, torn down in reverse when the runner cleans up.
         app.cleanup_ctx.extend([self._chat_ctx, self._watchers_ctx, self._work_ctx(coordinator)])
-        runner = web.AppRunner(app, access_log=None)
+        # Chat requests stop on the app's shutdown signal; other handlers get a few seconds.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S)
         await runner.setup()
         try:
             await web.TCPSite(runner, self.host, self.port).start()
@@ -265,6 +268,10 @@ class Daemon:
             shadow=dep.shadow,
             shadow_queue=dep.shadow_queue,
             prompt_cache_mb=dep.prompt_cache_mb,
+            max_prompt_tokens=dep.max_prompt_tokens,
+            max_request_mb=dep.max_request_mb,
+            request_timeout_s=dep.request_timeout_seconds,
+            max_queued=dep.max_queued_requests,
         )
         return chat, unavailable
 
@@ -346,7 +353,19 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"sam-brain: {err}", file=sys.stderr)
         return 1
-    return 0
+    exit_now()
+
+
+def exit_now() -> NoReturn:
+    """Exit 0 without the interpreter's teardown, once the daemon has closed everything.
+
+    Finalizing MLX, LanceDB and the tokenizers took 2-5 s after "stopped" on a loaded 2-core
+    host; skipping it keeps SIGTERM's exit well within 10 s. Logs and stdio are flushed first.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
