@@ -106,7 +106,9 @@ def why_not_resume(home: Home, run: Run, config: dict[str, Any]) -> str | None:
     run_dir = home.runs_dir / run.run_id
     plan = read_plan(run_dir)
     if plan is None:
-        return "it has no plan.json (its folder is gone or it started before runs could resume)"
+        if checkpoint_step(run_dir) == 0:
+            return None  # stopped before its dataset was written: nothing trained, it starts now
+        return "it has no plan.json (it started before runs could resume)"
     changed = sorted(k for k in config if plan.get("config", {}).get(k) != config[k])
     if changed:
         return "training config changed since it started: " + ", ".join(changed)

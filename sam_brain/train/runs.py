@@ -38,8 +38,11 @@ def prune_runs(home: Home, keep: int, also_keep: set[str] | None = None) -> list
     if keep <= 0 or not root.is_dir():
         return []
     protected = protected_runs(home) | (also_keep or set())
-    # Run ids start with their UTC creation time, so names sort oldest first.
-    folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name)
+    # Oldest first by the store's order (ids share a second); folders it does not know go first.
+    order = {r.run_id: i for i, r in enumerate(reversed(home.store.runs(1_000_000)))}
+    folders = sorted(
+        (p for p in root.iterdir() if p.is_dir()), key=lambda p: (order.get(p.name, -1), p.name)
+    )
     doomed = [p for p in folders[: max(len(folders) - keep, 0)] if p.name not in protected]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)

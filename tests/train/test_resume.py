@@ -98,6 +98,19 @@ def test_dataset_is_read_from_the_pool_version_the_run_records(tmp_path: Path) -
     home.close()
 
 
+def test_a_run_stopped_before_its_dataset_was_written_continues(tmp_path: Path) -> None:
+    home = make_home(tmp_path)
+    fill(home, 0, 12)
+    run = TrainingJob(home, "mlx", "threshold").open_run()
+    assert resume.recover_interrupted(home)[0].run_id == run.run_id  # as at the next start
+    assert home.store.get_run(run.run_id).status == "interrupted"
+    fill(home, 12, 20)
+    again = TrainingJob(home, "mlx", "threshold").open_run()
+    assert (again.run_id, again.status) == (run.run_id, "pending")
+    assert again.pool_version == run.pool_version < home.pool.version  # still pinned
+    home.close()
+
+
 async def test_a_run_continues_unless_config_or_its_samples_changed(
     tmp_path: Path, tiny_model: Path
 ) -> None:
@@ -107,10 +120,8 @@ async def test_a_run_continues_unless_config_or_its_samples_changed(
     run = job.open_run()
     await job._prepare(run)  # resolves the base, writes the dataset and plan.json
     home.store.update_run(run.run_id, status="cancelled", reason="cancelled")
-    assert (
-        home.store.get_run(run.run_id).fingerprint
-        == resume.read_plan(home.runs_dir / run.run_id)["fingerprint"]
-    )
+    plan = resume.read_plan(home.runs_dir / run.run_id)
+    assert plan is not None and home.store.get_run(run.run_id).fingerprint == plan["fingerprint"]
 
     fill(home, 16, 24)  # new samples alone do not invalidate it: its dataset is pinned
     again = TrainingJob(home, "mlx", "forced").open_run()
@@ -197,6 +208,24 @@ def test_runs_folders_are_pruned_keeping_protected_ones(tmp_path: Path) -> None:
     assert sorted(pruned) == sorted(ids[1:4])
     assert sorted(p.name for p in home.runs_dir.iterdir()) == sorted([ids[0], ids[4], ids[5]])
     home.close()
+
+
+def test_a_worker_left_running_is_stopped_before_the_run_continues(tmp_path: Path) -> None:
+    from sam_brain.train.supervisor import stop_orphan
+
+    assert stop_orphan(tmp_path) is None  # no lock file: nothing to stop
+    code = (
+        "import sys, time; from pathlib import Path;"
+        "from sam_brain.train.supervisor import lock_worker;"
+        "fh = lock_worker(Path(sys.argv[1])); print('locked', flush=True); time.sleep(120)"
+    )
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    assert orphan.stdout is not None and orphan.stdout.readline().strip() == "locked"
+    assert stop_orphan(tmp_path, grace_s=10.0) == orphan.pid
+    assert orphan.wait(timeout=10) == -signal.SIGTERM
+    assert stop_orphan(tmp_path) is None  # released: the next worker takes it at once
 
 
 async def wait_for(check: Any, timeout: float = 300.0) -> Any:
