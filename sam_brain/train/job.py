@@ -17,7 +17,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sam_brain.errors import NotFound, SamBrainError, TrainingCancelled, TrainingFailed
+from sam_brain.errors import (
+    NotFound,
+    SamBrainError,
+    TrainingCancelled,
+    TrainingFailed,
+    WorkerKilled,
+)
 from sam_brain.home import Home
 from sam_brain.hub import resolve_model
 from sam_brain.protocols import Progress, TrainResult, TrainSpec
@@ -139,6 +145,10 @@ class TrainingJob:
             raise
         except TrainingCancelled as err:
             self._finish(run, "cancelled", reason=str(err))
+            raise
+        except WorkerKilled as err:  # the retry continues it from its checkpoint
+            step = resume.checkpoint_step(self.run_dir(run))
+            self._finish(run, "interrupted", reason=f"{err}; checkpoint at step {step}")
             raise
         except SamBrainError as err:
             self._finish(run, "failed", reason=str(err))

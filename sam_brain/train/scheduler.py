@@ -182,11 +182,21 @@ class Coordinator:
             retries = self.home.config.training.max_retries
             if isinstance(err, TrainingCancelled) or job.attempt > retries:
                 self._attempt = 1
+                if job.run is not None and not isinstance(err, TrainingCancelled):
+                    self._give_up(job.run.run_id, job.attempt)
                 return
             delay = self.home.config.training.retry_backoff_seconds * 2 ** (job.attempt - 1)
             self._attempt = job.attempt + 1
             self.retry_at = datetime.now() + timedelta(seconds=delay)
             log.info("run failed (%s); retry %d/%d in %.0fs", err, job.attempt, retries, delay)
+
+    def _give_up(self, run_id: str, attempts: int) -> None:
+        """An interrupted run out of retries is failed, so no check resumes it again."""
+        run = self.home.store.get_run(run_id)
+        if run.status == "interrupted":
+            self.home.store.update_run(
+                run_id, status="failed", reason=f"{run.reason}; gave up after {attempts} attempts"
+            )
 
     async def cancel(self) -> bool:
         if not self.training or self.job is None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from sam_brain.errors import TrainingCancelled, TrainingFailed
+from sam_brain.errors import TrainingCancelled, TrainingFailed, WorkerKilled
 from sam_brain.protocols import Progress, TrainResult, TrainSpec
 
 log = logging.getLogger(__name__)
@@ -171,6 +171,7 @@ class TrainingProcess:
                 reason = f"training process killed by signal {-code}"
                 if -code == signal.SIGKILL:
                     reason += " (out of memory?)"
+                raise WorkerKilled(f"{reason}; see {log_path}")
             raise TrainingFailed(f"{reason}; see {log_path}")
         return result
 

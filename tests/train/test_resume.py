@@ -238,6 +238,15 @@ async def wait_for(check: Any, timeout: float = 300.0) -> Any:
     raise AssertionError("timed out")
 
 
+async def wait_for_async(check: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("timed out")
+
+
 def checkpoint_step(run_dir: Path) -> int:
     return resume.checkpoint_step(run_dir)
 
@@ -301,6 +310,36 @@ async def test_cancel_then_force_continues_and_a_forced_run_joins(
     assert any("batch_size 1, grad_accum 2" in n for n in run.notes), run.notes
     assert any(f"resumed from step {step}" in n for n in run.notes if n.startswith("trainer:"))
     assert_same_adapter(run_dir / "adapter", reference_adapter(run_dir, tmp_path / "ref"))
+    home.close()
+
+
+@pytest.mark.slow
+async def test_a_killed_worker_is_retried_from_its_checkpoint(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    home = make_home(tmp_path, str(tiny_model), max_retries=1, retry_backoff_seconds=0.1)
+    fill(home, 0, 24)
+    coord = Coordinator(home, "mlx")
+    run_id, _ = await coord.start_run("forced", force=True)
+    run_dir = home.runs_dir / run_id
+    await wait_for(lambda: checkpoint_step(run_dir) >= 4)
+    os.kill(int((run_dir / "worker.lock").read_text()), signal.SIGKILL)  # as the OOM killer
+    assert coord.task is not None
+    await asyncio.wait_for(coord.task, 60)
+    killed = home.store.get_run(run_id)
+    assert killed.status == "interrupted" and "killed by signal 9" in killed.reason
+    step = checkpoint_step(run_dir)
+
+    async def retried() -> bool:
+        await coord.check()  # the retry waits out its backoff, then continues the same run
+        return coord.training
+
+    await wait_for_async(retried)
+    await asyncio.wait_for(coord.task, 600)
+    run = home.store.get_run(run_id)
+    assert run.status == "completed" and run.attempt == 2, run.reason
+    assert [r.run_id for r in home.store.runs()] == [run_id]
+    assert any(n.startswith(f"resumed from step {step} (interrupted") for n in run.notes)
     home.close()
 
 
