@@ -175,7 +175,7 @@ class TrainingConfig:
         0.0,
         "Memory a run may use: the backend's pre-flight estimate is fitted under it by halving"
         " batch_size (then max_seq_length) before training starts. 0 reads the free memory at"
-        " the run's start; -1 turns the fit off.",
+        " the run's start (GPU memory for CUDA on a GPU, else RAM); -1 turns the fit off.",
     )
     keep_runs: int = _f(
         10,

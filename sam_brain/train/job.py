@@ -32,7 +32,7 @@ from sam_brain.train import resume
 from sam_brain.train.dataset import base_model_ref, build_dataset
 from sam_brain.train.release import Exclusive, Outcome, release
 from sam_brain.train.runs import prune_runs
-from sam_brain.train.supervisor import TrainingProcess, free_memory_mb
+from sam_brain.train.supervisor import TrainingProcess
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +230,8 @@ class TrainingJob:
         plan = resume.read_plan(run_dir)
         if plan is None:
             raise TrainingFailed(f"{run_dir / resume.PLAN} is missing or unreadable")
-        budget = 0.0  # a run fitted to memory once keeps that shape, so its checkpoint matches
-        if not plan.get("fitted") and t.memory_budget_mb >= 0:
-            budget = t.memory_budget_mb or free_memory_mb()
+        # A run fitted to memory once keeps that shape, so its checkpoint matches on resume.
+        budget = -1.0 if plan.get("fitted") else t.memory_budget_mb
 
         def on_preflight(msg: dict[str, Any]) -> None:
             plan.update(profile=msg.get("profile", plan["profile"]), fitted=True)

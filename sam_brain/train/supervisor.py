@@ -47,13 +47,6 @@ def worker_env(backend: str) -> dict[str, str]:
 WORKER_LOCK = "worker.lock"
 
 
-def free_memory_mb() -> float:
-    """Memory available to a new process now (what the OS could give without swapping)."""
-    import psutil
-
-    return float(psutil.virtual_memory().available) / 1e6
-
-
 def lock_worker(run_dir: Path) -> IO[str]:
     """Called by the worker: hold the run's lock (with its pid) for the process's lifetime."""
     fh = open(run_dir / WORKER_LOCK, "a+")  # noqa: SIM115 - held until the process exits
@@ -109,14 +102,14 @@ class TrainingProcess:
         run_dir: Path,
         nice: int = 10,
         timeout_s: float = 4 * 3600.0,
-        memory_budget_mb: float = 0.0,
+        memory_budget_mb: float = -1.0,
     ) -> None:
         self.backend = backend
         self.spec = spec
         self.run_dir = run_dir
         self.nice = nice
         self.timeout_s = timeout_s
-        self.memory_budget_mb = memory_budget_mb  # 0: no pre-flight memory fit (see worker)
+        self.memory_budget_mb = memory_budget_mb  # <0: no memory fit; 0: free memory (worker)
         self.proc: asyncio.subprocess.Process | None = None
         self.cancel_requested = False
 
@@ -134,7 +127,8 @@ class TrainingProcess:
         # The worker lowers its own priority: a preexec_fn would force fork(), which LanceDB's
         # runtime threads in this process do not survive reliably.
         env["SAM_BRAIN_NICE"] = str(self.nice)
-        env["SAM_BRAIN_MEMORY_BUDGET_MB"] = f"{self.memory_budget_mb:.0f}"
+        if self.memory_budget_mb >= 0:
+            env["SAM_BRAIN_MEMORY_BUDGET_MB"] = f"{self.memory_budget_mb:.0f}"
         with open(log_path, "ab") as log_fh:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,

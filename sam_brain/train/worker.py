@@ -4,9 +4,9 @@ Runs one backend's `train()` and reports to the supervisor on stdout, one JSON o
 prefixed with `@@` (`preflight`, `progress`, `result`, `error`). SIGTERM asks for a clean stop:
 the backend sees `cancelled()` turn true, saves its checkpoint, and the worker exits 3.
 
-With `SAM_BRAIN_MEMORY_BUDGET_MB` set (the daemon's reading of free memory at a run's start),
-the backend's pre-flight estimate is compared with it first, and the batch (then the sequence
-length) is halved until the estimate fits; the `preflight` report carries the profile it settled
+With `SAM_BRAIN_MEMORY_BUDGET_MB` set (0: the memory free now, on the GPU for CUDA on a GPU,
+else in RAM), the backend's pre-flight estimate is compared with it first, and the batch (then
+the sequence length) is halved until the estimate fits; the `preflight` report carries the profile it settled
 on and a note per change, so the run records them and a resume trains with the same shape.
 """
 
@@ -36,6 +36,18 @@ def emit(kind: str, payload: dict[str, Any]) -> None:
 
 
 MIN_SEQ = 64  # below this a chat turn hardly fits: report instead of shrinking further
+
+
+def free_memory_mb(backend: str) -> float:
+    """Memory the run can have now: free GPU memory for CUDA on a GPU, else available RAM."""
+    if backend == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            return float(torch.cuda.mem_get_info()[0]) / 1e6
+    import psutil
+
+    return float(psutil.virtual_memory().available) / 1e6
 
 
 def fit_memory(
@@ -96,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             lock = lock_worker(Path(spec_path).parent)  # noqa: F841 - held until exit
         spec = TrainSpec.from_json(Path(spec_path).read_text(encoding="utf-8"))
         backend = registry.backend(backend_name)
-        budget = float(os.environ.get("SAM_BRAIN_MEMORY_BUDGET_MB", "0") or 0)
+        budget = float(os.environ.get("SAM_BRAIN_MEMORY_BUDGET_MB", "-1") or -1)
+        if budget == 0:
+            budget = free_memory_mb(backend_name)
         spec, pre, fitted = fit_memory(backend, spec, budget)
         emit("preflight", {**asdict(pre), "profile": spec.profile, "fitted": fitted})
         result = backend.train(

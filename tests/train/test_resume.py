@@ -155,7 +155,7 @@ async def test_a_run_continues_unless_config_or_its_samples_changed(
 
 def test_memory_fit_halves_the_batch_then_reports(tmp_path: Path, tiny_model: Path) -> None:
     from backends.mlx import MLXBackend
-    from sam_brain.train.worker import fit_memory
+    from sam_brain.train.worker import fit_memory, free_memory_mb
 
     data = tmp_path / "data"
     data.mkdir()
@@ -182,6 +182,7 @@ def test_memory_fit_halves_the_batch_then_reports(tmp_path: Path, tiny_model: Pa
     fitted, pre, notes = fit_memory(backend, spec, (at2 + at4) / 2)
     assert (fitted.profile["batch_size"], fitted.profile["grad_accum"]) == (2, 2)
     assert pre.estimated_memory_mb == at2 and len(notes) == 1 and "batch_size 2" in notes[0]
+    assert 0 < free_memory_mb("mlx") < 1e9
     tiny, _, notes = fit_memory(backend, spec, 1.0)  # nothing fits: say so, train anyway
     assert tiny.profile["batch_size"] == 1 and "training anyway" in notes[-1]
 
