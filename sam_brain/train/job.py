@@ -62,6 +62,7 @@ class TrainingJob:
         self.config: dict[str, Any] = {}
         self.notes: list[str] = []  # for a new run: why it did not continue an earlier one
         self.resumed = False
+        self.stopping = False  # the daemon is shutting down: a stop interrupts, not cancels
 
     def open_run(self) -> Run:
         """The run's record, once: the interrupted/cancelled run it continues, or a new one.
@@ -136,19 +137,16 @@ class TrainingJob:
             self._finish(run, "completed", metrics=metrics)
         except asyncio.CancelledError:
             # The worker saved a checkpoint on SIGTERM: the next start continues from it.
-            step = resume.checkpoint_step(self.run_dir(run))
-            self._finish(
-                run,
-                "interrupted",
-                reason=f"daemon stopped; checkpoint at step {step}, the next run resumes it",
-            )
+            self._interrupted(run, "daemon stopped")
             raise
         except TrainingCancelled as err:
-            self._finish(run, "cancelled", reason=str(err))
+            if self.stopping:
+                self._interrupted(run, "daemon stopped")
+            else:
+                self._finish(run, "cancelled", reason=str(err))
             raise
         except WorkerKilled as err:  # the retry continues it from its checkpoint
-            step = resume.checkpoint_step(self.run_dir(run))
-            self._finish(run, "interrupted", reason=f"{err}; checkpoint at step {step}")
+            self._interrupted(run, str(err))
             raise
         except SamBrainError as err:
             self._finish(run, "failed", reason=str(err))
@@ -300,6 +298,11 @@ class TrainingJob:
         if status != "completed":
             log.warning("training run %s %s: %s", run.run_id, status, reason)
 
+    def _interrupted(self, run: Run, why: str) -> None:
+        step = resume.checkpoint_step(self.run_dir(run))
+        reason = f"{why}; checkpoint at step {step}, the next run continues it"
+        self._finish(run, "interrupted", reason=reason)
+
     def _on_progress(self, p: Progress) -> None:
         now = time.monotonic()
         # Throttle database writes; the last report of a run always lands via the final update.
@@ -309,6 +312,8 @@ class TrainingJob:
         if self.run is not None:
             self.home.store.update_run(self.run.run_id, progress=asdict(p))
 
-    async def cancel(self) -> None:
+    async def cancel(self, shutdown: bool = False) -> None:
+        """Stop the worker (it checkpoints); `shutdown`: the daemon stops, the run resumes later."""
+        self.stopping = shutdown
         if self.process is not None:
             await self.process.cancel()

@@ -95,7 +95,7 @@ class Coordinator:
             self.scheduler.shutdown(wait=False)
         if self.task is not None and not self.task.done():
             if self.job is not None:
-                await self.job.cancel()
+                await self.job.cancel(shutdown=True)  # interrupted, not cancelled: it resumes
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.task

@@ -344,6 +344,31 @@ async def test_a_killed_worker_is_retried_from_its_checkpoint(
     home.close()
 
 
+@pytest.mark.slow
+async def test_a_daemon_stop_interrupts_and_the_next_start_continues(
+    tmp_path: Path, tiny_model: Path
+) -> None:
+    home = make_home(tmp_path, str(tiny_model), check_interval_seconds=0.2)
+    fill(home, 0, 24)
+    coord = Coordinator(home, "mlx")
+    run_id, _ = await coord.start_run("forced", force=True)
+    run_dir = home.runs_dir / run_id
+    await wait_for(lambda: checkpoint_step(run_dir) >= 2)
+    await coord.stop()  # SIGTERM of the daemon
+    stopped = home.store.get_run(run_id)
+    step = checkpoint_step(run_dir)
+    assert stopped.status == "interrupted" and f"checkpoint at step {step}" in stopped.reason
+
+    again = Coordinator(home, "mlx")  # the next start: no threshold needed, same run
+    assert again.why_not() is None
+    await again.check()
+    assert again.job is not None and again.job.run is not None
+    assert again.job.run.run_id == run_id
+    assert any(n.startswith(f"resumed from step {step} (interrupted") for n in again.job.run.notes)
+    await again.stop()
+    home.close()
+
+
 def daemon_config(home: Path, model: Path, port: int) -> None:
     profile = "\n".join(f"{k} = {json.dumps(v)}" for k, v in PROFILE.items())
     (home / "config.toml").write_text(f"""
