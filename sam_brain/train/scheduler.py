@@ -3,8 +3,9 @@
 `Coordinator` owns the single training slot: at most one run at a time, automatic runs only when
 enough new samples wait, inside the nightly window (if set) and under the daily cap; a failed run
 is retried with exponential backoff up to `max_retries` times. A run the daemon's last stop
-interrupted continues at the first check (inside the window unless it was asked for by hand),
-and a forced run asked for while one trains joins it. Periodic collection of polled
+interrupted continues at the first check (inside the window unless it was asked for by hand); one
+a user cancelled waits for `--force` (or a threshold's worth of samples after the cancel); a
+forced run asked for while one trains joins it. Periodic collection of polled
 sources (git, docs, distillation inbox, and a sessions rescan that catches missed file events)
 runs on the same scheduler, off the event loop.
 """
@@ -113,6 +114,21 @@ class Coordinator:
         run = resumable_run(self.home)
         return run if run is not None and run.status == "interrupted" else None
 
+    def held_by_cancel(self) -> str | None:
+        """Why automatic runs wait after a user's cancel (until enough samples arrive after it)."""
+        run = resumable_run(self.home)
+        if run is None or run.status != "cancelled" or not run.finished_at:
+            return None
+        need = self.home.config.training.min_for_training
+        since = datetime.fromisoformat(run.finished_at).timestamp()
+        new = self.home.pool.trainable_count(since=since)
+        if new >= need:
+            return None
+        return (
+            f"run {run.run_id} was cancelled ({new} new samples since, {need} needed;"
+            " `samctl train --force` continues it)"
+        )
+
     def why_not(self, now: datetime | None = None) -> str | None:
         """The reason an automatic run would not start now, or None when it would."""
         t = self.home.config.training
@@ -122,6 +138,9 @@ class Coordinator:
         if self.retry_at is not None and now < self.retry_at:
             return f"retry scheduled at {self.retry_at.isoformat(timespec='seconds')}"
         waiting = self.interrupted()  # already counted and past the threshold when it started
+        held = None if waiting or self.retry_at else self.held_by_cancel()
+        if held is not None:
+            return held
         new = new_samples_since_last_run(self.home)
         if waiting is None and self.retry_at is None and new < t.min_for_training:
             return f"{new} new samples, {t.min_for_training} needed"

@@ -6,8 +6,9 @@ the backend sees `cancelled()` turn true, saves its checkpoint, and the worker e
 
 With `SAM_BRAIN_MEMORY_BUDGET_MB` set (0: the memory free now, on the GPU for CUDA on a GPU,
 else in RAM), the backend's pre-flight estimate is compared with it first, and the batch (then
-the sequence length) is halved until the estimate fits; the `preflight` report carries the profile it settled
-on and a note per change, so the run records them and a resume trains with the same shape.
+the sequence length) is halved until the estimate fits; the `preflight` report carries the
+profile it settled on and a note per change, so the run records them and a resume trains with
+the same shape.
 """
 
 from __future__ import annotations
