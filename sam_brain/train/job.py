@@ -257,6 +257,10 @@ class TrainingJob:
         home = self.home
         metrics: dict[str, Any] = dict(result.metrics)
         metrics["dataset"] = counts
+        done = next((v for v in home.store.versions() if v.run_id == run.run_id), None)
+        if done is not None:  # killed after registering, before completing: don't register twice
+            metrics["release"] = {"version": done.version, "action": "already released"}
+            return metrics
         # The run stays "training" while the gate evaluates it, so `--wait` returns only
         # once its version is active, a canary or rejected.
         home.store.update_run(run.run_id, metrics=metrics, progress={"message": "evaluating"})

@@ -229,6 +229,31 @@ def test_a_worker_left_running_is_stopped_before_the_run_continues(tmp_path: Pat
     assert stop_orphan(tmp_path) is None  # released: the next worker takes it at once
 
 
+async def test_a_run_resumed_after_its_release_is_not_registered_twice(tmp_path: Path) -> None:
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    from sam_brain.protocols import TrainResult
+
+    home = make_home(tmp_path)
+    fill(home, 0, 8)
+    job = TrainingJob(home, "mlx", "forced")
+    run = job.open_run()
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    save_file({"w": np.ones(2, dtype=np.float32)}, str(adapter / "adapters.safetensors"))
+    (adapter / "adapter_config.json").write_text("{}")
+    version = home.versions.register(adapter, run_id=run.run_id)
+    assert load_file(str(home.versions.path(version.version) / "adapters.safetensors"))
+
+    result = TrainResult(adapter_dir=str(adapter), steps=4, metrics={"best_val_loss": 1.0})
+    metrics = await job._release(run, tmp_path, {"train": 8}, result)
+
+    assert metrics["release"] == {"version": version.version, "action": "already released"}
+    assert [v.version for v in home.store.versions()] == [version.version]
+    home.close()
+
+
 async def wait_for(check: Any, timeout: float = 300.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
