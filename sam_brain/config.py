@@ -181,6 +181,18 @@ class TrainingConfig:
     timeout_minutes: float = _f(
         240.0, "A training run longer than this is stopped and marked failed."
     )
+    memory_budget_mb: float = _f(
+        0.0,
+        "Memory a run may use: the backend's pre-flight estimate is fitted under it by halving"
+        " batch_size (then max_seq_length) before training starts. 0 reads the free memory at"
+        " the run's start (GPU memory for CUDA on a GPU, else RAM); -1 turns the fit off.",
+    )
+    keep_runs: int = _f(
+        10,
+        "Run folders (dataset, checkpoints, log) kept under runs/; older ones are pruned after"
+        " each release, never those of the active, canary or rollback-target version or of the"
+        " run that is training or can resume. 0 keeps all.",
+    )
 
 
 @dataclass(frozen=True)

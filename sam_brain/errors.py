@@ -77,6 +77,11 @@ class TrainingFailed(SamBrainError):
     http_status = 500
 
 
+class WorkerKilled(TrainingFailed):
+    """The training process died from a signal (the OOM killer, kill -9): its checkpoint
+    survives, so the retry continues the run."""
+
+
 class TrainingCancelled(TrainingFailed):
     """A training run stopped because a user asked it to (not retried)."""
 

@@ -23,6 +23,7 @@ from typing import Any
 import lancedb
 import pyarrow as pa
 
+from sam_brain.errors import NotFound
 from sam_brain.protocols import Sample
 
 TABLE = "samples"
@@ -221,6 +222,22 @@ class Pool:
         row = rows[0]
         sample = Sample(**json.loads(row.pop("data")))
         return sample, row
+
+    def at_version(self, version: int) -> Pool:
+        """A read-only view of the pool as it was at `version` (a training run's pinned data).
+
+        Raises:
+            NotFound: That version no longer exists (compacted or cleaned up).
+        """
+        view = Pool.__new__(Pool)
+        view.root, view.lock_path, view._stats_cache = self.root, self.lock_path, None
+        view._db = lancedb.connect(str(self.root))
+        view._table = view._db.open_table(TABLE)
+        try:
+            view._table.checkout(version)
+        except ValueError as err:
+            raise NotFound(f"pool version {version} no longer exists ({err})") from err
+        return view
 
     def stats(self) -> dict[str, Any]:
         """Counts by source, tier, split and kind; `trainable` is as of now.

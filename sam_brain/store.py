@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -24,7 +24,7 @@ from sam_brain.errors import NotFound
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,               -- pending, training, completed, failed, cancelled
+    status TEXT NOT NULL,               -- pending, training, completed, failed, cancelled, interrupted
     reason TEXT NOT NULL DEFAULT '',    -- why it failed or was cancelled
     trigger TEXT NOT NULL DEFAULT '',   -- threshold, forced, nightly, retry
     backend TEXT NOT NULL DEFAULT '',
@@ -37,7 +37,9 @@ CREATE TABLE IF NOT EXISTS runs (
     metrics TEXT NOT NULL DEFAULT '{}',
     created_at TEXT NOT NULL,
     started_at TEXT,
-    finished_at TEXT
+    finished_at TEXT,
+    notes TEXT NOT NULL DEFAULT '[]',   -- JSON list: resumed from step N, started over because..., memory fit
+    fingerprint TEXT NOT NULL DEFAULT '' -- dataset + training config at run start (train/resume.py)
 );
 CREATE TABLE IF NOT EXISTS versions (
     version TEXT PRIMARY KEY,
@@ -126,6 +128,8 @@ class Run:
     created_at: str
     started_at: str | None
     finished_at: str | None
+    notes: list[str] = field(default_factory=list)
+    fingerprint: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -157,6 +161,7 @@ def _run(row: sqlite3.Row) -> Run:
     d = dict(row)
     d["progress"] = json.loads(d["progress"])
     d["metrics"] = json.loads(d["metrics"])
+    d["notes"] = json.loads(d.get("notes") or "[]")
     return Run(**d)
 
 
@@ -188,6 +193,12 @@ class Store:
         columns = {r["name"] for r in self._db.execute("PRAGMA table_info(versions)")}
         if "gate" not in columns:  # a store made before the gate verdict was kept per version
             self._db.execute("ALTER TABLE versions ADD COLUMN gate TEXT NOT NULL DEFAULT ''")
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(runs)")}
+        for column, default in (("notes", "'[]'"), ("fingerprint", "''")):
+            if column not in columns:  # a store made before runs could resume
+                self._db.execute(
+                    f"ALTER TABLE runs ADD COLUMN {column} TEXT NOT NULL DEFAULT {default}"
+                )
         self._migrate_canary()
 
     def _migrate_canary(self) -> None:
@@ -350,7 +361,7 @@ class Store:
         return self.get_run(run_id)
 
     def update_run(self, run_id: str, **fields: Any) -> None:
-        for key in ("progress", "metrics"):
+        for key in ("progress", "metrics", "notes"):
             if key in fields:
                 fields[key] = json.dumps(fields[key], default=str)
         cols = ", ".join(f"{k}=?" for k in fields)

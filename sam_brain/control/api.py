@@ -90,8 +90,11 @@ async def post_train(request: web.Request) -> web.Response:
         reason = await asyncio.to_thread(ctx.coordinator.why_not)
         if reason is not None:
             return web.json_response({"started": False, "reason": reason}, status=409)
-    run_id = ctx.coordinator.start_run("forced" if force else "api", force=force)
-    return web.json_response({"started": True, "run_id": run_id}, status=202)
+    run_id, joined = await ctx.coordinator.start_run("forced" if force else "api", force=force)
+    # A forced request while a run starts or trains joins that run (202 all the same).
+    return web.json_response(
+        {"started": not joined, "joined": joined, "run_id": run_id}, status=202
+    )
 
 
 async def post_cancel(request: web.Request) -> web.Response:

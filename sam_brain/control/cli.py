@@ -48,6 +48,8 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     print(
         f"last run: {lt['run_id']} {lt['status']} ({lt['samples_count']} samples) {lt.get('reason') or ''}"
     )
+    for note in lt.get("notes") or []:
+        print(f"  {note}")
     td = ts["training_data"]
     print(
         f"samples: {td['total_samples']} total, {td['new_samples']} new / {td['min_for_training']} "
@@ -87,7 +89,7 @@ def _follow(client: Client, run_id: str, show_bar: bool) -> int:
                 tok_s=p.get("tokens_per_sec"),
             )
             bar.refresh()
-        if run["status"] in ("completed", "failed", "cancelled"):
+        if run["status"] in ("completed", "failed", "cancelled", "interrupted"):
             if bar is not None:
                 bar.close()
             print(f"run {run_id}: {run['status']} {run.get('reason') or ''}".rstrip())
@@ -110,7 +112,11 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
     if code >= 400:
         raise error_from_http(code, doc)
     run_id = doc["run_id"]
-    print(f"training run {run_id} started")
+    print(
+        f"joined run {run_id}, already training"
+        if doc.get("joined")
+        else f"training run {run_id} started"
+    )
     if args.wait or args.follow:
         return _follow(client, run_id, args.follow)
     return 0

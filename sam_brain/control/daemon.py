@@ -42,6 +42,8 @@ from sam_brain.protocols import Collector
 from sam_brain.train.dataset import base_model_ref
 from sam_brain.train.exports import export_active
 from sam_brain.train.release import Exclusive, canary_policy, health_limits
+from sam_brain.train.resume import recover_interrupted
+from sam_brain.train.runs import prune_runs
 from sam_brain.train.scheduler import Coordinator
 
 log = logging.getLogger("sam_brain")
@@ -228,9 +230,10 @@ class Daemon:
             log.info("stopped")
 
     def _recover_runs(self) -> None:
-        failed = self.home.store.fail_interrupted_runs()
-        if failed:
-            log.warning("%d run(s) were interrupted by the last shutdown; marked failed", failed)
+        # Left training by a crash or kill: the coordinator's first check continues them.
+        for run in recover_interrupted(self.home):
+            log.warning("run %s was interrupted: %s", run.run_id, run.reason)
+        prune_runs(self.home, self.config.training.keep_runs)
 
     def _make_watchers(self, loop: asyncio.AbstractEventLoop) -> Watchers:
         watchers = Watchers(loop)

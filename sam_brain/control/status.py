@@ -47,6 +47,8 @@ def self_status(home: Home, *, daemon: dict[str, Any] | None = None) -> dict[str
                 "samples_count": last.samples_count if last else 0,
                 "status": last.status if last else None,
                 "reason": last.reason if last else "",
+                # "resumed from step N ...", "started over instead of resuming ...", memory fit
+                "notes": last.notes if last else [],
             },
             "training_data": {
                 "total_samples": stats["total"],

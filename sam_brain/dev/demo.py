@@ -201,17 +201,9 @@ def run(home: Path, n_sessions: int = 12, which: str = "tiny") -> None:
             proc,
         )
         say("forcing a training run (it starts from the active adapter)")
-        for _ in range(3):
-            # The new samples may start an automatic run at any moment: wait for the slot, and
-            # if one slipped in between, let it finish and force again (exit 4: already training).
-            wait_for(
-                "the training slot",
-                lambda: not get(url + "/api/training")["training"],
-                150 * slow,
-                proc,
-            )
-            if samctl(env, "train", "--force", "--wait", ok=(0, 4)) == 0:
-                break
+        # The new samples may start an automatic run at any moment: a forced run asked for
+        # while one starts or trains joins it, and `--wait` returns when that run finishes.
+        samctl(env, "train", "--force", "--wait")
         say("the gate compared it with the active version on the test split:")
         say("better -> a canary on 10% of conversations; not better -> rejected, nothing changes")
         samctl(env, "list")

@@ -7,15 +7,26 @@ that arrived since the last completed run.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sam_brain.fsutil import write_jsonl_atomic
+from sam_brain.fsutil import write_jsonl_atomic, write_text_atomic
 from sam_brain.home import Home
 from sam_brain.pipeline.split import ensure_nonempty, hold_out_groups
 from sam_brain.pipeline.tokens import fit_rows
+from sam_brain.protocols import Sample
+
+SAMPLES = "samples.json"  # in a run's data folder: id -> content digest of every sample used
+
+
+def sample_digest(s: Sample) -> str:
+    """What a sample contributes to training (its turns and preference pair), hashed."""
+    body = json.dumps([s.messages, s.chosen, s.rejected], sort_keys=True, default=str)
+    return hashlib.sha256(body.encode()).hexdigest()[:16]
 
 
 def base_model_ref(home: Home, backend: str) -> str:
@@ -24,7 +35,11 @@ def base_model_ref(home: Home, backend: str) -> str:
 
 
 def build_dataset(
-    home: Home, out: Path, now: float | None = None, base: Path | None = None
+    home: Home,
+    out: Path,
+    now: float | None = None,
+    base: Path | None = None,
+    pool_version: int | None = None,
 ) -> dict[str, int]:
     """Write train/valid/test JSONL of trainable samples (+ preference.jsonl); returns counts.
 
@@ -35,9 +50,17 @@ def build_dataset(
     profile's length in the base model's tokens (`base`, when given) are cut again into windows,
     and a row that still does not fit (one step longer than the length) is left out, so the
     trainer never truncates a supervised turn; both are counted (`resplit`, `too_long`).
+
+    With `pool_version` the rows are read from the pool as it was at that version (the one the
+    run recorded), so an ingest that lands meanwhile cannot leak in; `samples.json` lists the
+    samples used with their content digest, so a resume can tell whether any was removed since.
+
+    Raises:
+        NotFound: `pool_version` no longer exists.
     """
     now = time.time() if now is None else now
-    rows = list(home.pool.samples(ready_before=now))
+    pool = home.pool if pool_version is None else home.pool.at_version(pool_version)
+    rows = list(pool.samples(ready_before=now))
     sft = [(s, split) for s, split in rows if s.kind == "sft"]
     groups = ensure_nonempty({s.group: split for s, split in sft})
     held = hold_out_groups(groups, home.config.deployment.gate_holdout_share)
@@ -62,6 +85,13 @@ def build_dataset(
     ]
     if prefs:
         counts["preference"] = write_jsonl_atomic(out / "preference.jsonl", prefs)
+    used = {
+        s.id: sample_digest(s)
+        for s, split in rows
+        if s.kind == "sft"
+        or (s.kind == "preference" and split == "train" and groups.get(s.group) != "test")
+    }
+    write_text_atomic(out / SAMPLES, json.dumps(used, sort_keys=True))
     counts.update({k: v for k, v in fit.items() if v})
     return counts
 

@@ -3,21 +3,25 @@
 The worker runs at lowered priority with the fast BLAS preloaded (MLX on Linux CPU), its stdout
 carries `@@{json}` reports, and its stderr goes to the run's log file. A crash, a timeout or an
 error report becomes a `TrainingFailed`; a cancel sends SIGTERM so the trainer saves first.
+A worker holds `worker.lock` in its run folder: one left running by a daemon that died is
+stopped before the run's next worker starts, so two never write the same checkpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from sam_brain.errors import TrainingCancelled, TrainingFailed
+from sam_brain.errors import TrainingCancelled, TrainingFailed, WorkerKilled
 from sam_brain.protocols import Progress, TrainResult, TrainSpec
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,54 @@ def worker_env(backend: str) -> dict[str, str]:
     return env
 
 
+WORKER_LOCK = "worker.lock"
+
+
+def lock_worker(run_dir: Path) -> IO[str]:
+    """Called by the worker: hold the run's lock (with its pid) for the process's lifetime."""
+    fh = open(run_dir / WORKER_LOCK, "a+")  # noqa: SIM115 - held until the process exits
+    fcntl.flock(fh, fcntl.LOCK_EX)
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
+def stop_orphan(run_dir: Path, grace_s: float = 30.0) -> int | None:
+    """Stop a worker still holding the run's lock (SIGTERM: it saves; then SIGKILL).
+
+    Returns the pid it stopped, or None when no worker held the lock.
+    """
+    path = run_dir / WORKER_LOCK
+    if not path.exists():
+        return None
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return None  # nobody holds it; closing the file releases it again
+        except BlockingIOError:
+            fh.seek(0)
+            text = fh.read().strip()
+        pid = int(text) if text.isdigit() else 0
+        if pid <= 0:
+            return None
+        log.warning("stopping worker %d left running in %s", pid, run_dir)
+        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                break
+            deadline = time.monotonic() + wait_s
+            while time.monotonic() < deadline:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return pid
+                except BlockingIOError:
+                    time.sleep(0.1)
+        return pid
+
+
 class TrainingProcess:
     """One supervised run of `python -m sam_brain.train.worker`."""
 
@@ -50,12 +102,14 @@ class TrainingProcess:
         run_dir: Path,
         nice: int = 10,
         timeout_s: float = 4 * 3600.0,
+        memory_budget_mb: float = -1.0,
     ) -> None:
         self.backend = backend
         self.spec = spec
         self.run_dir = run_dir
         self.nice = nice
         self.timeout_s = timeout_s
+        self.memory_budget_mb = memory_budget_mb  # <0: no memory fit; 0: free memory (worker)
         self.proc: asyncio.subprocess.Process | None = None
         self.cancel_requested = False
 
@@ -65,6 +119,7 @@ class TrainingProcess:
         on_preflight: Callable[[dict[str, Any]], None] | None = None,
     ) -> TrainResult:
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(stop_orphan, self.run_dir)
         spec_path = self.run_dir / "spec.json"
         spec_path.write_text(self.spec.to_json(), encoding="utf-8")
         log_path = self.run_dir / "train.log"
@@ -72,6 +127,8 @@ class TrainingProcess:
         # The worker lowers its own priority: a preexec_fn would force fork(), which LanceDB's
         # runtime threads in this process do not survive reliably.
         env["SAM_BRAIN_NICE"] = str(self.nice)
+        if self.memory_budget_mb >= 0:
+            env["SAM_BRAIN_MEMORY_BUDGET_MB"] = f"{self.memory_budget_mb:.0f}"
         with open(log_path, "ab") as log_fh:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -108,6 +165,7 @@ class TrainingProcess:
                 reason = f"training process killed by signal {-code}"
                 if -code == signal.SIGKILL:
                     reason += " (out of memory?)"
+                raise WorkerKilled(f"{reason}; see {log_path}")
             raise TrainingFailed(f"{reason}; see {log_path}")
         return result
 

@@ -141,7 +141,8 @@ async def test_a_user_cancel_is_recorded_as_cancelled_and_not_retried(
     home = Home.open(cfg)
     fill(home, 8)
     coord = Coordinator(home, "mlx")
-    run_id = coord.start_run("forced", force=True)
+    run_id, joined = await coord.start_run("forced", force=True)
+    assert not joined
     assert home.store.get_run(run_id).status == "pending"  # recorded before the task runs
     for _ in range(600):  # the worker is up once it reports progress
         if home.store.get_run(run_id).progress.get("step"):
