@@ -81,10 +81,19 @@ _ID_PREFIX = re.compile(
 # Claude Code's own ids: 2.1.114 agent ids ("a" + 16 hex, named in "to: '<id>'" hints; a hex-encoded
 # secret has an even length), and session/message UUIDs (detect-secrets drops those already).
 _AGENT_ID = re.compile(r"a[0-9a-f]{16}")
+_SRI = re.compile(r"sha(?:1|256|384|512)-[A-Za-z0-9+/]{27,}={0,2}$")  # lockfile integrity digests
 _ID_KEY = re.compile(r"(?i)id[\"']?\s*[:=]\s*[\"']$")
 _DS_FILTERS = (heuristic.is_sequential_string, heuristic.is_potential_uuid,  # default filters
                heuristic.is_templated_secret, heuristic.is_prefixed_with_dollar_sign,
                heuristic.is_not_alphanumeric_string)  # fmt: skip
+
+
+def is_public_id(value: str) -> bool:
+    """An API object id (toolu_..., msg_...), a Claude Code agent id or an SRI digest; or a value
+    with a vendor's prefix (`xoxp-`, `ghp_`), which generic rules leave to that vendor's rule."""
+    return bool(
+        _ID_PREFIX.match(value) or _AGENT_ID.fullmatch(value) or _SRI.match(value)
+    ) or bool(_VENDOR_PREFIX.match(value))
 
 
 def _generic_ok(value: str, line: str) -> bool:
@@ -92,11 +101,7 @@ def _generic_ok(value: str, line: str) -> bool:
     if any(f(value) for f in _DS_FILTERS) or heuristic.is_likely_id_string(value, line):
         return False
     at = max(line.find(value), 0)
-    if (
-        _ID_PREFIX.match(value)
-        or _AGENT_ID.fullmatch(value)
-        or _ID_KEY.search(line, max(at - 40, 0), at)
-    ):
+    if is_public_id(value) or _ID_KEY.search(line, max(at - 40, 0), at):
         return False  # API object ids (toolu_..., "requestId": ...) are public identifiers
     if heuristic.is_indirect_reference(line) or _is_placeholder(value) or _is_templated(value):
         return False
