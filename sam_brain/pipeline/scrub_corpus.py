@@ -237,3 +237,10 @@ def negatives() -> list[str]:
         "export DATABASE_URL=postgres://app@db:5432/app?sslmode=require",
     ]
     return out
+
+
+def missed(scrub: Any, examples: list[Example]) -> list[Example]:
+    """The examples whose secret is still readable after `scrub(text) -> scrubbed text`."""
+    from sam_brain.pipeline.scrub import MARKER_RE
+
+    return [e for e in examples if leaked(e.secret, MARKER_RE.sub("", scrub(e.text)))]
