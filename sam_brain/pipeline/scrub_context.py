@@ -34,7 +34,7 @@ _PUBLIC_NAMES = re.compile(
     r"|path|file|url|href|src|name|branch|tag|image|data|content|signature|text|title|h\d)$|Ids?$"
 )
 # A token starts after a non-token character ('=' allowed: `key=...`) and may end in padding.
-_TOKEN = re.compile(r"(?<![\w+/~.-])[\w+/~-][\w+/~.-]{14,}[\w+/~-]={0,2}(?![\w+/~.-])")
+_TOKEN = re.compile(r"(?<![\w+/~.-])[\w+/~-][\w+/~.-]{14,}[\w+/~-]={0,2}(?![\w+/~-]|\.[\w+/~-])")
 _WINDOW = 48  # characters after the keyword where the token may start
 _HASH_HEX = frozenset({32, 40, 64, 128})  # md5, sha1 (git), sha256, sha512 in hex
 _BLOCKS = re.compile(
