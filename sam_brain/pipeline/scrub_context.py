@@ -22,9 +22,8 @@ from sam_brain.pipeline.scrub_rules import GENERIC, STRUCT, Span, is_public_id
 _KEYWORD = re.compile(r"secret|token|tkn|passw|pwd|passphrase|credential|auth(?!or)|key|bearer")
 _WORD_CHARS = frozenset(string.ascii_letters + string.digits + "_-")  # a token around a keyword
 # `name = <random token>` whatever the name, unless the name says what the value is (an id, a digest).
-_ASSIGN = re.compile(
-    r"(?<=[\w\"'`])[ \t\"'`]{0,3}(?:=>|:{1,3}=|\?=|\|\||=|:|>|,)[ \t\"'`=]{0,5}(?=[\w+/~-]{20})"
-)
+# Separator first (a character-set prefix `re` scans fast); the name before it is checked after.
+_ASSIGN = re.compile(r"(?:=>|:{1,3}=|\?=|\|\||=|:|>|,)[ \t\"'`=]{0,5}(?=[\w+/~-]{20})")
 _NAME_BEFORE = re.compile(r"([A-Za-z_][\w.-]{0,40})[ \t\"'`]{0,3}$")
 # A vendor-style token on its own (`ramp_sec_<random>`): a short word prefix, then a random body of
 # letters of both cases and digits; no '/' or '+', so base64 payloads and public keys do not match.

@@ -9,7 +9,7 @@ back with Python's `re`. Rules are split by a hash of their id into a developmen
 held-out part (about 30%) whose formats are never looked at while tuning rules.
 
 `negatives()` is the code look-alike set: ids, digests, hashes and ordinary code near credential
-words, none of which may be altered. Used by bench/secrets.py and tests/pipeline/test_scrub_corpus.py.
+words, none of which may be altered. Used by bench/scrub_secrets.py and tests/pipeline/test_scrub_corpus.py.
 """
 
 from __future__ import annotations

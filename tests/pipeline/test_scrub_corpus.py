@@ -1,7 +1,7 @@
 """Secrets we never tuned on: recall on the engine-rule corpus, the issue-13 formats, and the pool.
 
 The corpus is generated from the rules kingfisher-secret-scanner ships (sam_brain/pipeline/
-scrub_corpus.py), split by rule into a development and a held-out part; bench/secrets.py prints
+scrub_corpus.py), split by rule into a development and a held-out part; bench/scrub_secrets.py prints
 the same figures per layer.
 """
 

@@ -11,7 +11,7 @@ Each set is scrubbed three ways: the whole stack, the engine alone, and our rule
 engine, so each layer's share shows. Goal: held-out recall >= 0.95 and no look-alike altered.
 
 Run from the repository root (about 20 s):
-    .venv/bin/python bench/secrets.py
+    .venv/bin/python bench/scrub_secrets.py
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # after the path fix: `python bench/secrets.py` works
+from bench import common  # after the path fix: `python bench/scrub_secrets.py` works
+
+# Not named secrets.py: bench/ is sys.path[0] for its scripts, and that would shadow the stdlib module.
 
 
 def fixture_oracle() -> Callable[[dict[str, Any], str], list[str]] | None:
