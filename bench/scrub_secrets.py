@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         row: list[Any] = [name]
         for part in (fixtures, dev, held):
             miss = corpus.missed(scrub, part)
-            row.append(f"{1 - len(miss) / max(len(part), 1):.3f} ({len(part) - len(miss)}/{len(part)})")
+            row.append(
+                f"{1 - len(miss) / max(len(part), 1):.3f} ({len(part) - len(miss)}/{len(part)})"
+            )
             if name == "stack" and part is held:
                 held_missed = miss
         row.append(f"{sum(scrub(t) != t for t in negatives)}/{len(negatives)}")

@@ -10,6 +10,7 @@ the public ids of transcripts and code (tool-use ids, agent ids, UUIDs, git SHAs
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import string
@@ -27,7 +28,9 @@ _ASSIGN = re.compile(r"(?:=>|:{1,3}=|\?=|\|\||=|:|>|,)[ \t\"'`=]{0,5}(?=[\w+/~-]
 _NAME_BEFORE = re.compile(r"([A-Za-z_][\w.-]{0,40})[ \t\"'`]{0,3}$")
 # A vendor-style token on its own (`ramp_sec_<random>`): a short word prefix, then a random body of
 # letters of both cases and digits; no '/' or '+', so base64 payloads and public keys do not match.
-_LONE = re.compile(r"(?<![\w+/=.~-])[a-z]{2,10}[_-](?:[a-z]{2,10}[_-])?([A-Za-z0-9_-]{24,})(?![\w+/=~-])")
+_LONE = re.compile(
+    r"(?<![\w+/=.~-])[a-z]{2,10}[_-](?:[a-z]{2,10}[_-])?([A-Za-z0-9_-]{24,})(?![\w+/=~-])"
+)
 _PUBLIC_NAMES = re.compile(
     r"(?i)(?:^|[_.-])(?:id|uuid|sha\d*|hash|digest|checksum|etag|integrity|commit|rev|ref|version"
     r"|path|file|url|href|src|name|branch|tag|image|data|content|signature|text|title|h\d)$|Ids?$"
@@ -66,11 +69,15 @@ def looks_random(value: str, hex_ok: bool = False) -> bool:
         return False
     low = value.lower()
     hexlen = len(value) == 40 or (len(value) in _HASH_HEX and not hex_ok)
-    if hexlen and all(c in "0123456789abcdef" for c in low):
-        if value in (low, value.upper()):
-            return False  # a digest or git object id in single-case hex
+    single_case_hex = all(c in "0123456789abcdef" for c in low) and value in (low, value.upper())
+    if hexlen and single_case_hex:
+        return False  # a digest or git object id
     # Letter/digit alternations: random tokens have many, identifiers (sha256_v2) a few.
-    flips = sum(a.isdigit() != b.isdigit() for a, b in zip(value, value[1:]) if a.isalnum() and b.isalnum())
+    flips = sum(
+        a.isdigit() != b.isdigit()
+        for a, b in itertools.pairwise(value)
+        if a.isalnum() and b.isalnum()
+    )
     return (flips >= 4 and _entropy(value) >= 3.4) or mixed
 
 
@@ -138,9 +145,11 @@ def lone_spans(text: str) -> list[Span]:
     spans: list[Span] = []
     for m in _LONE.finditer(text):
         value = m.group(1)
-        if is_public_id(m.group()) or not (any(map(str.isupper, value)) and any(map(str.islower, value))):
+        if is_public_id(m.group()) or not (
+            any(map(str.isupper, value)) and any(map(str.islower, value))
+        ):
             continue
-        flips = sum(a.isdigit() != b.isdigit() for a, b in zip(value, value[1:]))
+        flips = sum(a.isdigit() != b.isdigit() for a, b in itertools.pairwise(value))
         if flips >= 6 and _entropy(value) >= 4.2 and looks_random(value):
             spans.append((m.start(), m.end(), GENERIC, "secret_token"))
     return spans

@@ -20,10 +20,9 @@ import string
 import uuid
 import zlib
 from dataclasses import dataclass
-from typing import Any
-
 from re import _constants as sre  # type: ignore[attr-defined]  # the parser's opcodes
 from re import _parser as sre_parse  # type: ignore[attr-defined]
+from typing import Any
 
 HELD_OUT_PERCENT = 30
 PER_RULE = 3

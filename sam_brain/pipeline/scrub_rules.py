@@ -91,9 +91,9 @@ _DS_FILTERS = (heuristic.is_sequential_string, heuristic.is_potential_uuid,  # d
 def is_public_id(value: str) -> bool:
     """An API object id (toolu_..., msg_...), a Claude Code agent id or an SRI digest; or a value
     with a vendor's prefix (`xoxp-`, `ghp_`), which generic rules leave to that vendor's rule."""
-    return bool(
-        _ID_PREFIX.match(value) or _AGENT_ID.fullmatch(value) or _SRI.match(value)
-    ) or bool(_VENDOR_PREFIX.match(value))
+    return bool(_ID_PREFIX.match(value) or _AGENT_ID.fullmatch(value) or _SRI.match(value)) or bool(
+        _VENDOR_PREFIX.match(value)
+    )
 
 
 def _generic_ok(value: str, line: str) -> bool:
