@@ -16,7 +16,7 @@ import threading
 from typing import Any
 
 ENGINE = 0  # span priority: a vendor-specific rule, like our own VENDOR rules
-_lock = threading.Lock()
+_lock = threading.RLock()
 _scanner: Any = None
 _KIND_RE = re.compile(r"[^a-z0-9]+")
 _PREFIXES = ("betterleaks.", "veles.secrets/", "kingfisher.")
@@ -48,7 +48,9 @@ def engine_spans(text: str) -> list[tuple[int, int, int, str]]:
     The secret itself is located in the text (every occurrence); a secret found base64-encoded
     is not in the text, so its encoded region (UTF-8 byte offsets) is redacted instead.
     """
-    findings = scanner().scan(text)
+    engine = scanner()
+    with _lock:  # the SDK does not document its scanner as thread-safe; a scan takes microseconds
+        findings = engine.scan(text)
     if not findings:
         return []
     spans: list[tuple[int, int, int, str]] = []

@@ -196,3 +196,30 @@ def test_ingest_stores_none_of_the_new_formats(tmp_path: Path) -> None:
     finally:
         home.close()
         shutil.rmtree(tmp_path / "home", ignore_errors=True)
+
+
+def test_engine_kinds_and_base64_regions() -> None:
+    import base64
+
+    from sam_brain.pipeline.scrub_engine import engine_spans, kind_of
+
+    assert kind_of("betterleaks.gitlab-pat") == "gitlab_pat"
+    assert kind_of("betterleaks.abuseipdb-api-key.1") == "abuseipdb_api_key"
+    assert kind_of("veles.secrets/cloudflareapitoken") == "cloudflareapitoken"
+    token = "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"
+    encoded = base64.b64encode(f"token={token}".encode()).decode()
+    text = f"café ünïcode — secret: {encoded}\nnext line"
+    spans = engine_spans(text)
+    assert any(text[a:b] == encoded for a, b, _, _ in spans), spans  # character, not byte, offsets
+    out, _ = Scrubber(home="/home/tester").scrub_text(text)
+    assert encoded not in out and out.endswith("\nnext line") and out.startswith("café ünïcode")
+
+
+def test_engine_adds_only_what_our_rules_missed(scrubber: Scrubber) -> None:
+    """Where our rules matched, the marker and the counts are ours, engine or not."""
+    text = "git push https://x: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@github.com/o/r.git"
+    without = Scrubber(home="/home/tester", engine=False).scrub_text(text)
+    assert scrubber.scrub_text(text) == without == (
+        "git push https://[REDACTED:github_token]@github.com/o/r.git",
+        {"github_token": 1},
+    )
