@@ -219,7 +219,11 @@ def test_engine_adds_only_what_our_rules_missed(scrubber: Scrubber) -> None:
     """Where our rules matched, the marker and the counts are ours, engine or not."""
     text = "git push https://x: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@github.com/o/r.git"
     without = Scrubber(home="/home/tester", engine=False).scrub_text(text)
-    assert scrubber.scrub_text(text) == without == (
-        "git push https://[REDACTED:github_token]@github.com/o/r.git",
-        {"github_token": 1},
+    assert (
+        scrubber.scrub_text(text)
+        == without
+        == (
+            "git push https://[REDACTED:github_token]@github.com/o/r.git",
+            {"github_token": 1},
+        )
     )
