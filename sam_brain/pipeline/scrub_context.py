@@ -33,12 +33,14 @@ _LONE = re.compile(
 )
 _PUBLIC_NAMES = re.compile(
     r"(?i)(?:^|[_.-])(?:id|uuid|sha\d*|hash|digest|checksum|etag|integrity|commit|rev|ref|version"
-    r"|path|file|url|href|src|name|branch|tag|image|data|content|signature|text|title|h\d)$|Ids?$"
+    r"|path|file|url|href|src|name|branch|tag|image|data|content|signature|text|title|h\d|base64)$"
+    r"|Ids?$"
 )
 # A token starts after a non-token character ('=' allowed: `key=...`) and may end in padding.
 _TOKEN = re.compile(r"(?<![\w+/~.-])[\w+/~-][\w+/~.-]{14,}[\w+/~-]={0,2}(?![\w+/~-]|\.[\w+/~-])")
 _WINDOW = 48  # characters after the keyword where the token may start
 _HASH_HEX = frozenset({32, 40, 64, 128})  # md5, sha1 (git), sha256, sha512 in hex
+
 _BLOCKS = re.compile(
     r"-{5}BEGIN OpenVPN Static key V\d-{5}(?s:.{0,8192}?)-{5}END OpenVPN Static key V\d-{5}"
     r"|<(key|tls-auth|tls-crypt|tls-crypt-v2|secret|pkcs12)>(?s:.{0,16384}?)</\1>"
@@ -56,7 +58,9 @@ def looks_random(value: str, hex_ok: bool = False) -> bool:
     Single-case hex of a digest's length (md5, sha256, sha512) counts only when `hex_ok` (after
     a word such as `secret` or `token`, not `key`); a git SHA's length never does.
     """
-    if len(value) < 16 or is_public_id(value) or value[0] in "/~.":  # paths
+    if len(value) < 16 or is_public_id(value) or value[0] in "~.":
+        return False
+    if value[0] == "/" and value.count("/") > 1:  # a path (a base64 token may start with one '/')
         return False
     if heuristic.is_potential_uuid(value) or heuristic.is_sequential_string(value):
         return False

@@ -217,6 +217,9 @@ def negatives() -> list[str]:
             f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI{b62(43)} dev@laptop",
             f"user_key_id = {rng.randint(10**6, 10**9)}\ntoken_count = {rng.randint(1, 9999)}",
             f'trace_id="{hexs(32)}" span_id="{hexs(16)}"',
+            f'<img src="data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAB{b62(40)}==">',
+            f'const LOGO = "iVBORw0KGgoAAAANSUhEUgAAAA{b62(48)}";\nconst PDF = "JVBERi0xLjcK{b62(30)}"',
+            f'<script src="/assets/app.{hexs(20)}.js" integrity="sha384-{b62(64)}"></script>',
         ]
     out += [
         "def rotate(secret_name: str, key_id: str) -> None:\n    password = getpass.getpass()",
