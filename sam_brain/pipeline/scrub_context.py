@@ -33,11 +33,16 @@ _LONE = re.compile(
 )
 _PUBLIC_NAMES = re.compile(
     r"(?i)(?:^|[_.-])(?:id|uuid|sha\d*|hash|digest|checksum|etag|integrity|commit|rev|ref|version"
-    r"|path|file|url|href|src|name|branch|tag|image|data|content|signature|text|title|h\d|base64)$"
+    r"|path|file|url|href|src|name|branch|tag|image|data|content|signature|text|title|h\d|base64|slug)$"
     r"|Ids?$"
 )
 # A token starts after a non-token character ('=' allowed: `key=...`) and may end in padding.
 _TOKEN = re.compile(r"(?<![\w+/~.-])[\w+/~-][\w+/~.-]{14,}[\w+/~-]={0,2}(?![\w+/~-]|\.[\w+/~-])")
+# Prefixes whose vendor rule checks the whole structure (Slack's digit groups, GitHub's length):
+# a value that rule rejected is a fake, and the context rules leave it alone too.
+_DEFER = re.compile(r"(?:xox[a-z]|xapp|gh[pousr]|github_pat|pplx|hf)[-_]|AIza")
+_HEX_OR_SEP = frozenset(string.hexdigits + "-_")  # trace and request ids: not a credential here
+_CAMEL_WORD = re.compile(r"[A-Z][a-z]{5,}")  # two of these are rare in a random token (~2%)
 _WINDOW = 48  # characters after the keyword where the token may start
 _HASH_HEX = frozenset({32, 40, 64, 128})  # md5, sha1 (git), sha256, sha512 in hex
 
@@ -58,17 +63,27 @@ def looks_random(value: str, hex_ok: bool = False) -> bool:
     Single-case hex of a digest's length (md5, sha256, sha512) counts only when `hex_ok` (after
     a word such as `secret` or `token`, not `key`); a git SHA's length never does.
     """
-    if len(value) < 16 or is_public_id(value) or value[0] in "~.":
+    if len(value) < 16 or is_public_id(value) or _DEFER.match(value) or value[0] in "~.":
         return False
     if value[0] == "/" and value.count("/") > 1:  # a path (a base64 token may start with one '/')
         return False
     if heuristic.is_potential_uuid(value) or heuristic.is_sequential_string(value):
         return False
+    if "." in value.strip(
+        "."
+    ):  # dotted names (`gguf.TokenType.USER_DEFINED`) unless a part is random
+        return any(looks_random(part, hex_ok) for part in value.split(".") if len(part) >= 16)
+    if value.startswith("0x") or max(map(len, re.findall(r"[A-Za-z0-9]+", value)), default=0) < 12:
+        return False  # a hex literal, or short parts joined (`tool_arg_key_b9d4f5c2`)
+    if len(_CAMEL_WORD.findall(value)) >= 2:
+        return False  # CamelCase names with version digits (`Wav2Vec2FeatureExtractor`)
     digits = sum(c.isdigit() for c in value)
     letters = sum(c.isalpha() for c in value)
     upper = sum(c.isupper() for c in value) / max(letters, 1)
     # Mixed case near half and half (random base62); camelCase names are mostly lowercase.
     mixed = len(value) >= 20 and 0.3 <= upper <= 0.7 and _entropy(value) >= 3.8
+    runs = [len(r) for r in re.findall(r"[a-z]+", value)]  # random: short; names: words
+    mixed = mixed and max(runs, default=0) <= 7 and sum(runs) / max(len(runs), 1) < 2.8
     if not letters or not (digits or mixed):
         return False
     low = value.lower()
@@ -85,6 +100,15 @@ def looks_random(value: str, hex_ok: bool = False) -> bool:
     return (flips >= 4 and _entropy(value) >= 3.4) or mixed
 
 
+def _unescaped(text: str, token: re.Match[str]) -> tuple[int, str]:
+    """A token's start and value, without a sentence's final dot or the letter of a `\\n`
+    escape it follows (JSON-escaped text: `...\\nMIIE...` is a new line starting `MIIE`)."""
+    at, value = token.start(), token.group().rstrip(".")
+    if at > 0 and text[at - 1] == "\\" and value[:1] in ("n", "r", "t"):
+        at, value = at + 1, value[1:]
+    return at, value
+
+
 def assigned_spans(text: str) -> list[Span]:
     """A random token assigned to any name (`miro => "..."`, `upstash: ...`), stricter than
     `keyword_spans`: 20+ characters, not hex, and the name does not say it is an id or a digest."""
@@ -93,13 +117,13 @@ def assigned_spans(text: str) -> list[Span]:
         t = _TOKEN.match(text, m.end())
         if t is None:
             continue
-        value = t.group().rstrip(".")
+        at, value = _unescaped(text, t)
         name = _NAME_BEFORE.search(text, max(m.start() - 44, 0), m.start())
         if name is None or _PUBLIC_NAMES.search(name.group(1)):
             continue
-        if all(c in string.hexdigits for c in value) or not looks_random(value):
+        if all(c in _HEX_OR_SEP for c in value) or not looks_random(value):
             continue
-        spans.append((t.start(), t.start() + len(value), GENERIC, "secret_assignment"))
+        spans.append((at, at + len(value), GENERIC, "secret_assignment"))
     return spans
 
 
@@ -129,9 +153,9 @@ def keyword_spans(text: str, lower: str) -> list[Span]:
         for t in _TOKEN.finditer(text, start, limit):
             if t.start() >= start + _WINDOW:
                 break
-            value = t.group().rstrip(".")
+            at, value = _unescaped(text, t)
             if looks_random(value, hex_ok):
-                spans.append((t.start(), t.start() + len(value), GENERIC, "secret_near_keyword"))
+                spans.append((at, at + len(value), GENERIC, "secret_near_keyword"))
                 taken = t.end()
                 break
     return spans

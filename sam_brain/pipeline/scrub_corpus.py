@@ -125,9 +125,13 @@ class _Generator:
 
 
 def secret_of(match: re.Match[str], group: int) -> str:
-    """The rule's secret: its numbered group, else the first group that matched, else all."""
+    """The rule's secret: its numbered group, else a named password/secret/key/token group
+    (Veles' URL rules capture the whole URL first), else the first group that matched, else all."""
     if group:
         return match.group(group) or ""
+    for name, value in match.groupdict().items():
+        if value and value != match.group() and re.search(r"(?i)pass|secret|key|token", name):
+            return value
     return next((g for g in match.groups() if g), match.group())
 
 
