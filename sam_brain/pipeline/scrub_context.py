@@ -48,7 +48,9 @@ _HASH_HEX = frozenset({32, 40, 64, 128})  # md5, sha1 (git), sha256, sha512 in h
 
 _BLOCKS = re.compile(
     r"-{5}BEGIN OpenVPN Static key V\d-{5}(?s:.{0,8192}?)-{5}END OpenVPN Static key V\d-{5}"
-    r"|<(key|tls-auth|tls-crypt|tls-crypt-v2|secret|pkcs12)>(?s:.{0,16384}?)</\1>"
+    # Inline OpenVPN sections hold PEM or base64; a plist's `<key>Name</key>` holds neither.
+    r"|<(key|tls-auth|tls-crypt|tls-crypt-v2|secret|pkcs12)>(?=\s*(?:-{5}BEGIN|[A-Za-z0-9+/=]{40}))"
+    r"(?s:.{0,16384}?)</\1>"
 )
 
 

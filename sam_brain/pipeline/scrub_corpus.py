@@ -241,6 +241,8 @@ def negatives() -> list[str]:
         "https://github.com/org/repo/blob/9a038989604e8da62ecddbe2094b16ce1b778be1/src/auth.py",
         "postgres://localhost:5432/app and redis://cache:6379/0 (no credentials in the URL)",
         "export DATABASE_URL=postgres://app@db:5432/app?sslmode=require",
+        "<dict>\n  <key>CFBundleIdentifier</key>\n  <string>com.example.app</string>\n"
+        "  <key>SecretsManagerEnabled</key>\n  <true/>\n</dict>",
     ]
     return out
 
@@ -250,3 +252,20 @@ def missed(scrub: Any, examples: list[Example]) -> list[Example]:
     from sam_brain.pipeline.scrub import MARKER_RE
 
     return [e for e in examples if leaked(e.secret, MARKER_RE.sub("", scrub(e.text)))]
+
+
+def new_layer_hits(text: str) -> list[tuple[int, int, int, str]]:
+    """What the issue-13 layers (context rules and engine) find in `text`, before merging."""
+    from sam_brain.pipeline.scrub_context import (
+        assigned_spans,
+        block_spans,
+        keyword_spans,
+        lone_spans,
+    )
+    from sam_brain.pipeline.scrub_engine import engine_spans
+
+    lower = text.lower()
+    return (
+        keyword_spans(text, lower) + assigned_spans(text) + lone_spans(text)
+        + block_spans(text, lower) + engine_spans(text)
+    )  # fmt: skip
