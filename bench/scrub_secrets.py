@@ -72,6 +72,7 @@ def scrubbers() -> dict[str, Callable[[str], str]]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--show", type=int, default=15, help="missed held-out secrets to list")
+    p.add_argument("--quick", action="store_true", help="accepted for run_all (the run is short)")
     args = p.parse_args(argv)
     from sam_brain.pipeline import scrub_corpus as corpus
     from sam_brain.pipeline.scrub_corpus import Example
