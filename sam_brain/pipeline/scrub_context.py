@@ -1,11 +1,14 @@
-"""Rules that need context rather than a vendor's format: a random token near a credential word,
-and key blocks of formats PEM rules do not cover (OpenVPN static keys and inline key sections).
+"""Rules that need context rather than a vendor's format (issue 13: formats nobody wrote a rule for).
 
-The keyword rule is what catches a format nobody wrote a rule for: `aws_secret_access_key  wJal...`
-in a table, `my token is ...`, `"client_secret" => ...`. A token qualifies when it sits on the
-same line within a short distance after the word and looks random: 16+ characters, letters and
-digits that alternate often (identifiers such as `tokenizer_v2` do not), high entropy, and none of
-the public ids of transcripts and code (tool-use ids, agent ids, UUIDs, git SHAs, digests).
+- `keyword_spans`: a random token just after a credential word (`aws_secret_access_key  wJal...`
+  in a table, `my token is ...`), or the token the word sits in (`AIK_SECRET_...`);
+- `assigned_spans`: a random token assigned to any name (`miro => "..."`), stricter;
+- `lone_spans`: a vendor-style token on its own (`ramp_sec_<random>`);
+- `block_spans`: OpenVPN static keys and inline key sections.
+
+`looks_random` decides: 16+ characters, letters and digits that alternate often or mixed case
+near half and half, high entropy, and none of the public ids of transcripts and code (tool-use
+ids, agent ids, UUIDs, git SHAs, digests, dotted and CamelCase names, embedded files).
 """
 
 from __future__ import annotations
