@@ -11,7 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-BENCHES = ["ingest.py", "dedup.py", "train.py", "loss_head.py", "serve.py", "export.py"]
+BENCHES = ["ingest.py", "dedup.py", "scrub_secrets.py", "train.py", "loss_head.py", "serve.py",
+           "export.py"]  # fmt: skip
 
 
 def main() -> int:

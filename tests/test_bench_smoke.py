@@ -22,6 +22,7 @@ BENCHES = {
     "pipeline": ["bench/ingest.py", "pipeline", "--quick", "--no-teich"],
     "freshness": ["bench/ingest.py", "freshness", "--quick", "--quiet-minutes", "0.01"],
     "dedup": ["bench/dedup.py", "--quick"],
+    "secrets": ["bench/scrub_secrets.py", "--quick"],
 }
 
 pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason="../shared fixtures are absent")

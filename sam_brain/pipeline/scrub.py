@@ -24,6 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sam_brain.pipeline.scrub_context import (
+    assigned_spans,
+    block_spans,
+    keyword_spans,
+    lone_spans,
+)
+from sam_brain.pipeline.scrub_engine import engine_spans
 from sam_brain.pipeline.scrub_rules import (
     ASSIGN_RE,
     EMAIL_DOMAIN_RE,
@@ -70,10 +77,14 @@ class Scrubber:
         home: the home directory to replace with `/home/user` (`/Users/user` when it is under
             /Users; default: `Path.home()`), also in its `~/.claude/projects` form (`-home-x-...`);
             `/home/<name>`, `/Users/<name>` and `C:\\Users\\<name>` are replaced for every user.
+        engine: also run the maintained engine (`scrub_engine`); off only to measure our rules.
     """
 
-    def __init__(self, redact_emails: bool = True, home: str | None = None) -> None:
+    def __init__(
+        self, redact_emails: bool = True, home: str | None = None, engine: bool = True
+    ) -> None:
         self.redact_emails = redact_emails
+        self.engine = engine
         home = (home if home is not None else str(Path.home())).rstrip("/")
         placeholder = "/Users/user" if home.startswith("/Users/") else HOME_PLACEHOLDER
         self._home = home if len(home) > 1 and home != placeholder else None
@@ -153,12 +164,31 @@ class Scrubber:
                         spans.append((*m.span(rule.group), rule.priority, rule.kind))
         _plugin_spans(text, lower, spans)
         _assignment_spans(text, lower, spans)
+        # Context rules and the engine only add what ours missed: our kinds and counts stay.
+        more = block_spans(text, lower) + keyword_spans(text, lower) + assigned_spans(text)
+        more += lone_spans(text) + (engine_spans(text) if self.engine else [])
+        spans += _uncovered(more, spans)
         if self.redact_emails and "@" in text:
             spans += _emails(text)
         # An e-mail or IP inside a credential is left to the credential rule (no merged spans).
         strong = [s for s in spans if s[2] < PII]
         spans = strong + _not_overlapping([s for s in spans if s[2] >= PII], strong)
         return _everywhere(text, _outside_markers(text, spans))
+
+
+def _uncovered(new: list[Span], spans: list[Span]) -> list[Span]:
+    """The new spans not inside one of `spans` (a span inside another redacts nothing more)."""
+    if not spans or not new:
+        return new
+    ordered = sorted(spans)
+    starts = [s[0] for s in ordered]
+    ends = list(itertools.accumulate((s[1] for s in ordered), max))
+    kept = []
+    for span in new:
+        i = bisect.bisect_right(starts, span[0])  # spans that start at or before this one
+        if i == 0 or ends[i - 1] < span[1]:
+            kept.append(span)
+    return kept
 
 
 def _plugin_spans(text: str, lower: str, spans: list[Span]) -> None:

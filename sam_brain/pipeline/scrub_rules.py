@@ -81,10 +81,23 @@ _ID_PREFIX = re.compile(
 # Claude Code's own ids: 2.1.114 agent ids ("a" + 16 hex, named in "to: '<id>'" hints; a hex-encoded
 # secret has an even length), and session/message UUIDs (detect-secrets drops those already).
 _AGENT_ID = re.compile(r"a[0-9a-f]{16}")
+# Base64 of a file's magic number (PNG, JPEG, GIF, WebP, PDF, gzip, zip), of an SSH public key,
+# or of a DER public key (EC P-256, RSA 2048, Ed25519 SubjectPublicKeyInfo).
+_FILE_B64 = ("iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR", "JVBERi", "H4sI", "UEsDB", "AAAA",
+             "MFkwEwYHKoZIzj0CAQY", "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8A", "MCowBQYDK2VwAyEA")  # fmt: skip
+_SRI = re.compile(r"sha(?:1|256|384|512)-[A-Za-z0-9+/]{27,}={0,2}$")  # lockfile integrity digests
 _ID_KEY = re.compile(r"(?i)id[\"']?\s*[:=]\s*[\"']$")
 _DS_FILTERS = (heuristic.is_sequential_string, heuristic.is_potential_uuid,  # default filters
                heuristic.is_templated_secret, heuristic.is_prefixed_with_dollar_sign,
                heuristic.is_not_alphanumeric_string)  # fmt: skip
+
+
+def is_public_id(value: str) -> bool:
+    """An API object id (toolu_..., msg_...), a Claude Code agent id, an SRI digest or an embedded
+    file's base64 (a PNG's, a public key's): public, whatever rule looks at it."""
+    if _ID_PREFIX.match(value) or _AGENT_ID.fullmatch(value) or _SRI.match(value):
+        return True
+    return value.startswith(_FILE_B64)
 
 
 def _generic_ok(value: str, line: str) -> bool:
@@ -92,11 +105,7 @@ def _generic_ok(value: str, line: str) -> bool:
     if any(f(value) for f in _DS_FILTERS) or heuristic.is_likely_id_string(value, line):
         return False
     at = max(line.find(value), 0)
-    if (
-        _ID_PREFIX.match(value)
-        or _AGENT_ID.fullmatch(value)
-        or _ID_KEY.search(line, max(at - 40, 0), at)
-    ):
+    if is_public_id(value) or _ID_KEY.search(line, max(at - 40, 0), at):
         return False  # API object ids (toolu_..., "requestId": ...) are public identifiers
     if heuristic.is_indirect_reference(line) or _is_placeholder(value) or _is_templated(value):
         return False
