@@ -28,6 +28,7 @@ from collectors.quality import QualityConfig
 from collectors.transcript import SUBAGENT_TOOLS, Conversation, parse_file
 from collectors.transcript_lines import ToolCall
 from sam_brain.fsutil import atomic_file
+from sam_brain.pipeline.exclude import PathRules, file_ident, skip_excluded
 from sam_brain.pipeline.windowing import TokenCount, estimate_tokens
 from sam_brain.protocols import CollectResult, Cursors
 
@@ -41,6 +42,15 @@ def is_subagent_file(path: Path) -> bool:
 
 def peek_session_id(path: Path) -> str:
     """The `sessionId` named by the first lines of a transcript ("" when none is found)."""
+    return _peek(path, "sessionId")
+
+
+def peek_cwd(path: Path) -> str:
+    """The working directory (`cwd`) named by the first lines of a transcript, or ""."""
+    return _peek(path, "cwd")
+
+
+def _peek(path: Path, field: str) -> str:
     try:
         with path.open("rb") as fh:
             for _, raw in zip(range(20), fh, strict=False):
@@ -48,8 +58,8 @@ def peek_session_id(path: Path) -> str:
                     rec = json.loads(raw)
                 except ValueError:
                     continue
-                if isinstance(rec, dict) and isinstance(rec.get("sessionId"), str):
-                    return str(rec["sessionId"])
+                if isinstance(rec, dict) and isinstance(rec.get(field), str):
+                    return str(rec[field])
     except OSError:
         return ""
     return ""
@@ -199,6 +209,8 @@ class SessionCollector:
             `pipeline.tokens.window_tokens(config)`, from the training profile's length).
         count: tokens of one message (`pipeline.tokens.message_counter(config)`: the base
             model's tokenizer when on disk); the conservative estimate when None.
+        exclude: `sources.exclude` patterns; a session whose file, project folder or working
+            directory matches is not parsed and is counted as skipped `excluded`.
 
     `collect` never raises for one file's problem: unreadable or vanished files are counted.
     """
@@ -215,8 +227,10 @@ class SessionCollector:
         quality: QualityConfig | None = None,
         max_tokens: int = 4096,
         count: TokenCount | None = None,
+        exclude: Sequence[str] = (),
     ) -> None:
         self.dirs = [Path(d).expanduser().absolute() for d in dirs]
+        self.exclude = PathRules(exclude)
         self.quiet_minutes = quiet_minutes
         self.archive_dir = Path(archive_dir).expanduser().absolute() if archive_dir else None
         self.options = CurateOptions(
@@ -236,6 +250,9 @@ class SessionCollector:
         """
         result = CollectResult()
         for main, agents in self._sessions(self._discover(paths, result), result).items():
+            if self.excluded(main):
+                skip_excluded(cursors, result, self._key(main), file_ident(main))
+                continue
             files = [main, *agents]
             try:
                 idents = {f: _identity(f) for f in files}
@@ -256,6 +273,9 @@ class SessionCollector:
         if main is None or not main.is_file():
             result.skipped["orphan_subagent"] += 1
             return result
+        if self.excluded(main):
+            result.skipped["excluded"] += 1
+            return result
         agents = find_subagent_files(main, peek_session_id(main))
         try:
             idents = {f: _identity(f) for f in [main, *agents]}
@@ -268,6 +288,17 @@ class SessionCollector:
     @staticmethod
     def _key(path: Path) -> str:
         return f"sessions:{path}"
+
+    def excluded(self, main: Path) -> bool:
+        """Whether `sources.exclude` names the session's file, project folder or working
+        directory; the path checks come first, so most excluded files are never opened."""
+        rules = self.exclude
+        if not rules:
+            return False
+        if rules.match_file(main):
+            return True
+        cwd = peek_cwd(main)
+        return bool(cwd) and rules.match(cwd)
 
     def _discover(self, paths: Sequence[Path] | None, result: CollectResult) -> list[Path]:
         roots = self.dirs if paths is None else [Path(p).expanduser().absolute() for p in paths]

@@ -13,10 +13,11 @@ import bisect
 import fcntl
 import json
 import time
+import warnings
 from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -252,3 +253,73 @@ class Pool:
         for group, split in changes.items():
             g = group.replace("'", "''")
             self._table.update(where=f"`group` = '{g}'", values={"split": split})
+
+    # --- removal and compaction (privacy: `samctl data forget`; housekeeping: `data compact`) ---
+
+    def rows_with_data(self) -> Iterator[dict[str, Any]]:
+        """Every row with its pool columns and `data` (the forget scan)."""
+        yield from self._rows(None)
+
+    def count_ids_at(self, version: int, ids: Collection[str]) -> int | None:
+        """How many of `ids` the pool held at `version` (None: that version was cleaned up)."""
+        try:
+            old = self._db.open_table(TABLE)
+            old.checkout(version)
+        except (ValueError, OSError, RuntimeError):
+            return None
+        found = 0
+        chunk = sorted(ids)
+        for i in range(0, len(chunk), 500):
+            found += int(old.count_rows(f"id IN ({_quote(chunk[i : i + 500])})"))
+        return found
+
+    def purge(self, ids: Collection[str]) -> int:
+        """Delete `ids` so that no file of the pool holds them any more; returns rows deleted.
+
+        A LanceDB delete only marks rows (their bytes stay in the data file and in every older
+        version), and compaction leaves fragments with few deletions alone; so the remaining
+        rows are written as a new version (the version number keeps counting up) and every
+        older version is cleaned up at once. Callers hold `file_lock(self.lock_path)`.
+        """
+        if not ids:
+            return 0
+        before = self.count()
+        drop = set(ids)
+        rows = [r for r in self._rows(None) if r["id"] not in drop]
+        table = pa.Table.from_pylist(rows, schema=SCHEMA)
+        self._table = self._db.create_table(TABLE, data=table, schema=SCHEMA, mode="overwrite")
+        self._cleanup(timedelta(0), unverified=True)
+        self._stats_cache = None
+        return before - self.count()
+
+    def version_count(self) -> int:
+        """Versions on disk (a directory listing: cheap enough to ask after every write)."""
+        folder = self.root / f"{TABLE}.lance" / "_versions"
+        return sum(1 for p in folder.glob("*.manifest")) if folder.is_dir() else 0
+
+    def compact(self, keep_versions: int, keep_days: float, protect: Collection[int] = ()) -> int:
+        """Merge small files and remove old versions; returns how many versions went.
+
+        Kept: the newest `keep_versions`, every version younger than `keep_days`, and every
+        version in `protect` and newer (what a running training reads). Callers hold the lock.
+        """
+        versions = sorted(self._table.list_versions(), key=lambda v: int(v["version"]))
+        if len(versions) <= keep_versions:
+            return 0
+        stamps = {int(v["version"]): v["timestamp"] for v in versions}
+        now = datetime.now(versions[-1]["timestamp"].tzinfo)
+        keep_from = versions[-keep_versions]["timestamp"]
+        for v in protect:
+            if v in stamps:
+                keep_from = min(keep_from, stamps[v])
+        age = max(now - keep_from, timedelta(days=keep_days)) + timedelta(seconds=1)
+        before = len(versions)
+        self._cleanup(age, unverified=False)
+        self._stats_cache = None
+        return max(0, before + 1 - len(self._table.list_versions()))
+
+    def _cleanup(self, older_than: timedelta, *, unverified: bool) -> None:
+        with warnings.catch_warnings():
+            # LanceDB warns that cleaning up to now breaks concurrent readers: we hold the lock.
+            warnings.simplefilter("ignore", UserWarning)
+            self._table.optimize(cleanup_older_than=older_than, delete_unverified=unverified)
