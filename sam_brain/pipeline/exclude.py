@@ -72,16 +72,20 @@ class PathRules:
         )
 
     def match_any(self, paths: Iterable[str]) -> bool:
-        return any(self.match(p) for p in paths if p)
+        return any(self.match_file(PurePosixPath(p)) for p in paths if p)
 
 
 def sample_paths(sample: Sample) -> list[str]:
-    """The paths a sample records about where it came from (transcript, cwd, repo, file)."""
-    meta = sample.meta
-    out = [str(meta.get(k) or "") for k in ("path", "cwd", "repo", "file")]
+    """The paths a sample records about where it came from: its source key (a transcript, a
+    repository, a file: never scrubbed) and the paths in its meta (cwd, repo, file: these had
+    home directories replaced by the scrubber once stored)."""
     key = sample.source_key
-    if key.startswith("/"):
-        out.append(key)
+    for prefix in ("git:", "docs:"):
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+            key = key.rsplit(":", 1)[0] if prefix == "git:" else key
+    meta = sample.meta
+    out = [key, *(str(meta.get(k) or "") for k in ("path", "cwd", "repo", "file"))]
     return [p for p in out if p.startswith("/")]
 
 
