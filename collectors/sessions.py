@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import gzip
 import json
 import logging
 import os
-import shutil
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -27,8 +25,9 @@ from collectors.curate import CurateOptions, curate
 from collectors.quality import QualityConfig
 from collectors.transcript import SUBAGENT_TOOLS, Conversation, parse_file
 from collectors.transcript_lines import ToolCall
-from sam_brain.fsutil import atomic_file
+from sam_brain.pipeline.archive import write_archive_copy
 from sam_brain.pipeline.exclude import PathRules, file_ident, skip_excluded
+from sam_brain.pipeline.forget_rules import Tombstones, load_cached
 from sam_brain.pipeline.windowing import TokenCount, estimate_tokens
 from sam_brain.protocols import CollectResult, Cursors
 
@@ -211,6 +210,8 @@ class SessionCollector:
             model's tokenizer when on disk); the conservative estimate when None.
         exclude: `sources.exclude` patterns; a session whose file, project folder or working
             directory matches is not parsed and is counted as skipped `excluded`.
+        forget_file: the home's `forget.json`: forgotten sessions are skipped (`forgotten`),
+            lines `samctl data forget --match` removed are not archived again.
 
     `collect` never raises for one file's problem: unreadable or vanished files are counted.
     """
@@ -228,9 +229,11 @@ class SessionCollector:
         max_tokens: int = 4096,
         count: TokenCount | None = None,
         exclude: Sequence[str] = (),
+        forget_file: Path | None = None,
     ) -> None:
         self.dirs = [Path(d).expanduser().absolute() for d in dirs]
         self.exclude = PathRules(exclude)
+        self.forget_file = forget_file
         self.quiet_minutes = quiet_minutes
         self.archive_dir = Path(archive_dir).expanduser().absolute() if archive_dir else None
         self.options = CurateOptions(
@@ -253,6 +256,9 @@ class SessionCollector:
             if self.excluded(main):
                 skip_excluded(cursors, result, self._key(main), file_ident(main))
                 continue
+            if self.forgotten(main):
+                skip_excluded(cursors, result, self._key(main), file_ident(main), "forgotten")
+                continue
             files = [main, *agents]
             try:
                 idents = {f: _identity(f) for f in files}
@@ -273,8 +279,8 @@ class SessionCollector:
         if main is None or not main.is_file():
             result.skipped["orphan_subagent"] += 1
             return result
-        if self.excluded(main):
-            result.skipped["excluded"] += 1
+        if self.excluded(main) or self.forgotten(main):
+            result.skipped["excluded" if self.excluded(main) else "forgotten"] += 1
             return result
         agents = find_subagent_files(main, peek_session_id(main))
         try:
@@ -288,6 +294,16 @@ class SessionCollector:
     @staticmethod
     def _key(path: Path) -> str:
         return f"sessions:{path}"
+
+    def _tombstones(self) -> Tombstones:
+        return load_cached(self.forget_file) if self.forget_file else Tombstones(Path())
+
+    def forgotten(self, main: Path) -> bool:
+        """Whether `samctl data forget` forgot this session or its project."""
+        stones = self._tombstones()
+        if not stones.sessions and not stones.projects:
+            return False
+        return stones.forgets_file(main, main.stem, peek_cwd(main) if stones.projects else "")
 
     def excluded(self, main: Path) -> bool:
         """Whether `sources.exclude` names the session's file, project folder or working
@@ -381,7 +397,6 @@ class SessionCollector:
         dest = self.archive_dir / rel.parent / f"{rel.name}.gz"
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with atomic_file(dest) as tmp, path.open("rb") as src, gzip.open(tmp, "wb") as out:
-                shutil.copyfileobj(src, out)
+            write_archive_copy(path, dest, self._tombstones().lines)
         except OSError as err:
             log.warning("sessions collector: cannot archive %s: %s", path, err)

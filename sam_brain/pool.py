@@ -312,6 +312,7 @@ class Pool:
         for v in protect:
             if v in stamps:
                 keep_from = min(keep_from, stamps[v])
+        # The margin covers the time until LanceDB takes its own "now" for the cutoff.
         age = max(now - keep_from, timedelta(days=keep_days)) + timedelta(seconds=1)
         before = len(versions)
         self._cleanup(age, unverified=False)

@@ -147,6 +147,7 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
                 count=message_counter(config),
                 archive_dir=home.archive_dir if config.sources.archive_transcripts else None,
                 exclude=config.sources.exclude,
+                forget_file=home.data / "forget.json",
             )
             report = ingest(home, collector, files or None)
         elif args.source == "git":

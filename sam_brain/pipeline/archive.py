@@ -17,13 +17,30 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sam_brain import registry
 from sam_brain.errors import NotFound
-from sam_brain.home import Home
-from sam_brain.pipeline.ingest import IngestReport, store_result
-from sam_brain.pipeline.tokens import message_counter, window_tokens
+from sam_brain.fsutil import atomic_file
+from sam_brain.pipeline.forget_rules import line_digest
 from sam_brain.protocols import CollectResult
+
+if TYPE_CHECKING:
+    from sam_brain.home import Home
+    from sam_brain.pipeline.ingest import IngestReport
+
+
+def write_archive_copy(src: Path, dest: Path, skip_lines: set[str]) -> None:
+    """Gzip `src` to `dest` atomically, leaving out lines whose `line_digest` is in
+    `skip_lines` (lines `samctl data forget --match` removed from the archive)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(dest) as tmp, src.open("rb") as fh, gzip.open(tmp, "wb") as out:
+        if not skip_lines:
+            shutil.copyfileobj(fh, out)
+            return
+        for raw in fh:
+            if line_digest(raw) not in skip_lines:
+                out.write(raw)
 
 
 class _NoCursors:
@@ -72,6 +89,9 @@ def _remap(result: CollectResult, tmp: Path, roots: Sequence[Path]) -> None:
 
 def ingest_from_archive(home: Home, *, quiet_minutes: float) -> IngestReport:
     """Re-extract every archived transcript into the pool; returns the ingest report."""
+    from sam_brain.pipeline.ingest import store_result
+    from sam_brain.pipeline.tokens import message_counter, window_tokens
+
     archive = home.archive_dir
     if not archive.is_dir() or not any(archive.rglob("*.jsonl.gz")):
         raise NotFound(f"no archived transcripts under {archive}")
@@ -89,6 +109,7 @@ def ingest_from_archive(home: Home, *, quiet_minutes: float) -> IngestReport:
             count=message_counter(config),
             archive_dir=None,
             exclude=config.sources.exclude,
+            forget_file=home.data / "forget.json",
         )
         result = collector.collect(_NoCursors(), None)
         _remap(result, tmp, roots)

@@ -89,7 +89,9 @@ def sample_paths(sample: Sample) -> list[str]:
     return [p for p in out if p.startswith("/")]
 
 
-def skip_excluded(cursors: Cursors, result: CollectResult, key: str, ident: Any) -> None:
+def skip_excluded(
+    cursors: Cursors, result: CollectResult, key: str, ident: Any, reason: str = EXCLUDED
+) -> None:
     """Count an excluded unit as skipped `excluded` once per state of it, then `unchanged`.
 
     The marker lives under its own cursor key, so removing the pattern later lets the unit in
@@ -99,7 +101,7 @@ def skip_excluded(cursors: Cursors, result: CollectResult, key: str, ident: Any)
     if cursors.get_cursor(CURSOR_PREFIX + key) == value:
         result.skipped["unchanged"] += 1
         return
-    result.skipped[EXCLUDED] += 1
+    result.skipped[reason] += 1
     result.cursors[CURSOR_PREFIX + key] = value
 
 

@@ -96,8 +96,8 @@ def forget(home: Home, sel: Selector, *, dry_run: bool) -> ForgetReport:
             texts, found.kept_digests, sel.match, (row_digest(s.messages) for s in samples)
         )
         _affected(home, report, ids, min((f for _, f in found.samples), default=None))
+        stones = Tombstones.load(tombstones_path(home))
         if not dry_run:
-            stones = Tombstones.load(tombstones_path(home))
             hashes = {digest(c) for s in samples for c in long_contents(s)} - found.kept_digests
             stones.add(ids, hashes, sel)
             stones.save()
@@ -107,9 +107,17 @@ def forget(home: Home, sel: Selector, *, dry_run: bool) -> ForgetReport:
                 report.pool_versions_removed = max(0, before + 1 - home.pool.version_count())
                 report.dedup_removed = _forget_keys(home, ids)
         whole = (sessions - found.kept_sessions) | ({sel.session} if sel.session else set())
+        lines: set[str] = set()
         report.files.update(
-            forget_archive(home.archive_dir, whole, sel.project, matcher, dry_run=dry_run)
+            forget_archive(
+                home.archive_dir, whole, sel.project, matcher, dry_run=dry_run, removed_lines=lines
+            )
         )
+        if not dry_run and (whole or lines):
+            # Whole sessions are not read again at all; stripped lines are not archived again.
+            stones.sessions.update(whole)
+            stones.lines.update(lines)
+            stones.save()
         files = forget_in_files(home.data, matcher, dry_run=dry_run)
         report.files.update(files.counts)
         _mark_runs(home, report, files.runs)

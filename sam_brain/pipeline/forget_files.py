@@ -20,7 +20,7 @@ from pathlib import Path
 
 from sam_brain.fsutil import atomic_file
 from sam_brain.pipeline.exclude import PathRules
-from sam_brain.pipeline.forget_rules import Matcher
+from sam_brain.pipeline.forget_rules import Matcher, line_digest
 
 # Under the home: what is not sample text, or is handled elsewhere (pool, archive).
 SKIP_DIRS = {"pool", "archive", "versions"}
@@ -60,8 +60,12 @@ def forget_archive(
     matcher: Matcher,
     *,
     dry_run: bool,
+    removed_lines: set[str] | None = None,
 ) -> Counter[str]:
-    """Delete archived transcripts of `sessions` (or of `project`); strip `--match` lines."""
+    """Delete archived transcripts of `sessions` (or of `project`); strip `--match` lines.
+
+    The `line_digest` of every line stripped goes into `removed_lines`, so the collector can
+    leave those lines out when it archives the same transcript again."""
     counts: Counter[str] = Counter()
     if not archive.is_dir():
         return counts
@@ -78,17 +82,22 @@ def forget_archive(
             if not dry_run:
                 gz.unlink(missing_ok=True)
         elif matcher.match:
-            removed = _rewrite_gz(gz, matcher, dry_run)
+            removed = _rewrite_gz(gz, matcher, dry_run, removed_lines)
             if removed:
                 counts["archive_files_rewritten"] += 1
                 counts["archive_lines_removed"] += removed
     return counts
 
 
-def _rewrite_gz(path: Path, matcher: Matcher, dry_run: bool) -> int:
+def _rewrite_gz(path: Path, matcher: Matcher, dry_run: bool, removed_lines: set[str] | None) -> int:
     with gzip.open(path, "rb") as fh:
         lines = fh.readlines()
-    keep = [raw for raw in lines if not _line_forgotten(raw, matcher)]
+    keep: list[bytes] = []
+    for raw in lines:
+        if not _line_forgotten(raw, matcher):
+            keep.append(raw)
+        elif removed_lines is not None:
+            removed_lines.add(line_digest(raw))
     removed = len(lines) - len(keep)
     if removed and not dry_run:
         with atomic_file(path) as tmp, gzip.open(tmp, "wb") as out:

@@ -58,6 +58,11 @@ def sample_time(sample: Sample, first_seen: float) -> float:
     return first_seen
 
 
+def line_digest(raw: bytes) -> str:
+    """A transcript line's digest (lines are appended, never changed, so it is stable)."""
+    return hashlib.sha256(raw.rstrip(b"\r\n")).hexdigest()[:32]
+
+
 def row_digest(messages: list[Any]) -> str:
     """One digest of a whole conversation (catches samples whose every text is short)."""
     return digest(json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str))
@@ -122,6 +127,7 @@ class Tombstones:
     hashes: set[str] = field(default_factory=set)
     sessions: set[str] = field(default_factory=set)
     projects: list[str] = field(default_factory=list)
+    lines: set[str] = field(default_factory=set)  # `line_digest`s of archived lines removed
     _rules: PathRules | None = None
 
     @classmethod
@@ -139,6 +145,7 @@ class Tombstones:
             hashes=set(doc.get("hashes", [])),
             sessions=set(doc.get("sessions", [])),
             projects=list(doc.get("projects", [])),
+            lines=set(doc.get("lines", [])),
         )
 
     def __bool__(self) -> bool:
@@ -155,12 +162,25 @@ class Tombstones:
                 return True
         return bool(self.hashes) and any(digest(c) in self.hashes for c in long_contents(sample))
 
+    def forgets_file(self, path: Path, session_id: str, cwd: str) -> bool:
+        """Whether a transcript belongs to a forgotten session or project (not to be read)."""
+        if session_id in self.sessions or path.stem in self.sessions:
+            return True
+        if self.projects:
+            if self._rules is None:
+                self._rules = PathRules(self.projects)
+            return self._rules.match_file(path) or bool(cwd and self._rules.match(cwd))
+        return False
+
     def add(self, ids: Iterable[str], hashes: Iterable[str], sel: Selector) -> None:
         self.ids.update(ids)
         self.hashes.update(hashes)
-        if sel.session:
+        # A rule for the future only where the selector meant a whole session or project:
+        # `--project P --before D` must not keep P's later sessions out.
+        if sel.session and not (sel.before or sel.match):
             self.sessions.add(sel.session)
-        if sel.project and sel.project not in self.projects:
+        narrowed = sel.session or sel.before or sel.match or sel.source
+        if sel.project and not narrowed and sel.project not in self.projects:
             self.projects.append(sel.project)
         self._rules = None
 
@@ -170,6 +190,7 @@ class Tombstones:
             "hashes": sorted(self.hashes),
             "sessions": sorted(self.sessions),
             "projects": self.projects,
+            "lines": sorted(self.lines),
         }
         write_text_atomic(self.path, json.dumps(doc, indent=1))
 

@@ -73,6 +73,7 @@ def make_collectors(home: Home) -> dict[str, Collector]:
         count=message_counter(home.config),
         archive_dir=home.archive_dir if src.archive_transcripts else None,
         exclude=src.exclude,
+        forget_file=home.data / "forget.json",
     )
     if src.git_repos:
         out["git"] = registry.load(registry.COLLECTORS, "git", "collector")(
