@@ -23,10 +23,12 @@ from typing import Any
 
 import lancedb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sam_brain.protocols import Sample
 
 TABLE = "samples"
+BATCH_ROWS = 2000  # rows per batch when the whole pool is scanned or rewritten
 SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -257,8 +259,13 @@ class Pool:
     # --- removal and compaction (privacy: `samctl data forget`; housekeeping: `data compact`) ---
 
     def rows_with_data(self) -> Iterator[dict[str, Any]]:
-        """Every row with its pool columns and `data` (the forget scan)."""
-        yield from self._rows(None)
+        """Every row with its pool columns and `data` (the forget scan), a batch at a time."""
+        for batch in self._batches():
+            yield from batch.to_pylist()
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        for batch in self._table.search().limit(None).to_batches(batch_size=BATCH_ROWS):
+            yield batch.select(SCHEMA.names)
 
     def count_ids_at(self, version: int, ids: Collection[str]) -> int | None:
         """How many of `ids` the pool held at `version` (None: that version was cleaned up)."""
@@ -284,10 +291,15 @@ class Pool:
         if not ids:
             return 0
         before = self.count()
-        drop = set(ids)
-        rows = [r for r in self._rows(None) if r["id"] not in drop]
-        table = pa.Table.from_pylist(rows, schema=SCHEMA)
-        self._table = self._db.create_table(TABLE, data=table, schema=SCHEMA, mode="overwrite")
+        drop = pa.array(sorted(set(ids)), type=pa.string())
+
+        def kept() -> Iterator[pa.RecordBatch]:
+            for batch in self._batches():
+                yield batch.filter(pc.invert(pc.is_in(batch.column("id"), value_set=drop)))
+
+        # Streamed: the old version's files are read while the new one is written.
+        reader = pa.RecordBatchReader.from_batches(SCHEMA, kept())
+        self._table = self._db.create_table(TABLE, data=reader, schema=SCHEMA, mode="overwrite")
         self._cleanup(timedelta(0), unverified=True)
         self._stats_cache = None
         return before - self.count()

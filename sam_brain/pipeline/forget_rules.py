@@ -16,6 +16,7 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,10 @@ class Selector:
     before: float | None = None
     match: str = ""
 
+    @cached_property
+    def _project(self) -> PathRules:
+        return PathRules([self.project])
+
     def given(self) -> list[str]:
         """Names of the selectors given (what the `forgotten` event records, never values)."""
         names = ("source", "session", "project", "before", "match")
@@ -106,7 +111,7 @@ class Selector:
             return False
         if self.session and self.session not in (session_of(sample), sample.group):
             return False
-        if self.project and not PathRules([self.project]).match_any(sample_paths(sample)):
+        if self.project and not self._project.match_any(sample_paths(sample)):
             return False
         if self.before is not None and sample_time(sample, first_seen) >= self.before:
             return False
