@@ -155,7 +155,9 @@ def _not_forgotten(
 # most once an hour (when the young versions `pool_keep_days` keeps are all there is).
 COMPACT_SLACK = 10
 COMPACT_EVERY_S = 3600.0
-ACTIVE_RUN_STATES = ("pending", "training")
+# A run in any other state (pending, training, or one waiting to resume) may still read its
+# recorded pool version.
+FINAL_RUN_STATES = ("completed", "failed", "cancelled")
 _last_compact: dict[Path, float] = {}
 
 
@@ -163,8 +165,8 @@ def maybe_compact(home: Home, *, force: bool = False) -> int:
     """Compact the pool and remove old versions within the configured limits (under the lock).
 
     Kept: `pipeline.pool_keep_versions` newest, those younger than `pipeline.pool_keep_days`,
-    and the pool version of every run still pending or training (its dataset may be read from
-    it). Returns how many versions went.
+    and the pool version of every run not yet completed, failed or cancelled (its dataset may
+    be read from it). Returns how many versions went.
     """
     cfg = home.config.pipeline
     if not force:
@@ -173,7 +175,7 @@ def maybe_compact(home: Home, *, force: bool = False) -> int:
         if time.monotonic() - _last_compact.get(home.pool.root, -COMPACT_EVERY_S) < COMPACT_EVERY_S:
             return 0
     _last_compact[home.pool.root] = time.monotonic()
-    protect = {r.pool_version for r in home.store.runs(1000) if r.status in ACTIVE_RUN_STATES}
+    protect = {r.pool_version for r in home.store.runs(1000) if r.status not in FINAL_RUN_STATES}
     removed = home.pool.compact(cfg.pool_keep_versions, cfg.pool_keep_days, protect)
     if removed:
         log.info("pool compacted: %d old versions removed", removed)
