@@ -106,11 +106,12 @@ def forget(home: Home, sel: Selector, *, dry_run: bool) -> ForgetReport:
                 report.pool_deleted = home.pool.purge(ids)
                 report.pool_versions_removed = max(0, before + 1 - home.pool.version_count())
                 report.dedup_removed = _forget_keys(home, ids)
-        whole = (sessions - found.kept_sessions) | ({sel.session} if sel.session else set())
+        whole = (sessions - found.kept_sessions) | ({sel.whole_session} - {""})
         lines: set[str] = set()
+        project = sel.whole_project
         report.files.update(
             forget_archive(
-                home.archive_dir, whole, sel.project, matcher, dry_run=dry_run, removed_lines=lines
+                home.archive_dir, whole, project, matcher, dry_run=dry_run, removed_lines=lines
             )
         )
         if not dry_run and (whole or lines):

@@ -67,7 +67,7 @@ def forget_archive(
     The `line_digest` of every line stripped goes into `removed_lines`, so the collector can
     leave those lines out when it archives the same transcript again."""
     counts: Counter[str] = Counter()
-    if not archive.is_dir():
+    if not archive.is_dir() or not (sessions or project or matcher.match):
         return counts
     rules = PathRules([project]) if project else None
     for gz in sorted(archive.rglob("*.jsonl.gz")):

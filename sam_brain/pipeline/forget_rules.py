@@ -101,6 +101,17 @@ class Selector:
     def _project(self) -> PathRules:
         return PathRules([self.project])
 
+    # A rule for the future, and whole archive files, only where the selector meant a whole
+    # session or project: `--project P --before D` must not keep P's later sessions out.
+    @property
+    def whole_session(self) -> str:
+        return "" if self.before is not None or self.match else self.session
+
+    @property
+    def whole_project(self) -> str:
+        narrowed = self.session or self.before is not None or self.match or self.source
+        return "" if narrowed else self.project
+
     def given(self) -> list[str]:
         """Names of the selectors given (what the `forgotten` event records, never values)."""
         names = ("source", "session", "project", "before", "match")
@@ -180,13 +191,10 @@ class Tombstones:
     def add(self, ids: Iterable[str], hashes: Iterable[str], sel: Selector) -> None:
         self.ids.update(ids)
         self.hashes.update(hashes)
-        # A rule for the future only where the selector meant a whole session or project:
-        # `--project P --before D` must not keep P's later sessions out.
-        if sel.session and not (sel.before or sel.match):
-            self.sessions.add(sel.session)
-        narrowed = sel.session or sel.before or sel.match or sel.source
-        if sel.project and not narrowed and sel.project not in self.projects:
-            self.projects.append(sel.project)
+        if sel.whole_session:
+            self.sessions.add(sel.whole_session)
+        if sel.whole_project and sel.whole_project not in self.projects:
+            self.projects.append(sel.whole_project)
         self._rules = None
 
     def save(self) -> None:

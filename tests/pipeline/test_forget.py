@@ -267,9 +267,14 @@ def test_forget_needs_a_selector_and_records_rules_not_text(tmp_path: Path) -> N
     assert Selector().given() == []
     forget(home, Selector(match=MARK), dry_run=False)
     forget(home, Selector(session="no-such-session"), dry_run=False)
-    forget(home, Selector(project="*/acme", before=parse_date("2020-01-01")), dry_run=False)
+    acme = len(list((home.archive_dir / ACME).rglob("*.gz")))
+    narrowed = Selector(project="*/acme", before=parse_date("2026-01-01T03:00:00"))
+    report = forget(home, narrowed, dry_run=False)  # the first acme session only
+    assert report.files["archive_files_deleted"] == 1
+    assert len(list((home.archive_dir / ACME).rglob("*.gz"))) == acme - 1
     stones = json.loads((home.data / "forget.json").read_text())
-    assert stones["sessions"] == ["no-such-session"] and stones["projects"] == []
+    assert stones["projects"] == [] and "no-such-session" in stones["sessions"]
+    assert len(stones["sessions"]) == 2  # and the session that has no sample left
     forget(home, Selector(project="*/acme"), dry_run=False)
     stones = json.loads((home.data / "forget.json").read_text())
     assert stones["projects"] == ["*/acme"]
