@@ -252,7 +252,10 @@ class SessionCollector:
             paths: Files or directories to look at instead of all of `dirs`.
         """
         result = CollectResult()
-        for main, agents in self._sessions(self._discover(paths, result), result).items():
+        files = self._discover(paths, result)
+        if self.exclude:  # by path alone, before any file (a flat subagent's too) is opened
+            files = [f for f in files if not self._excluded_path(f, cursors, result)]
+        for main, agents in self._sessions(files, result).items():
             if self.excluded(main):
                 skip_excluded(cursors, result, self._key(main), file_ident(main))
                 continue
@@ -304,6 +307,13 @@ class SessionCollector:
         if not stones.sessions and not stones.projects:
             return False
         return stones.forgets_file(main, main.stem, peek_cwd(main) if stones.projects else "")
+
+    def _excluded_path(self, f: Path, cursors: Cursors, result: CollectResult) -> bool:
+        if not self.exclude.match_file(f):
+            return False
+        if not is_subagent_file(f):  # counted once per session, by its main transcript
+            skip_excluded(cursors, result, self._key(f), file_ident(f))
+        return True
 
     def excluded(self, main: Path) -> bool:
         """Whether `sources.exclude` names the session's file, project folder or working

@@ -66,9 +66,12 @@ class PathRules:
         return any(fnmatchcase(name, d) for d in self.project_dirs)
 
     def match_file(self, path: os.PathLike[str]) -> bool:
-        """`match`, or the file sits in the Claude Code project folder of an excluded path."""
-        return self.match(path) or self.match_project_dir(
-            PurePosixPath(os.fspath(path)).parent.name
+        """`match`, or the file sits in the Claude Code project folder of an excluded path
+        (at any depth: subagent files live in `<project>/<session>/subagents/`)."""
+        if self.match(path):
+            return True
+        return bool(self.project_dirs) and any(
+            self.match_project_dir(part) for part in PurePosixPath(os.fspath(path)).parts
         )
 
     def match_any(self, paths: Iterable[str]) -> bool:

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +149,43 @@ def test_excluded_docs_and_inbox_files(tmp_path: Path) -> None:
     assert report.skipped["excluded"] == 1 and report.stored == 1
     assert (inbox / "secret-deal.jsonl").exists()  # left where it is, unread
     home.close()
+
+
+def opened_during(folder: Path, action: Callable[[], object]) -> set[str]:
+    """Files under `folder` that were opened while `action` ran (inotify, through watchdog)."""
+    from watchdog.events import FileSystemEvent, FileSystemEventHandler
+    from watchdog.observers import Observer
+
+    seen: set[str] = set()
+
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, event: FileSystemEvent) -> None:
+            if event.event_type == "opened":
+                seen.add(Path(str(event.src_path)).name)
+
+    observer = Observer()
+    observer.schedule(Handler(), str(folder), recursive=True)
+    observer.start()
+    try:
+        time.sleep(0.3)
+        action()
+        time.sleep(0.5)
+    finally:
+        observer.stop()
+        observer.join(timeout=5)
+    return seen
+
+
+def test_excluded_transcripts_are_never_opened(tmp_path: Path) -> None:
+    src = two_projects(tmp_path)
+    acme = src / "-home-dev-acme"
+    home = open_home(tmp_path, sessions_dirs=[str(src)], exclude=["/home/dev/acme"])
+    collector = make_collectors(home)["sessions"]
+    assert opened_during(acme, lambda: ingest(home, collector)) == set()
+    assert home.pool.count() > 0
+    # The check can fail: without the exclusion the same pass opens every acme transcript.
+    other = open_home(tmp_path / "other", sessions_dirs=[str(src)])
+    names = {p.name for p in acme.rglob("*.jsonl")}
+    assert opened_during(acme, lambda: ingest(other, make_collectors(other)["sessions"])) >= names
+    home.close()
+    other.close()
