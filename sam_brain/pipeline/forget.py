@@ -64,12 +64,14 @@ class _Selection:
     samples: list[tuple[Sample, float]]  # (sample, first_seen)
     kept_digests: set[str]
     kept_sessions: set[str]
+    kept_keys: set[str]
 
 
 def _select(home: Home, sel: Selector) -> _Selection:
     chosen: list[tuple[Sample, float]] = []
     kept: set[str] = set()
     kept_sessions: set[str] = set()
+    kept_keys: set[str] = set()
     for row in home.pool.rows_with_data():
         sample = Sample(**json.loads(row["data"]))
         if sel.selects(sample, row["first_seen"]):
@@ -77,7 +79,8 @@ def _select(home: Home, sel: Selector) -> _Selection:
         else:
             kept.update(digest(c) for c in long_contents(sample))
             kept_sessions.add(session_of(sample))
-    return _Selection(chosen, kept, kept_sessions)
+            kept_keys.add(sample.source_key)
+    return _Selection(chosen, kept, kept_sessions, kept_keys)
 
 
 def forget(home: Home, sel: Selector, *, dry_run: bool) -> ForgetReport:
@@ -92,8 +95,13 @@ def forget(home: Home, sel: Selector, *, dry_run: bool) -> ForgetReport:
         sessions = {session_of(s) for s in samples if s.source == "sessions"}
         report.sessions = len(sessions)
         texts = [c for s in samples for c in contents(s)]
+        kept_keys = found.kept_keys
         matcher = Matcher(
-            texts, found.kept_digests, sel.match, (row_digest(s.messages) for s in samples)
+            texts,
+            found.kept_digests,
+            sel.match,
+            rows=(row_digest(s.messages) for s in samples),
+            keys={s.source_key for s in samples if s.source == "distill"} - kept_keys,
         )
         _affected(home, report, ids, min((f for _, f in found.samples), default=None))
         stones = Tombstones.load(tombstones_path(home))

@@ -23,7 +23,7 @@ from typing import Any
 from sam_brain.errors import BadRequest
 from sam_brain.fsutil import write_text_atomic
 from sam_brain.pipeline.exclude import PathRules, sample_paths
-from sam_brain.protocols import Sample
+from sam_brain.protocols import Sample, stable_id
 
 # Shorter texts ("yes", "Continue.") occur in many samples; their digests would forget too much.
 MIN_HASH_CHARS = 32
@@ -67,6 +67,23 @@ def line_digest(raw: bytes) -> str:
 def row_digest(messages: list[Any]) -> str:
     """One digest of a whole conversation (catches samples whose every text is short)."""
     return digest(json.dumps(messages, sort_keys=True, ensure_ascii=False, default=str))
+
+
+# Record fields that are labels, not content (collectors/distillation.py `META_FIELDS` less
+# `system`): a record without an id is keyed by the rest.
+_RECORD_LABELS = ("id", "source", "teacher", "created_at", "tags")
+
+
+def distill_record_key(obj: Any) -> str | None:
+    """The source key the distillation collector gives a record line (its `_record_id`), so a
+    processed record is recognised however short its texts are; None for other lines."""
+    if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str) or "prompt" not in obj:
+        return None
+    if "id" in obj:
+        return "distill:" + stable_id("distill", "id", str(obj["id"]))
+    content = {k: v for k, v in obj.items() if k not in _RECORD_LABELS}
+    canonical = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return "distill:" + stable_id("distill", "content", canonical)
 
 
 def session_of(sample: Sample) -> str:
@@ -234,9 +251,11 @@ class Matcher:
         kept: set[str],
         match: str = "",
         rows: Iterable[str] = (),
+        keys: Iterable[str] = (),
     ) -> None:
         """`forgotten`: texts of forgotten samples; `kept`: digests of texts samples still
-        in the pool use (never treated as forgotten); `rows`: `row_digest`s of their messages."""
+        in the pool use (never treated as forgotten); `rows`: `row_digest`s of their messages;
+        `keys`: source keys of forgotten distillation records."""
         self.full: set[str] = set()
         self.prefix: set[str] = set()
         for text in forgotten:
@@ -247,12 +266,15 @@ class Matcher:
                     self.prefix.add(digest(text[:PREFIX_CHARS]))
         self.match = match.casefold()
         self.rows = set(rows)
+        self.keys = set(keys)  # source keys of forgotten distillation records
 
     def __bool__(self) -> bool:
-        return bool(self.full or self.match or self.rows)
+        return bool(self.full or self.match or self.rows or self.keys)
 
     def row(self, obj: Any) -> bool:
         """Whether a dataset line (`{"messages": ...}` or a preference row) is forgotten."""
+        if self.keys and distill_record_key(obj) in self.keys:
+            return True
         if isinstance(obj, dict):
             messages = obj.get("messages", obj.get("prompt"))
             if isinstance(messages, list) and row_digest(messages) in self.rows:

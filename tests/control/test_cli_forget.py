@@ -81,6 +81,9 @@ def test_forget_asks_counts_then_forgets(home: Home, capsys: pytest.CaptureFixtu
     assert home.pool.count() == total - len(hit) and not marked(home)
     assert MARK not in out
 
+    out_file = home.data.parent / "export.jsonl"
+    assert run(capsys, "data", "export", "--out", str(out_file))[0] == 0
+    assert out_file.read_text() and MARK.lower() not in out_file.read_text().lower()
     # Re-extraction from the archive brings none of it back (the archive lost those lines).
     code, out, _ = run(capsys, "ingest", "sessions", "--from-archive", "--now", "--json")
     report = json.loads(out)

@@ -354,3 +354,35 @@ def test_compaction_keeps_limits_and_a_running_trainings_version(tmp_path: Path)
         f"s{i}" for i in range(12)
     }
     home.close()
+
+
+def test_forget_distillation_records_however_short(tmp_path: Path) -> None:
+    home = Home.open(parse_config({"data_dir": str(tmp_path / "home")}))
+    inbox = home.distill_inbox
+    inbox.mkdir(parents=True)
+    records = [
+        {"id": "r1", "kind": "reasoning", "prompt": "Two plus two?", "answer": "It is four."},
+        {"kind": "reasoning", "prompt": "Capital of Peru?", "answer": "It is Lima."},
+        {"kind": "reasoning", "prompt": "Colour of snow?", "answer": "It is white."},
+    ]
+    (inbox / "batch.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    old = time.time() - 60
+    os.utime(inbox / "batch.jsonl", (old, old))
+    collectors = make_collectors(home)
+    assert (
+        store_result(home, "distill", collectors["distill"].collect(home.store, None)).stored == 3
+    )
+    processed = home.data / "distill" / "processed"
+    report = forget(home, Selector(match="four"), dry_run=False)
+    assert report.samples == 1 and report.files["rows_removed"] == 1
+    # No text given: the processed line is found by the record's key (it has no id).
+    lima = next(s for s, _ in home.pool.samples() if "Lima" in s.text())
+    report = forget(home, Selector(source="distill", session=lima.group), dry_run=False)
+    assert report.samples == 1 and home.pool.count() == 1 and report.files["rows_removed"] == 1
+    left = "".join(p.read_text() for p in processed.glob("*.jsonl"))
+    assert "four" not in left and "Lima" not in left and "white" in left
+    # Posted again over the API: both stay out, the third is the same sample as before.
+    result, _ = collectors["distill"].ingest_records(records)
+    again = store_result(home, "distill", result)
+    assert again.dropped["forgotten"] == 2 and home.pool.count() == 1
+    home.close()
