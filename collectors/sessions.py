@@ -23,11 +23,11 @@ from pathlib import Path
 from collectors.coverage import has_work
 from collectors.curate import CurateOptions, curate
 from collectors.quality import QualityConfig
+from collectors.session_filter import SessionFilter, peek_field
 from collectors.transcript import SUBAGENT_TOOLS, Conversation, parse_file
 from collectors.transcript_lines import ToolCall
 from sam_brain.pipeline.archive import write_archive_copy
-from sam_brain.pipeline.exclude import PathRules, file_ident, skip_excluded
-from sam_brain.pipeline.forget_rules import Tombstones, load_cached
+from sam_brain.pipeline.exclude import file_ident, skip_excluded
 from sam_brain.pipeline.windowing import TokenCount, estimate_tokens
 from sam_brain.protocols import CollectResult, Cursors
 
@@ -41,27 +41,7 @@ def is_subagent_file(path: Path) -> bool:
 
 def peek_session_id(path: Path) -> str:
     """The `sessionId` named by the first lines of a transcript ("" when none is found)."""
-    return _peek(path, "sessionId")
-
-
-def peek_cwd(path: Path) -> str:
-    """The working directory (`cwd`) named by the first lines of a transcript, or ""."""
-    return _peek(path, "cwd")
-
-
-def _peek(path: Path, field: str) -> str:
-    try:
-        with path.open("rb") as fh:
-            for _, raw in zip(range(20), fh, strict=False):
-                try:
-                    rec = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict) and isinstance(rec.get(field), str):
-                    return str(rec[field])
-    except OSError:
-        return ""
-    return ""
+    return peek_field(path, "sessionId")
 
 
 def find_subagent_files(main: Path, session_id: str = "") -> list[Path]:
@@ -232,8 +212,7 @@ class SessionCollector:
         forget_file: Path | None = None,
     ) -> None:
         self.dirs = [Path(d).expanduser().absolute() for d in dirs]
-        self.exclude = PathRules(exclude)
-        self.forget_file = forget_file
+        self.filter = SessionFilter(exclude, forget_file)
         self.quiet_minutes = quiet_minutes
         self.archive_dir = Path(archive_dir).expanduser().absolute() if archive_dir else None
         self.options = CurateOptions(
@@ -253,14 +232,12 @@ class SessionCollector:
         """
         result = CollectResult()
         files = self._discover(paths, result)
-        if self.exclude:  # by path alone, before any file (a flat subagent's too) is opened
+        if self.filter.rules:  # by path alone, before any file (a flat subagent's too) is opened
             files = [f for f in files if not self._excluded_path(f, cursors, result)]
         for main, agents in self._sessions(files, result).items():
-            if self.excluded(main):
-                skip_excluded(cursors, result, self._key(main), file_ident(main))
-                continue
-            if self.forgotten(main):
-                skip_excluded(cursors, result, self._key(main), file_ident(main), "forgotten")
+            why = self.filter.why_not(main)
+            if why:
+                skip_excluded(cursors, result, self._key(main), file_ident(main), why)
                 continue
             files = [main, *agents]
             try:
@@ -282,8 +259,9 @@ class SessionCollector:
         if main is None or not main.is_file():
             result.skipped["orphan_subagent"] += 1
             return result
-        if self.excluded(main) or self.forgotten(main):
-            result.skipped["excluded" if self.excluded(main) else "forgotten"] += 1
+        why = self.filter.why_not(main)
+        if why:
+            result.skipped[why] += 1
             return result
         agents = find_subagent_files(main, peek_session_id(main))
         try:
@@ -298,33 +276,12 @@ class SessionCollector:
     def _key(path: Path) -> str:
         return f"sessions:{path}"
 
-    def _tombstones(self) -> Tombstones:
-        return load_cached(self.forget_file) if self.forget_file else Tombstones(Path())
-
-    def forgotten(self, main: Path) -> bool:
-        """Whether `samctl data forget` forgot this session or its project."""
-        stones = self._tombstones()
-        if not stones.sessions and not stones.projects:
-            return False
-        return stones.forgets_file(main, main.stem, peek_cwd(main) if stones.projects else "")
-
     def _excluded_path(self, f: Path, cursors: Cursors, result: CollectResult) -> bool:
-        if not self.exclude.match_file(f):
+        if not self.filter.rules.match_file(f):
             return False
         if not is_subagent_file(f):  # counted once per session, by its main transcript
             skip_excluded(cursors, result, self._key(f), file_ident(f))
         return True
-
-    def excluded(self, main: Path) -> bool:
-        """Whether `sources.exclude` names the session's file, project folder or working
-        directory; the path checks come first, so most excluded files are never opened."""
-        rules = self.exclude
-        if not rules:
-            return False
-        if rules.match_file(main):
-            return True
-        cwd = peek_cwd(main)
-        return bool(cwd) and rules.match(cwd)
 
     def _discover(self, paths: Sequence[Path] | None, result: CollectResult) -> list[Path]:
         roots = self.dirs if paths is None else [Path(p).expanduser().absolute() for p in paths]
@@ -407,6 +364,6 @@ class SessionCollector:
         dest = self.archive_dir / rel.parent / f"{rel.name}.gz"
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            write_archive_copy(path, dest, self._tombstones().lines)
+            write_archive_copy(path, dest, self.filter.tombstones().lines)
         except OSError as err:
             log.warning("sessions collector: cannot archive %s: %s", path, err)
