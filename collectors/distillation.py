@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sam_brain.errors import BadRequest, CollectorFailed
+from sam_brain.pipeline.exclude import PathRules, file_ident, skip_excluded
 from sam_brain.protocols import CollectResult, Cursors, Sample, stable_id
 
 log = logging.getLogger(__name__)
@@ -213,9 +214,15 @@ class DistillationCollector:
     name = "distill"
 
     def __init__(
-        self, inbox: Path, rejects_path: Path, processed_dir: Path, settle_seconds: float = 2.0
+        self,
+        inbox: Path,
+        rejects_path: Path,
+        processed_dir: Path,
+        settle_seconds: float = 2.0,
+        exclude: Sequence[str] = (),
     ) -> None:
         self.inbox = Path(inbox)
+        self.exclude = PathRules(exclude)  # `sources.exclude`: such inbox files are not read
         self.rejects_path = Path(rejects_path)
         self.processed_dir = Path(processed_dir)
         self.settle_seconds = settle_seconds
@@ -237,7 +244,9 @@ class DistillationCollector:
             return result
         wanted = None if paths is None else {Path(p).absolute() for p in paths}
         for path in sorted(self.inbox.glob("*.jsonl")):
-            if wanted is None or path.absolute() in wanted:
+            if self.exclude.match(path.absolute()):
+                skip_excluded(cursors, result, f"distill:{path.name}", file_ident(path))
+            elif wanted is None or path.absolute() in wanted:
                 self._ingest_file(path, result)
         _dedupe(result)
         return result

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]
 
+from sam_brain.pipeline.exclude import PathRules, file_ident, skip_excluded
 from sam_brain.protocols import CollectResult, Cursors, Sample, stable_id
 
 SKIP_DIRS = frozenset(
@@ -175,8 +176,11 @@ class DocsCollector:
 
     name = "docs"
 
-    def __init__(self, paths: list[Path], max_chunk_chars: int = 4000) -> None:
+    def __init__(
+        self, paths: list[Path], max_chunk_chars: int = 4000, exclude: Sequence[str] = ()
+    ) -> None:
         self.roots = [Path(p).expanduser().resolve() for p in paths]
+        self.exclude = PathRules(exclude)  # `sources.exclude`: such files are never read
         self.max_chunk_chars = max_chunk_chars
 
     def chunks(self, path: Path) -> list[DocChunk]:
@@ -231,6 +235,9 @@ class DocsCollector:
         self, path: Path, root: Path, cursors: Cursors, result: CollectResult
     ) -> None:
         key = f"docs:{path}"
+        if self.exclude.match(path):
+            skip_excluded(cursors, result, key, file_ident(path))
+            return
         try:
             if path.stat().st_size > MAX_FILE_BYTES:
                 result.skipped["too_large"] += 1

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sam_brain.errors import CollectorFailed
+from sam_brain.pipeline.exclude import PathRules, skip_excluded
 from sam_brain.protocols import CollectResult, Cursors, Sample, stable_id
 
 log = logging.getLogger(__name__)
@@ -93,8 +94,10 @@ class GitCollector:
         bot_authors: list[str],
         max_diff_chars: int = 4000,
         max_commits_per_pass: int = 500,
+        exclude: Sequence[str] = (),
     ) -> None:
         self.repos = [Path(r).expanduser().absolute() for r in repos]
+        self.exclude = PathRules(exclude)  # `sources.exclude`: such repos are never read
         self.bot_authors = {b.strip().lower() for b in bot_authors if b.strip()}
         self.max_diff_chars = max_diff_chars
         self.max_commits_per_pass = max_commits_per_pass
@@ -105,6 +108,9 @@ class GitCollector:
             raise CollectorFailed("git collector: the `git` executable is not on PATH")
         result = CollectResult()
         for repo in self._selected(paths):
+            if self.exclude.match(repo):
+                skip_excluded(cursors, result, f"git:{repo}", {"repo": str(repo)})
+                continue
             if not repo.is_dir():
                 result.skipped["missing_repo"] += 1
                 continue

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import gzip
 import json
 import logging
 import os
-import shutil
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,9 +23,11 @@ from pathlib import Path
 from collectors.coverage import has_work
 from collectors.curate import CurateOptions, curate
 from collectors.quality import QualityConfig
+from collectors.session_filter import SessionFilter, peek_field
 from collectors.transcript import SUBAGENT_TOOLS, Conversation, parse_file
 from collectors.transcript_lines import ToolCall
-from sam_brain.fsutil import atomic_file
+from sam_brain.pipeline.archive import write_archive_copy
+from sam_brain.pipeline.exclude import file_ident, skip_excluded
 from sam_brain.pipeline.windowing import TokenCount, estimate_tokens
 from sam_brain.protocols import CollectResult, Cursors
 
@@ -41,18 +41,7 @@ def is_subagent_file(path: Path) -> bool:
 
 def peek_session_id(path: Path) -> str:
     """The `sessionId` named by the first lines of a transcript ("" when none is found)."""
-    try:
-        with path.open("rb") as fh:
-            for _, raw in zip(range(20), fh, strict=False):
-                try:
-                    rec = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(rec, dict) and isinstance(rec.get("sessionId"), str):
-                    return str(rec["sessionId"])
-    except OSError:
-        return ""
-    return ""
+    return peek_field(path, "sessionId")
 
 
 def find_subagent_files(main: Path, session_id: str = "") -> list[Path]:
@@ -199,6 +188,10 @@ class SessionCollector:
             `pipeline.tokens.window_tokens(config)`, from the training profile's length).
         count: tokens of one message (`pipeline.tokens.message_counter(config)`: the base
             model's tokenizer when on disk); the conservative estimate when None.
+        exclude: `sources.exclude` patterns; a session whose file, project folder or working
+            directory matches is not parsed and is counted as skipped `excluded`.
+        forget_file: the home's `forget.json`: forgotten sessions are skipped (`forgotten`),
+            lines `samctl data forget --match` removed are not archived again.
 
     `collect` never raises for one file's problem: unreadable or vanished files are counted.
     """
@@ -215,8 +208,11 @@ class SessionCollector:
         quality: QualityConfig | None = None,
         max_tokens: int = 4096,
         count: TokenCount | None = None,
+        exclude: Sequence[str] = (),
+        forget_file: Path | None = None,
     ) -> None:
         self.dirs = [Path(d).expanduser().absolute() for d in dirs]
+        self.filter = SessionFilter(exclude, forget_file)
         self.quiet_minutes = quiet_minutes
         self.archive_dir = Path(archive_dir).expanduser().absolute() if archive_dir else None
         self.options = CurateOptions(
@@ -235,7 +231,14 @@ class SessionCollector:
             paths: Files or directories to look at instead of all of `dirs`.
         """
         result = CollectResult()
-        for main, agents in self._sessions(self._discover(paths, result), result).items():
+        files = self._discover(paths, result)
+        if self.filter.rules:  # by path alone, before any file (a flat subagent's too) is opened
+            files = [f for f in files if not self._excluded_path(f, cursors, result)]
+        for main, agents in self._sessions(files, result).items():
+            why = self.filter.why_not(main)
+            if why:
+                skip_excluded(cursors, result, self._key(main), file_ident(main), why)
+                continue
             files = [main, *agents]
             try:
                 idents = {f: _identity(f) for f in files}
@@ -256,6 +259,10 @@ class SessionCollector:
         if main is None or not main.is_file():
             result.skipped["orphan_subagent"] += 1
             return result
+        why = self.filter.why_not(main)
+        if why:
+            result.skipped[why] += 1
+            return result
         agents = find_subagent_files(main, peek_session_id(main))
         try:
             idents = {f: _identity(f) for f in [main, *agents]}
@@ -268,6 +275,13 @@ class SessionCollector:
     @staticmethod
     def _key(path: Path) -> str:
         return f"sessions:{path}"
+
+    def _excluded_path(self, f: Path, cursors: Cursors, result: CollectResult) -> bool:
+        if not self.filter.rules.match_file(f):
+            return False
+        if not is_subagent_file(f):  # counted once per session, by its main transcript
+            skip_excluded(cursors, result, self._key(f), file_ident(f))
+        return True
 
     def _discover(self, paths: Sequence[Path] | None, result: CollectResult) -> list[Path]:
         roots = self.dirs if paths is None else [Path(p).expanduser().absolute() for p in paths]
@@ -350,7 +364,6 @@ class SessionCollector:
         dest = self.archive_dir / rel.parent / f"{rel.name}.gz"
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with atomic_file(dest) as tmp, path.open("rb") as src, gzip.open(tmp, "wb") as out:
-                shutil.copyfileobj(src, out)
+            write_archive_copy(path, dest, self.filter.tombstones().lines)
         except OSError as err:
             log.warning("sessions collector: cannot archive %s: %s", path, err)

@@ -70,6 +70,10 @@ class SourcesConfig:
         "", "Folder watched for distillation JSONL; empty means `<home>/distill/inbox`."
     )
     docs_paths: list[str] = _f([], "Folders scanned for Markdown docs and SKILL.md files.")
+    exclude: list[str] = _f(
+        [],
+        "Glob patterns of projects, repos and paths never ingested (`~/work/acme`, `*/clients/*`, `acme-*`); see docs/operations.md#privacy.",
+    )
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,13 @@ class PipelineConfig:
         [0.90, 0.05, 0.05], "Train/val/test shares; a session never spans two splits."
     )
     redact_emails: bool = _f(True, "Replace e-mail addresses with a placeholder.")
+    pool_keep_versions: int = _f(
+        20, "LanceDB versions of the pool kept by compaction (besides those of `pool_keep_days`)."
+    )
+    pool_keep_days: float = _f(
+        1.0,
+        "Pool versions younger than this many days are kept by compaction; a running training's always.",
+    )
 
 
 @dataclass(frozen=True)

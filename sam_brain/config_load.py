@@ -131,6 +131,8 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         problems.append("pipeline.split: must be three non-negative shares that sum to 1")
     if not 0.0 < cfg.pipeline.dedup_threshold <= 1.0:
         problems.append("pipeline.dedup_threshold: must be in (0, 1]")
+    if cfg.pipeline.pool_keep_versions < 1 or cfg.pipeline.pool_keep_days < 0:
+        problems.append("pipeline.pool_keep_versions/pool_keep_days: must be >= 1 / >= 0")
     steps = cfg.deployment.canary_steps
     if not steps or steps != sorted(set(steps)) or any(not 0 < x <= 100 for x in steps):
         problems.append("deployment.canary_steps: must be increasing percentages within 1..100")

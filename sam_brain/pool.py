@@ -13,20 +13,23 @@ import bisect
 import fcntl
 import json
 import time
+import warnings
 from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import lancedb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sam_brain.errors import NotFound
 from sam_brain.protocols import Sample
 
 TABLE = "samples"
+BATCH_ROWS = 2000  # rows per batch when the whole pool is scanned or rewritten
 SCHEMA = pa.schema(
     [
         ("id", pa.string()),
@@ -269,3 +272,84 @@ class Pool:
         for group, split in changes.items():
             g = group.replace("'", "''")
             self._table.update(where=f"`group` = '{g}'", values={"split": split})
+
+    # --- removal and compaction (privacy: `samctl data forget`; housekeeping: `data compact`) ---
+
+    def rows_with_data(self) -> Iterator[dict[str, Any]]:
+        """Every row with its pool columns and `data` (the forget scan), a batch at a time."""
+        for batch in self._batches():
+            yield from batch.to_pylist()
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        for batch in self._table.search().limit(None).to_batches(batch_size=BATCH_ROWS):
+            yield batch.select(SCHEMA.names)
+
+    def count_ids_at(self, version: int, ids: Collection[str]) -> int | None:
+        """How many of `ids` the pool held at `version` (None: that version was cleaned up)."""
+        try:
+            old = self._db.open_table(TABLE)
+            old.checkout(version)
+        except (ValueError, OSError, RuntimeError):
+            return None
+        found = 0
+        chunk = sorted(ids)
+        for i in range(0, len(chunk), 500):
+            found += int(old.count_rows(f"id IN ({_quote(chunk[i : i + 500])})"))
+        return found
+
+    def purge(self, ids: Collection[str]) -> int:
+        """Delete `ids` so that no file of the pool holds them any more; returns rows deleted.
+
+        A LanceDB delete only marks rows (their bytes stay in the data file and in every older
+        version), and compaction leaves fragments with few deletions alone; so the remaining
+        rows are written as a new version (the version number keeps counting up) and every
+        older version is cleaned up at once. Callers hold `file_lock(self.lock_path)`.
+        """
+        if not ids:
+            return 0
+        before = self.count()
+        drop = pa.array(sorted(set(ids)), type=pa.string())
+
+        def kept() -> Iterator[pa.RecordBatch]:
+            for batch in self._batches():
+                yield batch.filter(pc.invert(pc.is_in(batch.column("id"), value_set=drop)))
+
+        # Streamed: the old version's files are read while the new one is written.
+        reader = pa.RecordBatchReader.from_batches(SCHEMA, kept())
+        self._table = self._db.create_table(TABLE, data=reader, schema=SCHEMA, mode="overwrite")
+        self._cleanup(timedelta(0), unverified=True)
+        self._stats_cache = None
+        return before - self.count()
+
+    def version_count(self) -> int:
+        """Versions on disk (a directory listing: cheap enough to ask after every write)."""
+        folder = self.root / f"{TABLE}.lance" / "_versions"
+        return sum(1 for p in folder.glob("*.manifest")) if folder.is_dir() else 0
+
+    def compact(self, keep_versions: int, keep_days: float, protect: Collection[int] = ()) -> int:
+        """Merge small files and remove old versions; returns how many versions went.
+
+        Kept: the newest `keep_versions`, every version younger than `keep_days`, and every
+        version in `protect` and newer (what a running training reads). Callers hold the lock.
+        """
+        versions = sorted(self._table.list_versions(), key=lambda v: int(v["version"]))
+        if len(versions) <= keep_versions:
+            return 0
+        stamps = {int(v["version"]): v["timestamp"] for v in versions}
+        now = datetime.now(versions[-1]["timestamp"].tzinfo)
+        keep_from = versions[-keep_versions]["timestamp"]
+        for v in protect:
+            if v in stamps:
+                keep_from = min(keep_from, stamps[v])
+        # The margin covers the time until LanceDB takes its own "now" for the cutoff.
+        age = max(now - keep_from, timedelta(days=keep_days)) + timedelta(seconds=1)
+        before = len(versions)
+        self._cleanup(age, unverified=False)
+        self._stats_cache = None
+        return max(0, before + 1 - len(self._table.list_versions()))
+
+    def _cleanup(self, older_than: timedelta, *, unverified: bool) -> None:
+        with warnings.catch_warnings():
+            # LanceDB warns that cleaning up to now breaks concurrent readers: we hold the lock.
+            warnings.simplefilter("ignore", UserWarning)
+            self._table.optimize(cleanup_older_than=older_than, delete_unverified=unverified)

@@ -127,8 +127,17 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
     from sam_brain.pipeline.ingest import ingest
     from sam_brain.pipeline.tokens import message_counter, window_tokens
 
+    if args.from_archive != (not args.paths) or (args.from_archive and args.source != "sessions"):
+        raise SamBrainError("ingest: give paths, or `sessions --from-archive` without paths")
     home = open_home(config)
     try:
+        if args.from_archive:
+            from sam_brain.pipeline.archive import ingest_from_archive
+
+            quiet = 0.0 if args.now else config.sources.quiet_minutes
+            report = ingest_from_archive(home, quiet_minutes=quiet)
+            print_doc(report.to_dict(), args.json)
+            return 0
         paths = [Path(p).expanduser().resolve() for p in args.paths]
         missing = [str(p) for p in paths if not p.exists()]
         if missing:
@@ -143,6 +152,8 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
                 max_tokens=window_tokens(config),
                 count=message_counter(config),
                 archive_dir=home.archive_dir if config.sources.archive_transcripts else None,
+                exclude=config.sources.exclude,
+                forget_file=home.data / "forget.json",
             )
             report = ingest(home, collector, files or None)
         elif args.source == "git":
@@ -150,10 +161,11 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
                 repos=paths,
                 bot_authors=list(config.sources.git_bot_authors),
                 max_diff_chars=config.sources.git_max_diff_chars,
+                exclude=config.sources.exclude,
             )
             report = ingest(home, collector)
         elif args.source == "docs":
-            report = ingest(home, cls(paths=paths))
+            report = ingest(home, cls(paths=paths, exclude=config.sources.exclude))
         else:
             # Read the named files as records: never move or touch the user's own files.
             from sam_brain.pipeline.ingest import store_result

@@ -56,6 +56,10 @@ def data(args: argparse.Namespace, config: Config) -> int:
                 print(show_rendered(sample, config, args), end="")
             else:
                 print_doc({**columns, **sample.to_dict()}, True)
+        elif args.data_command in ("forget", "compact"):
+            from sam_brain.control.cli_forget import compact, forget
+
+            return forget(home, args) if args.data_command == "forget" else compact(home, args)
         else:
             n = export(
                 home, args.split, Path(args.out), metadata=args.metadata, args=args.arguments

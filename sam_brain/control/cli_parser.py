@@ -29,9 +29,14 @@ def build(epilog: str) -> argparse.ArgumentParser:
 
     i = sub.add_parser("ingest", help="one-shot ingest into the pool (no daemon needed)")
     i.add_argument("source", choices=["sessions", "git", "docs", "distill"])
-    i.add_argument("paths", nargs="+", help="files or directories")
+    i.add_argument("paths", nargs="*", help="files or directories")
     i.add_argument(
         "--now", action="store_true", help="sessions: trainable at once (no quiet period)"
+    )
+    i.add_argument(
+        "--from-archive",
+        action="store_true",
+        help="sessions: extract again from the home's transcript archive (no paths)",
     )
     i.add_argument("--json", action="store_true")
 
@@ -58,6 +63,8 @@ def build(epilog: str) -> argparse.ArgumentParser:
         default="object",
         help="tool-call arguments as JSON objects (chat templates) or strings (OpenAI's API)",
     )
+
+    _forget_parsers(dsub)
 
     ls = sub.add_parser("list", help="adapter versions")
     ls.add_argument("--json", action="store_true")
@@ -108,6 +115,25 @@ def build(epilog: str) -> argparse.ArgumentParser:
     csub.add_parser("check", help="load the config and report every problem")
     csub.add_parser("docs", help="print docs/config.md generated from the config dataclasses")
     return p
+
+
+def _forget_parsers(dsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    f = dsub.add_parser(
+        "forget",
+        help="remove samples from the pool, dedup index, archive and files (see docs/operations.md)",
+    )
+    f.add_argument("--source", choices=["sessions", "git", "docs", "distill"])
+    f.add_argument("--session", help="a Claude Code session id")
+    f.add_argument("--project", help="a project/repo/path glob, as in sources.exclude")
+    f.add_argument("--before", help="material made before this date (YYYY-MM-DD or ISO-8601)")
+    f.add_argument("--match", help="samples containing this text (case-insensitive)")
+    f.add_argument("--dry-run", action="store_true", help="only count what would be forgotten")
+    f.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    f.add_argument("--json", action="store_true")
+    c = dsub.add_parser(
+        "compact", help="merge the pool's files and remove old versions (pipeline.pool_keep_*)"
+    )
+    c.add_argument("--json", action="store_true")
 
 
 def _render_options(p: argparse.ArgumentParser) -> None:

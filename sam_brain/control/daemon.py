@@ -37,6 +37,7 @@ from sam_brain.control.watchers import Watchers
 from sam_brain.errors import AlreadyRunning, SamBrainError
 from sam_brain.home import Home
 from sam_brain.hub import resolve_model
+from sam_brain.pipeline.exclude import PathRules
 from sam_brain.pipeline.ingest import make_collectors, store_result
 from sam_brain.protocols import Collector
 from sam_brain.train.dataset import base_model_ref
@@ -236,7 +237,8 @@ class Daemon:
         prune_runs(self.home, self.config.training.keep_runs)
 
     def _make_watchers(self, loop: asyncio.AbstractEventLoop) -> Watchers:
-        watchers = Watchers(loop)
+        rules = PathRules(self.config.sources.exclude)
+        watchers = Watchers(loop, rules.match_file if rules else None)
         for d in self.config.sources.sessions_dirs:
             watchers.add("sessions", Path(d).expanduser(), (".jsonl",))
         self.home.distill_inbox.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -25,26 +26,32 @@ class _Handler(FileSystemEventHandler):
         queue: asyncio.Queue[tuple[str, Path]],
         kind: str,
         suffixes: tuple[str, ...],
+        excluded: Callable[[Path], bool] | None = None,
     ) -> None:
         self.loop = loop
         self.queue = queue
         self.kind = kind
         self.suffixes = suffixes
+        self.excluded = excluded
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.is_directory or event.event_type not in ("created", "modified", "moved", "closed"):
             return
         raw = getattr(event, "dest_path", "") or event.src_path
         path = Path(raw if isinstance(raw, str) else raw.decode())
-        if path.suffix in self.suffixes:
+        # `sources.exclude` by path alone: an excluded file is not even queued for reading.
+        if path.suffix in self.suffixes and not (self.excluded and self.excluded(path)):
             self.loop.call_soon_threadsafe(self.queue.put_nowait, (self.kind, path))
 
 
 class Watchers:
     """One observer watching several (kind, directory) pairs."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, excluded: Callable[[Path], bool] | None = None
+    ) -> None:
         self.loop = loop
+        self.excluded = excluded
         self.queue: asyncio.Queue[tuple[str, Path]] = asyncio.Queue()
         self.observer = Observer()
         self.wanted: list[tuple[str, Path, tuple[str, ...]]] = []
@@ -60,7 +67,9 @@ class Watchers:
             if directory in self.watching or not directory.is_dir():
                 continue
             self.observer.schedule(
-                _Handler(self.loop, self.queue, kind, suffixes), str(directory), recursive=True
+                _Handler(self.loop, self.queue, kind, suffixes, self.excluded),
+                str(directory),
+                recursive=True,
             )
             self.watching.add(directory)
             started.append(directory)

@@ -224,6 +224,11 @@ class DedupIndex:
         self.needs_rebuild = False
         self._rewrite = True
 
+    def snapshot_on_save(self) -> None:
+        """Make the next save write a whole new snapshot and drop the journal (after a forget,
+        so no journal record of a removed key stays on disk)."""
+        self._rewrite = True
+
     def save(self) -> None:
         """Persist the changes since the last save durably; skipped if there are none.
 

@@ -23,6 +23,8 @@ from sam_brain.fsutil import write_jsonl_atomic, write_text_atomic
 from sam_brain.home import Home
 from sam_brain.pipeline.coverage import Tally
 from sam_brain.pipeline.dedup import DedupIndex
+from sam_brain.pipeline.exclude import EXCLUDED, PathRules, sample_paths
+from sam_brain.pipeline.forget_rules import load_cached
 from sam_brain.pipeline.scrub import Scrubber
 from sam_brain.pipeline.split import assign_split
 from sam_brain.pipeline.tokens import message_counter, window_tokens
@@ -70,22 +72,26 @@ def make_collectors(home: Home) -> dict[str, Collector]:
         max_tokens=window_tokens(home.config),
         count=message_counter(home.config),
         archive_dir=home.archive_dir if src.archive_transcripts else None,
+        exclude=src.exclude,
+        forget_file=home.data / "forget.json",
     )
     if src.git_repos:
         out["git"] = registry.load(registry.COLLECTORS, "git", "collector")(
             repos=[Path(r).expanduser() for r in src.git_repos],
             bot_authors=list(src.git_bot_authors),
             max_diff_chars=src.git_max_diff_chars,
+            exclude=src.exclude,
         )
     distill = home.data / "distill"
     out["distill"] = registry.load(registry.COLLECTORS, "distill", "collector")(
         inbox=home.distill_inbox,
         rejects_path=distill / "rejects.jsonl",
         processed_dir=distill / "processed",
+        exclude=src.exclude,
     )
     if src.docs_paths:
         out["docs"] = registry.load(registry.COLLECTORS, "docs", "collector")(
-            paths=[Path(p).expanduser() for p in src.docs_paths]
+            paths=[Path(p).expanduser() for p in src.docs_paths], exclude=src.exclude
         )
     return out
 
@@ -105,16 +111,75 @@ def store_result(
         old_ids: set[str] = set()
         if result.replace_keys:
             old_ids = {s.id for s, _ in home.pool.samples(source_keys=result.replace_keys)}
-        prepared = _clean(result.samples, cfg, scrubber, report, tally)
+        kept = _not_forgotten(home, result.samples, report, tally)
+        prepared = _clean(kept, cfg, scrubber, report, tally)
         batch = _dedup_and_split(prepared, index, cfg, report, tally)
         counts = home.pool.upsert(list(batch.values()), result.replace_keys)
         for gone in old_ids - set(batch):
             index.remove(gone)
         index.save()
         _save_progress(home, name, result, report, tally)
+        maybe_compact(home)
     report.coverage = tally.report()
     finish_report(home, report, stored=len(batch), counts=counts, started=started)
     return report
+
+
+def _not_forgotten(
+    home: Home, samples: Sequence[Sample], report: IngestReport, tally: Tally
+) -> list[Sample]:
+    """Samples neither excluded (`sources.exclude`, a backstop to the collectors' own check)
+    nor forgotten (`samctl data forget` tombstones); the others are counted and dropped."""
+    rules = PathRules(home.config.sources.exclude)
+    stones = load_cached(home.data / "forget.json")
+    if not rules and not stones:
+        return list(samples)
+    out: list[Sample] = []
+    for sample in samples:
+        reason = (
+            EXCLUDED
+            if rules and rules.match_any(sample_paths(sample))
+            else "forgotten"
+            if stones and stones.drops(sample)
+            else None
+        )
+        if reason is None:
+            out.append(sample)
+        else:
+            report.dropped[reason] += 1
+            tally.dropped(sample, reason)
+    return out
+
+
+# Compaction runs once this many versions beyond `pipeline.pool_keep_versions` piled up, at
+# most once an hour (when the young versions `pool_keep_days` keeps are all there is).
+COMPACT_SLACK = 10
+COMPACT_EVERY_S = 3600.0
+# A run in any other state (pending, training, or one waiting to resume) may still read its
+# recorded pool version.
+FINAL_RUN_STATES = ("completed", "failed", "cancelled")
+_last_compact: dict[Path, float] = {}
+
+
+def maybe_compact(home: Home, *, force: bool = False) -> int:
+    """Compact the pool and remove old versions within the configured limits (under the lock).
+
+    Kept: `pipeline.pool_keep_versions` newest, those younger than `pipeline.pool_keep_days`,
+    and the pool version of every run not yet completed, failed or cancelled (its dataset may
+    be read from it). Returns how many versions went.
+    """
+    cfg = home.config.pipeline
+    if not force:
+        if home.pool.version_count() <= cfg.pool_keep_versions + COMPACT_SLACK:
+            return 0
+        if time.monotonic() - _last_compact.get(home.pool.root, -COMPACT_EVERY_S) < COMPACT_EVERY_S:
+            return 0
+    _last_compact[home.pool.root] = time.monotonic()
+    protect = {r.pool_version for r in home.store.runs(1000) if r.status not in FINAL_RUN_STATES}
+    removed = home.pool.compact(cfg.pool_keep_versions, cfg.pool_keep_days, protect)
+    if removed:
+        log.info("pool compacted: %d old versions removed", removed)
+    return removed
 
 
 def _open_index(home: Home, threshold: float) -> DedupIndex:
