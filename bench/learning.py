@@ -208,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--fixtures", type=Path, default=SESSIONS)
     ap.add_argument("--steps", type=int, default=24, help="optimizer steps (one row each)")
-    ap.add_argument("--minutes", type=float, default=10.0, help="training time cap")
+    ap.add_argument(
+        "--minutes", type=float, default=40.0,
+        help="training time guard (a run stopped by it keeps its best validated adapter, which"
+        " is the untrained one before the first evaluation)",
+    )  # fmt: skip
     ap.add_argument(
         "--held-out", type=float, default=0.25, help="share of assistant turns held out"
     )
