@@ -14,6 +14,7 @@ from sam_brain.control.app import AppContext
 from sam_brain.home import Home
 from sam_brain.protocols import Sample
 from sam_brain.train.scheduler import Coordinator
+from tests.api_auth import auth_headers
 
 
 @pytest.fixture
@@ -49,13 +50,20 @@ async def client(aiohttp_client: Any, home: Home) -> TestClient:
 
 
 async def test_forget_over_http(client: TestClient, home: Home) -> None:
+    headers = auth_headers(home.data)
+    resp = await client.post("/api/data/forget", json={"match": "merger", "confirm": True})
+    assert resp.status == 401 and home.pool.count() == 5  # a mutation: the token is required
     for body in ({}, {"match": 7}, {"source": "mail"}, {"match": "merger"}, {"before": "soon"}):
-        resp = await client.post("/api/data/forget", json=body)
+        resp = await client.post("/api/data/forget", json=body, headers=headers)
         assert resp.status == 400 and (await resp.json())["error"]
     assert home.pool.count() == 5  # refused requests changed nothing
-    resp = await client.post("/api/data/forget", json={"match": "MERGER", "dry_run": True})
+    resp = await client.post(
+        "/api/data/forget", json={"match": "MERGER", "dry_run": True}, headers=headers
+    )
     assert resp.status == 200 and (await resp.json())["samples"] == 2 and home.pool.count() == 5
-    resp = await client.post("/api/data/forget", json={"match": "merger", "confirm": True})
+    resp = await client.post(
+        "/api/data/forget", json={"match": "merger", "confirm": True}, headers=headers
+    )
     doc = await resp.json()
     assert resp.status == 200 and doc["pool_deleted"] == 2 and "merger" not in str(doc)
     assert {s.id for s, _ in home.pool.samples()} == {"s2", "s3", "s4"}
