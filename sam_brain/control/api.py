@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from deployment.serving import add_routes
+from sam_brain.control.api_dash import add_dash_routes
 from sam_brain.control.api_deploy import add_deploy_routes
 from sam_brain.control.app import (
     CTX,
@@ -162,6 +163,7 @@ def make_app(ctx: AppContext, port: int | None = None) -> web.Application:
     app.router.add_get("/api/data/stats", get_data_stats)
 
     add_deploy_routes(app)
+    add_dash_routes(app)
     if ctx.chat is not None:
         add_routes(app, ctx.chat)
     else:
