@@ -56,9 +56,16 @@ class Browser:
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
-        self.session = ""
 
     async def __aenter__(self) -> Browser:
+        try:
+            await self._start()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def _start(self) -> None:
         profile = Path(self._tmp.name)
         self._proc = subprocess.Popen(
             [
@@ -81,23 +88,20 @@ class Browser:
         deadline = time.monotonic() + 30
         while not port_file.exists() or len(port_file.read_text().splitlines()) < 2:
             if self._proc.poll() is not None or time.monotonic() > deadline:
-                await self.__aexit__(None, None, None)
                 raise BrowserError("Chromium did not open its DevTools port")
             await asyncio.sleep(0.05)
-        port, path = port_file.read_text().splitlines()[:2]
+        port = port_file.read_text().splitlines()[0]
         self._http = aiohttp.ClientSession()
-        self._ws = await self._http.ws_connect(f"ws://127.0.0.1:{port}{path}", max_msg_size=0)
+        # A fresh tab of our own (the start-up tab may still be replaced while the browser
+        # settles, and commands sent to it then go unanswered); talk to it over its socket.
+        async with self._http.put(f"http://127.0.0.1:{port}/json/new?about:blank") as resp:
+            page = await resp.json()
+        self._ws = await self._http.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0)
         self._reader = asyncio.ensure_future(self._read())
-        target = await self.send("Target.createTarget", {"url": "about:blank"}, browser=True)
-        attached = await self.send(
-            "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True}, browser=True
-        )
-        self.session = attached["sessionId"]
         await self.send("Page.enable")
         await self.send("Runtime.enable")
         await self.send("Log.enable")  # CSP violations arrive as log entries
         await self.viewport(*self.size)
-        return self
 
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -129,15 +133,11 @@ class Browser:
             elif "method" in doc:
                 self._events.append(doc)
 
-    async def send(
-        self, method: str, params: dict[str, Any] | None = None, *, browser: bool = False
-    ) -> dict[str, Any]:
-        """One DevTools command on the page (or the browser); its result, or a BrowserError."""
+    async def send(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One DevTools command on the page; its result, or a BrowserError."""
         assert self._ws is not None
         msg_id = next(self._ids)
         msg: dict[str, Any] = {"id": msg_id, "method": method, "params": params or {}}
-        if not browser:
-            msg["sessionId"] = self.session
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[msg_id] = fut
         await self._ws.send_str(json.dumps(msg))
