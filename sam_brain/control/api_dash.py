@@ -75,6 +75,7 @@ class ServingSeries:
 
 SERIES = web.AppKey("serving_series", ServingSeries)
 RENDERER = web.AppKey("sample_renderer", dict)
+ASSETS = web.AppKey("dashboard_assets", dict)  # the three files, read once (25 KB)
 
 
 def _sample_now(app: web.Application) -> None:
@@ -99,7 +100,7 @@ def _static(name: str) -> bytes:
 
 
 async def get_index(request: web.Request) -> web.Response:
-    body = await asyncio.to_thread(_static, "index.html")
+    body = request.app[ASSETS]["index.html"]
     return web.Response(body=body, content_type="text/html", charset="utf-8", headers=HEADERS)
 
 
@@ -107,7 +108,7 @@ async def get_static(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name not in STATIC_FILES:
         raise web.HTTPNotFound()
-    body = await asyncio.to_thread(_static, name)
+    body = request.app[ASSETS][name]
     return web.Response(
         body=body, content_type=STATIC_FILES[name], charset="utf-8", headers=HEADERS
     )
@@ -214,6 +215,7 @@ def add_dash_routes(app: web.Application) -> None:
     """`/`, its two assets and the read-only endpoints it reads (see the README's API table)."""
     app[SERIES] = ServingSeries()
     app[RENDERER] = {}
+    app[ASSETS] = {name: _static(name) for name in ("index.html", *STATIC_FILES)}
     app.cleanup_ctx.append(_sampler)
     app.router.add_get("/", get_index)
     app.router.add_get("/static/{name}", get_static)

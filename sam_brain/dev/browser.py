@@ -11,7 +11,9 @@ import asyncio
 import base64
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -39,6 +41,12 @@ def find_chromium() -> str | None:
     return None
 
 
+def browser_env() -> dict[str, str]:
+    """This environment without LD_PRELOAD: the OpenBLAS the tests preload for MLX starts
+    threads in Chromium's zygote, and the renderers it forks then hang (no page ever answers)."""
+    return {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+
+
 class Browser:
     """One headless browser with one page (tab); use as `async with Browser() as b:`."""
 
@@ -52,7 +60,7 @@ class Browser:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._events: list[dict[str, Any]] = []
         self._proc: subprocess.Popen[bytes] | None = None
-        self._tmp = tempfile.TemporaryDirectory(prefix="sam-chromium-")
+        self._tmp = tempfile.TemporaryDirectory(prefix="sam-chromium-", ignore_cleanup_errors=True)
         self._http: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -83,6 +91,8 @@ class Browser:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own group: stopping it stops its helper processes too
+            env=browser_env(),
         )
         port_file = profile / "DevToolsActivePort"
         deadline = time.monotonic() + 30
@@ -112,13 +122,17 @@ class Browser:
             await self._ws.close()
         if self._http is not None:
             await self._http.close()
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+                try:
+                    os.killpg(self._proc.pid, sig)  # the group this object started, by its id
+                except ProcessLookupError:
+                    break
+                try:
+                    self._proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
         self._tmp.cleanup()
 
     async def _read(self) -> None:
