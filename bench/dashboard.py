@@ -81,20 +81,27 @@ def build_home(root: Path, sessions: int, points: int) -> Home:
     home.store.update_run(run.run_id, status="completed")
     home.store.add_event(
         "evaluated",
-        {"version": "v1.0.0", "against": "base", "promote": True, "reasons": ["better"],
-         "candidate_loss": 2.1, "reference_loss": 2.6},
+        {
+            "version": "v1.0.0",
+            "against": "base",
+            "promote": True,
+            "reasons": ["better"],
+            "candidate_loss": 2.1,
+            "reference_loss": 2.6,
+        },
     )
     return home
 
 
 async def measure(home: Home, loads: int) -> dict[str, Any]:
-    ctx = AppContext(home=home, coordinator=Coordinator(home, "mlx"), backend="mlx",
-                     backend_why="bench")
+    ctx = AppContext(
+        home=home, coordinator=Coordinator(home, "mlx"), backend="mlx", backend_why="bench"
+    )
     runner = web.AppRunner(make_app(ctx, port=0))
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # noqa: SLF001
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     url = f"http://127.0.0.1:{port}"
     out: dict[str, Any] = {"weight": {}, "api_ms": {}, "loads": {}}
     try:
@@ -145,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sam-bench-dash-") as tmp:
         t0 = time.monotonic()
         home = build_home(Path(tmp), args.sessions, args.points)
-        print(f"home: {home.pool.count()} samples, {args.points} loss points "
-              f"(built in {time.monotonic() - t0:.1f} s)")
+        print(
+            f"home: {home.pool.count()} samples, {args.points} loss points "
+            f"(built in {time.monotonic() - t0:.1f} s)"
+        )
         try:
             res = asyncio.run(measure(home, args.loads))
         finally:
@@ -156,10 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     for path, size in res["weight"].items():
         print(f"{path:<18} {size:>6}")
     print(f"{'total':<18} {total:>6}  (budget 500000)")
-    print(f"\nwidth  loads  first paint  first contentful  DOM ready  all charts drawn  (median ms)")
+    print("\nwidth  loads  first paint  first contentful  DOM ready  all charts drawn  (median ms)")
     for width, rows in res["loads"].items():
-        print(f"{width:>5}  {len(rows):>5}  {med(rows, 'fp'):>11.0f}  {med(rows, 'fcp'):>16.0f}"
-              f"  {med(rows, 'dcl'):>9.0f}  {med(rows, 'ready'):>16.0f}")
+        print(
+            f"{width:>5}  {len(rows):>5}  {med(rows, 'fp'):>11.0f}  {med(rows, 'fcp'):>16.0f}"
+            f"  {med(rows, 'dcl'):>9.0f}  {med(rows, 'ready'):>16.0f}"
+        )
     print("\nendpoint                          median ms")
     for path, ms in res["api_ms"].items():
         print(f"{path:<33} {ms:>9.1f}")

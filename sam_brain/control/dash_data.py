@@ -100,7 +100,7 @@ def pool_growth(home: Home, buckets: int = 60) -> dict[str, Any]:
     history too; `buckets` evenly spaced times from the first sample to now.
     """
     # The pool keeps no history table; its `first_seen` column is the history of what remains.
-    rows = home.pool._rows(None, ["source", "tier", "first_seen"])  # noqa: SLF001
+    rows = home.pool._rows(None, ["source", "tier", "first_seen"])
     now = time.time()
     if not rows:
         return {"total": 0, "times": [], "by_source": {}, "by_tier": {}}
@@ -163,7 +163,7 @@ def search_samples(home: Home, query: dict[str, str]) -> dict[str, Any]:
         raise BadRequest("parameter 'limit' must be a whole number") from err
     if len(text) > 200:
         raise BadRequest("parameter 'q' is longer than 200 characters")
-    matched, results = 0, []
+    matched, results = 0, list[dict[str, Any]]()
     facets: dict[str, Counter[str]] = {k: Counter() for k in FILTERS}
     for sample, split in home.pool.samples(split=filters.get("split")):
         values = {"source": sample.source, "tier": sample.tier, "split": split}

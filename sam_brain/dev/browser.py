@@ -201,7 +201,9 @@ class Browser:
 
     async def screenshot(self, path: Path) -> Path:
         """A PNG of the whole page (not only the viewport)."""
-        doc = await self.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+        doc = await self.send(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}
+        )
         path.write_bytes(base64.b64decode(doc["data"]))
         return path
 

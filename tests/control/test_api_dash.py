@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from deployment.serving_metrics import VersionMetrics
 from sam_brain.config_load import parse_config
 from sam_brain.control.api import make_app
 from sam_brain.control.api_dash import CSP, ServingSeries
@@ -21,7 +22,6 @@ from sam_brain.home import Home
 from sam_brain.protocols import Progress, Sample
 from sam_brain.train.losspoints import loss_curve, record_progress
 from sam_brain.train.scheduler import Coordinator
-from deployment.serving_metrics import VersionMetrics
 
 
 @pytest.fixture
@@ -110,16 +110,35 @@ async def test_loss_points_per_step_and_best(client: TestClient, home: Home) -> 
 
 async def test_gate_and_timelines_from_events(client: TestClient, home: Home) -> None:
     store = home.store
-    store.add_event("evaluated", {"version": "v1", "against": "base", "promote": True,
-                                  "reasons": ["better"], "candidate_loss": 1.0,
-                                  "reference_loss": 2.0})
-    store.add_event("evaluated", {"version": "v2", "against": "v1", "promote": False,
-                                  "reasons": ["worse"], "candidate_loss": 3.0,
-                                  "reference_loss": 1.0})
+    store.add_event(
+        "evaluated",
+        {
+            "version": "v1",
+            "against": "base",
+            "promote": True,
+            "reasons": ["better"],
+            "candidate_loss": 1.0,
+            "reference_loss": 2.0,
+        },
+    )
+    store.add_event(
+        "evaluated",
+        {
+            "version": "v2",
+            "against": "v1",
+            "promote": False,
+            "reasons": ["worse"],
+            "candidate_loss": 3.0,
+            "reference_loss": 1.0,
+        },
+    )
     store.add_event("ingest", {"collector": "sessions"})
     gate = await (await client.get("/api/gate?limit=5")).json()
     assert gate["count"] == 2
-    assert [(d["version"], d["promote"]) for d in gate["decisions"]] == [("v2", False), ("v1", True)]
+    assert [(d["version"], d["promote"]) for d in gate["decisions"]] == [
+        ("v2", False),
+        ("v1", True),
+    ]
     assert (await (await client.get("/api/gate?limit=1")).json())["count"] == 1
     tl = await (await client.get("/api/versions/timeline")).json()
     assert tl == {"versions": []}  # events of versions that were never registered are not shown
@@ -129,7 +148,11 @@ async def test_pool_growth_search_and_render(client: TestClient, home: Home) -> 
     fill_pool(home)
     growth = await (await client.get("/api/data/growth")).json()
     assert growth["total"] == 9
-    assert {k: v[-1] for k, v in growth["by_source"].items()} == {"sessions": 5, "git": 3, "docs": 1}
+    assert {k: v[-1] for k, v in growth["by_source"].items()} == {
+        "sessions": 5,
+        "git": 3,
+        "docs": 1,
+    }
     assert {k: v[-1] for k, v in growth["by_tier"].items()} == {"A": 5, "B": 3, "C": 1}
     assert all(v == sorted(v) for v in growth["by_source"].values())  # cumulative
     found = await (await client.get("/api/data/samples?q=parser")).json()

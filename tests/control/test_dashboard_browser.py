@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,9 @@ def daemon(tmp_path: Path, tiny_model: Path) -> Any:
         version = get(url + "/api/versions/current")["version"]
         assert version is not None, log.read_text()[-3000:]
         # The same adapter again, as a canary: a second version, a timeline with canary steps.
-        code, body = post(url + "/api/canary", {"path": version["adapter_path"], "traffic": 10}, home)
+        code, body = post(
+            url + "/api/canary", {"path": version["adapter_path"], "traffic": 10}, home
+        )
         assert code == 200, body
         canary = body["canary"]["version"]
         for model in (canary, canary, version["version"]):
@@ -180,7 +183,7 @@ async def _drive(url: str, out: Path) -> dict[str, Any]:
 
 
 def test_dashboard_shows_a_real_run_and_canary(daemon: Any, tmp_path: Path) -> None:
-    url, home, active, canary = daemon
+    url, _home, active, canary = daemon
     curves = get(url + "/api/training/curves?runs=1")["runs"][0]
     seen = asyncio.run(_drive(url, tmp_path))
     assert seen["errors"] == []
@@ -198,7 +201,7 @@ def test_dashboard_shows_a_real_run_and_canary(daemon: Any, tmp_path: Path) -> N
     assert seen["source_points"] and all(n > 0 for n in seen["source_points"])
     assert active in seen["story"] and canary in seen["canary_card"]
     # The search found samples containing the word, and marked the assistant turns.
-    found = get(url + "/api/data/samples?q=" + urllib.request.quote(seen["word"]))
+    found = get(url + "/api/data/samples?" + urllib.parse.urlencode({"q": seen["word"]}))
     assert found["matched"] >= 1 and len(seen["results"]) == min(found["matched"], 50)
     assert seen["count_text"].startswith(f"{found['matched']} samples match")
     assert seen["marks"] >= 1
