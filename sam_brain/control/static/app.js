@@ -60,9 +60,10 @@ function lineChart(box, series, opts = {}) {
     t.textContent = (opts.yFmt || ((v) => fmt(v, 2)))(y);
     svg.append(t);
   }
-  for (let i = 0; i <= 4; i++) {
-    const x = x0 + ((x1 - x0) * i) / 4;
-    const t = svgEl("text", { x: X(x), y: h - 6, "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" });
+  const ticks = w < 500 ? 2 : 4; // time labels collide on a phone
+  for (let i = 0; i <= ticks; i++) {
+    const x = x0 + ((x1 - x0) * i) / ticks;
+    const t = svgEl("text", { x: X(x), y: h - 6, "text-anchor": i === 0 ? "start" : i === ticks ? "end" : "middle" });
     t.textContent = (opts.xFmt || ((v) => Math.round(v)))(x);
     svg.append(t);
   }
