@@ -40,6 +40,9 @@ from sam_brain.train.losspoints import record_progress  # noqa: E402
 from sam_brain.train.scheduler import Coordinator  # noqa: E402
 
 ENDPOINTS = (
+    "/",
+    "/static/app.js",
+    "/static/app.css",
     "/api/self",
     "/api/training",
     "/api/training/curves?runs=10",
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{width:>5}  {len(rows):>5}  {med(rows, 'fp'):>11.0f}  {med(rows, 'fcp'):>16.0f}"
             f"  {med(rows, 'dcl'):>9.0f}  {med(rows, 'ready'):>16.0f}"
         )
-    print("\nendpoint                          median ms")
+    print("\nserver time per request (aiohttp client, 5 each)\nendpoint                          median ms")
     for path, ms in res["api_ms"].items():
         print(f"{path:<33} {ms:>9.1f}")
     fp = med(res["loads"][1280], "fp")
