@@ -174,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{width:>5}  {len(rows):>5}  {med(rows, 'fp'):>11.0f}  {med(rows, 'fcp'):>16.0f}"
             f"  {med(rows, 'dcl'):>9.0f}  {med(rows, 'ready'):>16.0f}"
         )
-    print("\nserver time per request (aiohttp client, 5 each)\nendpoint                          median ms")
+    print(
+        "\nserver time per request (aiohttp client, 5 each)\nendpoint                          median ms"
+    )
     for path, ms in res["api_ms"].items():
         print(f"{path:<33} {ms:>9.1f}")
     fp = med(res["loads"][1280], "fp")

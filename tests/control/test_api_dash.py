@@ -174,7 +174,13 @@ async def test_ingest_reports_newest_first(client: TestClient, home: Home) -> No
     assert (await (await client.get("/api/data/ingests")).json()) == {"count": 0, "reports": []}
     home.reports_dir.mkdir(parents=True, exist_ok=True)
     for ts, name in (("20260101T000000", "git"), ("20260102T000000", "sessions")):
-        report = {"collector": name, "collected": 4, "stored": 3, "dropped": {"duplicate": 1}}
+        report = {
+            "collector": name,
+            "collected": 4,
+            "stored": 3,
+            "dropped": {"duplicate": 1},
+            "coverage": {"total": {"tool_calls_seen": 5}, "files": {"/a.jsonl": {}}},
+        }
         (home.reports_dir / f"ingest-{ts}-{name}-000001.json").write_text(json.dumps(report))
     (home.reports_dir / "ingest-20260103T000000-bad-000001.json").write_text("{not json")
     doc = await (await client.get("/api/data/ingests?limit=5")).json()
@@ -183,6 +189,7 @@ async def test_ingest_reports_newest_first(client: TestClient, home: Home) -> No
         ("sessions", "20260102T000000"),
         ("git", "20260101T000000"),
     ]
+    assert doc["reports"][0]["coverage"] == {"total": {"tool_calls_seen": 5}}  # no per-file rows
 
 
 def test_serving_series_adds_points_only_when_requests_move() -> None:

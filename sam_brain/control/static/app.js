@@ -216,13 +216,19 @@ async function refreshData() {
   const counts = (o) => Object.entries(o || {}).map(([k, v]) => `${k} ${v}`).join(", ") || "–";
   body.replaceChildren(...ingests.reports.map((r) => el("tr", {},
     el("td", {}, r.when.replace(/^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)$/, "$1-$2-$3 $4:$5:$6")), el("td", {}, r.collector),
-    el("td", {}, r.collected), el("td", {}, r.stored), el("td", {}, r.inserted), el("td", {}, counts(r.skipped)), el("td", {}, counts(r.dropped)))));
-  if (!ingests.reports.length) body.append(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "no ingest reports yet")));
+    el("td", {}, r.collected), el("td", {}, r.stored), el("td", {}, r.inserted), el("td", {}, toolCalls(r.coverage)),
+    el("td", {}, counts(r.skipped)), el("td", {}, counts(r.dropped)))));
+  if (!ingests.reports.length) body.append(el("tr", {}, el("td", { colspan: 8, class: "muted" }, "no ingest reports yet")));
   for (const [key, id] of [["by_source", "f-source"], ["by_tier", "f-tier"]]) {
     const sel = $(id), keep = sel.value;
     sel.replaceChildren(sel.options[0], ...Object.keys(stats[key] || {}).sort().map((v) => el("option", { value: v }, v)));
     sel.value = keep;
   }
+}
+
+function toolCalls(coverage) {
+  const t = (coverage || {}).total || {};
+  return t.tool_calls_seen ? `${t.tool_calls_supervised ?? 0} of ${t.tool_calls_seen}` : "–";
 }
 
 async function search(ev) {
