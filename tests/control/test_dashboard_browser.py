@@ -178,6 +178,16 @@ async def _drive(url: str, out: Path) -> dict[str, Any]:
         )
         seen["phone_train_points"] = await b.eval(LOSS_POINTS.format("train loss"))
         await b.screenshot(out / "dashboard-390.png")
+        light = await b.eval("getComputedStyle(document.body).backgroundColor")
+        await b.send(
+            "Emulation.setEmulatedMedia",
+            {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
+        )
+        seen["backgrounds"] = (
+            light,
+            await b.eval("getComputedStyle(document.body).backgroundColor"),
+        )
+        await b.screenshot(out / "dashboard-390-dark.png")
         seen["errors"] = b.console_errors()
     return seen
 
@@ -206,6 +216,13 @@ def test_dashboard_shows_a_real_run_and_canary(daemon: Any, tmp_path: Path) -> N
     assert seen["count_text"].startswith(f"{found['matched']} samples match")
     assert seen["marks"] >= 1
     assert seen["phone_overflow"] <= 0
-    for name in ("dashboard-1280.png", "dashboard-390.png"):
+    assert seen["backgrounds"] == ("rgb(251, 251, 253)", "rgb(17, 19, 24)")
+    # `samctl train --follow` draws its sparkline from the same stored points.
+    from sam_brain.control.cli import _loss_values, sparkline
+    from sam_brain.control.cli_client import Client
+
+    values = _loss_values(Client(url), curves["run_id"])
+    assert len(values) == 12 and len(sparkline(values)) == 12
+    for name in ("dashboard-1280.png", "dashboard-390.png", "dashboard-390-dark.png"):
         png = (tmp_path / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
