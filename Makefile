@@ -22,7 +22,7 @@ endif
 OPENBLAS := $(firstword $(wildcard /usr/lib/*-linux-gnu/openblas-pthread/libopenblas.so.0 /usr/lib/*-linux-gnu/libopenblas-pthread/libopenblas.so.0))
 RUNENV := HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false $(if $(OPENBLAS),LD_PRELOAD=$(OPENBLAS))
 
-.PHONY: demo test lint fix bench openblas clean real-model
+.PHONY: demo test lint fix bench openblas chromium clean real-model
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,17 @@ openblas:
 	    || echo "warning: could not install OpenBLAS; MLX will use its slow bundled BLAS"; \
 	fi
 
+# Best effort, like OpenBLAS: Debian's Chromium for the dashboard's browser tests (they skip without it).
+chromium:
+	@if [ "$(UNAME)" = "Linux" ] && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null \
+	  && command -v apt-get >/dev/null; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] && echo "" || echo "sudo -n" ); \
+	  echo "installing chromium (headless browser for the dashboard tests)"; \
+	  ( $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    ( $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 ) ) \
+	    || echo "warning: could not install chromium; the dashboard's browser tests will skip"; \
+	fi
+
 demo: openblas $(VENV)/.installed $(if $(filter real,$(MODEL)),real-model)
 	@$(MAKE) --no-print-directory _demo
 
@@ -57,7 +68,7 @@ _demo:
 real-model: $(VENV)/.installed
 	@$(RUNENV) $(PY) -m sam_brain.dev.realmodel || echo "warning: no real model; its tests will skip"
 
-test: openblas $(VENV)/.installed real-model
+test: openblas chromium $(VENV)/.installed real-model
 	@$(MAKE) --no-print-directory _test
 
 _test:
@@ -72,7 +83,7 @@ fix: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: openblas $(VENV)/.installed
+bench: openblas chromium $(VENV)/.installed
 	@$(MAKE) --no-print-directory _bench
 
 _bench:

@@ -66,6 +66,30 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+SPARKS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int = 20) -> str:
+    """The last `width` values as block characters, lowest to highest (flat: all the lowest)."""
+    tail = values[-width:]
+    if not tail:
+        return ""
+    low, high = min(tail), max(tail)
+    span = high - low or 1.0
+    return "".join(SPARKS[round((v - low) / span * (len(SPARKS) - 1))] for v in tail)
+
+
+def _loss_values(client: Client, run_id: str) -> list[float]:
+    """The run's stored training losses, oldest first ([] from a daemon without the endpoint)."""
+    try:
+        code, doc = client.call("GET", f"/api/runs/{run_id}/loss")
+    except SamBrainError:
+        return []
+    if code != 200:
+        return []
+    return [p["train_loss"] for p in doc.get("points", []) if p.get("train_loss") is not None]
+
+
 def _follow(client: Client, run_id: str, show_bar: bool) -> int:
     bar = None
     if show_bar:
@@ -85,6 +109,7 @@ def _follow(client: Client, run_id: str, show_bar: bool) -> int:
             loss = p.get("train_loss")
             bar.set_postfix(
                 loss=f"{loss:.3f}" if loss is not None else "-",
+                trend=sparkline(_loss_values(client, run_id)) or "-",
                 val=p.get("val_loss"),
                 tok_s=p.get("tokens_per_sec"),
             )

@@ -30,6 +30,7 @@ from sam_brain.protocols import Progress, TrainResult, TrainSpec
 from sam_brain.store import Run, now_iso
 from sam_brain.train import resume
 from sam_brain.train.dataset import base_model_ref, build_dataset
+from sam_brain.train.losspoints import record_progress
 from sam_brain.train.release import Exclusive, Outcome, release
 from sam_brain.train.runs import prune_runs
 from sam_brain.train.supervisor import TrainingProcess
@@ -308,6 +309,8 @@ class TrainingJob:
         self._finish(run, "interrupted", reason=reason)
 
     def _on_progress(self, p: Progress) -> None:
+        if self.run is not None:  # every loss point, unthrottled: the dashboard's curves
+            record_progress(self.home.store, self.run.run_id, p)
         now = time.monotonic()
         # Throttle database writes; the last report of a run always lands via the final update.
         if now - self._last_progress < 1.0 and p.step < p.total_steps:
