@@ -15,8 +15,8 @@ from typing import Any
 from aiohttp import web
 
 from deployment.serving import add_routes
-from sam_brain.control.api_data import add_data_routes
 from sam_brain.control.api_dash import add_dash_routes
+from sam_brain.control.api_data import add_data_routes
 from sam_brain.control.api_deploy import add_deploy_routes
 from sam_brain.control.app import (
     CTX,
@@ -166,7 +166,6 @@ def make_app(ctx: AppContext, port: int | None = None) -> web.Application:
     app.router.add_post("/api/distill", post_distill)
     app.router.add_get("/api/data/stats", get_data_stats)
     add_data_routes(app)
-
     add_deploy_routes(app)
     add_dash_routes(app)
     if ctx.chat is not None:
