@@ -16,13 +16,19 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from deployment.gen_checks import (
+    GenerationCheck,
+    leaked_markers,
+    repetition_rate,
+    special_markers,
+)
 from deployment.resident import Completion
 from deployment.stats import Comparison, compare
 from sam_brain.errors import BadRequest
@@ -30,15 +36,6 @@ from sam_brain.masking import encode_chat, load_rows
 from sam_brain.protocols import Message
 from sam_brain.render import ChatTemplateError
 from sam_brain.versions import Versions
-
-TEMPLATE_MARKERS = (
-    "<|im_start|>",
-    "<|im_end|>",
-    "<|endoftext|>",
-    "<|eot_id|>",
-    "<|start_header_id|>",
-    "<|end_header_id|>",
-)
 
 
 @dataclass(frozen=True)
@@ -79,18 +76,6 @@ class LossStats:
 
 
 @dataclass
-class GenerationCheck:
-    """One generated answer of the candidate and what was wrong with it."""
-
-    prompt: str
-    text: str
-    repetition: float
-    terminated: bool
-    leaked: list[str]
-    empty: bool
-
-
-@dataclass
 class Gate:
     """The decision: `reasons` are the failures when rejected, the evidence when promoted."""
 
@@ -126,23 +111,6 @@ class EvalReport:
 
 
 # -- generation checks --------------------------------------------------------------------------
-
-
-def repetition_rate(tokens: Sequence[Hashable], n: int = 4) -> float:
-    """Share of the token n-grams that repeat an earlier one (0 for fewer than n tokens)."""
-    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
-    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0
-
-
-def leaked_markers(text: str, markers: Sequence[str] = TEMPLATE_MARKERS) -> list[str]:
-    """Chat-template markers that appear in a generated answer."""
-    return sorted({m for m in markers if m and m in text})
-
-
-def special_markers(tokenizer: Any) -> tuple[str, ...]:
-    """The known template markers plus the tokenizer's own special tokens."""
-    own = getattr(tokenizer, "all_special_tokens", None) or []
-    return tuple(sorted(set(TEMPLATE_MARKERS) | {str(t) for t in own if len(str(t)) > 3}))
 
 
 def prompts_from_rows(rows: list[list[Message]], count: int) -> list[list[Message]]:

@@ -14,14 +14,12 @@ import pytest
 from deployment import benchmarks as bench
 from deployment.evaluate import (
     GateConfig,
-    GenerationCheck,
     decide,
     evaluate_candidate,
     evaluate_version,
-    leaked_markers,
     prompts_from_rows,
-    repetition_rate,
 )
+from deployment.gen_checks import GenerationCheck, leaked_markers, repetition_rate
 from deployment.resident import ResidentModel
 from deployment.stats import sign_test, wilcoxon_signed_rank
 from sam_brain.errors import BadRequest
