@@ -10,16 +10,28 @@ from __future__ import annotations
 from typing import Any
 
 from deployment.canary import canary_state
-from sam_brain.home import Home
+from sam_brain.errors import StateDamaged
+from sam_brain.home import Home, pool_damaged
 from sam_brain.train.dataset import new_samples_since_last_run
+
+_NO_STATS: dict[str, Any] = {"total": 0, "trainable": 0, "by_source": {}, "pool_version": None}
+"""What the counts read as while the pool is damaged (the problem is listed beside them)."""
 
 
 def self_status(home: Home, *, daemon: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = home.config
     active = home.versions.current()
     last = home.store.last_run()
-    stats = home.pool.stats()
-    new = new_samples_since_last_run(home)
+    problems = list(home.notices)
+    try:
+        stats = home.pool.stats()
+        new = new_samples_since_last_run(home)
+    except StateDamaged as err:
+        stats, new = _NO_STATS, 0
+        problems.append(str(err))
+    except (RuntimeError, OSError) as err:  # a data file went bad after the pool opened
+        stats, new = _NO_STATS, 0
+        problems.append(str(pool_damaged(home.data / "pool", str(err))))
     versions = home.store.versions()
     running = canary_state(home.versions)
     daemon_up = daemon is not None
@@ -29,9 +41,12 @@ def self_status(home: Home, *, daemon: dict[str, Any] | None = None) -> dict[str
         f"{stats['total']} samples collected, {new} new since my last training "
         f"({cfg.training.min_for_training} needed)."
     )
+    if problems:
+        explanation += " Problems: " + " | ".join(problems)
     return {
         "success": True,
         "explanation": explanation,
+        "problems": problems,
         "status": {
             "daemon": "running" if daemon_up else "stopped",
             **(daemon or {}),
