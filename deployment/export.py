@@ -149,7 +149,7 @@ def export_version(
     if fmt in ("gguf", "ollama"):
         gguf.llama_cpp_module()
         gguf.find_converter()
-    _check_destination(out)
+    check_destination(out)
     fingerprint = _fingerprint(version_dir, base_model_dir, fmt, quant)
     if not force and (previous := _previous(out, fingerprint)) is not None:
         return previous
@@ -265,7 +265,7 @@ def _previous(out: Path, fingerprint: str) -> ExportResult | None:
     )
 
 
-def _check_destination(out: Path) -> None:
+def check_destination(out: Path) -> None:
     """`out` is new, an empty folder, or an export this module wrote; anything else is refused.
 
     Ours means `export.json` lists exactly the regular files in the folder: a user's folder that
@@ -303,7 +303,7 @@ def _swap(stage: Path, out: Path) -> None:
         os.umask(umask)
         mode = 0o777 & ~umask
     os.chmod(stage, mode)
-    _check_destination(out)  # again: the build took minutes and the folder may have changed
+    check_destination(out)  # again: the build took minutes and the folder may have changed
     old = None
     if out.exists():
         # A fresh name of our own: whatever rmtree removes below is only the replaced export.

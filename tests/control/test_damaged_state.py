@@ -407,3 +407,20 @@ def test_samctl_into_head_is_quiet(home: Path) -> None:
         timeout=120,
     )
     assert proc.stdout.count("\n") == 1 and proc.stderr == ""
+
+
+def test_samctl_export_refuses_a_folder_with_user_files(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mine"
+    (out / "sub").mkdir(parents=True)
+    (out / "precious.txt").write_text("keep me")
+    (out / "sub" / "deep.txt").write_text("me too")
+    (out / "export.json").write_text("{}")
+    out.chmod(0o755)
+    code, _, err = run(capsys, "export", "v1.0.0", "--format", "mlx", "--out", str(out))
+    assert code == 4 and err.count("\n") == 1 and "not a SAM Brain export" in err
+    assert (out / "precious.txt").read_text() == "keep me"
+    assert (out / "sub" / "deep.txt").read_text() == "me too"
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []
