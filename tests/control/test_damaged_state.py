@@ -424,3 +424,80 @@ def test_samctl_export_refuses_a_folder_with_user_files(
     assert (out / "sub" / "deep.txt").read_text() == "me too"
     assert out.stat().st_mode & 0o777 == 0o755
     assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []
+
+
+def daemon_env(home: Path, tmp_path: Path) -> tuple[dict[str, str], str]:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    (tmp_path / "no-sessions").mkdir(exist_ok=True)
+    (home / "config.toml").write_text(
+        f"[api]\nport = {port}\n[sources]\nsessions_dirs = [{json.dumps(str(tmp_path / 'no-sessions'))}]\n"
+    )
+    env = {**os.environ, "SAM_BRAIN_HOME": str(home), "PYTHONPATH": str(REPO)}
+    env.pop("SAM_BRAIN_CONFIG", None)
+    return env, f"http://127.0.0.1:{port}"
+
+
+def test_real_daemon_rebuilds_lost_state_and_rolls_back_a_damaged_adapter(
+    home: Path, tmp_path: Path
+) -> None:
+    import time
+    import urllib.request
+
+    env, url = daemon_env(home, tmp_path)
+    before = folder_digests(home / "versions")
+    (home / "state.db").write_bytes(b"")
+    weights = home / "versions" / "v1.0.1" / "adapters.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    index = home / "versions" / "versions.json"
+    log = tmp_path / "daemon.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sam_brain.control.daemon", "serve"],
+            env=env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline, doc = time.monotonic() + 90, None
+        while doc is None and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(url + "/api/self", timeout=10) as resp:
+                    doc = json.loads(resp.read())
+            except OSError:
+                time.sleep(0.5)
+        assert doc is not None, log.read_text()[-3000:]
+        ts = doc["training_stats"]
+        assert ts["model_version"] == "v1.0.0" and ts["deployment"]["total_versions"] == 2
+        assert any("rebuilt" in p for p in doc["problems"]), doc["problems"]
+        assert any("rolled back to v1.0.0" in p for p in doc["problems"]), doc["problems"]
+        statuses = {r["version"]: r["status"] for r in json.loads(index.read_text())["versions"]}
+        assert statuses == {"v1.0.0": "active", "v1.0.1": "rolled_back"}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert "Traceback" not in log.read_text()
+    after = folder_digests(home / "versions")
+    assert {k: after[k] for k in before if "v1.0.1/adapters" not in k} == {
+        k: v for k, v in before.items() if "v1.0.1/adapters" not in k
+    }
+
+
+def test_real_daemon_refuses_a_garbage_state_db_in_one_line(home: Path, tmp_path: Path) -> None:
+    env, _ = daemon_env(home, tmp_path)
+    (home / "state.db").write_bytes(os.urandom(8192))
+    proc = subprocess.run(
+        [sys.executable, "-m", "sam_brain.control.daemon", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 12, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "state.db is damaged" in lines[0], proc.stderr
+    assert "samctl doctor --repair" in lines[0]
