@@ -94,6 +94,8 @@ def rebuild_versions(store: Store, root: Path) -> list[str]:
     for extra in active[:-1]:  # at most one active: the newest keeps it
         rows[rows.index(extra)] = (*extra[:2], VersionStatus.INACTIVE.value, *extra[3:])
     with store.tx() as db:
+        if db.execute("SELECT COUNT(*) FROM versions").fetchone()[0]:
+            return []  # another process (the daemon, a samctl) rebuilt them first
         db.executemany(
             "INSERT INTO versions(version, seq, status, run_id, base_model, adapter_path,"
             " checksum, training_samples, metrics, description, created_at, deployed_at, gate)"
