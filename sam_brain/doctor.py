@@ -23,6 +23,9 @@ from sam_brain.versions import Versions, checksum_dir, sanity_check
 
 log = logging.getLogger(__name__)
 
+DAMAGED = "active adapter damaged"
+"""How the reason of an automatic rollback of a damaged adapter starts (status looks for it)."""
+
 MIN_FREE_BYTES = 1 << 30
 """Below this much free space a training run or an export may not fit: a warning."""
 
@@ -98,7 +101,7 @@ def heal_active(versions: Versions) -> str | None:
     candidates.sort(key=lambda v: (v.deployed_at or "", v.seq), reverse=True)
     for target in candidates:
         if adapter_problem(target) is None:
-            versions.rollback(target.version, reason=f"active adapter damaged: {problem}")
+            versions.rollback(target.version, reason=f"{DAMAGED}: {problem}")
             line = f"active adapter damaged ({problem}); rolled back to {target.version}"
             log.warning("%s", line)
             return line
@@ -106,7 +109,7 @@ def heal_active(versions: Versions) -> str | None:
         active.version,
         VersionStatus.ROLLED_BACK,
         event="rollback",
-        data={"from": active.version, "to": None, "reason": f"active adapter damaged: {problem}"},
+        data={"from": active.version, "to": None, "reason": f"{DAMAGED}: {problem}"},
     )
     (versions.root / "current.txt").unlink(missing_ok=True)
     line = f"active adapter damaged ({problem}); no healthy earlier version: serving the base"
@@ -156,14 +159,17 @@ def check_versions(store: Store | None, root: Path) -> list[Finding]:
         problem = adapter_problem(v)
         if problem and v.status in (VersionStatus.ACTIVE, VersionStatus.CANARY):
             fix = "samctl doctor --repair (rolls back to the newest healthy version)"
-            found.append(Finding(f"version {v.version}", False, problem, fix))
+            if v.status is VersionStatus.CANARY:
+                fix = "samctl rollback (ends the canary)"
+            found.append(Finding("version", False, problem, fix))
         elif problem:
             found.append(
                 Finding(
-                    f"version {v.version}",
+                    "version",
                     False,
                     problem,
-                    "samctl rollback never picks it; delete the folder to drop it",
+                    "it is never served again (deploy and rollback verify checksums); keep it"
+                    " for inspection, pruning removes it in time",
                 )
             )
     orphans = sorted(set(disk) - {v.version for v in rows})
@@ -190,7 +196,7 @@ def check_versions(store: Store | None, root: Path) -> list[Finding]:
                 "samctl doctor --repair (or start the daemon) rewrites it",
             )
         )
-    good = len(rows) - sum(1 for f in found if f.check.startswith("version "))
+    good = len(rows) - sum(1 for f in found if f.check == "version")
     found.insert(0, Finding("versions", True, f"{good} of {len(rows)} versions intact"))
     return found
 

@@ -29,7 +29,9 @@ EXIT_CODES = """exit codes: 0 ok, 1 error, 2 bad usage/config/request, 3 not fou
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
     try:
-        _, doc = Client(args.url).call("GET", "/api/self")
+        code, doc = Client(args.url).call("GET", "/api/self")
+        if code >= 400 or not isinstance(doc, dict) or "training_stats" not in doc:
+            raise error_from_http(code, doc)  # one line, not a KeyError on a missing key
     except DaemonUnreachable:
         from sam_brain.control.status import self_status
 

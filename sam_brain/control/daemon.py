@@ -201,12 +201,8 @@ class Daemon:
             )
         if seen == self._active_seen:
             return
-        line = heal_active(self.home.versions)
-        if line:
-            self.home.notices.append(line)
-            self._active_seen = ()
-        else:
-            self._active_seen = seen
+        # A rollback here is an event; status reads it from there (daemon running or not).
+        self._active_seen = () if heal_active(self.home.versions) else seen
 
     async def _serve(self) -> None:
         """Set up the parts, serve until SIGTERM/SIGINT, then tear them down (app cleanup_ctx)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from deployment.canary import canary_state
+from sam_brain.doctor import DAMAGED
 from sam_brain.errors import StateDamaged
 from sam_brain.home import Home, pool_damaged
 from sam_brain.train.dataset import new_samples_since_last_run
@@ -18,11 +19,28 @@ _NO_STATS: dict[str, Any] = {"total": 0, "trainable": 0, "by_source": {}, "pool_
 """What the counts read as while the pool is damaged (the problem is listed beside them)."""
 
 
+def damaged_rollback(home: Home) -> str | None:
+    """The line saying the active version (or the base) serves because an adapter was damaged,
+    while that automatic rollback is still what serves."""
+    events = home.store.events("rollback", limit=1)
+    active = home.versions.current()
+    if not events:
+        return None
+    data = events[0]["data"]
+    reason = str(data.get("reason", ""))
+    if not reason.startswith(DAMAGED) or data.get("to") != (active.version if active else None):
+        return None
+    return f"{reason}; rolled back to {data.get('to') or 'the base'}"
+
+
 def self_status(home: Home, *, daemon: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = home.config
     active = home.versions.current()
     last = home.store.last_run()
     problems = list(home.notices)
+    healed = damaged_rollback(home)
+    if healed:
+        problems.append(healed)
     try:
         stats = home.pool.stats()
         new = new_samples_since_last_run(home)

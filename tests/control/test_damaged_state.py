@@ -289,7 +289,7 @@ def test_damaged_active_adapter_rolls_back_and_status_says_so(
     weights = home / "versions" / "v1.0.1" / "adapters.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     code, out, _ = run(capsys, "doctor")
-    assert code == 12 and "PROBLEM version v1.0.1" in out and "checksum" in out
+    assert code == 12 and "PROBLEM version: v1.0.1" in out and "checksum" in out
     opened = start_checks(home)
     try:
         assert opened.versions.current().version == "v1.0.0"  # type: ignore[union-attr]
@@ -302,12 +302,14 @@ def test_damaged_active_adapter_rolls_back_and_status_says_so(
 
 
 def test_damaged_only_version_falls_back_to_the_base(home: Path) -> None:
+    from sam_brain.control.status import self_status
+
     for name in ("v1.0.0", "v1.0.1"):
         (home / "versions" / name / "adapters.safetensors").write_bytes(b"\x08" + b"\0" * 15)
     opened = start_checks(home)
     try:
         assert opened.versions.current() is None
-        assert "serving the base" in opened.notices[-1]
+        assert "rolled back to the base" in self_status(opened)["problems"][-1]
         assert len(opened.store.versions()) == 2
     finally:
         opened.close()
