@@ -202,7 +202,10 @@ class Daemon:
         if seen == self._active_seen:
             return
         # A rollback here is an event; status reads it from there (daemon running or not).
-        self._active_seen = () if heal_active(self.home.versions) else seen
+        try:
+            self._active_seen = () if heal_active(self.home.versions) else seen
+        except SamBrainError as err:  # e.g. the target changed under us: the next tick retries
+            log.warning("could not roll back a damaged active adapter: %s", err)
 
     async def _serve(self) -> None:
         """Set up the parts, serve until SIGTERM/SIGINT, then tear them down (app cleanup_ctx)."""
