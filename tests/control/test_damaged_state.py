@@ -503,3 +503,23 @@ def test_real_daemon_refuses_a_garbage_state_db_in_one_line(home: Path, tmp_path
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "state.db is damaged" in lines[0], proc.stderr
     assert "samctl doctor --repair" in lines[0]
+
+
+def test_doctor_is_quiet_on_a_healthy_home_and_names_loose_permissions(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ingest_examples(tmp_path, capsys, 1)
+    code, out, _ = run(capsys, "doctor")
+    assert code == 0 and "PROBLEM" not in out and "everything is healthy" in out
+    assert "ok      versions: 2 of 2 versions intact" in out
+    token = home / "api.token"
+    token.write_text("secret")
+    token.chmod(0o644)
+    home.chmod(0o777)
+    try:
+        code, out, _ = run(capsys, "doctor")
+    finally:
+        home.chmod(0o755)
+    problems = [line for line in out.splitlines() if line.startswith("PROBLEM")]
+    assert code == 12 and len(problems) == 2
+    assert f"fix: chmod 600 {token}" in out and f"fix: chmod o-w {home}" in out
