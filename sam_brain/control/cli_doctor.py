@@ -11,7 +11,7 @@ import argparse
 
 from sam_brain.config import Config, data_dir, default_home
 from sam_brain.doctor import diagnose, heal_active, repair_pool
-from sam_brain.errors import SamBrainError
+from sam_brain.errors import StateDamaged
 from sam_brain.home import Home
 from sam_brain.recovery import set_aside
 
@@ -35,7 +35,7 @@ def repair(config: Config) -> list[str]:
     done: list[str] = []
     try:
         home = Home.open(config)
-    except SamBrainError:
+    except StateDamaged:  # only a file SQLite refuses is set aside, never on other errors
         moved = set_aside(data / "state.db")
         done.append(f"state.db set aside as {moved}")
         home = Home.open(config)
