@@ -123,7 +123,8 @@ def export_version(
             `adapter_config.json` and `manifest.json`.
         base_model_dir: Local directory of the version's base model.
         fmt: One of FORMATS.
-        out: Destination folder, created or replaced whole.
+        out: Destination folder: new, empty, or an earlier export (its export.json lists exactly
+            its files), replaced whole; any other folder is refused.
         quant: GGUF type for `gguf`/`ollama` (QUANTS; default q4_k_m); not allowed otherwise.
         force: Rebuild even when `out` already holds an identical export.
 
@@ -134,7 +135,7 @@ def export_version(
         BadRequest: Unknown format or quant.
         NotFound: No such version folder.
         ModelUnavailable: The base model folder is missing.
-        Conflict: `out` exists and is not a SAM Brain export.
+        Conflict: `out` exists and is not (only) a SAM Brain export.
         BackendUnavailable: A tool the format needs is not installed.
         ExportFailed: The input is corrupt, or an artifact failed to build or to verify.
     """
@@ -148,11 +149,10 @@ def export_version(
     if fmt in ("gguf", "ollama"):
         gguf.llama_cpp_module()
         gguf.find_converter()
+    check_destination(out)
     fingerprint = _fingerprint(version_dir, base_model_dir, fmt, quant)
     if not force and (previous := _previous(out, fingerprint)) is not None:
         return previous
-    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / RECORD).is_file()):
-        raise Conflict(f"{out} exists and is not a SAM Brain export; refusing to overwrite it")
 
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -265,12 +265,49 @@ def _previous(out: Path, fingerprint: str) -> ExportResult | None:
     )
 
 
+def check_destination(out: Path) -> None:
+    """`out` is new, an empty folder, or an export this module wrote; anything else is refused.
+
+    Ours means `export.json` lists exactly the regular files in the folder: a user's folder that
+    merely holds a file named export.json (or one we wrote, with files added since) is not ours,
+    and replacing it would delete what the user put there.
+    """
+    if out.is_symlink():
+        raise Conflict(f"{out} is a symbolic link; give the real folder (refusing to replace it)")
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise Conflict(f"{out} exists and is not a folder; refusing to overwrite it")
+    entries = list(out.iterdir())
+    if not entries:
+        return
+    listed = _read_json(out / RECORD).get("files")
+    ours = isinstance(listed, dict) and {p.name for p in entries} == {*listed, RECORD}
+    if not ours or any(p.is_symlink() or not p.is_file() for p in entries):
+        raise Conflict(
+            f"{out} exists and is not a SAM Brain export (it holds files export.json does not"
+            " list); refusing to overwrite it: choose a new or empty folder"
+        )
+
+
 def _swap(stage: Path, out: Path) -> None:
-    """Put the finished export in place; an older export at `out` is removed only afterwards."""
+    """Put the finished export in place; an older export at `out` is removed only afterwards.
+
+    The stage comes from mkdtemp (mode 0700): it takes the mode of the folder it replaces, or
+    the umask's default for a new one, so an export never changes who may read the folder.
+    """
+    if out.is_dir():
+        mode = out.stat().st_mode & 0o7777
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o777 & ~umask
+    os.chmod(stage, mode)
+    check_destination(out)  # again: the build took minutes and the folder may have changed
     old = None
     if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
+        # A fresh name of our own: whatever rmtree removes below is only the replaced export.
+        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
         os.replace(out, old)
     os.replace(stage, out)
     if old is not None:

@@ -310,6 +310,9 @@ class Config:
         "", "Where state, pool and versions live; empty means the home (see README)."
     )
     log_level: str = _f("INFO", "Logging level of the daemon.")
+    events_keep_days: float = _f(
+        90.0, "Events older than this are pruned at daemon start and daily (0 keeps all)."
+    )
     api: ApiConfig = field(default_factory=ApiConfig, metadata={"doc": "[api]"})
     sources: SourcesConfig = field(default_factory=SourcesConfig, metadata={"doc": "[sources]"})
     pipeline: PipelineConfig = field(default_factory=PipelineConfig, metadata={"doc": "[pipeline]"})

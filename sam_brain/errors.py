@@ -115,3 +115,10 @@ class ExportFailed(SamBrainError):
 
     exit_code = 11
     http_status = 500
+
+
+class StateDamaged(SamBrainError):
+    """A file of the home (state.db, the pool) is damaged; the message names the recovery."""
+
+    exit_code = 12
+    http_status = 503

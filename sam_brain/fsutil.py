@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from sam_brain.errors import BadRequest
+
 
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
@@ -60,3 +62,17 @@ def fsync_path(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def check_output_file(path: Path) -> None:
+    """Raise BadRequest, in one line, when `path` cannot be written as a file (checked first,
+    so a refused write leaves nothing behind)."""
+    if path.is_dir():
+        raise BadRequest(f"{path} is a folder; give a file name, e.g. {path / 'samples.jsonl'}")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BadRequest(f"cannot write {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadRequest(f"cannot write {path}: no permission to write in {parent}")

@@ -16,37 +16,79 @@ the pool. Layout under the data directory:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sam_brain.config import Config, data_dir
+from sam_brain.errors import StateDamaged
 from sam_brain.pool import Pool
+from sam_brain.recovery import rebuild_versions
 from sam_brain.store import Store
 from sam_brain.versions import Versions
 
 
+def pool_damaged(root: Path, detail: str) -> StateDamaged:
+    """The one line naming a damaged pool and both ways back."""
+    detail = detail.splitlines()[0][:200] if detail else "unreadable"
+    return StateDamaged(
+        f"the sample pool {root} is damaged ({detail}); restore its previous LanceDB version"
+        " with `samctl doctor --repair`, or rebuild it: move the folder aside and run"
+        " `samctl ingest sessions --from-archive`"
+    )
+
+
 @dataclass
 class Home:
-    """Opened resources of one SAM Brain home."""
+    """Opened resources of one SAM Brain home.
+
+    The pool opens on first use: commands that do not need it (`samctl list`, `status`) keep
+    working when it is damaged. `rebuilt` names versions whose rows were rebuilt at open.
+    """
 
     config: Config
     data: Path
     store: Store
-    pool: Pool
     versions: Versions
+    rebuilt: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)  # problems found and handled, for status
+    _pool: Pool | None = None
+    _pool_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def open(cls, config: Config) -> Home:
+        """Open the home; a state.db that lost its version rows is rebuilt from the folders.
+
+        Raises:
+            StateDamaged: state.db is not SQLite or fails its integrity check.
+        """
         data = data_dir(config)
         data.mkdir(parents=True, exist_ok=True)
         store = Store(data / "state.db")
-        return cls(
-            config=config,
-            data=data,
-            store=store,
-            pool=Pool(data / "pool"),
-            versions=Versions(store, data / "versions"),
-        )
+        versions = Versions(store, data / "versions")
+        rebuilt = rebuild_versions(store, versions.root)
+        notices = []
+        if rebuilt:
+            versions.write_index()
+            notices.append(
+                f"state.db had lost its versions: {', '.join(rebuilt)} rebuilt from their folders"
+            )
+        return cls(config, data, store, versions, rebuilt, notices)
+
+    @property
+    def pool(self) -> Pool:
+        """The sample pool, opened now if not yet.
+
+        Raises:
+            StateDamaged: LanceDB cannot open it (damaged manifest or data).
+        """
+        with self._pool_lock:  # the daemon's threads may ask first at the same time
+            if self._pool is None:
+                try:
+                    self._pool = Pool(self.data / "pool")
+                except (RuntimeError, OSError) as err:  # lance reports damage as RuntimeError
+                    raise pool_damaged(self.data / "pool", str(err)) from err
+            return self._pool
 
     def close(self) -> None:
         self.store.close()

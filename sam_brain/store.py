@@ -7,6 +7,7 @@ old state or the new one. Sample content lives in the LanceDB pool (`pool.py`), 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -19,7 +20,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sam_brain.errors import NotFound
+from sam_brain.errors import NotFound, StateDamaged
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -165,25 +166,58 @@ def _run(row: sqlite3.Row) -> Run:
     return Run(**d)
 
 
-def _version(row: sqlite3.Row) -> Version:
+def _version(row: sqlite3.Row, data: Path) -> Version:
     d = dict(row)
     d["metrics"] = json.loads(d["metrics"])
     d["status"] = VersionStatus(d["status"])
+    d["adapter_path"] = str(data / d["adapter_path"])  # stored relative; an absolute one stays
     return Version(**d)
+
+
+def stored_path(path: Path, data: Path) -> str:
+    """How an adapter path is stored: relative to the data folder when inside it, so a moved
+    home keeps serving its versions."""
+    try:
+        return path.relative_to(data).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def damaged(path: Path, detail: str) -> StateDamaged:
+    return StateDamaged(
+        f"{path} is damaged ({detail}); versions are safe on disk: run `samctl doctor --repair`"
+        " to set it aside and rebuild it from the version folders"
+    )
 
 
 class Store:
     """The SQLite state store; safe to share between threads of one process."""
 
     def __init__(self, path: Path) -> None:
+        """Open (or create) the store, checking its integrity first.
+
+        Raises:
+            StateDamaged: The file is not SQLite, or `PRAGMA quick_check` finds damage.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.RLock()
+        try:
+            self._open(path)
+        except sqlite3.DatabaseError as err:
+            with contextlib.suppress(sqlite3.Error, AttributeError):
+                self._db.close()
+            raise damaged(path, str(err)) from err
+
+    def _open(self, path: Path) -> None:
         # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so writers queue, not deadlock.
         self._db = sqlite3.connect(
             str(path), check_same_thread=False, isolation_level=None, timeout=30.0
         )
         self._db.row_factory = sqlite3.Row
+        problems = [str(r[0]) for r in self._db.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError("; ".join(problems[:3]))
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=30000")
@@ -200,6 +234,26 @@ class Store:
                     f"ALTER TABLE runs ADD COLUMN {column} TEXT NOT NULL DEFAULT {default}"
                 )
         self._migrate_canary()
+        self._migrate_paths()
+
+    def _migrate_paths(self) -> None:
+        # Homes made before paths were stored relative: rewrite rows that point into this home,
+        # or into the home's old place when the folder of the same name is here now.
+        data = self.path.parent
+        rows = self._query("SELECT version, adapter_path FROM versions")
+        changes: list[tuple[str, str]] = []
+        for r in rows:
+            path = Path(str(r["adapter_path"]))
+            if not path.is_absolute():
+                continue
+            rel = stored_path(path, data)
+            if rel == str(path) and (data / "versions" / path.name).is_dir():
+                rel = f"versions/{path.name}"
+            if rel != str(path):
+                changes.append((rel, str(r["version"])))
+        if changes:
+            with self.tx() as db:
+                db.executemany("UPDATE versions SET adapter_path=? WHERE version=?", changes)
 
     def _migrate_canary(self) -> None:
         # Older homes kept the canary's weight as a JSON cursor row; move it into its own table.
@@ -249,6 +303,17 @@ class Store:
             return
         with self.tx() as tx:
             tx.execute(sql, args)
+
+    def prune_events(self, keep_days: float) -> int:
+        """Delete events older than `keep_days` (0 keeps all); returns how many went."""
+        if keep_days <= 0:
+            return 0
+        cutoff = datetime.fromtimestamp(time.time() - keep_days * 86400, UTC)
+        with self.tx() as db:
+            cur = db.execute(
+                "DELETE FROM events WHERE ts < ?", (cutoff.replace(microsecond=0).isoformat(),)
+            )
+            return cur.rowcount
 
     def events(self, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         if kind:
@@ -414,18 +479,21 @@ class Store:
     # -- versions --------------------------------------------------------------------------------
 
     def versions(self) -> list[Version]:
-        return [_version(r) for r in self._query("SELECT * FROM versions ORDER BY seq")]
+        return [
+            _version(r, self.path.parent)
+            for r in self._query("SELECT * FROM versions ORDER BY seq")
+        ]
 
     def get_version(self, version: str) -> Version:
         rows = self._query("SELECT * FROM versions WHERE version=?", (version,))
         if not rows:
             known = ", ".join(v.version for v in self.versions()) or "none"
             raise NotFound(f"no version {version!r} (known: {known})")
-        return _version(rows[0])
+        return _version(rows[0], self.path.parent)
 
     def active_version(self) -> Version | None:
         rows = self._query("SELECT * FROM versions WHERE status='active' ORDER BY seq DESC LIMIT 1")
-        return _version(rows[0]) if rows else None
+        return _version(rows[0], self.path.parent) if rows else None
 
     def next_seq(self) -> int:
         rows = self._query("SELECT COALESCE(MAX(seq), -1) + 1 AS n FROM versions")

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import sqlite3
 import stat
@@ -21,7 +22,14 @@ from typing import Any
 
 from sam_brain.errors import Conflict, PromotionRejected
 from sam_brain.fsutil import write_text_atomic
-from sam_brain.store import CanaryWeight, Store, Version, VersionStatus, now_iso
+from sam_brain.store import (
+    CanaryWeight,
+    Store,
+    Version,
+    VersionStatus,
+    now_iso,
+    stored_path,
+)
 
 log = logging.getLogger(__name__)
 ADAPTER_FILES = ("adapters.safetensors", "adapter_config.json")
@@ -89,6 +97,10 @@ def version_name(seq: int) -> str:
     return f"v1.0.{seq}"
 
 
+VERSION_DIR = re.compile(r"v1\.0\.(\d+)")
+"""A version folder's name, with its sequence number."""
+
+
 class Versions:
     """The version registry of one home."""
 
@@ -99,6 +111,21 @@ class Versions:
 
     def path(self, version: str) -> Path:
         return self.root / version
+
+    def _free_name(self) -> tuple[int, str]:
+        """The next sequence number and name, past every number the registry or the disk uses.
+
+        A folder on disk without a row (a registration killed before its commit, or a state.db
+        lost or rebuilt) still holds a user's adapter: its name is skipped, never reused.
+        """
+        seq = self.store.next_seq()
+        for entry in self.root.iterdir():
+            m = VERSION_DIR.fullmatch(entry.name)
+            if m:
+                seq = max(seq, int(m.group(1)) + 1)
+        while self.path(version_name(seq)).exists():
+            seq += 1
+        return seq, version_name(seq)
 
     def register(
         self,
@@ -114,8 +141,7 @@ class Versions:
     ) -> Version:
         """Copy an adapter into the registry as the next version."""
         sanity_check(adapter_dir)
-        seq = self.store.next_seq()
-        name = version_name(seq)
+        seq, name = self._free_name()
         final = self.path(name)
         tmp = self.root / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -149,8 +175,9 @@ class Versions:
             digest = checksum_dir(tmp)
             manifest["checksum"] = digest
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        if final.exists():  # a leftover of a registration killed before its commit
-            shutil.rmtree(final)
+        if final.exists():  # appeared since _free_name looked: never replace a version's files
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise Conflict(f"{final} appeared during registration; nothing was overwritten")
         os.replace(tmp, final)
         with self.store.tx() as db:
             db.execute(
@@ -163,7 +190,7 @@ class Versions:
                     status,
                     run_id,
                     base_model,
-                    str(final),
+                    stored_path(final, self.store.path.parent),
                     digest,
                     training_samples,
                     json.dumps(metrics or {}),

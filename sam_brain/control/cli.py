@@ -10,24 +10,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from sam_brain.config import Config, data_dir
 from sam_brain.config_load import load_config
-from sam_brain.control import cli_data, cli_deploy
+from sam_brain.control import cli_data, cli_deploy, cli_doctor
 from sam_brain.control.cli_client import Client, error_from_http, open_home, print_doc
 from sam_brain.errors import DaemonUnreachable, SamBrainError, TrainingFailed
 
 EXIT_CODES = """exit codes: 0 ok, 1 error, 2 bad usage/config/request, 3 not found, 4 conflict,
 5 backend or model unavailable, 6 collector failed, 7 training failed, 8 promotion rejected,
-9 daemon unreachable, 10 daemon already running, 11 export failed"""
+9 daemon unreachable, 10 daemon already running, 11 export failed, 12 damaged state
+(samctl doctor names the damage and the fix)"""
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
     try:
-        _, doc = Client.for_config(args.url, config).call("GET", "/api/self")
+        code, doc = Client.for_config(args.url, config).call("GET", "/api/self")
+        if code >= 400 or not isinstance(doc, dict) or "training_stats" not in doc:
+            raise error_from_http(code, doc)  # one line, not a KeyError on a missing key
     except DaemonUnreachable:
         from sam_brain.control.status import self_status
 
@@ -40,7 +44,9 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         print_doc(doc, True)
         return 0
     ts = doc["training_stats"]
-    print(doc["explanation"])
+    print(doc["explanation"].split(" Problems: ")[0])
+    for problem in doc.get("problems") or []:
+        print(f"problem: {problem}")
     print(f"daemon: {doc['status'].get('daemon')}  backend: {doc['status'].get('backend', '-')}")
     gate = f", {ts['model_gate']}" if ts.get("model_gate") else ""
     print(f"version: {ts['model_version']} (deployed {ts['deployed_at']}{gate})")
@@ -326,6 +332,7 @@ HANDLERS = {
     "stats": cli_deploy.history,
     "history": cli_deploy.history,
     "export": cli_deploy.export,
+    "doctor": cli_doctor.doctor,
 }
 
 
@@ -336,12 +343,31 @@ def main(argv: list[str] | None = None) -> int:
         if not args.url:
             host = "127.0.0.1" if config.api.host in ("0.0.0.0", "::") else config.api.host
             args.url = f"http://{host}:{config.api.port}"
-        return HANDLERS[args.command](args, config)
+        code = HANDLERS[args.command](args, config)
+        sys.stdout.flush()  # inside the try: a reader that left (`| head`) is handled below
+        return code
     except SamBrainError as err:
         print(f"samctl: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `samctl ... | head`: the reader left. Point stdout at /dev/null so the interpreter's
+        # final flush does not raise again, and exit as a command killed by SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
+    except (RuntimeError, OSError) as err:  # a damaged file below us (LanceDB, the disk)
+        print(
+            f"samctl: {err.__class__.__name__}: {_first_line(err)}; run `samctl doctor`",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else "no detail"
 
 
 if __name__ == "__main__":

@@ -202,8 +202,12 @@ def export_row(
 
 def export(home: Home, split: str, out: Path, *, metadata: bool, args: str = "object") -> int:
     """Write the SFT samples of one split (or `all`) as chat JSONL; returns the line count."""
-    from sam_brain.fsutil import write_jsonl_atomic
+    from sam_brain.fsutil import check_output_file, write_jsonl_atomic
 
+    check_output_file(out)
     samples = home.pool.samples(kind="sft", split=None if split == "all" else split)
     rows = (export_row(s, sp, metadata=metadata, args=args) for s, sp in samples)
-    return write_jsonl_atomic(out, rows)
+    try:
+        return write_jsonl_atomic(out, rows)
+    except OSError as err:  # the folder vanished or the disk is full mid-write
+        raise BadRequest(f"cannot write {out}: {err.strerror or err}") from err

@@ -110,6 +110,16 @@ def build(epilog: str) -> argparse.ArgumentParser:
     ex.add_argument("-n", type=int, default=12)
     ex.add_argument("--seed", type=int, default=0)
 
+    doc = sub.add_parser(
+        "doctor", help="check state.db, pool, versions, adapters, permissions and disk; print fixes"
+    )
+    doc.add_argument(
+        "--repair",
+        action="store_true",
+        help="do the safe fixes first (rebuild state.db, restore the pool, roll back a damaged"
+        " adapter, rewrite versions.json); nothing you made is deleted",
+    )
+
     c = sub.add_parser("config", help="the config file")
     csub = c.add_subparsers(dest="config_command", required=True)
     csub.add_parser("check", help="load the config and report every problem")

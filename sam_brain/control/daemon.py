@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -34,8 +35,9 @@ from sam_brain.control.apitoken import is_loopback, token_path
 from sam_brain.control.app import AppContext
 from sam_brain.control.security import make_policy
 from sam_brain.control.watchers import Watchers
+from sam_brain.doctor import heal_active
 from sam_brain.errors import AlreadyRunning, SamBrainError
-from sam_brain.home import Home
+from sam_brain.home import Home, pool_damaged
 from sam_brain.hub import resolve_model
 from sam_brain.pipeline.exclude import PathRules
 from sam_brain.pipeline.ingest import make_collectors, store_result
@@ -86,6 +88,8 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self.ingest_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()  # strong refs so tasks are not collected
+        self._pruned_at = float("-inf")
+        self._active_seen: tuple[object, ...] = ()
         self.chat: ChatServer | None = None
 
     async def ingest(self, kind: str, paths: list[Path] | None = None) -> None:
@@ -98,6 +102,9 @@ class Daemon:
                 report = await asyncio.to_thread(store_result, self.home, kind, result)
             except SamBrainError as err:
                 log.warning("ingest %s failed: %s", kind, err)
+                return
+            except (RuntimeError, OSError) as err:  # a damaged pool file: one line, not a trace
+                log.warning("ingest %s failed: %s (run `samctl doctor`)", kind, err)
                 return
             except Exception:  # a bad source must never stop the daemon
                 log.exception("ingest %s crashed", kind)
@@ -115,6 +122,9 @@ class Daemon:
     async def collect_all(self) -> None:
         """Poll every source (also catches file events the watcher missed)."""
         self.watchers.ensure()
+        if time.monotonic() - self._pruned_at > 86400:
+            self._pruned_at = time.monotonic()
+            await asyncio.to_thread(self.home.store.prune_events, self.config.events_keep_days)
         for kind in list(self.collectors):
             await self.ingest(kind)
 
@@ -143,6 +153,7 @@ class Daemon:
         if chat is None:
             return
         try:
+            await asyncio.to_thread(self._heal_active)
             limits = health_limits(self.config)
             await asyncio.to_thread(RollbackMonitor(self.home.versions, chat.metrics, limits).check)
             running = canary.canary_state(self.home.versions)
@@ -172,6 +183,37 @@ class Daemon:
         finally:
             self.home.close()
 
+    def _check_home(self) -> None:
+        """Start-up checks: versions.json rewritten, a damaged active adapter rolled back, a
+        damaged pool reported (serving and the version commands go on without it)."""
+        self.home.versions.write_index()
+        self._heal_active()
+        try:
+            self.home.pool.stats()
+        except SamBrainError as err:
+            self.home.notices.append(str(err))
+        except (RuntimeError, OSError) as err:
+            self.home.notices.append(str(pool_damaged(self.home.data / "pool", str(err))))
+        for line in self.home.notices:
+            log.warning("%s", line)
+
+    def _heal_active(self) -> None:
+        # Checksumming costs a read of the adapter: only when its files' sizes or times change.
+        active = self.home.versions.current()
+        folder = Path(active.adapter_path) if active else None
+        seen: tuple[object, ...] = (active.version if active else None,)
+        if folder is not None and folder.is_dir():
+            seen += tuple(
+                (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir()
+            )
+        if seen == self._active_seen:
+            return
+        # A rollback here is an event; status reads it from there (daemon running or not).
+        try:
+            self._active_seen = () if heal_active(self.home.versions) else seen
+        except SamBrainError as err:  # e.g. the target changed under us: the next tick retries
+            log.warning("could not roll back a damaged active adapter: %s", err)
+
     async def _serve(self) -> None:
         """Set up the parts, serve until SIGTERM/SIGINT, then tear them down (app cleanup_ctx)."""
         # Before anything else: no usable API token, no daemon (the one-line error says why).
@@ -182,6 +224,7 @@ class Daemon:
                 *(self.host, token_path(self.home.data)),
             )
         self._recover_runs()
+        self._check_home()
         backend, why = registry.choose_backend(self.config.training.backend)
         self.collectors = make_collectors(self.home)
         loop = asyncio.get_running_loop()

@@ -10,16 +10,46 @@ from __future__ import annotations
 from typing import Any
 
 from deployment.canary import canary_state
-from sam_brain.home import Home
+from sam_brain.doctor import DAMAGED
+from sam_brain.errors import StateDamaged
+from sam_brain.home import Home, pool_damaged
 from sam_brain.train.dataset import new_samples_since_last_run
+
+_NO_STATS: dict[str, Any] = {"total": 0, "trainable": 0, "by_source": {}, "pool_version": None}
+"""What the counts read as while the pool is damaged (the problem is listed beside them)."""
+
+
+def damaged_rollback(home: Home) -> str | None:
+    """The line saying the active version (or the base) serves because an adapter was damaged,
+    while that automatic rollback is still what serves."""
+    events = home.store.events("rollback", limit=1)
+    active = home.versions.current()
+    if not events:
+        return None
+    data = events[0]["data"]
+    reason = str(data.get("reason", ""))
+    if not reason.startswith(DAMAGED) or data.get("to") != (active.version if active else None):
+        return None
+    return f"{reason}; rolled back to {data.get('to') or 'the base'}"
 
 
 def self_status(home: Home, *, daemon: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg = home.config
     active = home.versions.current()
     last = home.store.last_run()
-    stats = home.pool.stats()
-    new = new_samples_since_last_run(home)
+    problems = list(home.notices)
+    healed = damaged_rollback(home)
+    if healed:
+        problems.append(healed)
+    try:
+        stats = home.pool.stats()
+        new = new_samples_since_last_run(home)
+    except StateDamaged as err:
+        stats, new = _NO_STATS, 0
+        problems.append(str(err))
+    except (RuntimeError, OSError) as err:  # a data file went bad after the pool opened
+        stats, new = _NO_STATS, 0
+        problems.append(str(pool_damaged(home.data / "pool", str(err))))
     versions = home.store.versions()
     running = canary_state(home.versions)
     daemon_up = daemon is not None
@@ -29,9 +59,12 @@ def self_status(home: Home, *, daemon: dict[str, Any] | None = None) -> dict[str
         f"{stats['total']} samples collected, {new} new since my last training "
         f"({cfg.training.min_for_training} needed)."
     )
+    if problems:
+        explanation += " Problems: " + " | ".join(problems)
     return {
         "success": True,
         "explanation": explanation,
+        "problems": problems,
         "status": {
             "daemon": "running" if daemon_up else "stopped",
             **(daemon or {}),

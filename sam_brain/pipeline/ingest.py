@@ -278,9 +278,15 @@ def finish_report(
     )
     report.pool_version = home.pool.version
     report.seconds = round(time.monotonic() - started, 3)
-    # A poll that found every file unchanged did nothing worth a report (it runs every few seconds).
-    news = sum(v for k, v in report.skipped.items() if k != "unchanged")
-    if report.collected or report.deleted or news:
+    # A poll that found every file unchanged did nothing worth a report (it runs every few
+    # seconds); nor does one that only meets skips the last pass met too (a missing folder).
+    skips = sorted(k for k, v in report.skipped.items() if k != "unchanged" and v)
+    key = f"ingest.skips:{report.collector}"
+    last = home.store.get_cursor(key)
+    new_skips = bool(set(skips) - set(json.loads(last or "[]")))
+    if json.dumps(skips) != last and (skips or last):
+        home.store.set_cursors({key: json.dumps(skips)})
+    if report.collected or report.deleted or report.stored or new_skips:
         write_report(home, report)
         doc = report.to_dict()
         home.store.add_event("ingest", {k: doc[k] for k in REPORT_EVENT_KEYS})

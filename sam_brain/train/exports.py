@@ -20,10 +20,11 @@ def export_version_cmd(
     home: Home, version: str, fmt: str, out: Path, quant: str | None = None, force: bool = False
 ) -> dict[str, Any]:
     """`samctl export`: one version in one format, verified, recorded as an event."""
-    from deployment.export import export_version
+    from deployment.export import check_destination, export_version
     from sam_brain.hub import resolve_model
 
     v = home.versions.get(version)
+    check_destination(Path(out))  # refuse a user's folder before any model is looked up
     base = resolve_model(configured_base_ref(home) if not v.base_model else v.base_model)
     result = export_version(Path(v.adapter_path), base, fmt, out, quant, force=force)
     doc = result.to_dict()

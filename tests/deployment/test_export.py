@@ -403,3 +403,51 @@ def test_samctl_export_of_a_registered_version(
     assert home.store.events("exported")[0]["data"]["format"] == "peft"
     home.close()
     assert main(["export", "v9.9.9", "--format", "peft", "--out", str(tmp_path / "x")]) == 3
+
+
+def test_export_never_replaces_a_user_folder_holding_an_export_json(
+    tiny_model: Path, version: Path, tmp_path: Path
+) -> None:
+    """Issue 14: a folder with a file named export.json plus the user's files was wiped."""
+    out = tmp_path / "mine"
+    (out / "sub").mkdir(parents=True)
+    (out / "precious.txt").write_text("keep me")
+    (out / "sub" / "deep.txt").write_text("me too")
+    (out / "export.json").write_text('{"files": {}}')
+    out.chmod(0o755)
+    with pytest.raises(Conflict, match="not a SAM Brain export") as err:
+        export_version(version, tiny_model, "mlx", out)
+    assert "\n" not in str(err.value)
+    assert (out / "precious.txt").read_text() == "keep me"
+    assert (out / "sub" / "deep.txt").read_text() == "me too"
+    assert out.stat().st_mode & 0o777 == 0o755
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]  # no stage left behind
+
+
+@pytest.mark.slow
+def test_export_replaces_only_its_own_folder_and_keeps_the_mode(
+    tiny_model: Path, version: Path, tmp_path: Path
+) -> None:
+    new = tmp_path / "new"
+    export_version(version, tiny_model, "mlx", new)
+    assert new.stat().st_mode & 0o777 != 0o700  # the umask's default, not mkdtemp's 0700
+    assert set(json.loads((new / "export.json").read_text())["files"]) == {
+        "adapters.safetensors",
+        "adapter_config.json",
+    }
+    new.chmod(0o750)
+    export_version(version, tiny_model, "mlx", new, force=True)  # ours: rebuilt in place
+    assert new.stat().st_mode & 0o777 == 0o750
+    (new / "notes.txt").write_text("added by the user")  # no longer only ours
+    with pytest.raises(Conflict):
+        export_version(version, tiny_model, "mlx", new, force=True)
+    assert (new / "notes.txt").read_text() == "added by the user"
+    empty = tmp_path / "empty"
+    empty.mkdir(mode=0o751)
+    empty.chmod(0o751)
+    export_version(version, tiny_model, "mlx", empty)
+    assert empty.stat().st_mode & 0o777 == 0o751 and (empty / "export.json").is_file()
+    link = tmp_path / "link"
+    link.symlink_to(empty)
+    with pytest.raises(Conflict, match="symbolic link"):
+        export_version(version, tiny_model, "mlx", link)
