@@ -82,9 +82,15 @@ def openblas_env() -> dict[str, str]:
     return env
 
 
+TOKEN: dict[str, str] = {}  # the daemon's control token, read from its home once it is up
+
+
 def http(url: str, body: dict[str, Any] | None = None, timeout: float = 120) -> Any:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if body is not None and "token" in TOKEN:  # mutations need it, as for samctl
+        headers["Authorization"] = f"Bearer {TOKEN['token']}"
+    req = urllib.request.Request(url, data=data, headers=headers)
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
 
@@ -158,6 +164,17 @@ def make_home(home: Path, base: Path, adapters: list[Path], port: int) -> None:
         start_canary(h.versions, names[1], 10)
     finally:
         h.close()
+
+
+def daemon_token(home: Path) -> str:
+    from sam_brain.config import data_dir
+    from sam_brain.config_load import load_config
+    from sam_brain.control.apitoken import read_token
+
+    token = read_token(data_dir(load_config(home / "config.toml")))
+    if not token:
+        raise SystemExit(f"no control token under {home}")
+    return token
 
 
 def switch_latency(
@@ -256,6 +273,7 @@ def main() -> None:
                         )
                     )
             wait_for("the daemon", lambda: http(ours + "/api/health")["ok"], 120)
+            TOKEN["token"] = daemon_token(work / "home")
             wait_for("mlx_lm.server", lambda: http(theirs + "/health")["status"] == "ok", 120)
             note("daemon and mlx_lm.server are up")
             results = measure(ours, theirs, base, adapters, rounds, tokens, repeats)
