@@ -32,6 +32,7 @@ from sam_brain.train.job import TrainingJob
 from sam_brain.train.runs import prune_runs
 from sam_brain.train.scheduler import Coordinator
 from sam_brain.train.supervisor import worker_env
+from tests.api_auth import auth_headers
 
 COLOURS = ["red", "green", "blue", "amber", "violet", "teal", "black", "white"]
 PROFILE = {
@@ -441,14 +442,18 @@ def wait(check: Any, timeout: float, proc: subprocess.Popen[bytes], log: Path) -
     raise AssertionError(f"timed out; daemon log:\n{log.read_text()[-3000:]}")
 
 
-def http(url: str, body: dict[str, Any] | None = None) -> Any:
+def http(url: str, body: dict[str, Any] | None = None, data: Path | None = None) -> Any:
+    """GET, or POST `body` with the control token of the home whose data directory is `data`."""
     import urllib.request
 
+    headers = {"Content-Type": "application/json"}
+    if data is not None:
+        headers.update(auth_headers(data))
     req = urllib.request.Request(
         url,
         data=None if body is None else json.dumps(body).encode(),
         method="GET" if body is None else "POST",
-        headers={"Content-Type": "application/json"},
+        headers=headers,
     )
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read())
@@ -466,6 +471,7 @@ def test_kill_9_of_daemon_and_worker_then_restart_continues_the_run(
     env = dict(os.environ, SAM_BRAIN_HOME=str(home_dir), HF_HUB_OFFLINE="1")
     home = Home.open(load_config(home_dir / "config.toml"))
     fill(home, 0, 24)
+    data = home.data
     home.close()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "daemon.log"
@@ -482,7 +488,7 @@ def test_kill_9_of_daemon_and_worker_then_restart_continues_the_run(
     proc = start()
     try:
         wait(lambda: http(url + "/api/health")["ok"], 120, proc, log)
-        run_id = http(url + "/api/train", {"force": True})["run_id"]
+        run_id = http(url + "/api/train", {"force": True}, data)["run_id"]
         run_dir = home_dir / "runs" / run_id
         wait(lambda: checkpoint_step(run_dir) >= kill_at, 300, proc, log)
         worker = int((run_dir / "worker.lock").read_text())
