@@ -1,6 +1,6 @@
 """Does SAM Brain make a real model better? Base vs. adapter on sessions it never trained on.
 
-    python bench/learning.py [--steps 24] [--turns 20] [--scorer mlx|torch] [--out FILE]
+    python bench/learning.py [--steps 32] [--turns 16] [--scorer mlx|torch] [--out FILE]
 
 The real fixture transcripts (../shared/fixtures/claude-sessions) go through the product's own
 ingest (collect, validate, scrub, dedup) into a temporary home. Whole sessions (sample groups) are
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         "--model", type=Path, help="a real model folder (default: samctl dev real-model)"
     )
     ap.add_argument("--fixtures", type=Path, default=SESSIONS)
-    ap.add_argument("--steps", type=int, default=24, help="optimizer steps (one row each)")
+    ap.add_argument("--steps", type=int, default=32, help="optimizer steps (one row each)")
     ap.add_argument(
         "--minutes", type=float, default=40.0,
         help="training time guard (a run stopped by it keeps its best validated adapter, which"
