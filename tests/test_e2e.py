@@ -5,25 +5,19 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from sam_brain.dev.demo import free_port
 from tests.api_auth import auth_headers
+from tests.daemon_proc import wait
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(url: str) -> Any:
@@ -43,20 +37,6 @@ def post(url: str, body: dict[str, Any], home: Path) -> tuple[int, Any]:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
-
-
-def wait(check: Any, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            out = check()
-            if out:
-                return out
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"timed out; daemon log:\n{log.read_text()[-3000:]}")
 
 
 def test_daemon_trains_and_activates_a_version(tmp_path: Path, tiny_model: Path) -> None:

@@ -18,15 +18,11 @@ from typing import Any
 
 import pytest
 
+from sam_brain.dev.demo import free_port
+
 pytestmark = pytest.mark.slow
 
 LONG = {"messages": [{"role": "user", "content": "How do I list files?"}], "max_tokens": 4096}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def chat(port: int, body: dict[str, Any], timeout: float = 120) -> tuple[int, dict[str, str]]:

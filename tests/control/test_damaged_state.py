@@ -429,11 +429,9 @@ def test_samctl_export_refuses_a_folder_with_user_files(
 
 
 def daemon_env(home: Path, tmp_path: Path) -> tuple[dict[str, str], str]:
-    import socket
+    from sam_brain.dev.demo import free_port
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     (tmp_path / "no-sessions").mkdir(exist_ok=True)
     (home / "config.toml").write_text(
         f"[api]\nport = {port}\n[sources]\nsessions_dirs = [{json.dumps(str(tmp_path / 'no-sessions'))}]\n"

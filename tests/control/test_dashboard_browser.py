@@ -23,7 +23,9 @@ from typing import Any
 import pytest
 
 from sam_brain.dev.browser import Browser, find_chromium
-from tests.test_e2e import free_port, get, post, wait
+from sam_brain.dev.demo import free_port
+from tests.daemon_proc import wait
+from tests.test_e2e import get, post
 
 pytestmark = [
     pytest.mark.slow,

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import pytest
 
 from sam_brain.config import Profile
 from sam_brain.config_load import load_config, parse_config
+from sam_brain.dev.demo import free_port
 from sam_brain.home import Home
 from sam_brain.pool import file_lock
 from sam_brain.protocols import Sample, TrainSpec, stable_id
@@ -33,6 +33,7 @@ from sam_brain.train.runs import prune_runs
 from sam_brain.train.scheduler import Coordinator
 from sam_brain.train.supervisor import worker_env
 from tests.api_auth import auth_headers
+from tests.daemon_proc import wait
 
 COLOURS = ["red", "green", "blue", "amber", "violet", "teal", "black", "white"]
 PROFILE = {
@@ -422,26 +423,6 @@ gate_min_rows = 1
 """)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait(check: Any, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()[-3000:]
-        try:
-            out = check()
-            if out:
-                return out
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"timed out; daemon log:\n{log.read_text()[-3000:]}")
-
-
 def http(url: str, body: dict[str, Any] | None = None, data: Path | None = None) -> Any:
     """GET, or POST `body` with the control token of the home whose data directory is `data`."""
     import urllib.request
@@ -487,10 +468,10 @@ def test_kill_9_of_daemon_and_worker_then_restart_continues_the_run(
 
     proc = start()
     try:
-        wait(lambda: http(url + "/api/health")["ok"], 120, proc, log)
+        wait(lambda: http(url + "/api/health")["ok"], 120, proc, log, poll=0.05)
         run_id = http(url + "/api/train", {"force": True}, data)["run_id"]
         run_dir = home_dir / "runs" / run_id
-        wait(lambda: checkpoint_step(run_dir) >= kill_at, 300, proc, log)
+        wait(lambda: checkpoint_step(run_dir) >= kill_at, 300, proc, log, poll=0.05)
         worker = int((run_dir / "worker.lock").read_text())
         os.kill(worker, signal.SIGKILL)
         os.kill(proc.pid, signal.SIGKILL)
@@ -507,7 +488,7 @@ def test_kill_9_of_daemon_and_worker_then_restart_continues_the_run(
 
     proc = start()
     try:
-        wait(lambda: http(url + "/api/health")["ok"], 120, proc, log)
+        wait(lambda: http(url + "/api/health")["ok"], 120, proc, log, poll=0.05)
         # A forced run asked for now joins (or is) the resumed run: exit 0 once it finishes.
         cli = subprocess.run(
             [sys.executable, "-m", "sam_brain.control.cli", "train", "--force", "--wait"],
