@@ -15,13 +15,10 @@ from aiohttp.test_utils import TestClient
 
 from deployment.serving_metrics import VersionMetrics
 from sam_brain.config_load import parse_config
-from sam_brain.control.api import make_app
 from sam_brain.control.api_dash import CSP, ServingSeries
-from sam_brain.control.app import AppContext
 from sam_brain.home import Home
 from sam_brain.protocols import Progress, Sample
 from sam_brain.train.losspoints import loss_curve, record_progress
-from sam_brain.train.scheduler import Coordinator
 
 
 @pytest.fixture
@@ -30,14 +27,6 @@ def home(tmp_path: Path) -> Any:
     h = Home.open(cfg)
     yield h
     h.close()
-
-
-@pytest.fixture
-async def client(aiohttp_client: Any, home: Home) -> TestClient:
-    ctx = AppContext(
-        home=home, coordinator=Coordinator(home, "mlx"), backend="mlx", backend_why="test"
-    )
-    return await aiohttp_client(make_app(ctx))
 
 
 def sample(i: int, source: str, tier: str, text: str) -> Sample:

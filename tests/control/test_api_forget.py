@@ -9,11 +9,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from sam_brain.config_load import parse_config
-from sam_brain.control.api import make_app
-from sam_brain.control.app import AppContext
 from sam_brain.home import Home
 from sam_brain.protocols import Sample
-from sam_brain.train.scheduler import Coordinator
 from tests.api_auth import auth_headers
 
 
@@ -39,14 +36,6 @@ def home(tmp_path: Path) -> Any:
     h.pool.upsert([(s, "train") for s in rows])
     yield h
     h.close()
-
-
-@pytest.fixture
-async def client(aiohttp_client: Any, home: Home) -> TestClient:
-    ctx = AppContext(
-        home=home, coordinator=Coordinator(home, "mlx"), backend="mlx", backend_why="test"
-    )
-    return await aiohttp_client(make_app(ctx))
 
 
 async def test_forget_over_http(client: TestClient, home: Home) -> None:
