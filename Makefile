@@ -15,7 +15,7 @@ TORCH_PIN ?= torch==2.13.0
 ifeq ($(UNAME),Darwin)
 EXTRAS := mlx,dev
 else
-EXTRAS := mlx,cuda,export,dev
+EXTRAS := mlx,cuda,export,remote,dev
 endif
 
 # MLX's Linux CPU wheel bundles a slow reference BLAS; Debian's OpenBLAS is ~5-20x faster.

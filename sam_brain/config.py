@@ -303,6 +303,41 @@ class DeploymentConfig:
 
 
 @dataclass(frozen=True)
+class TeacherConfig:
+    """A larger model that augments, generates and judges samples (`samctl teach`)."""
+
+    provider: str = _f(
+        "anthropic",
+        "`anthropic` (the Messages API) or `openai` (any OpenAI-compatible server: Ollama, llama.cpp, vLLM, SAM Brain's own `/v1`).",
+    )
+    model: str = _f("claude-sonnet-4-5", "Model name sent to the provider.")
+    base_url: str = _f(
+        "", "Server address; empty means the provider's default (OpenAI-compatible needs one)."
+    )
+    api_key_env: str = _f(
+        "",
+        "Environment variable holding the API key; empty means `ANTHROPIC_API_KEY` or `OPENAI_API_KEY`. Keys are never read from this file.",
+    )
+    concurrency: int = _f(4, "Requests in flight at once.")
+    max_output_tokens: int = _f(1024, "Longest answer asked of the teacher, in tokens.")
+    max_retries: int = _f(4, "Retries of a rate-limited or overloaded request, with backoff.")
+    timeout_seconds: float = _f(120.0, "Give up on one request after this long.")
+    batch_min_requests: int = _f(
+        200,
+        "Campaigns at least this large go through the provider's batch API (Anthropic Message Batches).",
+    )
+    usd_per_mtok_input: float = _f(3.0, "Price per million input tokens, for the cost ledger.")
+    usd_per_mtok_output: float = _f(15.0, "Price per million output tokens.")
+    usd_per_mtok_cache_read: float = _f(0.3, "Price per million cached input tokens read.")
+    usd_per_mtok_cache_write: float = _f(
+        3.75, "Price per million input tokens written to the cache."
+    )
+    max_usd_per_day: float = _f(
+        5.0, "Daily spend cap; a job stops cleanly when it is reached and resumes the next day."
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole config tree (`config.toml`)."""
 
@@ -320,6 +355,7 @@ class Config:
     deployment: DeploymentConfig = field(
         default_factory=DeploymentConfig, metadata={"doc": "[deployment]"}
     )
+    teacher: TeacherConfig = field(default_factory=TeacherConfig, metadata={"doc": "[teacher]"})
     profiles: dict[str, Profile] = field(
         default_factory=_builtin_profiles, metadata={"doc": "[profiles.NAME]"}
     )

@@ -122,3 +122,20 @@ class StateDamaged(SamBrainError):
 
     exit_code = 12
     http_status = 503
+
+
+class TeacherError(SamBrainError):
+    """A teacher could not answer: no API key, an unreachable server, a refused request.
+
+    Messages name the provider, the address or the environment variable, never the key itself.
+    """
+
+    exit_code = 13
+    http_status = 502
+
+
+class BudgetExhausted(TeacherError):
+    """The day's teacher budget (`teacher.max_usd_per_day`) is spent; the job resumes tomorrow."""
+
+    exit_code = 14
+    http_status = 429

@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 Message = dict[str, Any]
 """One chat message: `{"role": ..., "content": ...}` plus optional `tool_calls` / `tool_call_id`."""
 
-SOURCES = ("sessions", "git", "distill", "docs")
+SOURCES = ("sessions", "git", "distill", "docs", "teacher", "feedback", "dataset")
 TIERS = ("A", "B", "C")
 
 
@@ -200,4 +200,54 @@ class TrainingBackend(Protocol):
         max_tokens: int = 64,
     ) -> str:
         """Greedy generation with the adapter applied (None: the base alone)."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Teachers (a larger model that writes, judges or improves samples; see teachers/)
+
+
+@dataclass
+class TeacherRequest:
+    """One question for a teacher.
+
+    `system` is the part shared by a whole campaign (instructions, a schema): providers that cache
+    prompts cache it. `key` is the caller's id for the request (progress files, batch custom ids).
+    `max_tokens` 0 means the teacher's configured `max_output_tokens`.
+    """
+
+    messages: list[Message]
+    system: str = ""
+    max_tokens: int = 0
+    temperature: float = 0.0
+    key: str = ""
+
+
+@dataclass
+class TeacherReply:
+    """A teacher's answer and what it cost in tokens (cache tokens where the provider reports them)."""
+
+    text: str
+    model: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    stop_reason: str = ""
+    key: str = ""
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """A chat model that answers `TeacherRequest`s; Anthropic and OpenAI-compatible implement it.
+
+    Implementations retry transient failures themselves and raise `TeacherError` (one line, never
+    containing the API key) when a request cannot be answered.
+    """
+
+    name: str
+    model: str
+
+    def ask(self, request: TeacherRequest) -> TeacherReply:
+        """Answer one request."""
         ...

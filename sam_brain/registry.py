@@ -30,6 +30,11 @@ COLLECTORS: dict[str, str] = {
     "docs": "collectors.docs:DocsCollector",
 }
 
+TEACHERS: dict[str, str] = {
+    "anthropic": "teachers.anthropic_api:AnthropicTeacher",
+    "openai": "teachers.openai_api:OpenAITeacher",
+}
+
 
 def load(table: dict[str, str], name: str, kind: str) -> Any:
     """Import and return the object registered under `name`."""

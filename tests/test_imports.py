@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("sam_brain", "backends", "collectors", "deployment")
-ORCHESTRATION = ("pipeline", "train", "control", "dev")
+PACKAGES = ("sam_brain", "backends", "collectors", "deployment", "teachers")
+ORCHESTRATION = ("pipeline", "train", "control", "dev", "teach")
 # Which layer may import which. The core (sam_brain's top-level modules) imports no plug-in and no
 # orchestration; plug-ins import the core (and the pipeline's pure helpers); orchestration imports all.
 ALLOWED: dict[str, set[str]] = {
@@ -21,7 +21,9 @@ ALLOWED: dict[str, set[str]] = {
     "backends": {"core", "backends"},
     "collectors": {"core", "pipeline", "collectors"},
     "deployment": {"core", "backends", "deployment"},
+    "teachers": {"core", "teachers"},
     "train": {"core", "pipeline", "backends", "collectors", "deployment", "train"},
+    "teach": {"core", "pipeline", "teachers", "deployment", "train", "teach"},
     "control": {
         "core",
         "pipeline",
@@ -30,9 +32,21 @@ ALLOWED: dict[str, set[str]] = {
         "collectors",
         "deployment",
         "dev",
+        "teachers",
+        "teach",
         "control",
     },
-    "dev": {"core", "pipeline", "train", "backends", "collectors", "deployment", "dev"},
+    "dev": {
+        "core",
+        "pipeline",
+        "train",
+        "backends",
+        "collectors",
+        "deployment",
+        "teachers",
+        "teach",
+        "dev",
+    },
 }
 
 
