@@ -21,6 +21,7 @@ import pytest
 from sam_brain.config_load import load_config
 from sam_brain.control.cli import main
 from sam_brain.home import Home
+from tests.daemon_proc import get, spawn, wait
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -444,8 +445,6 @@ def daemon_env(home: Path, tmp_path: Path) -> tuple[dict[str, str], str]:
 def test_real_daemon_rebuilds_lost_state_and_rolls_back_a_damaged_adapter(
     home: Path, tmp_path: Path
 ) -> None:
-    import time
-    import urllib.request
 
     env, url = daemon_env(home, tmp_path)
     before = folder_digests(home / "versions")
@@ -454,23 +453,9 @@ def test_real_daemon_rebuilds_lost_state_and_rolls_back_a_damaged_adapter(
     weights.write_bytes(weights.read_bytes()[:-64])
     index = home / "versions" / "versions.json"
     log = tmp_path / "daemon.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sam_brain.control.daemon", "serve"],
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
+    proc = spawn(env, log)
     try:
-        deadline, doc = time.monotonic() + 90, None
-        while doc is None and time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(url + "/api/self", timeout=10) as resp:
-                    doc = json.loads(resp.read())
-            except OSError:
-                time.sleep(0.5)
-        assert doc is not None, log.read_text()[-3000:]
+        doc = wait(lambda: get(url + "/api/self"), 90, proc, log, poll=0.5)
         ts = doc["training_stats"]
         assert ts["model_version"] == "v1.0.0" and ts["deployment"]["total_versions"] == 2
         assert any("rebuilt" in p for p in doc["problems"]), doc["problems"]
