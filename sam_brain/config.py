@@ -58,6 +58,14 @@ class SourcesConfig:
         True,
         "Keep a compressed copy of each raw transcript under the home (Claude Code deletes them after 30 days).",
     )
+    archive_keep_days: float = _f(
+        0.0,
+        "Archived transcripts unchanged for longer than this are pruned daily (0 keeps them all); those the active, canary and rollback versions were trained on are kept.",
+    )
+    archive_max_mb: float = _f(
+        2048.0,
+        "Cap on the archive's size: the oldest unprotected transcripts go first (0 means no cap).",
+    )
     git_repos: list[str] = _f(
         [], "Git repositories whose new commits become commit-message samples."
     )

@@ -39,6 +39,7 @@ from sam_brain.doctor import heal_active
 from sam_brain.errors import AlreadyRunning, SamBrainError
 from sam_brain.home import Home, pool_damaged
 from sam_brain.hub import resolve_model
+from sam_brain.pipeline.archive_prune import prune_archive
 from sam_brain.pipeline.exclude import PathRules
 from sam_brain.pipeline.ingest import make_collectors, store_result
 from sam_brain.protocols import Collector
@@ -125,6 +126,7 @@ class Daemon:
         if time.monotonic() - self._pruned_at > 86400:
             self._pruned_at = time.monotonic()
             await asyncio.to_thread(self.home.store.prune_events, self.config.events_keep_days)
+            await asyncio.to_thread(prune_archive, self.home)
         for kind in list(self.collectors):
             await self.ingest(kind)
 

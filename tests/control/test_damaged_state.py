@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from sam_brain.config_load import load_config
 from sam_brain.control.cli import main
 from sam_brain.home import Home
+from tests.adapter_files import write_adapter
 from tests.daemon_proc import get, spawn, wait
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,25 +43,6 @@ def samctl(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
         env=env,
         timeout=120,
     )
-
-
-def write_adapter(out: Path, seed: int) -> Path:
-    """A real safetensors LoRA adapter (two small matrices), as the registry takes them."""
-    from safetensors.numpy import save_file
-
-    rng = np.random.default_rng(seed)
-    out.mkdir(parents=True)
-    save_file(
-        {
-            "model.layers.0.self_attn.q_proj.lora_a": rng.normal(size=(64, 4)).astype(np.float32),
-            "model.layers.0.self_attn.q_proj.lora_b": rng.normal(size=(4, 64)).astype(np.float32),
-        },
-        str(out / "adapters.safetensors"),
-    )
-    lora = {"rank": 4, "scale": 2.0, "dropout": 0.0, "keys": ["self_attn.q_proj"]}
-    config = {"fine_tune_type": "lora", "num_layers": 1, "lora_parameters": lora}
-    (out / "adapter_config.json").write_text(json.dumps(config))
-    return out
 
 
 def folder_digests(versions: Path) -> dict[str, str]:

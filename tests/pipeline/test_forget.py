@@ -17,9 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
 from sam_brain.config_load import parse_config
 from sam_brain.dev.examples import write_example_sessions
@@ -30,6 +28,7 @@ from sam_brain.pipeline.forget_rules import Selector, parse_date
 from sam_brain.pipeline.ingest import make_collectors, store_result
 from sam_brain.protocols import Sample
 from sam_brain.train.dataset import build_dataset
+from tests.adapter_files import write_adapter
 from tests.sources import make_repo, mark_first_prompt
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
@@ -46,13 +45,6 @@ class NoCursors:
 def tables(path: Path, i: int) -> str:
     (path / f"tables{i}.py").write_text(f"TABLE_{i} = [{i}, {i + 1}, {i + 2}]\n")
     return f"Add lookup table {i} used by the tokenizer fast path"
-
-
-def adapter(path: Path) -> Path:
-    path.mkdir(parents=True)
-    save_file({"w": np.ones((2, 2), dtype=np.float32)}, str(path / "adapters.safetensors"))
-    (path / "adapter_config.json").write_text(json.dumps({"lora_parameters": {"rank": 2}}))
-    return path
 
 
 class World:
@@ -100,7 +92,7 @@ class World:
         return run.run_id
 
     def version(self, run_id: str, path: Path) -> str:
-        return self.home.versions.register(adapter(path), run_id=run_id).version
+        return self.home.versions.register(write_adapter(path), run_id=run_id).version
 
     def samples(self) -> dict[str, Sample]:
         return {s.id: s for s, _ in self.home.pool.samples()}
