@@ -204,7 +204,9 @@ def apply_feedback(home: Home, chat_log: ChatLog | None, fb: Feedback) -> Outcom
                     meta={"rejected_completion": other["id"], **_rated(ratings, other["id"])},
                 )
             )
-    report = store_result(home, SOURCE, result)
+    # Exact duplicates only: every pair and sample here repeats the conversation's prompt,
+    # which for a long conversation would make them all "near duplicates" of each other.
+    report = store_result(home, SOURCE, result, near_dedup=False)
     out.samples = sum(1 for s in result.samples if s.kind == "sft")
     out.pairs = sum(1 for s in result.samples if s.kind == "preference")
     out.stored, out.dropped = report.stored, report.dropped + report.skipped
