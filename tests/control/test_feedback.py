@@ -25,6 +25,7 @@ from deployment.serving import ChatServer
 from sam_brain.config_load import parse_config
 from sam_brain.control.api import make_app
 from sam_brain.control.app import AppContext
+from sam_brain.control.cli import main
 from sam_brain.control.feedback import log_dir, open_chat_log
 from sam_brain.home import Home
 from sam_brain.protocols import Sample
@@ -176,7 +177,9 @@ async def test_served_completions_are_logged_scrubbed(logged: Served) -> None:
     assert all(secret not in s.text() for s, _ in feedback_rows(home))
 
 
-async def test_feedback_becomes_samples_and_pairs(logged: Served) -> None:
+async def test_feedback_becomes_samples_and_pairs(
+    logged: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
     client, oai, home = logged
     up, _ = await ask(oai, "How do I list the files in a folder with their sizes?")
     fix, _ = await ask(oai, "Which command shows the current git branch?")
@@ -220,6 +223,11 @@ async def test_feedback_becomes_samples_and_pairs(logged: Served) -> None:
         "choices": 1,
     }
     assert stats["logged_completions"] == 6 and stats["pool_samples"] == 7
+    # `samctl data stats` shows the same counts, from the home (no daemon needed).
+    toml = home.data.parent / "config.toml"
+    toml.write_text(f'data_dir = "{home.data}"\n[deployment]\nlog_conversations = true\n')
+    assert main(["--config", str(toml), "data", "stats", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["feedback"] == stats
 
     # Taking a thumbs-up back removes its sample; giving it again restores it.
     await give(client, home, completion_id=up, kind="down")
