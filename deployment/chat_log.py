@@ -90,7 +90,7 @@ class ChatLog:
                 raise OSError(f"conversation log: wrote {written} of {len(data)} bytes")
             if day != self._pruned_day:
                 self._pruned_day = day
-                self.prune(served.time)
+                self.prune()
         return doc
 
     def files(self) -> list[Path]:
@@ -100,9 +100,14 @@ class ChatLog:
         found = [p for p in self.directory.iterdir() if DAY_FILE.match(p.name)]
         return sorted(found, key=lambda p: p.name, reverse=True)
 
-    def entries(self) -> Iterator[dict[str, Any]]:
-        """Every logged completion, newest file first (a torn or damaged line is skipped)."""
+    def entries(self, first_day: str = "") -> Iterator[dict[str, Any]]:
+        """Logged completions, newest first, from files of `first_day` (YYYY-MM-DD) on.
+
+        A torn or damaged line is skipped.
+        """
         for path in self.files():
+            if path.name < first_day:
+                break
             try:
                 lines = path.read_bytes().splitlines()
             except OSError:
@@ -135,9 +140,14 @@ class ChatLog:
                         return doc
         return None
 
-    def same_prompt(self, key: str) -> list[dict[str, Any]]:
-        """Every logged completion of the prompt with this `prompt_key` (its regenerations)."""
-        return [doc for doc in self.entries() if doc.get("prompt_key") == key]
+    def same_prompt(self, key: str, since: float = 0.0) -> list[dict[str, Any]]:
+        """Logged completions of the prompt with this `prompt_key` (its regenerations).
+
+        Only files from the day before `since` on are read: regenerations follow their prompt
+        closely, and a month of long conversations is not worth reading for each choice.
+        """
+        first = datetime.fromtimestamp(max(0.0, since - 86400), UTC).strftime("%Y-%m-%d")
+        return [doc for doc in self.entries(first) if doc.get("prompt_key") == key]
 
     def prune(self, now: float | None = None) -> int:
         """Delete daily files older than `keep_days`; returns how many went."""

@@ -234,7 +234,8 @@ def _passed_over(chat_log: ChatLog, entry: dict[str, Any], fb: Feedback) -> list
     else:
         seen = {fb.completion_id}
         others = []
-        for other in chat_log.same_prompt(str(entry.get("prompt_key", ""))):
+        key, served = str(entry.get("prompt_key", "")), float(entry.get("time") or 0.0)
+        for other in chat_log.same_prompt(key, served):
             if other["id"] not in seen:
                 seen.add(other["id"])
                 others.append(other)

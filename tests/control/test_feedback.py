@@ -70,7 +70,9 @@ Served = tuple[TestClient[Any, Any], AsyncOpenAI, Home]
 
 
 async def serve(aiohttp_client: Any, home: Home, tiny_model: Path) -> Served:
-    chat = ChatServer(home.versions, tiny_model, default_max_tokens=24, chat_log=open_chat_log(home))
+    chat = ChatServer(
+        home.versions, tiny_model, default_max_tokens=24, chat_log=open_chat_log(home)
+    )
     ctx = AppContext(
         home=home, coordinator=Coordinator(home, "mlx"), backend="mlx", backend_why="t", chat=chat
     )
@@ -106,7 +108,8 @@ async def ask_streamed(oai: AsyncOpenAI, prompt: str) -> tuple[str, str]:
         max_tokens=24,
         stream=True,
     )
-    ids, text = set(), []
+    ids: set[str] = set()
+    text: list[str] = []
     async for chunk in stream:
         ids.add(chunk.id)
         text.extend(c.delta.content or "" for c in chunk.choices)
@@ -272,7 +275,10 @@ async def test_feedback_needs_a_key_and_refuses_other_origins(logged: Served) ->
     token = auth_headers(home.data)
     body = json.dumps({"completion_id": cid, "kind": "up"})
     refused = [
-        ({"Content-Type": "application/json"}, 401),  # no key: chat is open on loopback, this is not
+        (
+            {"Content-Type": "application/json"},
+            401,
+        ),  # no key: chat is open on loopback, this is not
         ({"Content-Type": "application/json", "Authorization": "Bearer wrong"}, 401),
         ({**token, "Content-Type": "application/json", "Origin": "http://evil.example"}, 403),
         ({**token, "Content-Type": "application/json", "Sec-Fetch-Site": "cross-site"}, 403),
@@ -326,3 +332,19 @@ async def test_pairs_on_a_long_conversation_are_all_kept(logged: Served) -> None
     assert (status, body["pairs"], body["stored"]) == (200, 2, 2)
     assert (await give(client, home, completion_id=regen[0][0], kind="up"))[0] == 200
     assert kinds(home) == Counter({"sft": 1, "preference": 2})
+
+
+def test_the_daemon_logs_only_when_the_config_asks(tmp_path: Path, tiny_model: Path) -> None:
+    from sam_brain.control.daemon import Daemon
+
+    for log in (False, True):
+        (tmp_path / str(log)).mkdir()
+        home = make_home(tmp_path / str(log), log)
+        daemon = Daemon(home.config, "127.0.0.1", 0)
+        daemon.home = home
+        chat, _ = daemon._make_chat(str(tiny_model), "")
+        assert chat is not None and (chat.chat_log is not None) == log
+        if chat.chat_log is not None:
+            assert chat.chat_log.directory == log_dir(home) and chat.chat_log.keep_days == 30
+        chat.close()
+        home.close()
