@@ -24,7 +24,7 @@ from openai import AsyncOpenAI
 from deployment.serving import ChatServer
 from sam_brain.config_load import parse_config
 from sam_brain.control.api import make_app
-from sam_brain.control.app import AppContext
+from sam_brain.control.app import CTX, AppContext
 from sam_brain.control.cli import main
 from sam_brain.control.feedback import log_dir, open_chat_log
 from sam_brain.home import Home
@@ -69,12 +69,17 @@ def make_home(tmp_path: Path, log: bool) -> Home:
 Served = tuple[TestClient[Any, Any], AsyncOpenAI, Home]
 
 
-async def serve(aiohttp_client: Any, home: Home, tiny_model: Path) -> Served:
+async def serve(aiohttp_client: Any, home: Home, tiny_model: Path, bind: str = "") -> Served:
     chat = ChatServer(
         home.versions, tiny_model, default_max_tokens=24, chat_log=open_chat_log(home)
     )
     ctx = AppContext(
-        home=home, coordinator=Coordinator(home, "mlx"), backend="mlx", backend_why="t", chat=chat
+        home=home,
+        coordinator=Coordinator(home, "mlx"),
+        backend="mlx",
+        backend_why="t",
+        chat=chat,
+        bind_host=bind,
     )
     client: TestClient[Any, Any] = await aiohttp_client(make_app(ctx))
     oai = AsyncOpenAI(base_url=str(client.make_url("/v1")), api_key="unused", max_retries=0)
@@ -87,7 +92,14 @@ async def logged(aiohttp_client: Any, tmp_path: Path, tiny_model: Path) -> Async
     served = await serve(aiohttp_client, home, tiny_model)
     yield served
     await served[1].close()
+    close_chat(served[0])
     home.close()
+
+
+def close_chat(client: TestClient[Any, Any]) -> None:
+    chat = client.app[CTX].chat if client.app is not None else None
+    if chat is not None:
+        chat.close()
 
 
 async def ask(oai: AsyncOpenAI, prompt: str, temperature: float = 0.0) -> tuple[str, str]:
@@ -154,6 +166,7 @@ async def test_nothing_is_logged_when_logging_is_off(
         assert home.pool.stats()["total"] == 0
     finally:
         await oai.close()
+        close_chat(client)
         home.close()
 
 
@@ -302,6 +315,24 @@ async def test_feedback_needs_a_key_and_refuses_other_origins(logged: Served) ->
     finally:
         await keyed.close()
     assert isinstance(doc, dict) and doc["kind"] == "down" and kinds(home) == Counter()
+
+
+async def test_off_loopback_a_chat_key_opens_feedback_but_not_the_control_api(
+    logged: Served, aiohttp_client: Any, tiny_model: Path
+) -> None:
+    _, oai, home = logged
+    cid, _ = await ask(oai, "How do I show the last five commits?")
+    remote, remote_oai, _ = await serve(aiohttp_client, home, tiny_model, bind="0.0.0.0")
+    await remote_oai.close()
+    close_chat(remote)
+    key = {"Authorization": f"Bearer {CHAT_KEY}"}
+    assert (await remote.get("/api/feedback")).status == 401  # off-loopback: reads need it too
+    assert (await remote.get("/api/feedback", headers=key)).status == 401  # chat keys: /v1 only
+    assert (await remote.get("/api/feedback", headers=auth_headers(home.data))).status == 200
+    body = {"completion_id": cid, "kind": "up"}
+    assert (await remote.post("/v1/feedback", json=body)).status == 401
+    assert (await remote.post("/v1/feedback", json=body, headers=key)).status == 200
+    assert kinds(home) == Counter({"sft": 1})
 
 
 async def test_forget_source_feedback_removes_samples_and_log_lines(logged: Served) -> None:
