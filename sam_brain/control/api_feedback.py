@@ -25,13 +25,18 @@ async def post_feedback(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     try:
         fb = parse_feedback(await read_json(request, FIELDS, max_bytes=FEEDBACK_MAX_BODY))
-        chat_log = ctx.chat.chat_log if ctx.chat is not None else None
-        outcome = await asyncio.to_thread(apply_feedback, ctx.home, chat_log, fb)
+        if ctx.chat is None:  # nothing is served, so no completion can be named
+            return _error(503, ctx.chat_unavailable, "unavailable")
+        outcome = await asyncio.to_thread(apply_feedback, ctx.home, ctx.chat.chat_log, fb)
     except SamBrainError as err:
         kind = "not_found" if err.http_status == 404 else "invalid_request_error"
-        body = {"error": {"message": str(err), "type": kind, "param": None, "code": None}}
-        return web.json_response(body, status=err.http_status)
+        return _error(err.http_status, str(err), kind)
     return web.json_response({"object": "feedback", **outcome.to_dict()})
+
+
+def _error(status: int, message: str, kind: str) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return web.json_response(body, status=status)
 
 
 async def get_feedback(request: web.Request) -> web.Response:

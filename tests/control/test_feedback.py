@@ -379,3 +379,20 @@ def test_the_daemon_logs_only_when_the_config_asks(tmp_path: Path, tiny_model: P
             assert chat.chat_log.directory == log_dir(home) and chat.chat_log.keep_days == 30
         chat.close()
         home.close()
+
+
+async def test_without_chat_serving_feedback_says_why(aiohttp_client: Any, tmp_path: Path) -> None:
+    home = make_home(tmp_path, log=True)
+    ctx = AppContext(
+        home=home,
+        coordinator=Coordinator(home, "mlx"),
+        backend="mlx",
+        backend_why="t",
+        chat_unavailable="chat serving is off (deployment.serve_chat = false)",
+    )
+    try:
+        client = await aiohttp_client(make_app(ctx))
+        status, body = await give(client, home, completion_id="chatcmpl-1", kind="up")
+        assert status == 503 and "deployment.serve_chat" in body["error"]["message"]
+    finally:
+        home.close()
