@@ -287,6 +287,13 @@ class DeploymentConfig:
         8,
         "Chat requests that may wait behind the one generating; more answer 503 with `Retry-After`.",
     )
+    log_conversations: bool = _f(
+        False,
+        "Log each served chat completion (prompt, answer, version, id), scrubbed, under `<data>/conversations/`; `POST /v1/feedback` needs it. See docs/operations.md.",
+    )
+    log_keep_days: int = _f(
+        30, "Days of conversation logs kept (one file a day; older ones are deleted). 0: keep all."
+    )
     canary_steps: list[int] = _f(
         [10, 25, 50, 100],
         "Canary traffic weights in percent; the last step promotes. `[100]` skips the canary.",

@@ -15,9 +15,9 @@ from aiohttp import web
 
 from sam_brain.control.app import CTX, read_bool, read_json
 from sam_brain.errors import BadRequest
+from sam_brain.protocols import SOURCES
 
 FIELDS = ("source", "session", "project", "before", "match")
-SOURCES = ("sessions", "git", "docs", "distill")
 
 
 def _selector(body: dict[str, Any]) -> Any:

@@ -33,6 +33,7 @@ from sam_brain.config_load import load_config
 from sam_brain.control.api import make_app
 from sam_brain.control.apitoken import is_loopback, token_path
 from sam_brain.control.app import AppContext
+from sam_brain.control.feedback import open_chat_log
 from sam_brain.control.security import make_policy
 from sam_brain.control.watchers import Watchers
 from sam_brain.doctor import heal_active
@@ -322,6 +323,7 @@ class Daemon:
             max_request_mb=dep.max_request_mb,
             request_timeout_s=dep.request_timeout_seconds,
             max_queued=dep.max_queued_requests,
+            chat_log=open_chat_log(self.home),
         )
         return chat, unavailable
 

@@ -41,6 +41,7 @@ MUTATING = [
     ("/api/deploy", {"path": "/tmp"}),
     ("/api/canary", {"version": "v1.0.1", "traffic": 100}),
     ("/api/promote", {}),
+    ("/v1/feedback", {"completion_id": "chatcmpl-0", "kind": "up"}),
 ]
 
 
