@@ -152,13 +152,14 @@ def _undetected(path: Path, rows: list[Row]) -> str:
 
 
 def batches(
-    check: FileCheck, *, training: str | None = None, size: int = BATCH
+    check: FileCheck, *, training: str | None = None, size: int = 0
 ) -> Iterator[CollectResult]:
     """The checked file's valid rows as samples, `size` rows a result; bad rows counted once.
 
     Raises:
         Conflict: the file changed since `check_file` read it.
     """
+    size = size or BATCH
     reader = RowReader(check.path)
     current = CollectResult()
     current.skipped.update({f"malformed:{code}": n for code, n in check.bad.items()})
