@@ -18,7 +18,7 @@ from sam_brain.control.app import CTX, read_bool, read_json
 from sam_brain.errors import BadRequest
 
 FIELDS = ("source", "session", "project", "before", "match")
-SOURCES = ("sessions", "git", "docs", "distill")
+SOURCES = ("sessions", "git", "docs", "distill", "dataset")
 
 
 def _selector(body: dict[str, Any]) -> Any:

@@ -303,3 +303,18 @@ def test_training_names_and_the_training_tag(
         h.close()
     assert (doc["training"], doc["collected"], doc["updated"], doc["inserted"]) == ("support", 3, 3, 0)  # fmt: skip
     assert {s.meta.get("training") for s, _ in pool_samples(home)} == {"support"}
+
+
+def test_an_imported_file_can_be_forgotten(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keep = write_jsonl(tmp_path / "keep.jsonl", OPENAI)
+    wrong = write_jsonl(tmp_path / "wrong.jsonl", ALPACA)
+    imported(capsys, str(keep))
+    imported(capsys, str(wrong))
+    code, out = run(
+        capsys, "data", "forget", "--source", "dataset", "--match", str(wrong.resolve()), "--yes"
+    )
+    assert code == 0, out
+    assert {s.meta["file"] for s, _ in pool_samples(home)} == {str(keep.resolve())}
+    assert len(pool_samples(home)) == 3
