@@ -49,7 +49,8 @@ class RowReader:
 
     def rows(self) -> Iterator[Row]:
         if not self.path.is_file():
-            raise NotFound(f"no such dataset file: {self.path}")
+            what = "is not a file" if self.path.exists() else "does not exist"
+            raise NotFound(f"dataset file {self.path} {what}")
         try:
             with self.path.open("rb") as f:
                 chunks = iter(lambda: self._text(f.read(CHUNK)), None)

@@ -230,8 +230,10 @@ def test_bad_files_give_one_line_errors(tmp_path: Path, content: bytes, words: s
 
 
 def test_missing_file_and_unknown_format(tmp_path: Path) -> None:
-    with pytest.raises(NotFound, match="no such dataset file"):
+    with pytest.raises(NotFound, match=r"nope\.jsonl does not exist"):
         check_file(tmp_path / "nope.jsonl")
+    with pytest.raises(NotFound, match="is not a file"):
+        check_file(tmp_path)
     with pytest.raises(BadRequest, match="unknown dataset format 'csv'"):
         check_file(tmp_path / "nope.jsonl", "csv")
 

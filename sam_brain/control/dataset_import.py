@@ -87,6 +87,8 @@ def cmd_dataset(args: Any, config: Config) -> int:
 
     if len(args.paths) != 1:
         raise BadRequest("ingest dataset: give exactly one file")
+    if args.now or args.from_archive:
+        raise BadRequest("ingest dataset: --now and --from-archive are for sessions")
     path = Path(args.paths[0]).expanduser().resolve()
     home = open_home(config)
     try:

@@ -205,7 +205,7 @@ def test_one_line_errors_for_bad_files(
     home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cases = {
-        "missing.jsonl": (None, 3, "no such dataset file"),
+        "missing.jsonl": (None, 3, "does not exist"),
         "empty.jsonl": (b"", 2, "is empty"),
         "latin1.jsonl": (b'{"instruction": "caf\xe9", "output": "x"}\n', 2, "is not UTF-8 text"),
         "plain.jsonl": (b'{"text": "a"}\n', 2, "cannot tell the format"),
