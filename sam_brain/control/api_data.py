@@ -16,9 +16,9 @@ from aiohttp import web
 from sam_brain.control.api_import import post_import
 from sam_brain.control.app import CTX, read_bool, read_json
 from sam_brain.errors import BadRequest
+from sam_brain.protocols import SOURCES
 
 FIELDS = ("source", "session", "project", "before", "match")
-SOURCES = ("sessions", "git", "docs", "distill", "dataset")
 
 
 def _selector(body: dict[str, Any]) -> Any:

@@ -133,7 +133,9 @@ def _forget_parsers(dsub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "forget",
         help="remove samples from the pool, dedup index, archive and files (see docs/operations.md)",
     )
-    f.add_argument("--source", choices=["sessions", "git", "docs", "distill", "dataset"])
+    from sam_brain.protocols import SOURCES
+
+    f.add_argument("--source", choices=list(SOURCES))
     f.add_argument("--session", help="a Claude Code session id")
     f.add_argument("--project", help="a project/repo/path glob, as in sources.exclude")
     f.add_argument("--before", help="material made before this date (YYYY-MM-DD or ISO-8601)")

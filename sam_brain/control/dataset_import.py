@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sam_brain.config import Config
-from sam_brain.errors import BadRequest, Conflict
+from sam_brain.errors import BadRequest, Conflict, NotFound
 from sam_brain.home import Home
 from sam_brain.pipeline.ingest import IngestReport
 
@@ -37,8 +37,8 @@ def import_dataset(
     """Import one dataset file; returns the check's summary and the merged ingest report.
 
     Raises:
-        BadRequest: unknown training, format or malformed rows (`MalformedRows`, nothing stored);
-        NotFound: no such file; Conflict: the file changed during the import.
+        BadRequest: an unknown format, or malformed rows (`MalformedRows`, nothing stored);
+        NotFound: no such training or file; Conflict: the file changed during the import.
     """
     from collectors.dataset import SOURCE, MalformedRows, batches, check_file
     from sam_brain.pipeline.ingest import store_result
@@ -46,7 +46,8 @@ def import_dataset(
 
     names = training_names(home.config)
     if training is not None and training not in names:
-        raise BadRequest(f"unknown training {training!r}; known: {', '.join(sorted(names))}")
+        known = ", ".join(sorted(names, key=lambda n: (n != DEFAULT_TRAINING, n)))
+        raise NotFound(f"no training {training!r} (configured: {known})")
     # The default training is the absence of a name, as for every other source.
     name = None if training in (None, DEFAULT_TRAINING) else training
     check = check_file(path, fmt)

@@ -43,7 +43,7 @@ async def test_import_over_http(client: TestClient, home: Home, tmp_path: Path) 
     resp = await client.post(
         "/api/data/import", json={"path": str(inside), "training": "other"}, headers=headers
     )
-    assert resp.status == 400 and "unknown training 'other'" in (await resp.json())["error"]
+    assert resp.status == 404 and "no training 'other'" in (await resp.json())["error"]
     assert home.pool.count() == 0
     resp = await client.post("/api/data/import", json={"path": str(inside)}, headers=headers)
     doc = await resp.json()

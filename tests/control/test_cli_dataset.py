@@ -280,7 +280,7 @@ def test_training_names_and_the_training_tag(
 ) -> None:
     path = write_jsonl(tmp_path / "a.jsonl", ALPACA)
     code, out = run(capsys, "ingest", "dataset", str(path), "--training", "support")
-    assert code == 2 and "unknown training 'support'; known: sam" in out
+    assert code == 3 and "no training 'support' (configured: sam)" in out
     assert json.loads(run(capsys, "data", "stats", "--json")[1])["total"] == 0
     doc = imported(capsys, str(path), "--training", "sam")  # the default: no tag
     assert doc["training"] == "sam" and doc["inserted"] == 3
