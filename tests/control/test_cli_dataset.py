@@ -318,3 +318,61 @@ def test_an_imported_file_can_be_forgotten(
     assert code == 0, out
     assert {s.meta["file"] for s, _ in pool_samples(home)} == {str(keep.resolve())}
     assert len(pool_samples(home)) == 3
+
+
+def test_the_seed_documents_own_examples_import(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Alpaca and chat rows the original SAM pipeline documents (shared seed 004), as written."""
+    seed = SECRETS.parents[1] / "reference" / "seeds" / "004_5d0902cbf4550888.txt"
+    if not seed.exists():
+        pytest.skip(f"{seed} absent")
+    text = seed.read_text("utf-8")
+    blocks = {
+        head: json.loads(text.split(head, 1)[1].split("```json", 1)[1].split("```", 1)[0])
+        for head in ("#### Instruction Format (Alpaca-style)", "#### Chat Format (Qwen)")
+    }
+    alpaca = write_jsonl(tmp_path / "alpaca.jsonl", [blocks["#### Instruction Format (Alpaca-style)"]])  # fmt: skip
+    chat = write_jsonl(tmp_path / "chat.jsonl", [blocks["#### Chat Format (Qwen)"]])
+    doc = imported(capsys, str(alpaca))
+    assert (doc["format"], doc["inserted"]) == ("alpaca", 1)
+    [(sample, _)] = pool_samples(home)
+    assert sample.messages[0]["content"] == "Write a Python function to...\n\nAdditional context"
+    # The chat example is the same exchange without the input: a new sample, not a duplicate.
+    doc = imported(capsys, str(chat))
+    assert (doc["format"], doc["inserted"], doc["dropped"]) == ("openai", 1, {})
+
+
+def test_samctl_data_export_imports_back(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our own OpenAI-style export (tools, tool calls, arguments as objects or strings) is a
+    dataset file another home takes whole: same conversations, same count."""
+    from sam_brain.dev.examples import write_example_sessions
+
+    (home / "config.toml").write_text("[api]\nport = 9\n")  # the default budget: sessions fit
+    src = tmp_path / "projects"
+    write_example_sessions(src, n_sessions=4, seed=3)
+    assert run(capsys, "ingest", "sessions", str(src), "--now")[0] == 0
+    exported = {}
+    for form in ("object", "string"):
+        exported[form] = tmp_path / f"export-{form}.jsonl"
+        code, out = run(capsys, "data", "export", "--out", str(exported[form]), "--arguments", form)
+        assert code == 0, out
+    rows = [json.loads(line) for line in exported["string"].read_text().splitlines()]
+    assert any(m.get("tool_calls") for r in rows for m in r["messages"]), "no tool calls to test"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.toml").write_text("[api]\nport = 9\n")
+    monkeypatch.setenv("SAM_BRAIN_HOME", str(other))
+    doc = imported(capsys, str(exported["string"]))
+    assert (doc["format"], doc["bad_rows"], doc["inserted"]) == ("openai", 0, len(rows))
+    again = imported(capsys, str(exported["object"]))  # the same text: every row a duplicate
+    assert (again["inserted"], again["dropped"]) == (0, {"duplicate": len(rows)})
+    calls = [
+        c["function"]
+        for s, _ in pool_samples(other)
+        for m in s.messages
+        for c in m.get("tool_calls") or ()
+    ]
+    assert calls and all(isinstance(json.loads(f["arguments"]), dict) for f in calls)
