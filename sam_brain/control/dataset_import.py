@@ -8,6 +8,7 @@ with `skip_bad`) reaches the pipeline, batch by batch through `store_result` (va
 
 from __future__ import annotations
 
+import argparse
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def merge_reports(a: IngestReport, b: IngestReport) -> IngestReport:
     return a
 
 
-def cmd_dataset(args: Any, config: Config) -> int:
+def cmd_dataset(args: argparse.Namespace, config: Config) -> int:
     """`samctl ingest dataset FILE [--training NAME] [--format F] [--skip-bad] [--dry-run]`."""
     from sam_brain.control.cli_client import open_home, print_doc
 
