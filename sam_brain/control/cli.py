@@ -158,6 +158,12 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
     from sam_brain.pipeline.ingest import ingest
     from sam_brain.pipeline.tokens import message_counter, window_tokens
 
+    if args.source == "dataset":
+        from sam_brain.control.dataset_import import cmd_dataset
+
+        return cmd_dataset(args, config)
+    if args.training or args.format != "auto" or args.skip_bad or args.dry_run:
+        raise SamBrainError("ingest: --training, --format, --skip-bad, --dry-run are for datasets")
     if args.from_archive != (not args.paths) or (args.from_archive and args.source != "sessions"):
         raise SamBrainError("ingest: give paths, or `sessions --from-archive` without paths")
     home = open_home(config)

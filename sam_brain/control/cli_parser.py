@@ -28,8 +28,8 @@ def build(epilog: str) -> argparse.ArgumentParser:
     t.add_argument("--cancel", action="store_true", help="stop the running run (it checkpoints)")
 
     i = sub.add_parser("ingest", help="one-shot ingest into the pool (no daemon needed)")
-    i.add_argument("source", choices=["sessions", "git", "docs", "distill"])
-    i.add_argument("paths", nargs="*", help="files or directories")
+    i.add_argument("source", choices=["sessions", "git", "docs", "distill", "dataset"])
+    i.add_argument("paths", nargs="*", help="files or directories (dataset: one file)")
     i.add_argument(
         "--now", action="store_true", help="sessions: trainable at once (no quiet period)"
     )
@@ -39,6 +39,7 @@ def build(epilog: str) -> argparse.ArgumentParser:
         help="sessions: extract again from the home's transcript archive (no paths)",
     )
     i.add_argument("--json", action="store_true")
+    _dataset_options(i)
 
     d = sub.add_parser("data", help="the sample pool")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -146,6 +147,22 @@ def _forget_parsers(dsub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "compact", help="merge the pool's files and remove old versions (pipeline.pool_keep_*)"
     )
     c.add_argument("--json", action="store_true")
+
+
+def _dataset_options(i: argparse.ArgumentParser) -> None:
+    i.add_argument("--training", help="dataset: the training its samples belong to (default: sam)")
+    i.add_argument(
+        "--format",
+        choices=["auto", "openai", "sharegpt", "alpaca"],
+        default="auto",
+        help="dataset: the file's format (auto: told by the first rows)",
+    )
+    i.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="dataset: import the good rows, count the malformed by reason (default: refuse)",
+    )
+    i.add_argument("--dry-run", action="store_true", help="dataset: only check the file")
 
 
 def _render_options(p: argparse.ArgumentParser) -> None:

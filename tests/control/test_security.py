@@ -35,6 +35,7 @@ from tests.api_auth import auth_headers
 RECORD = {"kind": "reasoning", "prompt": "Why is the sky blue?", "answer": "Rayleigh scattering."}
 MUTATING = [
     ("/api/distill", {"records": [RECORD]}),
+    ("/api/data/import", {"path": "/tmp/rows.jsonl"}),
     ("/api/train", {"force": True}),
     ("/api/train/cancel", {}),
     ("/api/rollback", {}),
