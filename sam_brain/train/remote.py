@@ -369,6 +369,10 @@ class RemoteRun:
             incoming.parts[msg["path"]] = []
         elif kind == "files":
             incoming.files_done = int(msg.get("count", 0))
+        elif kind == "checkpoint":  # kept on the cluster: the run record names its step
+            state = self._read_state() or {}
+            state["checkpoint_step"] = int(msg.get("step", 0))
+            write_text_atomic(self.run_dir / REMOTE_STATE, json.dumps(state) + "\n")
 
     async def cancel(self, grace_s: float = 60.0) -> None:
         """Stop the job (SIGTERM: it checkpoints) and wait up to `grace_s` for it to end."""

@@ -22,6 +22,8 @@ import os
 import shutil
 import signal
 import sys
+import threading
+import time
 import traceback
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -47,6 +49,28 @@ def send_files(out: Path) -> int:
             emit("chunk", {"path": rel, "data": base64.b64encode(blob[i : i + CHUNK]).decode()})
     emit("files", {"count": len(paths)})
     return len(paths)
+
+
+def watch_checkpoints(ckpt: Path, every_s: float = 0.5) -> None:
+    """Report each new checkpoint's step, so the daemon's run record names it (a thread)."""
+    from backends.checkpoint import load_checkpoint
+
+    last = -1
+
+    def loop() -> None:
+        nonlocal last
+        while True:
+            try:
+                found = load_checkpoint(ckpt)
+            except (OSError, ValueError):
+                found = None
+            step = int(found[1].get("step", 0)) if found else 0
+            if step != last:
+                last = step
+                emit("checkpoint", {"step": step})
+            time.sleep(every_s)
+
+    threading.Thread(target=loop, daemon=True, name="checkpoints").start()
 
 
 def prepare(workdir: Path) -> tuple[TrainSpec, dict[str, Any], Path]:
@@ -151,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         emit("error", {"reason": f"remote job setup: {type(err).__name__}: {err}", "type": "crash"})
         return EXIT_FAILED
     budget = float(job.get("memory_budget_mb", -1))
+    watch_checkpoints(Path(spec.out_dir) / "checkpoint")
     if int(job["workers"]) > 1:
         code = run_ddp(backend, spec, job, root)
     else:
@@ -158,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 
         os.environ["SAM_BRAIN_MEMORY_BUDGET_MB"] = f"{budget:.0f}" if budget >= 0 else "-1"
         code = worker.main([backend, str(root / "spec.json")])
+    time.sleep(0.6)  # the watcher reports the checkpoint saved on the way out
     if code == EXIT_OK:
         send_files(Path(spec.out_dir))
     return code
