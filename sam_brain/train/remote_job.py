@@ -29,11 +29,13 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from sam_brain.fsutil import write_text_atomic
 from sam_brain.protocols import TrainSpec
 from sam_brain.train.worker import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, emit
 
 CHUNK = 16 * 1024  # raw bytes per log line (Ray's log tail hands out 20 000 characters at once)
 STOP = "STOP"
+RESULT = "result.json"
 
 
 def send_files(out: Path) -> int:
@@ -112,7 +114,8 @@ def train_loop(config: dict[str, Any]) -> None:
     result = registry.backend(config["backend"]).train(
         spec, lambda p: emit("progress", asdict(p)), stop.exists
     )
-    ray.train.report({"result": json.dumps(asdict(result))})
+    if rank == 0:  # Ray Train keeps only metrics tied to checkpoints: a file is plainer
+        write_text_atomic(Path(config["result"]), json.dumps(asdict(result)))
 
 
 def run_ddp(backend_name: str, spec: TrainSpec, job: dict[str, Any], root: Path) -> int:
@@ -120,8 +123,6 @@ def run_ddp(backend_name: str, spec: TrainSpec, job: dict[str, Any], root: Path)
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from sam_brain import registry
-    from sam_brain.errors import SamBrainError
     from sam_brain.train.supervisor import lock_worker
 
     lock = lock_worker(root)  # noqa: F841 - one job at a time writes this run's checkpoint
@@ -135,30 +136,32 @@ def run_ddp(backend_name: str, spec: TrainSpec, job: dict[str, Any], root: Path)
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    try:
-        pre = registry.backend(backend_name).preflight(spec)
-    except SamBrainError as err:
-        emit("error", {"reason": str(err), "type": err.__class__.__name__})
-        return EXIT_FAILED
-    emit("preflight", {**asdict(pre), "profile": spec.profile, "fitted": []})
+    # No pre-flight here: the driver would import torch only for it; the ranks check the
+    # options themselves, and DDP runs are not fitted to memory.
     gpus, cpus = float(job["gpus_per_worker"]), float(job["cpus_per_worker"])
     resources = {"CPU": cpus, **({"GPU": gpus} if gpus > 0 else {})}
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"backend": backend_name, "spec": spec.to_json(), "stop": str(stop)},
+        train_loop_config={
+            "backend": backend_name,
+            "spec": spec.to_json(),
+            "stop": str(stop),
+            "result": str(root / RESULT),
+        },
         scaling_config=ScalingConfig(
             num_workers=int(job["workers"]), use_gpu=gpus > 0, resources_per_worker=resources
         ),
         run_config=RunConfig(name=spec.run_id, storage_path=str(root / "ray-train")),
     )
+    (root / RESULT).unlink(missing_ok=True)
     try:
-        found = trainer.fit()
+        trainer.fit()
     except Exception as err:  # Ray wraps the worker's error; its first line names it
         traceback.print_exc()
         reason = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
         emit("error", {"reason": f"Ray Train: {reason}", "type": "crash"})
         return EXIT_FAILED
-    emit("result", json.loads((found.metrics or {})["result"]))
+    emit("result", json.loads((root / RESULT).read_text(encoding="utf-8")))
     return EXIT_CANCELLED if stopped["requested"] else EXIT_OK
 
 

@@ -119,16 +119,20 @@ async def wait_for(check: Any, timeout: float = 240.0) -> Any:
     raise AssertionError("timed out")
 
 
-def local_adapter(spec: TrainSpec, out: Path) -> Path:
-    """`spec` trained by a local worker subprocess, uninterrupted, into `out`."""
+async def local_adapter(spec_file: Path, out: Path) -> Path:
+    """The spec in `spec_file` trained by a local worker subprocess, uninterrupted, into `out`."""
+    await wait_for(spec_file.exists)
+    spec = TrainSpec.from_json(spec_file.read_text())
     out.mkdir(parents=True)
     path = out / "spec.json"
     path.write_text(replace(spec, out_dir=str(out / "adapter")).to_json())
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    subprocess.run(
-        [sys.executable, "-m", "sam_brain.train.worker", "cuda", str(path)],
-        env=env, check=True, capture_output=True, timeout=600,
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "sam_brain.train.worker", "cuda", str(path),
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()[-3000:]
     return out / "adapter"
 
 
@@ -151,6 +155,10 @@ async def test_a_remote_run_streams_is_cancelled_resumes_and_returns_the_local_a
     coord = Coordinator(home, "cuda")
     run_id, _ = await coord.start_run("forced", force=True)
     remote_dir = tmp_path / "cluster-storage" / run_id
+    # The same spec trained locally without interruption, while the remote run goes on.
+    reference = asyncio.ensure_future(
+        local_adapter(home.runs_dir / run_id / "spec.json", tmp_path / "local")
+    )
     # Progress streams back from the job's log into the run record, as from a local worker.
     await wait_for(lambda: (home.store.get_run(run_id).progress or {}).get("step", 0) >= 1)
     await wait_for(lambda: resume.checkpoint_step(remote_dir) >= 2)
@@ -178,9 +186,7 @@ async def test_a_remote_run_streams_is_cancelled_resumes_and_returns_the_local_a
     jobs = json.loads((home.runs_dir / run_id / "remote.json").read_text())
     assert jobs["address"] == cluster and jobs["job_id"].startswith(f"sam-brain-{run_id}-")
 
-    spec = TrainSpec.from_json((home.runs_dir / run_id / "spec.json").read_text())
-    reference = local_adapter(spec, tmp_path / "local")
-    assert_same_adapter(home.runs_dir / run_id / "adapter", reference)
+    assert_same_adapter(home.runs_dir / run_id / "adapter", await reference)
     home.close()
 
 
@@ -223,8 +229,13 @@ async def test_ddp_under_ray_train_gives_the_adapter_of_one_process_and_reattach
     seen: list[Progress] = []
     # The daemon dies (or loses the cluster) while the job runs: the job runs on.
     follower = asyncio.ensure_future(first._run(seen.append, None))
+    one = replace(spec, out_dir=str(tmp_path / "one"))  # one process, meanwhile
+    train_one = asyncio.to_thread(
+        CudaBackend(quantize=False).train, one, lambda p: None, lambda: False
+    )
+    single_task = asyncio.ensure_future(train_one)
     await wait_for(lambda: first.job_id, 120)
-    await asyncio.sleep(5.0)
+    await asyncio.sleep(1.0)
     follower.cancel()
     with pytest.raises(asyncio.CancelledError):
         await follower
@@ -238,10 +249,7 @@ async def test_ddp_under_ray_train_gives_the_adapter_of_one_process_and_reattach
     manifest = json.loads((run_dir / "adapter" / "manifest.json").read_text())
     assert manifest["processes"] == 2
 
-    one = replace(spec, out_dir=str(tmp_path / "one"))
-    single = await asyncio.to_thread(
-        CudaBackend(quantize=False).train, one, lambda p: None, lambda: False
-    )
+    single = await single_task
     assert result.metrics["tokens"] == single.metrics["tokens"]
     assert_same_adapter(run_dir / "adapter", Path(single.adapter_dir), atol=1e-5)
 
