@@ -74,7 +74,7 @@ def cluster() -> Iterator[str]:
         c.shutdown()
 
 
-def make_home(tmp: Path, model: Path, **training: Any) -> Home:
+def make_home(tmp: Path, model: Path, steps: int = 16, **training: Any) -> Home:
     cfg = parse_config(
         {
             "data_dir": str(tmp / "home"),
@@ -88,7 +88,7 @@ def make_home(tmp: Path, model: Path, **training: Any) -> Home:
                 "remote_storage": str(tmp / "cluster-storage"),
                 **training,
             },
-            "profiles": {"t": PROFILE},
+            "profiles": {"t": {**PROFILE, "max_steps": steps}},
             "deployment": {**GATE, "serve_chat": False, "gate_prompts": 1},
         }
     )
@@ -265,7 +265,7 @@ async def test_a_wrong_address_fails_in_one_line_or_falls_back_to_local(
     assert str(err.value).startswith(f"Ray cluster at {WRONG} is unreachable")
     assert "\n" not in str(err.value)
 
-    home = make_home(tmp_path, tiny_model, remote=WRONG, remote_fallback="local")
+    home = make_home(tmp_path, tiny_model, steps=4, remote=WRONG, remote_fallback="local")
     coord = Coordinator(home, "cuda")
     run_id, _ = await coord.start_run("forced", force=True)
     assert coord.task is not None
