@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -58,6 +59,12 @@ def connect(address: str) -> Any:
         raise RemoteUnreachable(
             f"training.remote is {address} but Ray is not installed (pip install 'sam-brain[remote]')"
         ) from err
+    for name in ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS"):
+        if os.environ.get(name, address) != address:  # Ray would use it instead of `address`
+            raise TrainingFailed(
+                f"{name}={os.environ[name]} in the daemon's environment overrides"
+                f" training.remote = {address}; unset it"
+            )
     try:
         return JobSubmissionClient(address)
     except Exception as err:  # ConnectionError, or whatever ray:// raises
@@ -190,6 +197,7 @@ class RemoteRun:
         self.base_ref = base_ref
         self.budget = memory_budget_mb
         self.client: Any = None
+        self.submitting: asyncio.Future[str] | None = None
         self.job_id = ""
         self.reattached = False
         self.finished = False
@@ -222,7 +230,9 @@ class RemoteRun:
         on_preflight: Callable[[dict[str, Any]], None] | None,
     ) -> TrainResult:
         self.client = await asyncio.to_thread(connect, self.address)
-        self.job_id = await asyncio.to_thread(self._attach_or_submit)
+        # Shielded: a timeout or a stop while the job is being submitted still learns its id.
+        self.submitting = asyncio.ensure_future(asyncio.to_thread(self._attach_or_submit))
+        self.job_id = await asyncio.shield(self.submitting)
         if self.cancel_requested:  # asked while the job was being submitted
             self.cancel_requested = False
             await self.cancel()
@@ -377,6 +387,9 @@ class RemoteRun:
     async def cancel(self, grace_s: float = 60.0) -> None:
         """Stop the job (SIGTERM: it checkpoints) and wait up to `grace_s` for it to end."""
         self.cancel_requested = True  # also when the job is being submitted right now
+        if not self.job_id and self.submitting is not None:
+            with contextlib.suppress(Exception):
+                self.job_id = await self.submitting
         if not self.job_id or self.finished or self.client is None:
             return
         try:

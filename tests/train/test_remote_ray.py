@@ -316,6 +316,26 @@ def test_the_job_sees_no_credential_of_the_daemon(
     assert "sk-ant-fake" not in logs and "hf_fake" not in logs
 
 
+async def test_a_remote_run_past_its_timeout_is_stopped(
+    cluster: str, tmp_path: Path, tiny_model: Path
+) -> None:
+    from ray.job_submission import JobSubmissionClient
+
+    raw = {
+        "remote": cluster,
+        "remote_storage": str(tmp_path / "st"),
+        "remote_timeout_minutes": 0.05,
+    }
+    cfg = parse_config({"training": {"backend": "cuda", **raw}}).training
+    run_dir = tmp_path / "slow"
+    run_dir.mkdir()
+    late = RemoteRun(cfg, "cuda", _spec(tmp_path, tiny_model, "slow"), run_dir)
+    with pytest.raises(TrainingFailed, match=r"^remote training exceeded 0.05 minutes"):
+        await late.run(lambda p: None)
+    status = JobSubmissionClient(cluster).get_job_status(late.job_id)
+    assert str(status.value) in ("STOPPED", "FAILED"), status
+
+
 def test_an_upload_above_the_limit_is_refused_in_one_line(tmp_path: Path, tiny_model: Path) -> None:
     cfg = parse_config({"training": {"remote": WRONG, "remote_max_upload_mb": 0.001}}).training
     with pytest.raises(TrainingFailed, match=r"MB, above training.remote_max_upload_mb = 0.001$"):
