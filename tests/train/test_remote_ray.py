@@ -71,7 +71,7 @@ def cluster() -> Iterator[str]:
     try:
         yield url
     finally:
-        c.shutdown()
+        c.shutdown()  # type: ignore[no-untyped-call]
 
 
 def make_home(tmp: Path, model: Path, steps: int = 16, **training: Any) -> Home:
@@ -282,6 +282,7 @@ async def test_a_wrong_address_fails_in_one_line_or_falls_back_to_local(
     home = make_home(tmp_path / "nofallback", tiny_model, remote=WRONG)
     coord = Coordinator(home, "cuda")
     run_id, _ = await coord.start_run("forced", force=True)
+    assert coord.task is not None
     await asyncio.wait_for(coord.task, 60)
     failed = home.store.get_run(run_id)
     assert failed.status == "failed" and failed.reason.startswith(f"Ray cluster at {WRONG}")
