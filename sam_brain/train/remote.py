@@ -17,7 +17,6 @@ on the cluster. Ray is imported only here, and only when a run is remote.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import json
@@ -27,7 +26,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ from sam_brain.config import TrainingConfig
 from sam_brain.errors import TrainingCancelled, TrainingFailed, WorkerKilled
 from sam_brain.fsutil import write_text_atomic
 from sam_brain.protocols import Progress, TrainResult, TrainSpec
+from sam_brain.train.remote_transfer import Incoming, land_adapter
 from sam_brain.train.resume import DATA_FILES
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,9 @@ def pack(spec: TrainSpec, base_ref: str, t: TrainingConfig, budget_mb: float, de
     init = ""
     if spec.init_adapter:
         shutil.copytree(
-            spec.init_adapter, dest / "init_adapter", ignore=shutil.ignore_patterns("checkpoint")
+            spec.init_adapter,
+            dest / "init_adapter",
+            ignore=shutil.ignore_patterns("checkpoint", "*.gguf"),
         )
         init = "init_adapter"
     # A local model folder is used by path (a shared mount, or the same machine); a hub id is
@@ -126,55 +128,6 @@ def pack(spec: TrainSpec, base_ref: str, t: TrainingConfig, budget_mb: float, de
             f" training.remote_max_upload_mb = {t.remote_max_upload_mb:g}"
         )
     return size
-
-
-@dataclass
-class Incoming:
-    """What a job's log carries: reports for the run, the adapter's files, the rest for the log."""
-
-    result: TrainResult | None = None
-    error: str | None = None
-    declared: dict[str, dict[str, Any]] = field(default_factory=dict)
-    parts: dict[str, list[bytes]] = field(default_factory=dict)
-    files_done: int = -1
-
-    def files(self) -> dict[str, bytes]:
-        """The adapter's files, each checked against the size and SHA-256 the job sent.
-
-        Raises:
-            TrainingFailed: A file is missing, short or corrupted, or the transfer is incomplete.
-        """
-        if self.files_done != len(self.declared) or not self.declared:
-            raise TrainingFailed("the remote job's adapter did not arrive completely")
-        out = {}
-        for rel, meta in self.declared.items():
-            blob = b"".join(self.parts.get(rel, []))
-            digest = hashlib.sha256(blob).hexdigest()
-            if len(blob) != meta["size"] or digest != meta["sha256"]:
-                raise TrainingFailed(
-                    f"adapter file {rel} arrived corrupted (sha256 {digest[:12]}, sent"
-                    f" {str(meta['sha256'])[:12]})"
-                )
-            out[rel] = blob
-        return out
-
-
-def land_adapter(files: dict[str, bytes], out: Path) -> None:
-    """Write the adapter's files into `out` at once (built aside, then renamed)."""
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out.parent))
-    try:
-        for rel, blob in files.items():
-            path = tmp / rel
-            if ".." in Path(rel).parts or Path(rel).is_absolute():
-                raise TrainingFailed(f"the remote job sent a file outside the adapter: {rel}")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(blob)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 class RemoteRun:
@@ -362,10 +315,10 @@ class RemoteRun:
             log_fh.write(text + "\n")
             return
         kind = msg.pop("kind", "")
-        if kind == "chunk":
-            incoming.parts.setdefault(msg["path"], []).append(base64.b64decode(msg["data"]))
+        if kind != "chunk":  # the adapter's bytes stay out of the log
+            log_fh.write(text[at:] + "\n")
+        if incoming.take(kind, msg):
             return
-        log_fh.write(text[at:] + "\n")
         if kind == "progress":
             on_progress(Progress(**msg))
         elif kind == "preflight" and on_preflight is not None:
@@ -374,11 +327,6 @@ class RemoteRun:
             incoming.result = TrainResult(**msg)
         elif kind == "error":
             incoming.error = str(msg.get("reason", "unknown error"))
-        elif kind == "file":
-            incoming.declared[msg["path"]] = msg
-            incoming.parts[msg["path"]] = []
-        elif kind == "files":
-            incoming.files_done = int(msg.get("count", 0))
         elif kind == "checkpoint":  # kept on the cluster: the run record names its step
             state = self._read_state() or {}
             state["checkpoint_step"] = int(msg.get("step", 0))

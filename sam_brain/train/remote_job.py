@@ -15,8 +15,6 @@ size and SHA-256, for the daemon to check.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import os
 import shutil
@@ -31,26 +29,11 @@ from typing import Any
 
 from sam_brain.fsutil import write_text_atomic
 from sam_brain.protocols import TrainSpec
+from sam_brain.train.remote_transfer import send_files
 from sam_brain.train.worker import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, emit
 
-CHUNK = 16 * 1024  # raw bytes per log line (Ray's log tail hands out 20 000 characters at once)
 STOP = "STOP"
 RESULT = "result.json"
-
-
-def send_files(out: Path) -> int:
-    """Print the adapter's files (all but the checkpoint) as `file` + `chunk` reports."""
-    paths = sorted(
-        p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] != "checkpoint"
-    )
-    for path in paths:
-        blob = path.read_bytes()
-        rel = str(path.relative_to(out))
-        emit("file", {"path": rel, "size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()})
-        for i in range(0, len(blob), CHUNK):
-            emit("chunk", {"path": rel, "data": base64.b64encode(blob[i : i + CHUNK]).decode()})
-    emit("files", {"count": len(paths)})
-    return len(paths)
 
 
 def watch_checkpoints(ckpt: Path, every_s: float = 0.5) -> None:
