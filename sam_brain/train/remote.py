@@ -173,7 +173,7 @@ class RemoteRun:
             ) from None
         except asyncio.CancelledError:
             # The daemon is stopping: stop the job (it checkpoints); the next start resumes it.
-            if self.job_id and not self.finished:
+            if not self.finished:  # also a job still being submitted (`cancel` waits for it)
                 await asyncio.shield(self.cancel(grace_s=10.0))
             raise
 
