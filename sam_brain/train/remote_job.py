@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         code = worker.main([backend, str(root / "spec.json")])
     time.sleep(0.6)  # the watcher reports the checkpoint saved on the way out
     if code == EXIT_OK:
-        send_files(Path(spec.out_dir))
+        send_files(Path(spec.out_dir), emit)
     return code
 
 

@@ -14,19 +14,22 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sam_brain.errors import TrainingFailed
 from sam_brain.protocols import TrainResult
-from sam_brain.train.worker import emit
 
 CHUNK = 16 * 1024  # raw bytes per log line (Ray's log tail hands out ~20 000 characters at once)
 
 
-def send_files(out: Path) -> int:
-    """Print the adapter's files (all but the checkpoint) as `file` + `chunk` reports."""
+def send_files(out: Path, emit: Callable[[str, dict[str, Any]], None]) -> int:
+    """Report the adapter's files (all but the checkpoint) as `file` + `chunk` reports.
+
+    `emit` is the worker's reporter (passed in: this module must not import the worker).
+    """
     paths = sorted(
         p for p in out.rglob("*") if p.is_file() and p.relative_to(out).parts[0] != "checkpoint"
     )

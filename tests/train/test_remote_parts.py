@@ -15,6 +15,7 @@ import pytest
 from sam_brain.config_load import parse_config
 from sam_brain.errors import ConfigError, TrainingFailed
 from sam_brain.train.remote_transfer import Incoming, land_adapter, send_files
+from sam_brain.train.worker import emit
 
 
 def test_remote_settings_parse_and_their_problems_are_collected() -> None:
@@ -78,7 +79,7 @@ def test_the_adapter_arrives_checked_and_a_corrupted_byte_is_refused(
     for rel, blob in blobs.items():
         (out / rel).write_bytes(blob)
     (out / "checkpoint" / "step-1" / "optimizer.pt").write_bytes(b"stays on the cluster")
-    assert send_files(out) == 2
+    assert send_files(out, emit) == 2
     lines = capsys.readouterr().out.splitlines()
     messages = [json.loads(line[2:]) for line in lines]
     assert sum(m["kind"] == "chunk" for m in messages) == 3 + 1  # 16 KB chunks
