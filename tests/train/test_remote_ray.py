@@ -2,11 +2,12 @@
 
 The cluster is started once for the module (`ray.cluster_utils.Cluster`, 100 MB object stores,
 the dashboard for Ray Jobs). A forced run of the tiny model with the torch backend is submitted
-as a job through the daemon's coordinator, cancelled after its first checkpoint, resumed, and must
-end with the adapter an uninterrupted local worker trains from the same spec; DDP under Ray
-Train with two gloo workers must give the adapter of one process; a follower that loses the
-job reattaches to it; a wrong address fails in one line (or trains locally with the fallback);
-and the job's environment carries none of the daemon's credentials.
+as a job through the daemon's coordinator, cancelled after its first checkpoint, resumed,
+stopped with the daemon, continued by the next start, and must end with the adapter an
+uninterrupted local worker trains from the same spec; DDP under Ray Train with two gloo workers
+must give the adapter of one process; a follower that loses the job reattaches to it; a past
+timeout stops the job; a wrong address fails in one line (or trains locally with the
+fallback); and the job's environment carries none of the daemon's credentials.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ async def test_a_remote_run_streams_is_cancelled_resumes_and_returns_the_local_a
     cluster: str, tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # allow-listed: the job trains on one thread
-    home = make_home(tmp_path, tiny_model, remote=cluster)
+    home = make_home(tmp_path, tiny_model, steps=24, remote=cluster)
     coord = Coordinator(home, "cuda")
     run_id, _ = await coord.start_run("forced", force=True)
     remote_dir = tmp_path / "cluster-storage" / run_id
@@ -168,20 +169,32 @@ async def test_a_remote_run_streams_is_cancelled_resumes_and_returns_the_local_a
     cancelled = home.store.get_run(run_id)
     assert cancelled.status == "cancelled", cancelled.reason
     step = resume.checkpoint_step(remote_dir)
-    assert 2 <= step < 16 and resume.checkpoint_step(home.runs_dir / run_id) == step
+    assert 2 <= step < 20 and resume.checkpoint_step(home.runs_dir / run_id) == step
     assert f"checkpoint at step {step}" not in cancelled.reason  # a cancel is not interrupted
     assert not (home.runs_dir / run_id / "adapter" / "adapters.safetensors").exists()
 
     assert await coord.start_run("forced", force=True) == (run_id, False)  # the same run
+    await wait_for(lambda: resume.checkpoint_step(remote_dir) >= step + 2)
+    await coord.stop()  # the daemon stops: so does the job, after its checkpoint
+    stopped = home.store.get_run(run_id)
+    assert stopped.status == "interrupted" and "daemon stopped" in stopped.reason
+    again = step, resume.checkpoint_step(remote_dir)
+    assert step + 2 <= again[1] < 24
+
+    coord = Coordinator(home, "cuda")  # the next start continues it on the cluster
+    await coord.check()
+    assert coord.job is not None and coord.job.run is not None and coord.task is not None
+    assert coord.job.run.run_id == run_id
     await asyncio.wait_for(coord.task, 400)
     run = home.store.get_run(run_id)
     assert run.status == "completed", run.reason
     notes = " | ".join(run.notes)
     assert f"resumed from step {step} (cancelled" in notes  # the step the job reported
-    assert f"; resumed from step {step};" in notes and "trained on the Ray cluster" in notes
+    assert "(interrupted: daemon stopped" in notes and "trained on the Ray cluster" in notes
+    assert f"; resumed from step {again[1]};" in notes  # the trainer, from the last checkpoint
     with home.store.tx() as db:
         points = db.execute("SELECT COUNT(*) FROM loss_points WHERE run_id=?", (run_id,)).fetchone()
-    assert points[0] == 16  # every step's loss, from both jobs, as a local run records them
+    assert points[0] == 24  # every step's loss, from the three jobs, as a local run records
     assert run.metrics["release"]["version"]  # the gate ran locally on the returned adapter
     jobs = json.loads((home.runs_dir / run_id / "remote.json").read_text())
     assert jobs["address"] == cluster and jobs["job_id"].startswith(f"sam-brain-{run_id}-")
