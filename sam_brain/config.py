@@ -169,6 +169,17 @@ def _builtin_profiles() -> dict[str, Profile]:
 
 
 @dataclass(frozen=True)
+class RemoteResources:
+    """What a remote (Ray) run asks the cluster for."""
+
+    workers: int = _f(
+        1, "Training processes; more than one runs the CUDA loop's DDP path under Ray Train."
+    )
+    gpus_per_worker: float = _f(0.0, "GPUs each worker needs (0: CPU only, gloo for DDP).")
+    cpus_per_worker: float = _f(1.0, "CPUs each worker needs.")
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     """When and how adapters are trained."""
 
@@ -205,6 +216,30 @@ class TrainingConfig:
         "Memory a run may use: the backend's pre-flight estimate is fitted under it by halving"
         " batch_size (then max_seq_length) before training starts. 0 reads the free memory at"
         " the run's start (GPU memory for CUDA on a GPU, else RAM); -1 turns the fit off.",
+    )
+    remote: str = _f(
+        "",
+        "Train on a Ray cluster instead of a local subprocess: `http://HOST:8265` (the Ray Jobs"
+        " / dashboard address) or `ray://HOST:10001`; empty trains locally (docs/operations.md).",
+    )
+    remote_resources: RemoteResources = field(
+        default_factory=RemoteResources, metadata={"doc": "What a remote run asks for."}
+    )
+    remote_fallback: str = _f(
+        "",
+        "`local`: when the cluster cannot be reached the run trains locally (the run record"
+        " says so); empty: the run fails with the address in its reason.",
+    )
+    remote_storage: str = _f(
+        "~/sam-brain-remote",
+        "Folder on the cluster for each remote run's dataset copy, checkpoints and adapter"
+        " (a resumed run continues from it); with several nodes, a mount every node shares.",
+    )
+    remote_max_upload_mb: float = _f(
+        100.0, "Largest dataset + spec (+ the adapter a run builds on) sent with a remote job."
+    )
+    remote_timeout_minutes: float = _f(
+        480.0, "A remote run (queueing on the cluster included) longer than this is stopped."
     )
     keep_runs: int = _f(
         10,
