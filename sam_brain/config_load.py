@@ -140,6 +140,8 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         problems.append("deployment.gate_holdout_share: must be in [0, 1)")
     if cfg.deployment.gate_min_rows < 1:
         problems.append("deployment.gate_min_rows: must be at least 1")
+    if cfg.deployment.gate_case_max_tokens < 1:
+        problems.append("deployment.gate_case_max_tokens: must be at least 1")
     for name, p in cfg.profiles.items():
         for fname in ("lora_rank", "batch_size", "grad_accum", "max_seq_length"):
             if getattr(p, fname) < 1:
