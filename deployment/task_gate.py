@@ -224,10 +224,17 @@ def task_markdown(report: TaskReport) -> list[str]:
     return [*lines, ""]
 
 
+BUILTIN_DIR = Path(__file__).parent / "data"
+
+
 def resolve_case_files(paths: Sequence[str], root: Path) -> list[Path]:
-    """Case file paths from config: `~` expanded, relative ones taken from `root` (the home)."""
+    """Case file paths from config: `builtin:NAME` is a shipped set (`deployment/data/NAME.jsonl`),
+    `~` is expanded, relative paths are taken from `root` (the data folder)."""
     out = []
     for p in paths:
+        if p.startswith("builtin:"):
+            out.append(BUILTIN_DIR / f"{p.removeprefix('builtin:')}.jsonl")
+            continue
         path = Path(p).expanduser()
         out.append(path if path.is_absolute() else root / path)
     return out

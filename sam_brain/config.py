@@ -258,7 +258,8 @@ class DeploymentConfig:
         [],
         "Task case files (JSONL; see docs/operations.md) the gate runs on base, incumbent and"
         " candidate for the default training: a candidate significantly worse on them is blocked."
-        " Relative paths are taken from the data folder.",
+        " Relative paths are taken from the data folder; `builtin:coding` is a shipped set of 10"
+        " general coding cases (guards against forgetting).",
     )
     gate_case_max_tokens: int = _f(
         128, "Answer budget of a task case that sets no `max_tokens` of its own (greedy)."

@@ -12,7 +12,13 @@ import pytest
 from deployment import benchmarks as bench
 from deployment.cases import load_case_files, load_cases
 from deployment.resident import Completion
-from deployment.task_gate import category_table, task_gate, task_markdown, with_tasks
+from deployment.task_gate import (
+    category_table,
+    resolve_case_files,
+    task_gate,
+    task_markdown,
+    with_tasks,
+)
 from sam_brain.errors import BadRequest
 from sam_brain.protocols import Message
 
@@ -235,3 +241,13 @@ def test_unreadable_case_files_block_with_their_problem(tmp_path: Path) -> None:
     assert report.blocked and model.used == []
     assert report.reasons == [f"task cases: {bad}:1: not JSON (Expecting property name enclosed"
                               " in double quotes)"]  # fmt: skip
+
+
+def test_case_paths_from_config(tmp_path: Path) -> None:
+    files = resolve_case_files(["builtin:coding", "tasks.jsonl", "/abs/x.jsonl"], tmp_path)
+    assert files[1:] == [tmp_path / "tasks.jsonl", Path("/abs/x.jsonl")]
+    shipped = load_cases(files[0])
+    assert len(shipped) == 10 and {c.source for c in shipped} == {"builtin"}
+    assert {c.scoring for c in shipped} == {"keywords", "exact", "json"}
+    with pytest.raises(BadRequest, match=r"nope\.jsonl: cannot read it"):
+        load_cases(resolve_case_files(["builtin:nope"], tmp_path)[0])

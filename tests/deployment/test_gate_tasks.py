@@ -1,6 +1,7 @@
 """The gate runs a training's task cases on the real model (SmolLM2-135M-Instruct): an adapter
 trained on wrong answers to questions the base answers right is blocked, with the lost cases named
-in the reasons, the event and the report; one trained on the right answers passes. Both go through
+in the reasons, the event and the report, even when too few held-out rows leave the loss without a
+verdict; one trained on the right answers passes (as a canary: ungated). Both go through
 `release` with `deployment.gate_cases` from the config, as a training run's candidate does."""
 
 from __future__ import annotations
@@ -88,12 +89,13 @@ def test_gate_blocks_a_candidate_worse_on_its_task_cases(real_model: Path, tmp_p
             "deployment": {
                 "gate_cases": ["cases/facts.jsonl"],  # relative: from the data folder
                 "gate_prompts": 0,
-                "gate_min_rows": 1,
             },
         }
     )
     home = Home.open(cfg)
-    test = write_jsonl(tmp_path / "test.jsonl", rows(2))  # held-out rows: the right answers
+    # 7 held-out rows (the right answers) are below gate_min_rows (8): the loss gives no verdict,
+    # so what rejects the wrong adapter is its task cases alone.
+    test = write_jsonl(tmp_path / "test.jsonl", rows(2))
     run = local_exclusive(str(real_model))  # one resident base for both releases
     kw: dict[str, Any] = {"base_model_dir": str(real_model), "base_ref": str(real_model)}
 
@@ -121,7 +123,7 @@ def test_gate_blocks_a_candidate_worse_on_its_task_cases(real_model: Path, tmp_p
 
     right = train(real_model, tmp_path, "right", 2, steps=3)
     ok = release(home, right, test_path=test, exclusive=run, **kw)
-    assert ok.action == "activated", ok.reasons
+    assert ok.action == "canary" and ok.reasons[0].startswith("ungated: 7 held-out rows")
     assert ok.report is not None and not ok.report["tasks"]["blocked"]
     assert any(
         r.startswith("task cases: on 7 task cases candidate scores 1.000") for r in ok.reasons
