@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from deployment.cases import BenchmarkCase, load_case_files, load_cases, parse_case
-from deployment.resident import Completion
+from deployment.resident import Completion, Halted
 from sam_brain.protocols import Message
 
 __all__ = ["BenchmarkCase", "load_case_files", "load_cases", "parse_case", "run_benchmark"]
@@ -205,7 +205,7 @@ def run_benchmark(
     """Answer every case with `generate` and score it.
 
     A case whose generation raises scores as an empty answer with the error recorded, so one
-    failure does not hide the other results.
+    failure does not hide the other results; a halted model (daemon shutdown) stops the run.
     """
     start = time.perf_counter()
     results = []
@@ -213,6 +213,8 @@ def run_benchmark(
         budget = case.max_tokens or max_tokens
         try:
             results.append(score_case(case, generate(list(case.messages), budget)))
+        except Halted:  # the daemon is stopping: no verdict, rather than every case failed
+            raise
         except Exception as err:  # any generator failure is this case's result, not a crash
             results.append(score_case(case, "", error=f"{type(err).__name__}: {err}"))
     return BenchmarkReport(

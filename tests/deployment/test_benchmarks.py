@@ -11,7 +11,7 @@ import pytest
 
 from deployment import benchmarks as bench
 from deployment.cases import load_case_files, load_cases
-from deployment.resident import Completion
+from deployment.resident import Completion, Halted
 from deployment.task_gate import (
     category_table,
     resolve_case_files,
@@ -117,6 +117,12 @@ def test_generator_failure_is_that_case_result(tmp_path: Path) -> None:
     report = bench.run_benchmark(cases, flaky)
     assert report.results[2].error == "RuntimeError: model crashed"
     assert report.results[2].score == 0.0 and report.results[0].score == 1.0
+
+    def halted(messages: list[Message], max_tokens: int) -> str:
+        raise Halted("the model is stopping")
+
+    with pytest.raises(Halted):  # shutdown is no verdict, never "every case failed"
+        bench.run_benchmark(cases, halted)
 
 
 def test_malformed_case_files_name_every_bad_line(tmp_path: Path) -> None:
