@@ -36,7 +36,7 @@ KEYWORD_WEIGHT = 0.7
 LENGTH_WEIGHT = 0.3
 DEFAULT_MIN_WORDS = 20
 DEFAULT_MAX_TOKENS = 128
-_FENCE = re.compile(r"^\s*```[\w-]*[ \t]*\n(.*?)\n?```\s*$", re.DOTALL)
+_OPEN_FENCE = re.compile(r"\A```[\w-]*[ \t]*\n")
 Generate = Callable[[list[Message], int], str]
 
 
@@ -129,9 +129,12 @@ def length_adequacy(text: str, case: BenchmarkCase) -> float:
 
 
 def unfence(text: str) -> str:
-    """The body of an answer wrapped whole in one Markdown code fence, else the answer."""
-    fenced = _FENCE.match(text)
-    return fenced.group(1) if fenced else text
+    """The answer without a code fence opening it or closing it (small models often write only
+    one of the two); text before an opening fence is kept, so prose + JSON is not JSON."""
+    body = text.strip()
+    opened = _OPEN_FENCE.match(body)
+    body = body[opened.end() :] if opened else body
+    return body.removesuffix("```").strip()
 
 
 def parse_json_answer(text: str) -> tuple[bool, Any]:

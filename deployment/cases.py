@@ -4,7 +4,7 @@ A case is a prompt (`"prompt": "..."`, or `"messages": [...]` for a conversation
 continues) with what a good answer is and how to score it:
 
 - `"scoring": "exact"`: the answer must equal `expected` (whitespace collapsed; a Markdown code
-  fence around the whole answer is ignored; `"ignore_case": true` ignores case);
+  fence opening or closing the answer is ignored; `"ignore_case": true` ignores case);
 - `"scoring": "json"`: the answer must be JSON (a code fence is allowed) and conform: to `schema`
   (a JSON Schema) when given, and equal `expected` when given;
 - `"scoring": "keywords"`: the seed benchmark's rule (HALops): 70 % keyword recall

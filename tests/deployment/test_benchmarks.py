@@ -52,8 +52,8 @@ ANSWERS = {
     "status": "```\ngit status\n```",  # fenced, case ignored: 1.0
     "open prs": '```json\n{"command": "pr", "limit": 5}\n```',  # valid and conforms: 1.0
     "ten prs": '{"command": "pr", "limit": "ten"}',  # valid, breaks the schema: 0.5
-    "config": '{"rank": 4}',  # valid, not the expected value: 0.5
-    "broken": "{rank: 8",  # not JSON, no target: 0.0
+    "config": '{"rank": 4}\n```',  # a stray closing fence; valid, not the expected value: 0.5
+    "broken": 'Here it is: {"rank": 8}',  # prose + JSON is not JSON, no target: 0.0
     "make a folder": "mkdir -p x/",  # not exact: 0.0
 }
 EXPECTED = [1.0, 0.7 * 2 / 3 + 0.3 * 2 / 20, 1.0, 1.0, 1.0, 0.5, 0.5, 0.0, 0.0]
