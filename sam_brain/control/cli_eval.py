@@ -17,15 +17,16 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from deployment.cases import load_case_files
-from deployment.task_gate import TaskReport, category_table, compare_on_cases, resolve_case_files
 from sam_brain.config import Config
 from sam_brain.control.cli_client import open_home, print_doc
 from sam_brain.errors import BackendUnavailable, BadRequest
 from sam_brain.fsutil import write_text_atomic
 from sam_brain.home import Home
+
+if TYPE_CHECKING:  # the model stack loads only when `samctl eval` runs, not for every command
+    from deployment.task_gate import TaskReport
 
 
 def evaluate(args: argparse.Namespace, config: Config) -> int:
@@ -55,6 +56,8 @@ def run_eval(
         NotFound: An unknown version.
         BackendUnavailable: Neither mlx-lm nor torch can load the base model.
     """
+    from deployment.cases import load_case_files
+    from deployment.task_gate import compare_on_cases, resolve_case_files
     from sam_brain.hub import resolve_model
     from sam_brain.train.release import configured_base_ref, gate_exclusive
 
@@ -103,6 +106,8 @@ def _side(home: Home, name: str) -> tuple[str, str | None]:
 
 
 def print_table(report: TaskReport, path: Path) -> None:
+    from deployment.task_gate import category_table
+
     names = list(report.reports)
     print(f"{report.cases} task cases from {', '.join(report.files)}")
     header = f"{'group':32} {'cases':>5} " + " ".join(f"{n:>10}" for n in names)
