@@ -297,6 +297,16 @@ class DeploymentConfig:
         "Share of training sessions held out (whole sessions, by a stable hash) for the gate"
         " when the pool has no test split yet; see docs/deployment.md.",
     )
+    gate_cases: list[str] = _f(
+        [],
+        "Task case files (JSONL; see docs/operations.md) the gate runs on base, incumbent and"
+        " candidate for the default training: a candidate significantly worse on them is blocked."
+        " Relative paths are taken from the data folder; `builtin:coding` is a shipped set of 10"
+        " general coding cases (guards against forgetting).",
+    )
+    gate_case_max_tokens: int = _f(
+        128, "Answer budget of a task case that sets no `max_tokens` of its own (greedy)."
+    )
     serve_chat: bool = _f(True, "Serve the OpenAI-compatible `/v1/chat/completions` (MLX hosts).")
     shadow: bool = _f(
         False,

@@ -143,6 +143,9 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         problems.append("deployment.gate_min_rows: must be at least 1")
     if cfg.deployment.log_keep_days < 0:
         problems.append("deployment.log_keep_days: must be >= 0 (0 keeps all)")
+
+    if cfg.deployment.gate_case_max_tokens < 1:
+        problems.append("deployment.gate_case_max_tokens: must be at least 1")
     for name, p in cfg.profiles.items():
         for fname in ("lora_rank", "batch_size", "grad_accum", "max_seq_length"):
             if getattr(p, fname) < 1:

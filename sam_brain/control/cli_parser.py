@@ -98,6 +98,8 @@ def build(epilog: str) -> argparse.ArgumentParser:
     ex.add_argument("--force", action="store_true", help="rebuild even if already exported")
     ex.add_argument("--json", action="store_true")
 
+    _eval_parser(sub)
+
     dev = sub.add_parser("dev", help="developer helpers")
     dsub2 = dev.add_subparsers(dest="dev_command", required=True)
     tm = dsub2.add_parser("tiny-model", help="build a tiny offline Qwen2-style model")
@@ -126,6 +128,28 @@ def build(epilog: str) -> argparse.ArgumentParser:
     csub.add_parser("check", help="load the config and report every problem")
     csub.add_parser("docs", help="print docs/config.md generated from the config dataclasses")
     return p
+
+
+def _eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ev = sub.add_parser(
+        "eval",
+        help="run task cases on a version against another (or the base); make docs cases",
+        description="samctl eval VERSION [--against VERSION|base] [--cases FILE ...]\n"
+        "samctl eval make-cases --from-docs [PATH ...] --out FILE [--teacher]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ev.add_argument("version", help="v1.0.3, base, or make-cases")
+    ev.add_argument("--against", help="version or base (default: the active version, else base)")
+    ev.add_argument(
+        "--cases", nargs="+", action="extend", help="case files (default: deployment.gate_cases)"
+    )
+    ev.add_argument(
+        "--from-docs", nargs="*", metavar="PATH", help="make-cases: docs (default: docs_paths)"
+    )
+    ev.add_argument("--out", help="make-cases: the case file to write")
+    ev.add_argument("--teacher", action="store_true", help="make-cases: ask the [teacher]")
+    ev.add_argument("--max-cases", type=int, default=50, help="make-cases: at most this many")
+    ev.add_argument("--json", action="store_true")
 
 
 def _forget_parsers(dsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
