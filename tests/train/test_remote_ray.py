@@ -53,6 +53,10 @@ def cluster() -> Iterator[str]:
     pytest.importorskip("ray", reason="Ray is not installed (the `remote` extra)")
     from ray.cluster_utils import Cluster
 
+    # Jobs run `python -m ...` from the raylet's PATH: on a real cluster that is the cluster's own
+    # environment; here it must be this venv's (make runs .venv/bin/python without activating it).
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{path}"
     started = time.monotonic()
     try:
         c = Cluster(
@@ -66,6 +70,7 @@ def cluster() -> Iterator[str]:
         )
         c.add_node(num_cpus=1, object_store_memory=100 * 1024 * 1024)
     except Exception as err:
+        os.environ["PATH"] = path
         pytest.skip(f"Ray cannot start a local cluster here: {type(err).__name__}: {err}")
     url = f"http://{c.webui_url}"
     print(f"ray cluster up in {time.monotonic() - started:.1f}s at {url}")
@@ -73,6 +78,7 @@ def cluster() -> Iterator[str]:
         yield url
     finally:
         c.shutdown()  # type: ignore[no-untyped-call]
+        os.environ["PATH"] = path
 
 
 def make_home(tmp: Path, model: Path, steps: int = 16, **training: Any) -> Home:
