@@ -263,7 +263,7 @@ def run_job(
     folder = jobs_dir(home.data) / job_id
     progress = ProgressLog(folder / "progress.jsonl")
     status = JobStatus(job_id=job_id, kind=spec.kind, spec=spec.to_dict())
-    status.counts = dict(progress.counts)
+    status.counts = {k: v for k, v in progress.counts.items() if k != "stored"}
     status.stored = progress.counts.get("stored", 0)
     ledger = Ledger(home.data / "state.db")
     status.usd = (
