@@ -253,8 +253,16 @@ def serve(wire: Wire) -> Iterator[Wire]:
     app.router.add_get("/v1/messages/batches/{id}", wire.get_batch)
     app.router.add_get("/v1/messages/batches/{id}/results", wire.batch_results)
     app.router.add_post("/v1/chat/completions", wire.chat)
+    with serve_app(app) as url:
+        wire.url = url
+        yield wire
+
+
+@contextmanager
+def serve_app(app: web.Application, port: int = 0) -> Iterator[str]:
+    """Serve an aiohttp app on loopback (`port`, or a free one) from a thread; yields its URL."""
     loop = asyncio.new_event_loop()
-    port = free_port()
+    port = port or free_port()
     runner = web.AppRunner(app, access_log=None)
     ready = threading.Event()
 
@@ -268,10 +276,9 @@ def serve(wire: Wire) -> Iterator[Wire]:
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     ready.wait(10)
-    wire.url = f"http://127.0.0.1:{port}"
     try:
-        yield wire
+        yield f"http://127.0.0.1:{port}"
     finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
