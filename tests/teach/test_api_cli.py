@@ -138,7 +138,7 @@ def test_bad_schema_fails_the_job_in_one_line(
 def test_samctl_teach_follow_status_stats(
     daemon: tuple[str, Home, Wire, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    url, _, wire, config_path = daemon
+    url, _, _, config_path = daemon
     base = ["--config", str(config_path), "--url", url, "teach"]
     argv = [*base, "generate", "--from", "samctl", "--count", "40", "--batch-size", "5"]
     assert cli.main([*argv, "--follow"]) == 0
