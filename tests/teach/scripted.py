@@ -68,6 +68,7 @@ def per_request(requests: int) -> dict[str, int]:
         "missing_required": good,
         "bad_argument_type": good,
         "invalid_json": requests - good,
+        "parsed": good,
     }
 
 
