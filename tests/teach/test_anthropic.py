@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from sam_brain.config import TeacherConfig
+from sam_brain.dev.teacher_wire import Wire, serve
 from sam_brain.errors import TeacherError
 from sam_brain.protocols import TeacherRequest
 from teachers.anthropic_api import AnthropicTeacher
-from tests.teach.wire import Wire, serve
 
 KEY = "sk-ant-test-Zq9XvK2mW7pL4rT8yB3nC6dF1gH5jK0s"
 

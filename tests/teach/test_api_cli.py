@@ -17,11 +17,11 @@ from sam_brain.control import cli
 from sam_brain.control.api import make_app
 from sam_brain.control.app import AppContext
 from sam_brain.dev.demo import free_port
+from sam_brain.dev.teacher_wire import Wire, serve, serve_app
 from sam_brain.home import Home
 from sam_brain.train.scheduler import Coordinator
 from tests.api_auth import auth_headers
 from tests.teach.scripted import answer, per_request
-from tests.teach.wire import Wire, serve, serve_app
 
 GENERATE = {"kind": "generate", "source": "samctl", "count": 40, "options": {"batch_size": 5}}
 

@@ -17,6 +17,7 @@ from aiohttp import web
 from deployment.serving import ChatServer, add_routes
 from sam_brain.config import TeacherConfig
 from sam_brain.config_load import parse_config
+from sam_brain.dev.teacher_wire import serve_app
 from sam_brain.home import Home
 from sam_brain.protocols import TeacherRequest
 from sam_brain.store import Store
@@ -26,7 +27,6 @@ from sam_brain.teach.progress import ProgressLog
 from sam_brain.teach.runner import run_job
 from sam_brain.versions import Versions
 from teachers.openai_api import OpenAITeacher
-from tests.teach.wire import serve_app
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from sam_brain.dev.teacher_wire import Wire, serve
 from sam_brain.errors import BadRequest
 from sam_brain.protocols import TeacherReply, TeacherRequest
 from sam_brain.teach.generate import outcome, requests_for
@@ -16,7 +17,6 @@ from sam_brain.teach.jobs import JobSpec
 from sam_brain.teach.runner import run_job
 from sam_brain.teach.schema import check_example, load_schema, parse_examples
 from tests.teach.scripted import open_home
-from tests.teach.wire import Wire, serve
 
 GH = """
 cli_name: gh

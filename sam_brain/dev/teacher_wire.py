@@ -1,18 +1,24 @@
 """Local servers that speak the Anthropic (Messages, streaming, Batches) and OpenAI chat wire
-formats, run in a thread so the synchronous SDKs can call them over real loopback HTTP.
+formats, run in a thread so the synchronous SDKs can call them over real loopback HTTP (the
+teach tests and `bench/teach_campaign.py`; no network, no key needed unless `key` is set).
 
 `answer(body) -> str` writes each reply; `script` is a list of failures served before answers
 ("429", "529", "overloaded" = an `overloaded_error` inside a 200 stream), consumed in order.
 Usage is derived from the request: input = characters / 4 of the user turns, cache reads for
-the cached system block after the first call, output = characters / 4 of the answer.
+the cached system block after the first call, output = characters / 4 of the answer. `billed`
+sums the usage of every answer delivered, so a client's ledger can be checked against it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
+import re
 import threading
 import time
+import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -41,6 +47,7 @@ class Wire:
     batch_polls: int = 0
     polls: dict[str, int] = field(default_factory=dict)
     cached: set[str] = field(default_factory=set)
+    billed: Counter[str] = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def usage(self, body: dict[str, Any], text: str, commit: bool = True) -> dict[str, int]:
@@ -75,6 +82,10 @@ class Wire:
     def message(
         self, body: dict[str, Any], text: str, n: int, commit: bool = True
     ) -> dict[str, Any]:
+        usage = self.usage(body, text, commit)
+        if commit:
+            with self.lock:
+                self.billed.update(usage)
         return {
             "id": f"msg_{n}",
             "type": "message",
@@ -83,7 +94,7 @@ class Wire:
             "content": [{"type": "text", "text": text}],
             "stop_reason": "end_turn",
             "stop_sequence": None,
-            "usage": self.usage(body, text, commit),
+            "usage": usage,
         }
 
     # -- Anthropic -------------------------------------------------------------------------
@@ -215,6 +226,8 @@ class Wire:
             "completion_tokens": max(1, len(text) // 4),
             "total_tokens": prompt + max(1, len(text) // 4),
         }
+        with self.lock:
+            self.billed.update(input_tokens=prompt, output_tokens=usage["completion_tokens"])
         return web.json_response(
             {
                 "id": "chatcmpl-1",
@@ -282,3 +295,82 @@ def serve_app(app: web.Application, port: int = 0) -> Iterator[str]:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+VOCABULARY = [
+    "amber",
+    "basalt",
+    "cobalt",
+    "dune",
+    "ember",
+    "fjord",
+    "garnet",
+    "harbor",
+    "indigo",
+    "juniper",
+    "kelp",
+    "lagoon",
+    "mesa",
+    "nectar",
+    "onyx",
+    "prairie",
+    "quartz",
+    "reef",
+    "sierra",
+    "tundra",
+    "umber",
+    "valley",
+    "willow",
+    "xenon",
+    "yarrow",
+    "zephyr",
+    "acorn",
+    "birch",
+    "cedar",
+    "delta",
+    "estuary",
+    "fern",
+    "glacier",
+    "heath",
+    "iris",
+    "jade",
+    "knoll",
+    "lichen",
+    "marsh",
+    "nimbus",
+    "orchid",
+    "pebble",
+    "quill",
+    "ridge",
+    "sable",
+    "thistle",
+    "upland",
+    "vortex",
+    "wren",
+    "yew",
+]
+
+
+def samctl_examples(body: dict[str, Any]) -> str:
+    """A teacher that answers `generate` prompts for the packaged samctl schema with valid,
+    distinct examples (random words seeded by the prompt: the same prompt, the same answer)."""
+    prompt = str(body["messages"][-1]["content"])
+    found = re.search(r"Write (\d+) different", prompt)
+    n = int(found.group(1)) if found else 5
+    rng = random.Random(zlib.crc32(prompt.encode()))
+    out = []
+    for j in range(n):
+        text = " ".join(rng.sample(VOCABULARY, 8))
+        if j % 3 == 0:
+            cmd: dict[str, Any] = {"command": "history", "args": {"limit": rng.randint(1, 500)}}
+        elif j % 3 == 1:
+            cmd = {
+                "command": "export",
+                "args": {"version": f"v1.{rng.randint(0, 99)}.{j}", "format": "gguf",
+                         "out": "/tmp/" + "-".join(rng.sample(VOCABULARY, 2))},
+            }  # fmt: skip
+        else:
+            cmd = {"command": "canary", "args": {"target": f"v2.{rng.randint(0, 999)}",
+                                                 "traffic": rng.randint(1, 100)}}  # fmt: skip
+        out.append({"input": text, "output": {**cmd, "flags": []}})
+    return json.dumps(out)
