@@ -300,6 +300,8 @@ def run_job(
         ledger.close()
     status.finished = time.time()
     status.save(folder)
+    event = {k: getattr(status, k) for k in ("job_id", "state", "done", "total", "stored", "usd")}
+    home.store.add_event("teach", {**event, "error": status.error})
     if on_change is not None:
         on_change(status)
     log.info(

@@ -157,3 +157,37 @@ def test_samctl_teach_follow_status_stats(
     assert "no teach job running" in capsys.readouterr().out
     assert cli.main([*base, "generate", "--from", "samctl", "--option", "oops"]) == 2
     assert "--option 'oops': write KEY=VALUE" in capsys.readouterr().err
+
+
+def test_cancel_then_resume_then_shutdown_cancels(tmp_path: Path) -> None:
+    with serve(Wire(answer, delay=0.4)) as wire:
+        doc = {"data_dir": str(tmp_path / "data"),
+               "teacher": {"provider": "openai", "base_url": wire.url + "/v1", "concurrency": 1}}  # fmt: skip
+        home = Home.open(parse_config(doc))
+        ctx = AppContext(
+            home=home, coordinator=Coordinator(home, "mlx"), backend="mlx", backend_why="test"
+        )
+        port = free_port()
+        with serve_app(make_app(ctx, port), port) as url:
+            code, started = call(url, home, "POST", "/api/teach", GENERATE)
+            assert code == 202
+            while wire.answered < 2:
+                time.sleep(0.05)
+            assert call(url, home, "POST", "/api/teach/cancel", {}) == (200, {"cancelled": True})
+            job = wait_done(url, home)["current"]
+            assert job["state"] == "cancelled" and 2 <= job["done"] < 8
+            asked = wire.answered
+            code, _ = call(url, home, "POST", "/api/teach", GENERATE)  # resumes
+            while wire.answered < asked + 1:
+                time.sleep(0.05)
+        # The app shut down while the job ran: the job was cancelled and said so on disk.
+        status = json.loads((home.data / "teach" / started["job_id"] / "status.json").read_text())
+        assert status["state"] == "cancelled" and status["done"] < 8
+        events = [e for e in home.store.events("teach") if e["data"]["job_id"] == started["job_id"]]
+        assert [e["data"]["state"] for e in events] == ["cancelled", "cancelled"]
+        paid = wire.answered
+        home.close()
+    # Every answer paid so far is in the ledger once.
+    from sam_brain.teach.ledger import Ledger
+
+    assert len(Ledger(home.data / "state.db").calls(started["job_id"])) == paid

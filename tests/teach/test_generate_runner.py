@@ -3,6 +3,7 @@ key never on disk. The teacher is the real `anthropic` SDK against a local wire-
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,7 +49,10 @@ def env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
 
 
-def test_generate_exact_counts_ledger_and_pool(tmp_path: Path, env: None) -> None:
+def test_generate_exact_counts_ledger_and_pool(
+    tmp_path: Path, env: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)  # the SDK's and httpx's debug logs too
     with serve(Wire(answer, key=KEY, script=["429", "overloaded"])) as wire:
         home = open_home(tmp_path, base_url=wire.url, concurrency=3, model="claude-test")
         status = run_job(home, SPEC, clock=fixed_clock())
@@ -76,6 +80,7 @@ def test_generate_exact_counts_ledger_and_pool(tmp_path: Path, env: None) -> Non
     assert sum(c["cache_write_tokens"] > 0 for c in calls) >= 1
     assert sum(c["cache_read_tokens"] > 0 for c in calls) >= REQUESTS - 3
     assert_no_key_on_disk(tmp_path)
+    assert "Request options" in caplog.text and KEY not in caplog.text
 
 
 def test_budget_stop_then_resume_next_day_pays_once(tmp_path: Path, env: None) -> None:
@@ -180,3 +185,26 @@ def test_missing_key_fails_the_job_in_one_line(
     home = open_home(tmp_path, base_url="http://127.0.0.1:9")
     status = run_job(home, SPEC)
     assert status.state == "failed" and status.error.endswith("$ANTHROPIC_API_KEY")
+
+
+def test_a_stopped_batch_is_polled_again_not_resubmitted(tmp_path: Path, env: None) -> None:
+    cancel = threading.Event()
+    wire = Wire(answer, key=KEY)
+    submit = wire.create_batch
+
+    async def submit_then_stop(request: Any) -> Any:
+        response = await submit(request)
+        cancel.set()  # the daemon stops while the batch is being processed
+        return response
+
+    wire.create_batch = submit_then_stop  # type: ignore[method-assign]
+    with serve(wire):
+        home = open_home(tmp_path, base_url=wire.url, model="claude-test",
+                         batch_min_requests=4, batch_poll_seconds=0.01)  # fmt: skip
+        stopped = run_job(home, SPEC, cancel=cancel, clock=fixed_clock())
+        assert stopped.state == "cancelled" and len(wire.batches) == 1
+        assert ledger_of(tmp_path).calls() == []  # nothing billed before the results are read
+        status = run_job(home, SPEC, clock=fixed_clock())
+    assert status.state == "done" and status.stored == 14
+    assert len(wire.batches) == 1  # the same batch, read once
+    assert len(ledger_of(tmp_path).calls()) == REQUESTS
