@@ -113,3 +113,15 @@ def test_message_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     assert wire.batches[batch_id][0]["params"]["system"][0]["cache_control"] == {
         "type": "ephemeral"
     }
+
+
+def test_a_stream_cut_mid_answer_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    with serve(Wire(echo, script=["drop"], key=KEY)) as wire:
+        t = teacher(wire.url)
+        assert ask(t, "hello").text == "answer to: hello"
+    assert wire.failures == ["drop"] and t.stream_retries == 1
+    with serve(Wire(echo, script=["drop"] * 2, key=KEY)) as wire:
+        t = teacher(wire.url, max_retries=1)
+        with pytest.raises(TeacherError, match="connection lost mid-answer"):
+            ask(t, "hello")
