@@ -101,6 +101,7 @@ def test_api_runs_one_job_at_a_time_with_exact_counts(
     ("body", "fragment"),
     [
         ({"kind": "dream"}, "unknown teach job"),
+        ({"kind": "generate"}, "generate needs a schema"),
         ({**GENERATE, "count": -1}, "non-negative"),
         ({**GENERATE, "options": {"a": [1]}}, "'options'"),
         ({**GENERATE, "secret": 1}, "unknown field"),
