@@ -125,3 +125,15 @@ def test_a_stream_cut_mid_answer_is_retried(monkeypatch: pytest.MonkeyPatch) -> 
         t = teacher(wire.url, max_retries=1)
         with pytest.raises(TeacherError, match="connection lost mid-answer"):
             ask(t, "hello")
+
+
+def test_a_key_pasted_into_api_key_env_is_refused_without_repeating_it() -> None:
+    with pytest.raises(TeacherError) as err:
+        teacher("http://127.0.0.1:9", api_key_env=KEY)
+    assert KEY not in str(err.value) and "environment variable" in str(err.value)
+    from teachers.openai_api import OpenAITeacher
+
+    cfg = TeacherConfig(provider="openai", base_url="http://127.0.0.1:9", api_key_env=KEY)
+    with pytest.raises(TeacherError) as err2:
+        OpenAITeacher(cfg)
+    assert KEY not in str(err2.value)
