@@ -17,14 +17,14 @@ from pathlib import Path
 
 from sam_brain.config import Config, data_dir
 from sam_brain.config_load import load_config
-from sam_brain.control import cli_data, cli_deploy, cli_doctor, cli_eval
+from sam_brain.control import cli_data, cli_deploy, cli_doctor, cli_eval, cli_teach
 from sam_brain.control.cli_client import Client, error_from_http, open_home, print_doc
 from sam_brain.errors import DaemonUnreachable, SamBrainError, TrainingFailed
 
 EXIT_CODES = """exit codes: 0 ok, 1 error, 2 bad usage/config/request, 3 not found, 4 conflict,
 5 backend or model unavailable, 6 collector failed, 7 training failed, 8 promotion rejected,
 9 daemon unreachable, 10 daemon already running, 11 export failed, 12 damaged state
-(samctl doctor names the damage and the fix)"""
+(samctl doctor names the damage and the fix), 13 teacher error, 14 teacher budget spent today"""
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:
@@ -340,6 +340,7 @@ HANDLERS = {
     "export": cli_deploy.export,
     "doctor": cli_doctor.doctor,
     "eval": cli_eval.evaluate,
+    "teach": cli_teach.teach,
 }
 
 
