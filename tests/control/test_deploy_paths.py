@@ -21,8 +21,9 @@ from sam_brain.control.cli_deploy import staged
 from sam_brain.errors import PromotionRejected
 from sam_brain.home import Home
 from sam_brain.train.scheduler import Coordinator
+from tests.adapter_files import write_adapter
 from tests.api_auth import auth_headers
-from tests.control.test_security import RECORD, fake_adapter, make_home, serve, state
+from tests.control.test_security import RECORD, make_home, serve, state
 
 SECRET = "root:x:0:0:the-file-that-must-not-leak"
 
@@ -81,7 +82,7 @@ def with_leak(folder: Path, tmp_path: Path) -> Path:
 
 
 def test_register_never_follows_a_symlink(home: Home, tmp_path: Path) -> None:
-    src = with_leak(fake_adapter(tmp_path / "a", 1), tmp_path)
+    src = with_leak(write_adapter(tmp_path / "a", 1), tmp_path)
     v = home.versions.register(src)
     stored = Path(v.adapter_path)
     assert sorted(p.name for p in stored.iterdir()) == [
@@ -100,7 +101,7 @@ def test_register_never_follows_a_symlink(home: Home, tmp_path: Path) -> None:
 def test_a_symlinked_adapter_file_is_refused_and_nothing_registered(
     home: Home, tmp_path: Path
 ) -> None:
-    real = fake_adapter(tmp_path / "real", 1)
+    real = write_adapter(tmp_path / "real", 1)
     src = tmp_path / "linked"
     src.mkdir()
     (src / "adapters.safetensors").symlink_to(real / "adapters.safetensors")
@@ -129,7 +130,7 @@ async def test_paths_outside_the_home_get_one_answer(
 ) -> None:
     """Existing folder, file, missing path, unreadable, `~`, relative, a link out of the home:
     all the same 400, so the answers map nothing of the file system."""
-    outside = fake_adapter(tmp_path / "outside", 1)
+    outside = write_adapter(tmp_path / "outside", 1)
     link = home.data / "imports" / "link"
     link.parent.mkdir(parents=True)
     link.symlink_to(outside)
@@ -198,7 +199,7 @@ async def test_refused_canary_requests_copy_nothing(
     home: Home, client: TestClient, tmp_path: Path
 ) -> None:
     """Seen: thirty refused canary requests registered thirty adapter copies."""
-    folder = fake_adapter(home.data / "imports" / "a", 1)
+    folder = write_adapter(home.data / "imports" / "a", 1)
     before = state(home)
     bad = [0, 101, -5, 1000, "10", True, 1.5, None, [10]] * 3 + [0, 0, 0]
     for traffic in bad:
@@ -208,7 +209,7 @@ async def test_refused_canary_requests_copy_nothing(
         assert status == 400, (traffic, text)
     assert state(home) == before
     # While a canary runs, a second one by path is a 409 before anything is copied.
-    home.versions.register(fake_adapter(tmp_path / "b", 2))
+    home.versions.register(write_adapter(tmp_path / "b", 2))
     canary.start_canary(home.versions, "v1.0.0", 10)
     during = state(home)
     for _ in range(30):
@@ -220,7 +221,7 @@ async def test_refused_canary_requests_copy_nothing(
 def test_samctl_stages_an_outside_folder_into_the_home(home: Home, tmp_path: Path) -> None:
     """The CLI takes any path: it copies the folder under the home (links as links) for the
     daemon, and removes the copy afterwards."""
-    src = with_leak(fake_adapter(tmp_path / "mine", 1), tmp_path)
+    src = with_leak(write_adapter(tmp_path / "mine", 1), tmp_path)
     (src / "0000100_adapters.safetensors").write_bytes(b"checkpoint")
     with staged(src, home.config) as path:
         copy = Path(path)
@@ -231,7 +232,7 @@ def test_samctl_stages_an_outside_folder_into_the_home(home: Home, tmp_path: Pat
             src / "adapters.safetensors"
         ).read_bytes()
     assert not copy.exists()
-    inside = fake_adapter(home.data / "imports" / "x", 2)
+    inside = write_adapter(home.data / "imports" / "x", 2)
     with staged(inside, home.config) as path:
         assert path == str(inside.resolve())
 
@@ -292,7 +293,7 @@ async def test_fuzzed_api_bodies_never_get_a_5xx(
 ) -> None:
     home = make_home(tmp_path)
     try:
-        home.versions.register(fake_adapter(tmp_path / "a", 1))
+        home.versions.register(write_adapter(tmp_path / "a", 1))
         client = await serve(aiohttp_client, home)
         before = state(home)
         statuses = []
