@@ -8,6 +8,7 @@ old state or the new one. Sample content lives in the LanceDB pool (`pool.py`), 
 
 from __future__ import annotations
 
+import copy
 import json
 import sqlite3
 import threading
@@ -20,6 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from sam_brain.config import DEFAULT_TRAINING
 from sam_brain.errors import NotFound
 from sam_brain.store_schema import connect, damaged, stored_path
 
@@ -71,6 +73,7 @@ class Run:
     finished_at: str | None
     notes: list[str] = field(default_factory=list)
     fingerprint: str = ""
+    training: str = DEFAULT_TRAINING
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -93,6 +96,7 @@ class Version:
     created_at: str
     deployed_at: str | None
     gate: str = ""  # "passed", "ungated" (too little held-out data to judge) or "" (not judged)
+    training: str = DEFAULT_TRAINING
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -115,7 +119,20 @@ def _version(row: sqlite3.Row, data: Path) -> Version:
 
 
 class Store:
-    """The SQLite state store; safe to share between threads of one process."""
+    """The SQLite state store; safe to share between threads of one process.
+
+    Runs, versions and the canary belong to one named training (`training`, the default's
+    "sam"); `scoped(NAME)` is a view on the same connection for another training's lineage.
+    Events, cursors and counters are the home's, shared by every view.
+    """
+
+    training: str = DEFAULT_TRAINING
+
+    def scoped(self, training: str) -> Store:
+        """This store seen from `training`'s lineage (same file, connection and lock)."""
+        view = copy.copy(self)
+        view.training = training
+        return view
 
     def __init__(self, path: Path) -> None:
         """Open (or create) the store, checking its integrity first.
@@ -218,7 +235,9 @@ class Store:
     # -- canary ----------------------------------------------------------------------------------
 
     def canary(self) -> CanaryWeight | None:
-        rows = self._query("SELECT version, percent, since FROM canary")
+        rows = self._query(
+            "SELECT version, percent, since FROM canaries WHERE training=?", (self.training,)
+        )
         if not rows:
             return None
         r = rows[0]
@@ -226,11 +245,11 @@ class Store:
 
     def set_canary(self, weight: CanaryWeight | None, db: sqlite3.Connection) -> None:
         """Write (or with None, clear) the canary's weight inside the caller's transaction."""
-        db.execute("DELETE FROM canary")
+        db.execute("DELETE FROM canaries WHERE training=?", (self.training,))
         if weight is not None:
             db.execute(
-                "INSERT INTO canary(one, version, percent, since) VALUES (1, ?, ?, ?)",
-                (weight.version, weight.percent, weight.since),
+                "INSERT INTO canaries(training, version, percent, since) VALUES (?, ?, ?, ?)",
+                (self.training, weight.version, weight.percent, weight.since),
             )
 
     # -- counters --------------------------------------------------------------------------------
@@ -270,7 +289,8 @@ class Store:
         with self.tx() as db:
             db.execute(
                 "INSERT INTO runs(run_id, status, trigger, backend, base_model, samples_count,"
-                " pool_version, attempt, created_at) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
+                " pool_version, attempt, created_at, training)"
+                " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     trigger,
@@ -280,9 +300,12 @@ class Store:
                     pool_version,
                     attempt,
                     now_iso(),
+                    self.training,
                 ),
             )
-            self.add_event("run_created", {"run_id": run_id, "trigger": trigger}, db)
+            self.add_event(
+                "run_created", {"run_id": run_id, "trigger": trigger, "training": self.training}, db
+            )
         return self.get_run(run_id)
 
     def update_run(self, run_id: str, **fields: Any) -> None:
@@ -309,7 +332,8 @@ class Store:
         return [
             _run(r)
             for r in self._query(
-                "SELECT * FROM runs ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)
+                "SELECT * FROM runs WHERE training=? ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (self.training, limit),
             )
         ]
 
@@ -320,9 +344,9 @@ class Store:
     def run_counts(self, since: str = "") -> dict[str, int]:
         """Runs by status, of all time or created at or after the ISO time `since`."""
         rows = self._query(
-            "SELECT status, COUNT(*) AS n FROM runs WHERE created_at >= ?"
+            "SELECT status, COUNT(*) AS n FROM runs WHERE created_at >= ? AND training=?"
             " GROUP BY status ORDER BY status",
-            (since,),
+            (since, self.training),
         )
         return {str(r["status"]): int(r["n"]) for r in rows}
 
@@ -341,20 +365,34 @@ class Store:
     def versions(self) -> list[Version]:
         return [
             _version(r, self.path.parent)
-            for r in self._query("SELECT * FROM versions ORDER BY seq")
+            for r in self._query(
+                "SELECT * FROM versions WHERE training=? ORDER BY seq", (self.training,)
+            )
         ]
 
     def get_version(self, version: str) -> Version:
-        rows = self._query("SELECT * FROM versions WHERE version=?", (version,))
+        rows = self._query(
+            "SELECT * FROM versions WHERE version=? AND training=?", (version, self.training)
+        )
         if not rows:
             known = ", ".join(v.version for v in self.versions()) or "none"
-            raise NotFound(f"no version {version!r} (known: {known})")
+            other = self._query("SELECT training FROM versions WHERE version=?", (version,))
+            where = f" in training {self.training!r}" if self.training != DEFAULT_TRAINING else ""
+            if other:  # lineages never cross: name the one it belongs to
+                known += f"; {version} belongs to training {other[0]['training']!r}"
+            raise NotFound(f"no version {version!r}{where} (known: {known})")
         return _version(rows[0], self.path.parent)
 
     def active_version(self) -> Version | None:
-        rows = self._query("SELECT * FROM versions WHERE status='active' ORDER BY seq DESC LIMIT 1")
+        rows = self._query(
+            "SELECT * FROM versions WHERE status='active' AND training=? ORDER BY seq DESC LIMIT 1",
+            (self.training,),
+        )
         return _version(rows[0], self.path.parent) if rows else None
 
     def next_seq(self) -> int:
-        rows = self._query("SELECT COALESCE(MAX(seq), -1) + 1 AS n FROM versions")
+        rows = self._query(
+            "SELECT COALESCE(MAX(seq), -1) + 1 AS n FROM versions WHERE training=?",
+            (self.training,),
+        )
         return int(rows[0]["n"])

@@ -13,6 +13,25 @@ from pathlib import Path
 
 from sam_brain.errors import StateDamaged
 
+VERSIONS = """
+CREATE TABLE IF NOT EXISTS {name} (
+    version TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    status TEXT NOT NULL,               -- active, inactive, canary, rolled_back, rejected
+    run_id TEXT NOT NULL DEFAULT '',
+    base_model TEXT NOT NULL DEFAULT '',
+    adapter_path TEXT NOT NULL,
+    checksum TEXT NOT NULL,
+    training_samples INTEGER NOT NULL DEFAULT 0,
+    metrics TEXT NOT NULL DEFAULT '{{}}',
+    description TEXT NOT NULL DEFAULT '',
+    created_at TEXT NOT NULL,
+    deployed_at TEXT,
+    gate TEXT NOT NULL DEFAULT '',      -- passed, ungated (too little held-out data), or '' (unjudged)
+    training TEXT NOT NULL DEFAULT 'sam', -- each named training numbers its own lineage
+    UNIQUE (training, seq)
+)"""
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
@@ -31,23 +50,11 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at TEXT,
     finished_at TEXT,
     notes TEXT NOT NULL DEFAULT '[]',   -- JSON list: resumed from step N, started over because..., memory fit
-    fingerprint TEXT NOT NULL DEFAULT '' -- dataset + training config at run start (train/resume.py)
+    fingerprint TEXT NOT NULL DEFAULT '', -- dataset + training config at run start (train/resume.py)
+    training TEXT NOT NULL DEFAULT 'sam'  -- the named training whose lineage the run belongs to
 );
-CREATE TABLE IF NOT EXISTS versions (
-    version TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL UNIQUE,
-    status TEXT NOT NULL,               -- active, inactive, canary, rolled_back, rejected
-    run_id TEXT NOT NULL DEFAULT '',
-    base_model TEXT NOT NULL DEFAULT '',
-    adapter_path TEXT NOT NULL,
-    checksum TEXT NOT NULL,
-    training_samples INTEGER NOT NULL DEFAULT 0,
-    metrics TEXT NOT NULL DEFAULT '{}',
-    description TEXT NOT NULL DEFAULT '',
-    created_at TEXT NOT NULL,
-    deployed_at TEXT,
-    gate TEXT NOT NULL DEFAULT ''       -- passed, ungated (too little held-out data), or '' (unjudged)
-);
+{versions}
+
 CREATE TABLE IF NOT EXISTS cursors (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL,
@@ -59,8 +66,8 @@ CREATE TABLE IF NOT EXISTS events (
     kind TEXT NOT NULL,
     data TEXT NOT NULL DEFAULT '{}'
 );
-CREATE TABLE IF NOT EXISTS canary (
-    one INTEGER PRIMARY KEY CHECK (one = 1),  -- at most one canary runs
+CREATE TABLE IF NOT EXISTS canaries (
+    training TEXT PRIMARY KEY,          -- at most one canary per training
     version TEXT NOT NULL,
     percent INTEGER NOT NULL,
     since TEXT NOT NULL
@@ -70,7 +77,7 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,              -- e.g. skipped:sessions:truncated_line
     value INTEGER NOT NULL DEFAULT 0
 );
-"""
+""".replace("{versions}", VERSIONS.format(name="versions") + ";")
 
 
 LEGACY_CANARY_KEY = "deployment.canary"
@@ -123,6 +130,9 @@ def migrate(db: sqlite3.Connection, data: Path) -> None:
             db.execute(stmt)
     _add_columns(db, "versions", (("gate", "''"),))  # before the gate verdict was kept
     _add_columns(db, "runs", (("notes", "'[]'"), ("fingerprint", "''")))  # before runs resumed
+    _add_columns(db, "runs", (("training", "'sam'"),))  # before named trainings
+    _migrate_versions(db)
+    _migrate_single_canary(db)
     _migrate_canary(db)
     _migrate_paths(db, data)
 
@@ -132,6 +142,33 @@ def _add_columns(db: sqlite3.Connection, table: str, columns: tuple[tuple[str, s
     for column, default in columns:
         if column not in have:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} TEXT NOT NULL DEFAULT {default}")
+
+
+def _migrate_versions(db: sqlite3.Connection) -> None:
+    # Before named trainings a version's seq was unique in the home; now in its training. SQLite
+    # cannot drop a UNIQUE constraint in place: copy the rows into a new table (one transaction).
+    have = [r["name"] for r in db.execute("PRAGMA table_info(versions)")]
+    if "training" in have:
+        return
+    cols = ", ".join(have)
+    with _tx(db):
+        db.execute("DROP TABLE IF EXISTS versions_new")
+        db.execute(VERSIONS.format(name="versions_new"))
+        db.execute(f"INSERT INTO versions_new({cols}) SELECT {cols} FROM versions")
+        db.execute("DROP TABLE versions")
+        db.execute("ALTER TABLE versions_new RENAME TO versions")
+
+
+def _migrate_single_canary(db: sqlite3.Connection) -> None:
+    # Before named trainings one `canary` row held the only canary: it is the default's.
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE name='canary'").fetchall():
+        return
+    with _tx(db):
+        db.execute(
+            "INSERT OR REPLACE INTO canaries(training, version, percent, since)"
+            " SELECT 'sam', version, percent, since FROM canary"
+        )
+        db.execute("DROP TABLE canary")
 
 
 def _migrate_paths(db: sqlite3.Connection, data: Path) -> None:
@@ -164,10 +201,11 @@ def _migrate_canary(db: sqlite3.Connection) -> None:
     except (ValueError, TypeError, KeyError):  # "{}" (none ran) or edited by hand: no weight
         weight = None
     with _tx(db):
-        db.execute("DELETE FROM canary")
+        db.execute("DELETE FROM canaries WHERE training='sam'")
         if weight is not None:
             db.execute(
-                "INSERT INTO canary(one, version, percent, since) VALUES (1, ?, ?, ?)", weight
+                "INSERT INTO canaries(training, version, percent, since) VALUES ('sam', ?, ?, ?)",
+                weight,
             )
         db.execute("DELETE FROM cursors WHERE key=?", (LEGACY_CANARY_KEY,))
 
