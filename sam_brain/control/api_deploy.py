@@ -17,6 +17,7 @@ from aiohttp import web
 
 from deployment import canary
 from deployment.serving_metrics import prom_line, prometheus_lines
+from sam_brain.config import DEFAULT_TRAINING
 from sam_brain.control.app import CTX, AppContext, read_json
 from sam_brain.errors import BadRequest
 from sam_brain.train.release import (
@@ -144,10 +145,11 @@ async def post_promote(request: web.Request) -> web.Response:
 
 async def post_rollback(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    body = await read_json(request, {"version"})
+    body = await read_json(request, {"version", "training"})
     version = _version(body)
+    home = ctx.home.for_training(_str(body, "training") or DEFAULT_TRAINING)
     async with request.app[DEPLOY_LOCK]:
-        what, v = await asyncio.to_thread(rollback_or_abort, ctx.home, version)
+        what, v = await asyncio.to_thread(rollback_or_abort, home, version)
     return web.json_response({"action": what, "version": v.to_dict() if v else None})
 
 

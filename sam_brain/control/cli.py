@@ -133,15 +133,18 @@ def _follow(client: Client, run_id: str, show_bar: bool) -> int:
 def cmd_train(args: argparse.Namespace, config: Config) -> int:
     client = Client.for_config(args.url, config)
     if args.cancel:
-        _, doc = client.call("POST", "/api/train/cancel", {})
+        _, doc = client.call("POST", "/api/train/cancel", {"training": args.training})
         print("cancel requested" if doc.get("cancelled") else "no run in progress")
         return 0
-    code, doc = client.call("POST", "/api/train", {"force": args.force})
+    code, doc = client.call("POST", "/api/train", {"force": args.force, "training": args.training})
     if code == 409 and "reason" in doc:
         print(f"not training: {doc['reason']} (use --force to train anyway)")
         return 4
     if code >= 400:
         raise error_from_http(code, doc)
+    if doc.get("queued"):  # another training holds the machine's one slot
+        print(f"{args.training} queued at position {doc['queued']} (one run at a time)")
+        return 0
     run_id = doc["run_id"]
     print(
         f"joined run {run_id}, already training"
@@ -236,7 +239,9 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
     if args.command == "rollback":
         try:
             code, doc = Client.for_config(args.url, config).call(
-                "POST", "/api/rollback", {"version": args.version} if args.version else {}
+                "POST",
+                "/api/rollback",
+                {"training": args.training, **({"version": args.version} if args.version else {})},
             )
             if code >= 400:
                 raise error_from_http(code, doc)
@@ -245,8 +250,9 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
             return 0
         except DaemonUnreachable:
             pass
-    home = open_home(config)
+    root = open_home(config)
     try:
+        home = root.for_training(args.training)
         if args.command == "list":
             versions = home.store.versions()
             if args.json:
@@ -268,7 +274,7 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
             what, now = rollback_or_abort(home, args.version)
             print(f"{what}; active version: {now.version if now else 'base'}")
     finally:
-        home.close()
+        root.close()
     return 0
 
 

@@ -68,9 +68,13 @@ def build(epilog: str) -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="adapter versions")
     ls.add_argument("--json", action="store_true")
-    sub.add_parser("current", help="the active version")
+    cur = sub.add_parser("current", help="the active version")
     rb = sub.add_parser("rollback", help="go back to the previous (or a given) version")
     rb.add_argument("version", nargs="?", help="e.g. v1.0.0 (default: the previous deployed one)")
+    for lineage in (t, ls, cur, rb):
+        lineage.add_argument(
+            "--training", default="sam", help="a [trainings.NAME] lineage (default: sam)"
+        )
 
     dp = sub.add_parser("deploy", help="gate an adapter folder and release it (canary or active)")
     dp.add_argument("path")
