@@ -48,6 +48,9 @@ class RunQueue:
         self._items.append(Waiting(training, trigger))
         return len(self._items)
 
+    def peek(self) -> Waiting | None:
+        return self._items[0] if self._items else None
+
     def pop(self) -> Waiting | None:
         return self._items.pop(0) if self._items else None
 

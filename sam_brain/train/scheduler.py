@@ -212,8 +212,10 @@ class Coordinator:
 
     async def _start_next(self) -> None:
         """Start the first queued training that still wants a run, when the slot is free."""
+        # The entry leaves the queue only once its run holds the slot, so the queue and the
+        # slot never both look empty while a training is on its way in.
         while not self.training and len(self.queue):
-            waiting = self.queue.pop()
+            waiting = self.queue.peek()
             assert waiting is not None
             manual = waiting.trigger in MANUAL
             if not manual:
@@ -221,12 +223,14 @@ class Coordinator:
                     self._why_not_own, waiting.training, datetime.now()
                 )
                 if reason is not None:  # no longer due (cancelled meanwhile, window closed)
+                    self.queue.remove(waiting.training)
                     continue
             try:
                 await self.start_run(waiting.trigger, force=manual, training=waiting.training)
             except Conflict:
                 pass  # a user's run took the slot while this one was starting
             except Exception:
+                self.queue.remove(waiting.training)
                 log.exception("queued run of %s could not start", waiting.training)
 
     async def start_run(
@@ -251,7 +255,6 @@ class Coordinator:
                 raise Conflict(f"run {self.job.run.run_id} is already training")
             if force and self.runs_today(training) >= home.config.training.max_runs_per_day:
                 log.info("forced run goes past the daily cap")
-            self.queue.remove(training)
             lineage = self.lineages.setdefault(training, Lineage())
             attempt = lineage.attempt if trigger == "retry" else 1
             lineage.retry_at = None
@@ -262,6 +265,7 @@ class Coordinator:
             run = await asyncio.to_thread(job.open_run)
             self.job = job
             self.task = asyncio.get_running_loop().create_task(self._run(job))
+            self.queue.remove(training)  # it holds the slot now
             return run.run_id, False
 
     async def _run(self, job: TrainingJob) -> None:
