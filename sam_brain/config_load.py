@@ -165,8 +165,8 @@ def _validate_trainings(cfg: Config, problems: list[str]) -> None:
 
     for name, t in cfg.trainings.items():
         key = f"trainings.{name}"
-        if name == DEFAULT_TRAINING:
-            problems.append(f"{key}: {name!r} is the default training's name; pick another")
+        if name in (DEFAULT_TRAINING, "brain", "base"):  # model ids sam, sam-brain, base are taken
+            problems.append(f"{key}: {name!r} is reserved (the default's model ids); pick another")
         elif not TRAINING_NAME.fullmatch(name):
             problems.append(f"{key}: the name must be lowercase letters, digits, - or _ (<= 40)")
         bad = [s for s in t.sources if s not in SOURCES]

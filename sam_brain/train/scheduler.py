@@ -27,7 +27,7 @@ from sam_brain.home import Home
 from sam_brain.pipeline.training_select import trainable_count
 from sam_brain.schedule_window import in_window
 from sam_brain.store import Run
-from sam_brain.train.dataset import new_samples_since_last_run
+from sam_brain.train.dataset import base_model_ref, new_samples_since_last_run
 from sam_brain.train.job import TrainingJob
 from sam_brain.train.queue import Lineage, RunQueue
 from sam_brain.train.release import Exclusive
@@ -258,9 +258,10 @@ class Coordinator:
             lineage = self.lineages.setdefault(training, Lineage())
             attempt = lineage.attempt if trigger == "retry" else 1
             lineage.retry_at = None
-            job = TrainingJob(
-                home, self.backend, trigger, attempt=attempt, exclusive=self.exclusive
-            )
+            # The chat server's resident base judges only candidates trained on that base.
+            shared = base_model_ref(home, self.backend) == base_model_ref(self.home, self.backend)
+            exclusive = self.exclusive if shared else None
+            job = TrainingJob(home, self.backend, trigger, attempt=attempt, exclusive=exclusive)
             # Recorded now, so the caller gets its id without waiting for the run.
             run = await asyncio.to_thread(job.open_run)
             self.job = job
