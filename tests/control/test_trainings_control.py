@@ -45,7 +45,7 @@ def home(tmp_path: Path) -> Any:
     h.close()
 
 
-async def test_api_lists_each_training_and_rolls_back_one(client: TestClient) -> None:
+async def test_api_lists_each_training_and_rolls_back_one(client: TestClient[Any, Any]) -> None:
     headers = {**auth_headers(client.app[CTX].home.data), "Content-Type": "application/json"}
     doc = await (await client.get("/api/self")).json()
     assert doc["training_stats"]["model_version"] == "v1.0.0"  # the default's, as before
