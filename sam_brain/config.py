@@ -254,6 +254,15 @@ class DeploymentConfig:
         "Share of training sessions held out (whole sessions, by a stable hash) for the gate"
         " when the pool has no test split yet; see docs/deployment.md.",
     )
+    gate_cases: list[str] = _f(
+        [],
+        "Task case files (JSONL; see docs/operations.md) the gate runs on base, incumbent and"
+        " candidate for the default training: a candidate significantly worse on them is blocked."
+        " Relative paths are taken from the data folder.",
+    )
+    gate_case_max_tokens: int = _f(
+        128, "Answer budget of a task case that sets no `max_tokens` of its own (greedy)."
+    )
     serve_chat: bool = _f(True, "Serve the OpenAI-compatible `/v1/chat/completions` (MLX hosts).")
     shadow: bool = _f(
         False,
@@ -365,7 +374,9 @@ class NamedTraining:
         0, "New samples of this training needed before it trains; 0: `training.min_for_training`."
     )
     gate_cases: list[str] = _f(
-        [], "Task-case files (JSONL) the gate runs on base, incumbent and candidate."
+        [],
+        "Task case files (JSONL) the gate runs for this training (as `deployment.gate_cases`"
+        " does for the default); relative paths are taken from the data folder.",
     )
 
 

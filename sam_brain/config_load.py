@@ -179,9 +179,6 @@ def _validate_trainings(cfg: Config, problems: list[str]) -> None:
             problems.append(f"{key}.profile: {t.profile!r} is not a profile")
         if t.min_for_training < 0:
             problems.append(f"{key}.min_for_training: must be >= 0 (0: training.min_for_training)")
-        for i, case in enumerate(t.gate_cases):
-            if not Path(case).expanduser().is_file():
-                problems.append(f"{key}.gate_cases[{i}]: {case} is not a file")
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:

@@ -61,7 +61,8 @@ def rules(config: Config, name: str) -> NamedTraining | None:
 
 def scoped_config(config: Config, name: str) -> Config:
     """The config as `name`'s lineage sees it: its base models, profile and threshold in
-    `[training]`, so the training machinery needs no notion of names."""
+    `[training]` and its gate cases in `deployment.gate_cases`, so the training machinery and
+    the gate need no notion of names."""
     t = rules(config, name)
     if t is None:
         return config
@@ -73,15 +74,9 @@ def scoped_config(config: Config, name: str) -> Config:
         profile=t.profile or training.profile,
         min_for_training=t.min_for_training or training.min_for_training,
     )
-    return dataclasses.replace(config, training=scoped)
-
-
-def gate_cases(config: Config, name: str) -> list[str]:
-    """The task-case files the gate runs for `name` (evalcases' gate takes them as an argument)."""
-    t = rules(config, name)
-    if t is None:
-        return list(getattr(config.deployment, "gate_cases", []))
-    return list(t.gate_cases)
+    # The gate reads `deployment.gate_cases`: in a named training's view, its own case files.
+    deployment = dataclasses.replace(config.deployment, gate_cases=list(t.gate_cases))
+    return dataclasses.replace(config, training=scoped, deployment=deployment)
 
 
 def lineage_dir(data: Path, name: str) -> Path:
