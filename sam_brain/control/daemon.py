@@ -278,9 +278,10 @@ class Daemon:
 
     def _recover_runs(self) -> None:
         # Left training by a crash or kill: the coordinator's first check continues them.
-        for run in recover_interrupted(self.home):
-            log.warning("run %s was interrupted: %s", run.run_id, run.reason)
-        prune_runs(self.home, self.config.training.keep_runs)
+        for home in self.home.trainings():  # each training's own runs
+            for run in recover_interrupted(home):
+                log.warning("run %s was interrupted: %s", run.run_id, run.reason)
+            prune_runs(home, self.config.training.keep_runs)
 
     def _make_watchers(self, loop: asyncio.AbstractEventLoop) -> Watchers:
         rules = PathRules(self.config.sources.exclude)
