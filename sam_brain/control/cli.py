@@ -69,6 +69,12 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
             f"canary: {c['version']} ({c.get('gate', '-')}) at {c['percent']}% of conversations"
             f" since {c['since']}"
         )
+    for t in (doc.get("trainings") or [])[1:]:  # the named ones (the default is above)
+        canary = f", canary {t['canary']['version']}" if t.get("canary") else ""
+        print(
+            f"training {t['name']} ({t['model']}): {t['model_version']}{canary};"
+            f" {t['new_samples']} new / {t['min_for_training']} needed"
+        )
     return 0
 
 

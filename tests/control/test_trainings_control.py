@@ -97,5 +97,7 @@ def test_samctl_list_and_rollback_by_training(
     assert run("current")[1].strip() == "v1.0.0"  # the default's lineage did not move
     code, out = run("rollback", "gh-v1.0.1")  # another training's version: not found here
     assert code == 3 and "belongs to training 'gh'" in out
+    code, out = run("status")
+    assert code == 0 and "training gh (sam-gh): gh-v1.0.0; 0 new / 100 needed" in out
     code, out = run("list", "--training", "nope")
     assert code == 3 and "no training 'nope'" in out
