@@ -92,7 +92,12 @@ class Home:
         store = root.store.scoped(name)
         versions = Versions(store, lineage_dir(root.data, name) / "versions")
         config = scoped_config(root.config, name)
-        return Home(config, root.data, store, versions, training=name, parent=root)
+        view = Home(config, root.data, store, versions, training=name, parent=root)
+        rebuilt = rebuild_versions(store, versions.root)  # its rows lost, its folders still there
+        if rebuilt:
+            versions.write_index()
+            root.notices.append(f"training {name}: versions {', '.join(rebuilt)} rebuilt")
+        return view
 
     def trainings(self) -> list[Home]:
         """Every training's view, the default first."""

@@ -107,3 +107,25 @@ def test_an_unknown_training_is_named(tmp_path: Path) -> None:
         home.for_training("nope")
     assert home.for_training("sam") is home
     home.close()
+
+
+def test_a_named_training_s_lost_rows_are_rebuilt_from_its_folders(tmp_path: Path) -> None:
+    home = Home.open(config(tmp_path / "home"))
+    gh = home.for_training("gh")
+    for i in range(2):
+        gh.versions.activate(
+            gh.versions.register(make_adapter(tmp_path / f"g{i}", b"%d" % i)).version
+        )
+    home.versions.register(make_adapter(tmp_path / "s", b"s"))
+    with home.store.tx() as db:
+        db.execute("DELETE FROM versions WHERE training='gh'")
+    home.close()
+    again = Home.open(config(tmp_path / "home"))
+    gh = again.for_training("gh")
+    assert [(v.version, v.status, v.training) for v in gh.store.versions()] == [
+        ("gh-v1.0.0", VersionStatus.INACTIVE, "gh"),
+        ("gh-v1.0.1", VersionStatus.ACTIVE, "gh"),
+    ]
+    assert [v.version for v in again.store.versions()] == ["v1.0.0"]  # untouched
+    assert any("gh-v1.0.0, gh-v1.0.1 rebuilt" in n for n in again.notices)
+    again.close()
