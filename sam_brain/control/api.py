@@ -106,8 +106,11 @@ async def post_train(request: web.Request) -> web.Response:
     name = _training_name(ctx, body)
     coord = ctx.coordinator
     if not force:
-        reason = await asyncio.to_thread(coord.why_not, None, name)
-        if reason is not None and coord.running in (None, name):
+        # While another training holds the slot, a due one queues; one not due is refused.
+        other = coord.running not in (None, name)
+        check = coord.own_reason if other else (lambda n: coord.why_not(None, n))
+        reason = await asyncio.to_thread(check, name)
+        if reason is not None:
             return web.json_response({"started": False, "reason": reason}, status=409)
     run_id, joined = await coord.start_run("forced" if force else "api", force=force, training=name)
     if not run_id:  # another training holds the slot: this one waits its turn

@@ -168,10 +168,11 @@ class Coordinator:
             where = self.queue.position(training)
             queued = f"; queued at position {where}" if where else ""
             return f"training {running!r} is running (one run at a time){queued}"
-        return self._why_not_own(training, now or datetime.now())
+        return self.own_reason(training, now or datetime.now())
 
-    def _why_not_own(self, training: str, now: datetime) -> str | None:
+    def own_reason(self, training: str, now: datetime | None = None) -> str | None:
         """`why_not` regardless of the slot: the training's own threshold, window and cap."""
+        now = now or datetime.now()
         home = self._home(training)
         t = home.config.training
         retry_at = self.lineages[training].retry_at if training in self.lineages else None
@@ -200,7 +201,7 @@ class Coordinator:
             for name in self.homes:
                 if name == self.running or self.queue.position(name) is not None:
                     continue
-                reason = await asyncio.to_thread(self._why_not_own, name, datetime.now())
+                reason = await asyncio.to_thread(self.own_reason, name, datetime.now())
                 if reason is None:
                     retry = self.lineages[name].retry_at is not None
                     self.queue.add(name, "retry" if retry else "threshold")
@@ -219,9 +220,7 @@ class Coordinator:
             assert waiting is not None
             manual = waiting.trigger in MANUAL
             if not manual:
-                reason = await asyncio.to_thread(
-                    self._why_not_own, waiting.training, datetime.now()
-                )
+                reason = await asyncio.to_thread(self.own_reason, waiting.training, datetime.now())
                 if reason is not None:  # no longer due (cancelled meanwhile, window closed)
                     self.queue.remove(waiting.training)
                     continue
