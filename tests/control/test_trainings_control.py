@@ -97,7 +97,19 @@ def test_samctl_list_and_rollback_by_training(
     assert run("current")[1].strip() == "v1.0.0"  # the default's lineage did not move
     code, out = run("rollback", "gh-v1.0.1")  # another training's version: not found here
     assert code == 3 and "belongs to training 'gh'" in out
+    # A canary in gh, promoted, by hand: the default's lineage never sees it.
+    h = Home.open(load_config())
+    h.for_training("gh").versions.register(adapter(tmp_path / "g2", b"g2"))
+    h.close()
+    code, out = run("canary", "gh-v1.0.2", "--training", "gh", "--traffic", "10", "--json")
+    assert code == 0 and '"canary": "gh-v1.0.2"' in out
+    assert run("canary", "gh-v1.0.2", "--traffic", "10")[0] == 3  # not the default's version
+    code, out = run("promote", "--training", "gh", "--json")
+    assert code == 0 and '"promoted": "gh-v1.0.2"' in out
+    assert run("promote")[0] == 4  # no canary in the default training
+    assert run("current", "--training", "gh")[1].strip() == "gh-v1.0.2"
+    assert run("current")[1].strip() == "v1.0.0"
     code, out = run("status")
-    assert code == 0 and "training gh (sam-gh): gh-v1.0.0; 0 new / 100 needed" in out
+    assert code == 0 and "training gh (sam-gh): gh-v1.0.2; 0 new / 100 needed" in out
     code, out = run("list", "--training", "nope")
     assert code == 3 and "no training 'nope'" in out
