@@ -99,21 +99,23 @@ def confined(ctx: AppContext, body: dict[str, Any], key: str, want_dir: bool) ->
     return real
 
 
-def canary_doc(ctx: AppContext) -> dict[str, Any]:
-    state = canary.canary_state(ctx.home.versions)
+def canary_doc(ctx: AppContext, home: Home | None = None) -> dict[str, Any]:
+    """The canary of a training (`home`; default: the default training's)."""
+    home = home or ctx.home
+    state = canary.canary_state(home.versions)
     doc: dict[str, Any] = {"active": state is not None}
     if state is not None:
         doc.update(
             version=state.version,
             percent=state.percent,
             since=state.since,
-            steps=list(ctx.home.config.deployment.canary_steps),
+            steps=list(home.config.deployment.canary_steps),
         )
     if ctx.chat is not None:
         windows = ctx.chat.metrics()
         shadow = ctx.chat.shadow
         doc["shadow"] = {"enabled": shadow is not None, **(shadow.stats() if shadow else {})}
-        active = ctx.home.versions.current()
+        active = home.versions.current()
         stable = windows.get(active.version) if active else None
         doc["stable_metrics"] = stable.to_dict() if stable else None
         if state is not None:
@@ -124,7 +126,8 @@ def canary_doc(ctx: AppContext) -> dict[str, Any]:
 
 async def get_canary(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    return web.json_response(await asyncio.to_thread(canary_doc, ctx))
+    home = training_home(ctx, {"training": request.query.get("training")})
+    return web.json_response(await asyncio.to_thread(canary_doc, ctx, home))
 
 
 async def post_canary(request: web.Request) -> web.Response:

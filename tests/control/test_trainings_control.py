@@ -59,8 +59,17 @@ async def test_api_lists_each_training_and_rolls_back_one(client: TestClient[Any
     assert "0 new samples, 3 needed" in training["trainings"][1]["blocked_by"]
     versions = await (await client.get("/api/versions?training=gh")).json()
     assert [v["version"] for v in versions["versions"]] == ["gh-v1.0.0", "gh-v1.0.1"]
-    resp = await client.post("/api/rollback", json={"training": "gh"}, headers=headers)
+    # A canary in gh, by the API: visible with ?training=gh only, promoted in gh only.
+    body = {"version": "gh-v1.0.0", "training": "gh", "traffic": 10}
+    resp = await client.post("/api/canary", json=body, headers=headers)
+    assert resp.status == 200, await resp.text()
+    doc = await (await client.get("/api/canary?training=gh")).json()
+    assert (doc["version"], doc["percent"]) == ("gh-v1.0.0", 10)
+    assert (await (await client.get("/api/canary")).json())["active"] is False
+    resp = await client.post("/api/promote", json={"training": "gh"}, headers=headers)
     assert resp.status == 200 and (await resp.json())["version"]["version"] == "gh-v1.0.0"
+    resp = await client.post("/api/rollback", json={"training": "gh"}, headers=headers)
+    assert resp.status == 200 and (await resp.json())["version"]["version"] == "gh-v1.0.1"
     doc = await (await client.get("/api/versions/current")).json()
     assert doc["version"]["version"] == "v1.0.0"  # the default did not move
     resp = await client.post("/api/train", json={"training": "nope"}, headers=headers)
