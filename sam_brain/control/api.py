@@ -67,8 +67,10 @@ async def get_health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "uptime_seconds": round(time.time() - ctx.started, 1)})
 
 
-def _training_doc(ctx: AppContext) -> dict[str, Any]:
+def _training_doc(ctx: AppContext, name: str = DEFAULT_TRAINING) -> dict[str, Any]:
+    """`/api/training`: the slot, the queue, and `name`'s blocker and recent runs."""
     coord = ctx.coordinator
+    home = ctx.home.for_training(name)
     current = None
     if coord.training and coord.job is not None and coord.job.run is not None:
         current = coord.job.home.store.get_run(coord.job.run.run_id).to_dict()
@@ -76,9 +78,9 @@ def _training_doc(ctx: AppContext) -> dict[str, Any]:
         "training": coord.training,
         "running": coord.running,  # the training whose run holds the machine's one slot
         "current": current,
-        "blocked_by": None if coord.training else coord.why_not(),
+        "blocked_by": None if coord.training else coord.why_not(training=name),
         "queue": coord.queue.to_list(),  # trainings waiting for the slot, first first
-        "runs": [r.to_dict() for r in ctx.home.store.runs(10)],
+        "runs": [r.to_dict() for r in home.store.runs(10)],
         "trainings": [
             {"name": h.training, "blocked_by": coord.why_not(training=h.training)}
             for h in ctx.home.trainings()
@@ -88,7 +90,8 @@ def _training_doc(ctx: AppContext) -> dict[str, Any]:
 
 async def get_training(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    return web.json_response(await asyncio.to_thread(_training_doc, ctx))
+    name = request.query.get("training", DEFAULT_TRAINING)
+    return web.json_response(await asyncio.to_thread(_training_doc, ctx, name))
 
 
 def _training_name(ctx: AppContext, body: dict[str, Any]) -> str:

@@ -102,14 +102,14 @@ def _loss_values(client: Client, run_id: str) -> list[float]:
     return [p["train_loss"] for p in doc.get("points", []) if p.get("train_loss") is not None]
 
 
-def _follow(client: Client, run_id: str, show_bar: bool) -> int:
+def _follow(client: Client, run_id: str, show_bar: bool, training: str = "sam") -> int:
     bar = None
     if show_bar:
         from tqdm import tqdm
 
         bar = tqdm(total=0, unit="step", desc=run_id)
     while True:
-        _, doc = client.call("GET", "/api/training")
+        _, doc = client.call("GET", f"/api/training?training={training}")
         run = next((r for r in doc["runs"] if r["run_id"] == run_id), None)
         if run is None:
             time.sleep(0.5)
@@ -158,7 +158,7 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
         else f"training run {run_id} started"
     )
     if args.wait or args.follow:
-        return _follow(client, run_id, args.follow)
+        return _follow(client, run_id, args.follow, args.training)
     return 0
 
 

@@ -151,6 +151,8 @@ async def test_the_queue_is_visible_and_a_queued_training_can_leave_it(
     assert training["running"] == "gh" and training["current"]["training"] == "gh"
     assert [(w["training"], w["trigger"]) for w in training["queue"]] == [("sam", "forced")]
     assert "queued at position 1" in training["trainings"][0]["blocked_by"]
+    gh_doc = await (await client.get("/api/training?training=gh")).json()
+    assert [r["training"] for r in gh_doc["runs"]] == ["gh"] and training["runs"] == []
     assert (await post("/api/train/cancel", {"training": "sam"}))[1]["cancelled"]
     assert (await (await client.get("/api/training")).json())["queue"] == []
     gh_store = home.for_training("gh").store
