@@ -37,7 +37,8 @@ def _matches(sample: Sample, t: NamedTraining) -> bool:
         rules = PathRules(t.projects)
         project = str(sample.meta.get("project") or "")
         places = [*sample_paths(sample), *([project] if project else [])]
-        if not any(rules.match(p) for p in places):
+        # match_any also knows a transcript by its ~/.claude/projects folder (never scrubbed)
+        if not rules.match_any(places):
             return False
     return True
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,10 @@ def make_home(tmp_path: Path) -> Home:
         # pinned to gh although it matches none of gh's rules: pinned wins
         *(sample(i + 200, "sessions", cwd="/work/acme", training="gh") for i in range(2)),
     ]
+    # A transcript of /work/acme whose recorded cwd says nothing: its Claude Code project
+    # folder (the source key, never scrubbed) places it.
+    s = sample(300, "sessions", cwd="/home/user/elsewhere")
+    rows.append(replace(s, source_key="/h/.claude/projects/-work-acme/s300.jsonl"))
     with file_lock(home.pool.lock_path):
         home.pool.upsert([(s, "train") for s in rows])
     return home
@@ -71,17 +76,17 @@ def test_each_training_trains_on_its_own_samples_only(tmp_path: Path) -> None:
         f"sessions question {i + 200}" for i in range(2)
     }
     acme = dataset_texts(home.for_training("acme"), tmp_path / "acme")
-    assert acme == {f"sessions question {i}" for i in range(6)}
+    assert acme == {f"sessions question {i}" for i in range(6)} | {"sessions question 300"}
     docs = dataset_texts(home.for_training("docs"), tmp_path / "docs")
     assert docs == {f"dataset question {i}" for i in range(4)}
     # The default keeps everything not pinned to a named training (today's behaviour).
     default = dataset_texts(home, tmp_path / "sam")
-    assert len(default) == 6 + 5 + 7 + 3
+    assert len(default) == 6 + 5 + 7 + 3 + 1
     assert not any(t.startswith("dataset") for t in default)
     assert "sessions question 200" not in default
     # The threshold counts each training's own new samples.
     counts = {h.training: new_samples_since_last_run(h) for h in home.trainings()}
-    assert counts == {"sam": 21, "acme": 6, "docs": 4, "gh": 9}
+    assert counts == {"sam": 22, "acme": 7, "docs": 4, "gh": 9}
     home.close()
 
 
