@@ -139,7 +139,8 @@ class ChatServer:
             state.percent if state else 0,
         )
         with self._state_lock:
-            if routing.key() != self._routings.get(training, Routing()).key():
+            current = self._routings.setdefault(training, Routing())
+            if routing.key() != current.key():
                 log.info(
                     "serving %s changed: active=%s canary=%s at %s%%",
                     model_id(training),

@@ -95,3 +95,29 @@ async def test_automatic_rollback_is_per_training(
     assert lora_versions.current().version == "v1.0.0"  # type: ignore[union-attr]
     assert (await ask(client, "sam-gh"))[2] == "gh-v1.0.0"
     assert (await ask(client, "sam"))[2] == "v1.0.0"
+
+
+async def test_trainings_without_versions_are_served_by_the_base(
+    tiny_model: Path, tmp_path: Path, aiohttp_client: Any
+) -> None:
+    from aiohttp import web
+
+    from deployment.serving import ChatServer, add_routes
+
+    store = Store(tmp_path / "state.db")
+    default = Versions(store, tmp_path / "versions")
+    gh = Versions(store.scoped("gh"), tmp_path / "trainings" / "gh" / "versions")
+    server = ChatServer(default, tiny_model, default_max_tokens=4, lineages={"gh": gh})
+    app = web.Application()
+    add_routes(app, server)
+    client = await aiohttp_client(app)
+    try:
+        for model in ("sam", "sam-gh", "sam-brain"):
+            status, body, header = await ask(client, model)
+            assert (status, header) == (200, "base"), body
+        models = (await (await client.get("/v1/models")).json())["data"]
+        assert [(m["id"], m["version"]) for m in models] == [
+            ("sam-brain", "base"), ("sam", "base"), ("sam-gh", "base"), ("base", "base"),
+        ]  # fmt: skip
+    finally:
+        server.close()
