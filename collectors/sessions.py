@@ -21,11 +21,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from collectors.coverage import has_work
-from collectors.curate import CurateOptions, curate
+from collectors.curate import curate
 from collectors.quality import QualityConfig
 from collectors.session_filter import SessionFilter, peek_field
 from collectors.transcript import SUBAGENT_TOOLS, Conversation, parse_file
 from collectors.transcript_lines import ToolCall
+from collectors.turn_windows import CurateOptions
 from sam_brain.pipeline.archive import write_archive_copy
 from sam_brain.pipeline.exclude import file_ident, skip_excluded
 from sam_brain.pipeline.windowing import TokenCount, estimate_tokens

@@ -1,14 +1,19 @@
-"""Task benchmarks: scored answers to fixed prompts, per category, for any generate function.
+"""Task benchmarks: scored answers to fixed prompts, per category and per source.
 
-Cases come from JSONL files, one per line: `{"category", "prompt", "keywords": [...],
-"expected"?, "format": "text"|"json", "min_words"?, "id"?}`. Each answer gets the seed benchmark's
-score (HALops `eval/benchmark.py`: keyword recall 70 % + length 30 %), plus exact match when an
-`expected` answer is given and JSON validity for `"format": "json"` cases. The seed names the
-length term but does not define it; here it is *length adequacy* = min(1, words / target), the
-target being the case's `min_words`, else half the expected answer's words, else 20 words: an
-answer is not rewarded for padding, only penalised for being too short to carry the content.
-The generate function is an argument (`prompt -> answer`), so a stand-in and a real model run
-through the same code; `model_generate` builds one from a `serving.ResidentModel`.
+Cases come from JSONL files (`deployment.cases`). Each answer gets a score in [0, 1] by the
+case's `scoring`:
+
+- `exact` (clitron's exact match): 1 when the answer equals `expected`, else 0;
+- `json` (clitron's JSON validity + schema compliance): 0.5 for valid JSON + 0.5 when it
+  conforms (to the case's JSON Schema and/or `expected` value; with neither, validity is all);
+- `keywords` (HALops' `eval/benchmark.py`): 0.7 x keyword recall + 0.3 x length adequacy. The
+  seed names the length term but does not define it; here it is min(1, words / target), the
+  target being the case's `min_words`, else half the expected answer's words, else 20 words: an
+  answer is not rewarded for padding, only penalised for being too short to carry the content.
+
+The generate function is an argument (`(messages, max_tokens) -> answer`), so a stand-in and a
+real model run through the same code; `model_generate` builds one from the gate's resident model
+(greedy, prompts rendered as training renders them: `sam_brain.render.prompt_ids`).
 """
 
 from __future__ import annotations
@@ -19,129 +24,84 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from sam_brain.errors import BadRequest
+from deployment.cases import BenchmarkCase, load_case_files, load_cases, parse_case
+from deployment.resident import Completion, Halted
+from sam_brain.protocols import Message
 
-if TYPE_CHECKING:
-    from deployment.resident import ResidentModel
+__all__ = ["BenchmarkCase", "load_case_files", "load_cases", "parse_case", "run_benchmark"]
 
 KEYWORD_WEIGHT = 0.7
 LENGTH_WEIGHT = 0.3
 DEFAULT_MIN_WORDS = 20
-FORMATS = ("text", "json")
-_FENCE = re.compile(r"^\s*```[\w-]*\s*\n(.*?)\n?```\s*$", re.DOTALL)
-
-
-@dataclass(frozen=True)
-class BenchmarkCase:
-    """One prompt with what a good answer contains."""
-
-    category: str
-    prompt: str
-    keywords: tuple[str, ...] = ()
-    expected: Any = None  # text, or a JSON value for "json" cases
-    format: str = "text"
-    min_words: int | None = None
-    id: str = ""
+DEFAULT_MAX_TOKENS = 128
+_OPEN_FENCE = re.compile(r"\A```[\w-]*[ \t]*\n")
+Generate = Callable[[list[Message], int], str]
 
 
 @dataclass
 class CaseResult:
-    """The score of one answer."""
+    """The score of one answer and what it is made of (None: not measured by this scoring)."""
 
     id: str
     category: str
+    source: str
+    scoring: str
+    prompt: str
     output: str
-    keyword_recall: float
-    length_adequacy: float
     score: float
-    exact_match: bool | None  # None: the case has no expected answer
-    json_valid: bool | None  # None: not a JSON case
-    missing_keywords: list[str]
+    exact_match: bool | None = None
+    json_valid: bool | None = None
+    conforms: bool | None = None  # to the schema and/or expected value
+    schema_error: str = ""
+    keyword_recall: float | None = None
+    length_adequacy: float | None = None
+    missing_keywords: list[str] = field(default_factory=list)
     error: str = ""
+
+    def why(self) -> str:
+        """What was wrong, in a few words ("" for a full score)."""
+        if self.error:
+            return self.error
+        if self.scoring == "keywords" and self.missing_keywords:
+            return "missing " + ", ".join(map(repr, self.missing_keywords))
+        if self.scoring == "json" and not self.json_valid:
+            return "not JSON"
+        if self.scoring == "json" and not self.conforms:
+            return self.schema_error or "JSON differs from the expected value"
+        if self.scoring == "exact" and not self.exact_match:
+            return "not the expected answer"
+        return "too short" if self.score < 1 else ""
 
 
 @dataclass
-class CategoryStats:
-    """Means over one category's cases; rates are None when no case measures them."""
+class GroupStats:
+    """Means over one category's or source's cases; rates are None when no case measures them."""
 
     cases: int
     score: float
-    keyword_recall: float
-    length_adequacy: float
     exact_match_rate: float | None
     json_valid_rate: float | None
+    keyword_recall: float | None
 
 
 @dataclass
 class BenchmarkReport:
-    """All case results with the overall and per-category scores."""
+    """All case results with the overall, per-category and per-source scores."""
 
     cases: int
     score: float
-    categories: dict[str, CategoryStats]
+    categories: dict[str, GroupStats]
+    sources: dict[str, GroupStats]
     results: list[CaseResult] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-
-def load_cases(path: Path) -> list[BenchmarkCase]:
-    """Read a JSONL case file.
-
-    Raises:
-        BadRequest: A line is not JSON or misses/mistypes a field (named with its line number).
-    """
-    cases = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise BadRequest(f"{where}: not JSON ({err.msg})") from err
-            cases.append(_case(row, where, default_id=f"{path.stem}-{lineno}"))
-    return cases
-
-
-def _case(row: Any, where: str, default_id: str) -> BenchmarkCase:
-    if not isinstance(row, dict):
-        raise BadRequest(f"{where}: expected a JSON object")
-    problems = []
-    for key in ("category", "prompt"):
-        if not isinstance(row.get(key), str) or not row[key].strip():
-            problems.append(f"'{key}' must be a non-empty string")
-    keywords = row.get("keywords", [])
-    if not isinstance(keywords, list) or not all(isinstance(k, str) and k for k in keywords):
-        problems.append("'keywords' must be a list of non-empty strings")
-    fmt = row.get("format", "text")
-    if fmt not in FORMATS:
-        problems.append(f"'format' must be one of {', '.join(FORMATS)}")
-    min_words = row.get("min_words")
-    if min_words is not None and (not isinstance(min_words, int) or min_words < 1):
-        problems.append("'min_words' must be a positive integer")
-    if problems:
-        raise BadRequest(f"{where}: " + "; ".join(problems))
-    expected = row.get("expected")
-    if fmt == "json" and isinstance(expected, str):
-        try:  # an expected JSON answer may be given as its text
-            expected = json.loads(expected)
-        except json.JSONDecodeError as err:
-            raise BadRequest(f"{where}: 'expected' is not valid JSON ({err.msg})") from err
-    return BenchmarkCase(
-        category=row["category"],
-        prompt=row["prompt"],
-        keywords=tuple(keywords),
-        expected=expected,
-        format=fmt,
-        min_words=min_words,
-        id=str(row.get("id") or default_id),
-    )
+    def scores(self) -> list[float]:
+        return [r.score for r in self.results]
 
 
 def keyword_recall(text: str, keywords: Sequence[str]) -> tuple[float, list[str]]:
@@ -168,83 +128,126 @@ def length_adequacy(text: str, case: BenchmarkCase) -> float:
     return min(1.0, len(text.split()) / length_target(case))
 
 
+def unfence(text: str) -> str:
+    """The answer without a code fence opening it or closing it (small models often write only
+    one of the two); text before an opening fence is kept, so prose + JSON is not JSON."""
+    body = text.strip()
+    opened = _OPEN_FENCE.match(body)
+    body = body[opened.end() :] if opened else body
+    return body.removesuffix("```").strip()
+
+
 def parse_json_answer(text: str) -> tuple[bool, Any]:
     """`(valid, value)` of an answer that should be JSON; a Markdown code fence is allowed."""
-    fenced = _FENCE.match(text)
-    body = fenced.group(1) if fenced else text
     try:
-        return True, json.loads(body)
+        return True, json.loads(unfence(text))
     except json.JSONDecodeError:
         return False, None
 
 
-def _normalise(text: str) -> str:
-    return " ".join(text.split()).casefold()
+def schema_error(value: Any, schema: dict[str, Any]) -> str:
+    """The first way `value` breaks `schema` ("" when it conforms), with where in the value."""
+    from jsonschema import validators
+
+    validator = validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(value), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return ""
+    err = errors[0]
+    where = "/".join(str(p) for p in err.absolute_path) or "the value"
+    return f"schema: {where}: {err.message}"[:200]
+
+
+def _normalise(text: str, ignore_case: bool) -> str:
+    flat = " ".join(unfence(text).split())
+    return flat.casefold() if ignore_case else flat
 
 
 def score_case(case: BenchmarkCase, output: str, error: str = "") -> CaseResult:
-    """Score one answer: 0.7 x keyword recall + 0.3 x length adequacy, plus the exact checks."""
-    recall, missing = keyword_recall(output, case.keywords)
-    adequacy = length_adequacy(output, case)
-    json_valid: bool | None = None
-    exact: bool | None = None
-    if case.format == "json":
-        json_valid, value = parse_json_answer(output)
-        if case.expected is not None:
-            exact = json_valid and value == case.expected
-    elif case.expected is not None:
-        exact = _normalise(output) == _normalise(str(case.expected))
-    return CaseResult(
+    """Score one answer by the case's scoring rule."""
+    result = CaseResult(
         id=case.id,
         category=case.category,
+        source=case.source,
+        scoring=case.scoring,
+        prompt=case.prompt[:200],
         output=output,
-        keyword_recall=recall,
-        length_adequacy=adequacy,
-        score=KEYWORD_WEIGHT * recall + LENGTH_WEIGHT * adequacy,
-        exact_match=exact,
-        json_valid=json_valid,
-        missing_keywords=missing,
+        score=0.0,
         error=error,
     )
+    if case.scoring == "exact":
+        same = _normalise(output, case.ignore_case) == _normalise(case.expected, case.ignore_case)
+        result.exact_match = same
+        result.score = float(same)
+    elif case.scoring == "json":
+        valid, value = parse_json_answer(output)
+        conforms = valid
+        if valid and case.schema is not None:
+            result.schema_error = schema_error(value, case.schema)
+            conforms = not result.schema_error
+        if valid and case.expected is not None:
+            result.exact_match = value == case.expected
+            conforms = conforms and result.exact_match
+        result.json_valid, result.conforms = valid, conforms
+        has_target = case.schema is not None or case.expected is not None
+        result.score = 0.5 * valid + 0.5 * conforms if has_target else float(valid)
+    else:
+        recall, missing = keyword_recall(output, case.keywords)
+        adequacy = length_adequacy(output, case)
+        result.keyword_recall, result.length_adequacy = recall, adequacy
+        result.missing_keywords = missing
+        result.score = KEYWORD_WEIGHT * recall + LENGTH_WEIGHT * adequacy
+    return result
 
 
 def run_benchmark(
-    cases: Sequence[BenchmarkCase], generate: Callable[[str], str]
+    cases: Sequence[BenchmarkCase],
+    generate: Generate,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
 ) -> BenchmarkReport:
     """Answer every case with `generate` and score it.
 
     A case whose generation raises scores as an empty answer with the error recorded, so one
-    failure does not hide the other results.
+    failure does not hide the other results; a halted model (daemon shutdown) stops the run.
     """
     start = time.perf_counter()
     results = []
     for case in cases:
+        budget = case.max_tokens or max_tokens
         try:
-            results.append(score_case(case, generate(case.prompt)))
+            results.append(score_case(case, generate(list(case.messages), budget)))
+        except Halted:  # the daemon is stopping: no verdict, rather than every case failed
+            raise
         except Exception as err:  # any generator failure is this case's result, not a crash
             results.append(score_case(case, "", error=f"{type(err).__name__}: {err}"))
-    by_category: dict[str, list[CaseResult]] = {}
-    for r in results:
-        by_category.setdefault(r.category, []).append(r)
     return BenchmarkReport(
         cases=len(results),
         score=_mean([r.score for r in results]),
-        categories={name: _stats(rs) for name, rs in sorted(by_category.items())},
+        categories=group_stats(results, "category"),
+        sources=group_stats(results, "source"),
         results=results,
         seconds=time.perf_counter() - start,
     )
 
 
-def _stats(results: list[CaseResult]) -> CategoryStats:
-    exact = [r.exact_match for r in results if r.exact_match is not None]
-    valid = [r.json_valid for r in results if r.json_valid is not None]
-    return CategoryStats(
+def group_stats(results: Sequence[CaseResult], key: str) -> dict[str, GroupStats]:
+    """`GroupStats` per value of `key` ("category" or "source"), sorted by name."""
+    groups: dict[str, list[CaseResult]] = {}
+    for r in results:
+        groups.setdefault(getattr(r, key), []).append(r)
+    return {name: _stats(rs) for name, rs in sorted(groups.items())}
+
+
+def _stats(results: list[CaseResult]) -> GroupStats:
+    exact = [float(r.exact_match) for r in results if r.exact_match is not None]
+    valid = [float(r.json_valid) for r in results if r.json_valid is not None]
+    recall = [r.keyword_recall for r in results if r.keyword_recall is not None]
+    return GroupStats(
         cases=len(results),
         score=_mean([r.score for r in results]),
-        keyword_recall=_mean([r.keyword_recall for r in results]),
-        length_adequacy=_mean([r.length_adequacy for r in results]),
-        exact_match_rate=_mean([float(x) for x in exact]) if exact else None,
-        json_valid_rate=_mean([float(x) for x in valid]) if valid else None,
+        exact_match_rate=_mean(exact) if exact else None,
+        json_valid_rate=_mean(valid) if valid else None,
+        keyword_recall=_mean(recall) if recall else None,
     )
 
 
@@ -252,10 +255,16 @@ def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def model_generate(resident: ResidentModel, max_tokens: int = 256) -> Callable[[str], str]:
-    """A `generate` for `run_benchmark`: greedy answers from the adapter in use on `resident`."""
+class Answerer(Protocol):
+    """What the benchmark needs of a model (the gate's `GateModel` has it)."""
 
-    def generate(prompt: str) -> str:
-        return resident.generate([{"role": "user", "content": prompt}], max_tokens).text
+    def generate(self, messages: list[Message], max_tokens: int) -> Completion: ...
+
+
+def model_generate(model: Answerer) -> Generate:
+    """A `generate` for `run_benchmark`: greedy answers from the adapter in use on `model`."""
+
+    def generate(messages: list[Message], max_tokens: int) -> str:
+        return model.generate(messages, max_tokens).text
 
     return generate

@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 from deployment.canary import canary_state, routes_to_canary
 from deployment.chat_guard import Admission, Overloaded, Ticket
+from deployment.chat_log import ChatLog
 from deployment.chat_request import ChatRequest, decode_body, parse_request
 from deployment.prompt_limit import PromptLimit
 from deployment.resident import Completion, ResidentModel
@@ -88,6 +89,7 @@ class ChatServer:
         max_request_mb: float = 8.0,
         request_timeout_s: float = 300.0,
         max_queued: int = 8,
+        chat_log: ChatLog | None = None,
         lineages: Mapping[str, Versions] | None = None,
     ) -> None:
         """Args:
@@ -103,6 +105,7 @@ class ChatServer:
         max_request_mb: Largest request body accepted.
         request_timeout_s: Each request's deadline, queueing included (0: none).
         max_queued: Requests that may wait behind the one generating; more get 503.
+        chat_log: Where served completions are logged (None: not logged).
         lineages: Named trainings' registries served on the same base, by training name.
         """
         self.versions = versions
@@ -126,6 +129,7 @@ class ChatServer:
         # Validation has its own thread: a bad request is answered while the model generates.
         self._checker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-chat-check")
         self.refused: Counter[str] = Counter()  # requests not answered in full, by why
+        self.chat_log = chat_log
 
     def refresh(self, training: str = DEFAULT_TRAINING) -> Routing:
         """Re-read a training's active and canary from the store; a change starts new metrics

@@ -8,7 +8,9 @@ the reference (the incumbent, else the base) by a paired Wilcoxon signed-rank te
 test), both implemented exactly in `deployment.stats` (normal approximation for large samples), so
 the daemon does not need scipy. The gate also generates answers to a few test prompts and checks
 them: repeated token n-grams, ending with end-of-turn within the budget, no chat-template markers
-in the text, not empty. `EvalReport` holds every number, the decision and its reasons, as JSON.
+in the text, not empty. Task cases (`deployment.task_gate`), when given, are answered by base,
+incumbent and candidate, and a candidate significantly worse on them (the same paired test, per
+case) is blocked. `EvalReport` holds every number, the decision and its reasons, as JSON.
 """
 
 from __future__ import annotations
@@ -26,11 +28,13 @@ import numpy as np
 from deployment.gen_checks import (
     GenerationCheck,
     leaked_markers,
+    prompts_from_rows,
     repetition_rate,
     special_markers,
 )
 from deployment.resident import Completion
 from deployment.stats import Comparison, compare
+from deployment.task_gate import TaskReport, task_gate, with_tasks
 from sam_brain.errors import BadRequest
 from sam_brain.masking import encode_chat, load_rows
 from sam_brain.protocols import Message
@@ -59,6 +63,7 @@ class GateConfig:
     # fails only when the candidate misses the bar *and* does worse than the reference model
     # answering the same prompts (by more than this share), so the gate judges what training did.
     relative_slack: float = 0.05
+    case_max_tokens: int = 128  # answer budget of a task case without its own `max_tokens`
 
     def __post_init__(self) -> None:
         if self.test not in ("wilcoxon", "sign"):
@@ -102,27 +107,13 @@ class EvalReport:
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     reference_generation: list[GenerationCheck] = field(default_factory=list)
+    tasks: TaskReport | None = None  # the task cases' results, when the gate was given case files
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
-
-
-# -- generation checks --------------------------------------------------------------------------
-
-
-def prompts_from_rows(rows: list[list[Message]], count: int) -> list[list[Message]]:
-    """The conversation before the last assistant turn of the first `count` usable rows."""
-    prompts: list[list[Message]] = []
-    for messages in rows:
-        if len(prompts) >= count:
-            break
-        last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=0)
-        if last > 0:
-            prompts.append(messages[:last])
-    return prompts
 
 
 # -- the gate -----------------------------------------------------------------------------------
@@ -272,6 +263,7 @@ def evaluate_candidate(
     incumbent_dir: str | None = None,
     config: GateConfig | None = None,
     prompts: list[list[Message]] | None = None,
+    cases: Sequence[Path] = (),
 ) -> EvalReport:
     """Score base, incumbent and candidate on the test split and apply the gate.
 
@@ -282,6 +274,8 @@ def evaluate_candidate(
         incumbent_dir: The active version's adapter folder; None compares with the base.
         config: Gate settings.
         prompts: Conversations for the generation checks; default: from the test rows.
+        cases: Task case files (`deployment.cases`) run on base, incumbent and candidate; a
+            candidate significantly worse on them is blocked.
 
     Raises:
         BadRequest: The test file is malformed.
@@ -325,6 +319,18 @@ def evaluate_candidate(
         ref_name,
         reference_checks,
     )
+    tasks = None
+    if cases:
+        tasks = task_gate(
+            resident,
+            cases,
+            candidate_dir,
+            incumbent_dir,
+            alpha=config.alpha,
+            test=config.test,
+            max_tokens=config.case_max_tokens,
+        )
+        gate = Gate(*with_tasks(gate.promote, gate.reasons, tasks))
     return EvalReport(
         candidate=candidate_dir,
         incumbent=incumbent_dir,
@@ -341,6 +347,7 @@ def evaluate_candidate(
         config=config,
         seconds=time.perf_counter() - start,
         notes=notes,
+        tasks=tasks,
     )
 
 
@@ -350,6 +357,7 @@ def evaluate_version(
     version: str,
     test_path: Path,
     config: GateConfig | None = None,
+    cases: Sequence[Path] = (),
 ) -> EvalReport:
     """Gate a registered version against the active one and record an `evaluated` event."""
     candidate = versions.get(version)
@@ -361,6 +369,7 @@ def evaluate_version(
         candidate.adapter_path,
         incumbent.adapter_path if incumbent else None,
         config,
+        cases=cases,
     )
     versions.store.add_event(
         "evaluated",
@@ -371,6 +380,7 @@ def evaluate_version(
             "reasons": report.gate.reasons,
             "candidate_loss": report.candidate_loss.mean_loss,
             "reference_loss": (report.incumbent_loss or report.base).mean_loss,
+            **({"tasks": report.tasks.summary()} if report.tasks else {}),
         },
     )
     return report

@@ -1,5 +1,7 @@
 """The gate's checks of generated answers: repetition, end of turn, template markers, emptiness.
 
+The prompts are the test rows' conversations up to their last answer (`prompts_from_rows`).
+
 Measures only; `deployment.evaluate` decides what they mean (judged against the reference
 model's answers to the same prompts).
 """
@@ -9,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from sam_brain.protocols import Message
 
 TEMPLATE_MARKERS = (
     "<|im_start|>",
@@ -30,6 +34,18 @@ class GenerationCheck:
     terminated: bool
     leaked: list[str]
     empty: bool
+
+
+def prompts_from_rows(rows: list[list[Message]], count: int) -> list[list[Message]]:
+    """The conversation before the last assistant turn of the first `count` usable rows."""
+    prompts: list[list[Message]] = []
+    for messages in rows:
+        if len(prompts) >= count:
+            break
+        last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=0)
+        if last > 0:
+            prompts.append(messages[:last])
+    return prompts
 
 
 def repetition_rate(tokens: Sequence[Hashable], n: int = 4) -> float:

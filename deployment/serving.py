@@ -22,6 +22,8 @@ import uuid
 from aiohttp import web
 
 from deployment.chat_guard import Overloaded, StopReason, Ticket, read_body, watch_client
+from deployment.chat_log import Served, log_served
+from deployment.chat_request import ChatRequest
 from deployment.chat_server import BASE_MODEL, ROUTED_MODEL, ChatServer, Routing
 from deployment.resident import Completion
 from deployment.serving_stream import STOPPED_BY, stream_completion
@@ -115,12 +117,15 @@ async def _answer(
                 return _error(err.http_status, str(err), "invalid_request_error")
             name = version.version if version else BASE_MODEL
             mirror = server.mirror_target(chat, version)
+            cid = f"chatcmpl-{uuid.uuid4().hex}"
             if chat.stream:
                 response = await stream_completion(
                     request,
                     name,
                     lambda push: server.generate(version, chat, push, ticket.cancelled),
                     ticket,
+                    cid,
+                    lambda done: log_served(server.chat_log, _served(cid, chat, name, done)),
                 )
                 if ticket.reason is not None:  # ended early by its deadline or a shutdown
                     server.refused[ticket.reason] += 1
@@ -136,8 +141,9 @@ async def _answer(
         return _overloaded(err)
     if completion.finish_reason == "cancelled":
         return _stopped(server, ticket, completion)
+    await log_served(server.chat_log, _served(cid, chat, name, completion))
     payload = {
-        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "id": cid,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": name,
@@ -158,6 +164,20 @@ async def _answer(
     }
     response = web.json_response(payload, headers={"x-sam-version": name})
     return await answer_then_mirror(request, response, server.shadow, mirror, chat)
+
+
+def _served(cid: str, chat: ChatRequest, name: str, completion: Completion) -> Served:
+    """What the conversation log keeps of one answered request."""
+    return Served(
+        id=cid,
+        model=chat.model or ROUTED_MODEL,
+        version=name,
+        messages=chat.messages,
+        answer=completion.text,
+        finish_reason=completion.finish_reason,
+        stream=chat.stream,
+        time=time.time(),
+    )
 
 
 def _stopped(server: ChatServer, ticket: Ticket, completion: Completion) -> web.Response:

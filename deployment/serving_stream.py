@@ -33,11 +33,17 @@ async def stream_completion(
     name: str,
     run: Callable[[Callable[[str], None]], Awaitable[Completion]],
     ticket: Ticket,
+    completion_id: str = "",
+    on_done: Callable[[Completion], Awaitable[None]] | None = None,
 ) -> web.StreamResponse:
-    """Answer `request` as SSE; `run(push)` generates, calling `push` with each text segment."""
+    """Answer `request` as SSE; `run(push)` generates, calling `push` with each text segment.
+
+    `on_done(completion)` runs after the finish chunk of a completed answer and before `[DONE]`
+    (the conversation log, so a client that saw `[DONE]` can already give feedback on it).
+    """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[str] = asyncio.Queue()
-    chunk_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    chunk_id, created = completion_id or f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
     def chunk(delta: dict[str, str], finish: str | None = None) -> bytes:
         doc = {
@@ -84,6 +90,8 @@ async def stream_completion(
                 await response.write(event(stopped[1], stopped[0]))
             else:
                 await response.write(chunk({}, completion.finish_reason))
+                if on_done is not None:
+                    await on_done(completion)
         except Exception as err:
             log.exception("streamed chat completion failed")
             await response.write(event(f"generation failed: {err}", "server_error"))

@@ -58,6 +58,14 @@ class SourcesConfig:
         True,
         "Keep a compressed copy of each raw transcript under the home (Claude Code deletes them after 30 days).",
     )
+    archive_keep_days: float = _f(
+        0.0,
+        "Archived transcripts unchanged for longer than this are pruned daily (0 keeps them all); those the active, canary and rollback versions were trained on are kept.",
+    )
+    archive_max_mb: float = _f(
+        2048.0,
+        "Cap on the archive's size: the oldest unprotected transcripts go first (0 means no cap).",
+    )
     git_repos: list[str] = _f(
         [], "Git repositories whose new commits become commit-message samples."
     )
@@ -161,6 +169,17 @@ def _builtin_profiles() -> dict[str, Profile]:
 
 
 @dataclass(frozen=True)
+class RemoteResources:
+    """What a remote (Ray) run asks the cluster for."""
+
+    workers: int = _f(
+        1, "Training processes; more than one runs the CUDA loop's DDP path under Ray Train."
+    )
+    gpus_per_worker: float = _f(0.0, "GPUs each worker needs (0: CPU only, gloo for DDP).")
+    cpus_per_worker: float = _f(1.0, "CPUs each worker needs.")
+
+
+@dataclass(frozen=True)
 class TrainingConfig:
     """When and how adapters are trained."""
 
@@ -197,6 +216,30 @@ class TrainingConfig:
         "Memory a run may use: the backend's pre-flight estimate is fitted under it by halving"
         " batch_size (then max_seq_length) before training starts. 0 reads the free memory at"
         " the run's start (GPU memory for CUDA on a GPU, else RAM); -1 turns the fit off.",
+    )
+    remote: str = _f(
+        "",
+        "Train on a Ray cluster instead of a local subprocess: `http://HOST:8265` (the Ray Jobs"
+        " / dashboard address) or `ray://HOST:10001`; empty trains locally (docs/operations.md).",
+    )
+    remote_resources: RemoteResources = field(
+        default_factory=RemoteResources, metadata={"doc": "What a remote run asks for."}
+    )
+    remote_fallback: str = _f(
+        "",
+        "`local`: when the cluster cannot be reached the run trains locally (the run record"
+        " says so); empty: the run fails with the address in its reason.",
+    )
+    remote_storage: str = _f(
+        "~/sam-brain-remote",
+        "Folder on the cluster for each remote run's dataset copy, checkpoints and adapter"
+        " (a resumed run continues from it); with several nodes, a mount every node shares.",
+    )
+    remote_max_upload_mb: float = _f(
+        100.0, "Largest dataset + spec (+ the adapter a run builds on) sent with a remote job."
+    )
+    remote_timeout_minutes: float = _f(
+        480.0, "A remote run (queueing on the cluster included) longer than this is stopped."
     )
     keep_runs: int = _f(
         10,
@@ -258,7 +301,8 @@ class DeploymentConfig:
         [],
         "Task case files (JSONL; see docs/operations.md) the gate runs on base, incumbent and"
         " candidate for the default training: a candidate significantly worse on them is blocked."
-        " Relative paths are taken from the data folder.",
+        " Relative paths are taken from the data folder; `builtin:coding` is a shipped set of 10"
+        " general coding cases (guards against forgetting).",
     )
     gate_case_max_tokens: int = _f(
         128, "Answer budget of a task case that sets no `max_tokens` of its own (greedy)."
@@ -287,6 +331,13 @@ class DeploymentConfig:
     max_queued_requests: int = _f(
         8,
         "Chat requests that may wait behind the one generating; more answer 503 with `Retry-After`.",
+    )
+    log_conversations: bool = _f(
+        False,
+        "Log each served chat completion (prompt, answer, version, id), scrubbed, under `<data>/conversations/`; `POST /v1/feedback` needs it. See docs/operations.md.",
+    )
+    log_keep_days: int = _f(
+        30, "Days of conversation logs kept (one file a day; older ones are deleted). 0: keep all."
     )
     canary_steps: list[int] = _f(
         [10, 25, 50, 100],

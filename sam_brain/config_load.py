@@ -131,6 +131,7 @@ def _validate(cfg: Config, problems: list[str]) -> None:
             parse_window(t.nightly_window)
         except ValueError as err:
             problems.append(f"training.nightly_window: {err}")
+    _validate_remote(cfg, problems)
     if not 0 < cfg.api.port < 65536:
         problems.append(f"api.port: {cfg.api.port} is not a TCP port")
     split = cfg.pipeline.split
@@ -147,6 +148,11 @@ def _validate(cfg: Config, problems: list[str]) -> None:
         problems.append("deployment.gate_holdout_share: must be in [0, 1)")
     if cfg.deployment.gate_min_rows < 1:
         problems.append("deployment.gate_min_rows: must be at least 1")
+    if cfg.deployment.log_keep_days < 0:
+        problems.append("deployment.log_keep_days: must be >= 0 (0 keeps all)")
+
+    if cfg.deployment.gate_case_max_tokens < 1:
+        problems.append("deployment.gate_case_max_tokens: must be at least 1")
     _validate_trainings(cfg, problems)
     for name, p in cfg.profiles.items():
         for fname in ("lora_rank", "batch_size", "grad_accum", "max_seq_length"):
@@ -154,6 +160,29 @@ def _validate(cfg: Config, problems: list[str]) -> None:
                 problems.append(f"profiles.{name}.{fname}: must be at least 1")
         if p.learning_rate <= 0:
             problems.append(f"profiles.{name}.learning_rate: must be positive")
+
+
+def _validate_remote(cfg: Config, problems: list[str]) -> None:
+    t, r = cfg.training, cfg.training.remote_resources
+    if t.remote and not t.remote.startswith(("ray://", "http://", "https://")):
+        problems.append(
+            f"training.remote: {t.remote!r} is not a Ray address (ray://HOST:PORT or"
+            " http://HOST:8265)"
+        )
+    if t.remote_fallback not in ("", "local"):
+        problems.append(f'training.remote_fallback: {t.remote_fallback!r} is not "" or local')
+    if r.workers < 1:
+        problems.append("training.remote_resources.workers: must be at least 1")
+    if r.gpus_per_worker < 0 or r.cpus_per_worker <= 0:
+        problems.append(
+            "training.remote_resources: gpus_per_worker must be >= 0, cpus_per_worker > 0"
+        )
+    if r.workers > 1 and t.backend == "mlx":
+        problems.append("training.remote_resources.workers: more than 1 needs backend cuda")
+    if t.remote_max_upload_mb <= 0 or t.remote_timeout_minutes <= 0:
+        problems.append("training.remote_max_upload_mb/remote_timeout_minutes: must be positive")
+    if t.remote and not t.remote_storage:
+        problems.append("training.remote_storage: must name a folder on the cluster")
 
 
 TRAINING_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")

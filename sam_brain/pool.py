@@ -225,6 +225,10 @@ class Pool:
         for row in rows:
             yield Sample(**json.loads(row["data"])), row["split"]
 
+    def source_keys(self, source: str) -> set[str]:
+        """The distinct source keys (transcript paths, commits, ...) of one source's samples."""
+        return {r["source_key"] for r in self._rows(f"source = {_quote([source])}", ["source_key"])}
+
     def get(self, sample_id: str) -> tuple[Sample, dict[str, Any]] | None:
         """One sample with its pool columns (split, first_seen, ...), or None."""
         rows = self._rows(f"id = {_quote([sample_id])}")

@@ -273,8 +273,9 @@ def test_dataset_build_recuts_long_rows_so_training_truncates_nothing(
 
 
 def test_windows_fit_in_the_base_models_own_tokens(tiny_model: Path, fixtures: Path) -> None:
-    from collectors.curate import CurateOptions, curate
+    from collectors.curate import curate
     from collectors.sessions import load_session
+    from collectors.turn_windows import CurateOptions
     from sam_brain.config import Config
     from sam_brain.pipeline.tokens import message_counter, tokenizer_counter, window_tokens
     from sam_brain.pipeline.windowing import estimate_tokens

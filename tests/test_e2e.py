@@ -14,29 +14,9 @@ from typing import Any
 import pytest
 
 from sam_brain.dev.demo import free_port
-from tests.api_auth import auth_headers
-from tests.daemon_proc import wait
+from tests.daemon_proc import TINY_TRAINING, get, post, spawn, wait
 
 pytestmark = pytest.mark.slow
-
-
-def get(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        return json.loads(resp.read())
-
-
-def post(url: str, body: dict[str, Any], home: Path) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", **auth_headers(home)},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
 
 
 def test_daemon_trains_and_activates_a_version(tmp_path: Path, tiny_model: Path) -> None:
@@ -48,46 +28,14 @@ def test_daemon_trains_and_activates_a_version(tmp_path: Path, tiny_model: Path)
     home, sessions, port = tmp_path / "home", tmp_path / "projects", free_port()
     sessions.mkdir()
     home.mkdir()
-    (home / "config.toml").write_text(f"""
-[api]
-port = {port}
-[sources]
-sessions_dirs = ["{sessions}"]
-quiet_minutes = 0.0
-[training]
-backend = "mlx"
-mlx_base_model = "{tiny_model}"
-min_for_training = 10
-profile = "t"
-check_interval_seconds = 1.0
-max_retries = 0
-[deployment]
-gate_max_repetition = 1.0
-gate_min_terminated = 0.0
-# 6 short sessions leave one or two held out: let the gate judge on them (default 8 rows)
-gate_min_rows = 1
-[profiles.t]
-lora_rank = 4
-lora_alpha = 8.0
-batch_size = 2
-grad_accum = 1
-max_seq_length = 256
-num_layers = -1
-learning_rate = 1e-3
-max_steps = 12
-eval_every = 6
-save_every = 6
-""")
+    cfg = TINY_TRAINING.format(
+        port=port, sessions=sessions, model=tiny_model, eval_every=6, save_every=6
+    )
+    (home / "config.toml").write_text(cfg)
     env = dict(os.environ, SAM_BRAIN_HOME=str(home), HF_HUB_OFFLINE="1")
     log = tmp_path / "daemon.log"
     url = f"http://127.0.0.1:{port}"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sam_brain.control.daemon", "serve"],
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
+    proc = spawn(env, log)
     try:
         wait(lambda: get(url + "/api/health")["ok"], 60, proc, log)
         # A second daemon on the same home refuses to start.

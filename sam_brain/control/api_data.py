@@ -13,11 +13,12 @@ from typing import Any
 
 from aiohttp import web
 
+from sam_brain.control.api_import import post_import
 from sam_brain.control.app import CTX, read_bool, read_json
 from sam_brain.errors import BadRequest
+from sam_brain.protocols import SOURCES
 
 FIELDS = ("source", "session", "project", "before", "match")
-SOURCES = ("sessions", "git", "docs", "distill")
 
 
 def _selector(body: dict[str, Any]) -> Any:
@@ -58,3 +59,4 @@ async def post_forget(request: web.Request) -> web.Response:
 
 def add_data_routes(app: web.Application) -> None:
     app.router.add_post("/api/data/forget", post_forget)
+    app.router.add_post("/api/data/import", post_import)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sam_brain.config import Config, data_dir
 from sam_brain.config_load import load_config
-from sam_brain.control import cli_data, cli_deploy, cli_doctor
+from sam_brain.control import cli_data, cli_deploy, cli_doctor, cli_eval
 from sam_brain.control.cli_client import Client, error_from_http, open_home, print_doc
 from sam_brain.errors import DaemonUnreachable, SamBrainError, TrainingFailed
 
@@ -167,6 +167,12 @@ def cmd_ingest(args: argparse.Namespace, config: Config) -> int:
     from sam_brain.pipeline.ingest import ingest
     from sam_brain.pipeline.tokens import message_counter, window_tokens
 
+    if args.source == "dataset":
+        from sam_brain.control.dataset_import import cmd_dataset
+
+        return cmd_dataset(args, config)
+    if args.training or args.format != "auto" or args.skip_bad or args.dry_run:
+        raise SamBrainError("ingest: --training, --format, --skip-bad, --dry-run are for datasets")
     if args.from_archive != (not args.paths) or (args.from_archive and args.source != "sessions"):
         raise SamBrainError("ingest: give paths, or `sessions --from-archive` without paths")
     home = open_home(config)
@@ -345,6 +351,7 @@ HANDLERS = {
     "history": cli_deploy.history,
     "export": cli_deploy.export,
     "doctor": cli_doctor.doctor,
+    "eval": cli_eval.evaluate,
 }
 
 

@@ -40,6 +40,7 @@ RENDER_HELP = (
 
 
 def data(args: argparse.Namespace, config: Config) -> int:
+    from sam_brain.control.feedback import feedback_stats
     from sam_brain.pipeline.coverage import CURSOR_PREFIX, summarize
 
     home = open_home(config)
@@ -49,6 +50,7 @@ def data(args: argparse.Namespace, config: Config) -> int:
             stats["skipped"] = home.store.counters("skipped")
             stats["dropped"] = home.store.counters("dropped")
             stats["coverage"] = summarize(home.store.cursors_with_prefix(CURSOR_PREFIX))
+            stats["feedback"] = feedback_stats(home)
             print_doc(stats, args.json)
         elif args.data_command == "show":
             sample, columns = _get(home, args.id)

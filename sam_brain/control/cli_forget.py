@@ -79,12 +79,14 @@ def _show(doc: dict[str, Any], as_json: bool) -> None:
 
 
 def compact(home: Home, args: argparse.Namespace) -> int:
+    from sam_brain.pipeline.archive_prune import prune_archive
     from sam_brain.pipeline.ingest import maybe_compact
     from sam_brain.pool import file_lock
 
     before = home.pool.version_count()
     with file_lock(home.pool.lock_path):
         removed = maybe_compact(home, force=True)
+        archive = prune_archive(home)
     cfg = home.config.pipeline
     print_doc(
         {
@@ -93,6 +95,10 @@ def compact(home: Home, args: argparse.Namespace) -> int:
             "versions_now": home.pool.version_count(),
             "keep_versions": cfg.pool_keep_versions,
             "keep_days": cfg.pool_keep_days,
+            "archive_files_before": archive.files_before,
+            "archive_removed": len(archive.removed),
+            "archive_protected": archive.protected,
+            "archive_mb_now": round(archive.mb_after, 1),
         },
         args.json,
     )

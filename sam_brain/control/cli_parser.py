@@ -28,8 +28,8 @@ def build(epilog: str) -> argparse.ArgumentParser:
     t.add_argument("--cancel", action="store_true", help="stop the running run (it checkpoints)")
 
     i = sub.add_parser("ingest", help="one-shot ingest into the pool (no daemon needed)")
-    i.add_argument("source", choices=["sessions", "git", "docs", "distill"])
-    i.add_argument("paths", nargs="*", help="files or directories")
+    i.add_argument("source", choices=["sessions", "git", "docs", "distill", "dataset"])
+    i.add_argument("paths", nargs="*", help="files or directories (dataset: one file)")
     i.add_argument(
         "--now", action="store_true", help="sessions: trainable at once (no quiet period)"
     )
@@ -39,6 +39,7 @@ def build(epilog: str) -> argparse.ArgumentParser:
         help="sessions: extract again from the home's transcript archive (no paths)",
     )
     i.add_argument("--json", action="store_true")
+    _dataset_options(i)
 
     d = sub.add_parser("data", help="the sample pool")
     dsub = d.add_subparsers(dest="data_command", required=True)
@@ -101,6 +102,8 @@ def build(epilog: str) -> argparse.ArgumentParser:
             "--training", default="sam", help="a [trainings.NAME] lineage (default: sam)"
         )
 
+    _eval_parser(sub)
+
     dev = sub.add_parser("dev", help="developer helpers")
     dsub2 = dev.add_subparsers(dest="dev_command", required=True)
     tm = dsub2.add_parser("tiny-model", help="build a tiny offline Qwen2-style model")
@@ -131,12 +134,36 @@ def build(epilog: str) -> argparse.ArgumentParser:
     return p
 
 
+def _eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ev = sub.add_parser(
+        "eval",
+        help="run task cases on a version against another (or the base); make docs cases",
+        description="samctl eval VERSION [--against VERSION|base] [--cases FILE ...]\n"
+        "samctl eval make-cases --from-docs [PATH ...] --out FILE [--teacher]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ev.add_argument("version", help="v1.0.3, base, or make-cases")
+    ev.add_argument("--against", help="version or base (default: the active version, else base)")
+    ev.add_argument(
+        "--cases", nargs="+", action="extend", help="case files (default: deployment.gate_cases)"
+    )
+    ev.add_argument(
+        "--from-docs", nargs="*", metavar="PATH", help="make-cases: docs (default: docs_paths)"
+    )
+    ev.add_argument("--out", help="make-cases: the case file to write")
+    ev.add_argument("--teacher", action="store_true", help="make-cases: ask the [teacher]")
+    ev.add_argument("--max-cases", type=int, default=50, help="make-cases: at most this many")
+    ev.add_argument("--json", action="store_true")
+
+
 def _forget_parsers(dsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     f = dsub.add_parser(
         "forget",
         help="remove samples from the pool, dedup index, archive and files (see docs/operations.md)",
     )
-    f.add_argument("--source", choices=["sessions", "git", "docs", "distill"])
+    from sam_brain.protocols import SOURCES
+
+    f.add_argument("--source", choices=list(SOURCES))
     f.add_argument("--session", help="a Claude Code session id")
     f.add_argument("--project", help="a project/repo/path glob, as in sources.exclude")
     f.add_argument("--before", help="material made before this date (YYYY-MM-DD or ISO-8601)")
@@ -148,6 +175,22 @@ def _forget_parsers(dsub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "compact", help="merge the pool's files and remove old versions (pipeline.pool_keep_*)"
     )
     c.add_argument("--json", action="store_true")
+
+
+def _dataset_options(i: argparse.ArgumentParser) -> None:
+    i.add_argument("--training", help="dataset: the training its samples belong to (default: sam)")
+    i.add_argument(
+        "--format",
+        choices=["auto", "openai", "sharegpt", "alpaca"],
+        default="auto",
+        help="dataset: the file's format (auto: told by the first rows)",
+    )
+    i.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="dataset: import the good rows, count the malformed by reason (default: refuse)",
+    )
+    i.add_argument("--dry-run", action="store_true", help="dataset: only check the file")
 
 
 def _render_options(p: argparse.ArgumentParser) -> None:

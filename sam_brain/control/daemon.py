@@ -33,12 +33,14 @@ from sam_brain.config_load import load_config
 from sam_brain.control.api import make_app
 from sam_brain.control.apitoken import is_loopback, token_path
 from sam_brain.control.app import AppContext
+from sam_brain.control.feedback import open_chat_log
 from sam_brain.control.security import make_policy
 from sam_brain.control.watchers import Watchers
 from sam_brain.doctor import heal_active
 from sam_brain.errors import AlreadyRunning, SamBrainError
 from sam_brain.home import Home, pool_damaged
 from sam_brain.hub import resolve_model
+from sam_brain.pipeline.archive_prune import prune_archive
 from sam_brain.pipeline.exclude import PathRules
 from sam_brain.pipeline.ingest import make_collectors, store_result
 from sam_brain.protocols import Collector
@@ -126,6 +128,7 @@ class Daemon:
         if time.monotonic() - self._pruned_at > 86400:
             self._pruned_at = time.monotonic()
             await asyncio.to_thread(self.home.store.prune_events, self.config.events_keep_days)
+            await asyncio.to_thread(prune_archive, self.home)
         for kind in list(self.collectors):
             await self.ingest(kind)
 
@@ -325,6 +328,7 @@ class Daemon:
             max_request_mb=dep.max_request_mb,
             request_timeout_s=dep.request_timeout_seconds,
             max_queued=dep.max_queued_requests,
+            chat_log=open_chat_log(self.home),
         )
         return chat, unavailable
 

@@ -9,7 +9,8 @@ preflight) and, through DNS rebinding, even read the answers. So, in this order:
    `Sec-Fetch-Site: cross-site` or `same-site` (another port of localhost is same-site).
 3. The bearer token (`<data>/api.token`) is required on every mutating request, and on every
    request when bound off-loopback; /v1/* (chat) needs it, or a chat key, only off-loopback, so
-   local tools keep working without one. 401 otherwise.
+   local tools keep working without one (`/v1/feedback`, which changes training data, always
+   needs one of them). 401 otherwise.
 4. Mutating requests must be `Content-Type: application/json` (415): a page cannot send that
    cross-origin without a preflight, which this server never grants.
 
@@ -42,6 +43,8 @@ from sam_brain.errors import BadRequest, ConfigError
 log = logging.getLogger(__name__)
 
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# /v1 routes that change training data: a bearer (token or chat key) even on loopback.
+TOKEN_ROUTES = frozenset({"/v1/feedback"})
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 CROSS_SITE = frozenset({"cross-site", "same-site"})
 _PORT = re.compile(r"[0-9]{1,5}")
@@ -177,7 +180,8 @@ def check_request(policy: Policy, request: web.Request) -> tuple[int, str] | Non
     # By the matched route, not the raw path: no spelling of a path reaches /api as "chat".
     resource = request.match_info.route.resource
     chat = resource is not None and resource.canonical.startswith("/v1/")
-    if policy.remote or (mutating and not chat):
+    keyed = resource is not None and resource.canonical in TOKEN_ROUTES
+    if policy.remote or (mutating and (keyed or not chat)):
         accepted = (policy.token, *policy.chat_keys) if chat else (policy.token,)
         if not token_ok(_bearer(request), accepted):
             return (

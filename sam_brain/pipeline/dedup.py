@@ -153,18 +153,18 @@ class DedupIndex:
         self._memo_cap = len(self._memo) + len(todo) + _MEMO_MIN
         self._memo.update(zip(todo, self._fingerprints(todo), strict=True))
 
-    def check(self, key: str, text: str) -> str | None:
+    def check(self, key: str, text: str, near: bool = True) -> str | None:
         """The key of an indexed text that duplicates `text`, or None.
 
         An exact duplicate wins over a near one; among near ones the most similar (then the
         smallest key) is returned. `key` itself is never reported, so re-checking a stored
-        sample finds only other samples.
+        sample finds only other samples. `near=False` looks for exact duplicates only.
         """
         digest, sig, band_keys = self._fingerprint(text)
         exact = self._by_digest.get(digest)
         if exact and (len(exact) > 1 or key not in exact):
             return min(exact - {key})
-        if sig is None:
+        if sig is None or not near:
             return None
         candidates: set[str] = set()
         buckets = self._buckets

@@ -97,9 +97,18 @@ def make_collectors(home: Home) -> dict[str, Collector]:
 
 
 def store_result(
-    home: Home, name: str, result: CollectResult, *, scrubber: Scrubber | None = None
+    home: Home,
+    name: str,
+    result: CollectResult,
+    *,
+    scrubber: Scrubber | None = None,
+    near_dedup: bool = True,
 ) -> IngestReport:
-    """Validate, scrub, dedup, split and store one collector result (the commit step)."""
+    """Validate, scrub, dedup, split and store one collector result (the commit step).
+
+    `near_dedup=False` drops exact duplicates only: for samples that share a long prompt by
+    design (feedback pairs on one conversation), which near-duplicate detection would merge.
+    """
     started = time.monotonic()
     cfg = home.config.pipeline
     report = IngestReport(collector=name, collected=len(result.samples))
@@ -113,7 +122,7 @@ def store_result(
             old_ids = {s.id for s, _ in home.pool.samples(source_keys=result.replace_keys)}
         kept = _not_forgotten(home, result.samples, report, tally)
         prepared = _clean(kept, cfg, scrubber, report, tally)
-        batch = _dedup_and_split(prepared, index, cfg, report, tally)
+        batch = _dedup_and_split(prepared, index, cfg, report, tally, near_dedup)
         counts = home.pool.upsert(list(batch.values()), result.replace_keys)
         for gone in old_ids - set(batch):
             index.remove(gone)
@@ -220,6 +229,7 @@ def _dedup_and_split(
     cfg: PipelineConfig,
     report: IngestReport,
     tally: Tally,
+    near: bool = True,
 ) -> dict[str, tuple[Sample, str]]:
     """The new samples by id with their split; near-duplicates are dropped and counted."""
     shares = (cfg.split[0], cfg.split[1], cfg.split[2])
@@ -227,7 +237,7 @@ def _dedup_and_split(
     index.prefetch(text for _, text in prepared)
     batch: dict[str, tuple[Sample, str]] = {}
     for sample, text in prepared:
-        dup = index.check(sample.id, text)
+        dup = index.check(sample.id, text, near)
         if (dup is not None and dup != sample.id) or sample.id in batch:
             report.dropped["duplicate"] += 1
             tally.dropped(sample, "duplicate")

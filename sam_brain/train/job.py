@@ -245,8 +245,14 @@ class TrainingJob:
             nice=t.nice,
             timeout_s=t.timeout_minutes * 60,
             memory_budget_mb=budget,
+            remote=t,
+            base_ref=self.ref,
         )
-        result = await self.process.run(self._on_progress, on_preflight)
+        try:
+            result = await self.process.run(self._on_progress, on_preflight)
+        finally:
+            for note in self.process.notes:  # e.g. a remote run that trained locally
+                self._note(run, note)
         if result.notes:
             self._note(run, "trainer: " + "; ".join(result.notes))
         return result

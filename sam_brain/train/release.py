@@ -7,7 +7,9 @@ sessions the dataset build held out when the pool has no test split yet (on mlx-
 A candidate judged better goes live directly when it is the first version; later ones start as a
 canary at the first weight step and climb through `deployment.canary_steps`. With fewer than
 `deployment.gate_min_rows` held-out rows there is no verdict: the version is marked `ungated` and
-may only start as a canary (beside the base model for a first version). The report is kept.
+may only start as a canary (beside the base model for a first version), unless its task cases
+(`deployment.gate_cases`, or the training's own) find it significantly worse: that rejects it.
+The report is kept.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -25,6 +27,7 @@ from deployment import canary
 from deployment.adapter_check import check_adapter
 from deployment.canary import CanaryPolicy, HealthLimits
 from deployment.evaluate import EvalReport, GateConfig, evaluate_version
+from deployment.task_gate import resolve_case_files, task_markdown
 from sam_brain.config import Config
 from sam_brain.errors import BadRequest, Conflict, PromotionRejected
 from sam_brain.fsutil import write_jsonl_atomic, write_text_atomic
@@ -70,6 +73,7 @@ def gate_config(config: Config) -> GateConfig:
         max_repetition=d.gate_max_repetition,
         min_terminated=d.gate_min_terminated,
         relative_slack=d.gate_relative_slack,
+        case_max_tokens=d.gate_case_max_tokens,
     )
 
 
@@ -157,6 +161,7 @@ def release(
     exclusive: Exclusive[Any] | None = None,
     dry_run: bool = False,
     pool_version: int | None = None,
+    gate_cases: Sequence[str] | None = None,
 ) -> Outcome:
     """Check `adapter_dir`, register it and let the gate decide what happens to it.
 
@@ -164,6 +169,8 @@ def release(
         test_path: Held-out rows to judge on; None (a manual deploy): the pool's test split.
         held_out: Sessions the dataset build held out for the gate (no test split yet); named
             in the reasons so the report says where its held-out data came from.
+        gate_cases: Task case files the gate runs (a named training's own); None: the default
+            training's `deployment.gate_cases`.
 
     Raises:
         AdapterInvalid: The adapter does not fit the base (nothing is registered).
@@ -192,17 +199,22 @@ def release(
         )
         run = exclusive or gate_exclusive(base_dir)
         report: EvalReport | None = None
+        cases = resolve_case_files(
+            cfg.deployment.gate_cases if gate_cases is None else gate_cases, home.data
+        )
         if run is not None and test is not None:
             report = run(
                 lambda model: evaluate_version(
-                    home.versions, model, v.version, test, gate_config(cfg)
+                    home.versions, model, v.version, test, gate_config(cfg), cases
                 )
             )
             report.notes.insert(0, f"held-out data: {source}")
             _save_report(home, run_id or v.version, report)
     why = _ungated(run is not None, report, source, cfg.deployment.gate_min_rows)
     reasons = [*(report.gate.reasons if report else []), f"held-out data: {source}"]
-    if not why and report is not None and not report.gate.promote:
+    # Worse task cases block even when too few held-out rows leave the loss without a verdict.
+    blocked = report is not None and report.tasks is not None and report.tasks.blocked
+    if (not why or blocked) and report is not None and not report.gate.promote:
         canary.reject(home.versions, v.version, "; ".join(reasons))
         log.warning("%s rejected by the gate: %s", v.version, "; ".join(reasons))
         return Outcome(v.version, ReleaseAction.REJECTED, reasons, report.to_dict())
@@ -316,6 +328,8 @@ def render_markdown(report: EvalReport) -> str:
                 f"| {name} | {stats.get('mean_loss', 0):.4f} | {stats.get('perplexity', 0):.2f} |"
             )
     lines += ["", "```json", json.dumps(d["comparison"], indent=2), "```", ""]
+    if report.tasks is not None:
+        lines += task_markdown(report.tasks)
     return "\n".join(lines)
 
 

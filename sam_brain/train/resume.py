@@ -71,12 +71,21 @@ def read_plan(run_dir: Path) -> dict[str, Any] | None:
 
 
 def checkpoint_step(run_dir: Path) -> int:
-    """The step of the run's last checkpoint (0 when it has none)."""
+    """The step of the run's last checkpoint (0 when it has none).
+
+    A remote run's checkpoint stays on the cluster; its job reports the step (`remote.json`).
+    """
     try:
         found = load_checkpoint(run_dir / "adapter" / "checkpoint")
     except (OSError, ValueError):
-        return 0
-    return int(found[1].get("step", 0)) if found else 0
+        found = None
+    if found is None:
+        try:
+            remote = json.loads((run_dir / "remote.json").read_text(encoding="utf-8"))
+            return int(remote.get("checkpoint_step", 0))
+        except (OSError, ValueError, AttributeError):
+            return 0
+    return int(found[1].get("step", 0))
 
 
 def recover_interrupted(home: Home) -> list[Run]:

@@ -5,6 +5,9 @@ carries `@@{json}` reports, and its stderr goes to the run's log file. A crash, 
 error report becomes a `TrainingFailed`; a cancel sends SIGTERM so the trainer saves first.
 A worker holds `worker.lock` in its run folder: one left running by a daemon that died is
 stopped before the run's next worker starts, so two never write the same checkpoint.
+With `training.remote` set the same spec trains as a Ray job instead (`train/remote.py`,
+imported only then); an unreachable cluster falls back to a local run when
+`training.remote_fallback` is `local`, noted in `notes` for the run record.
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from sam_brain.config import TrainingConfig
 from sam_brain.errors import TrainingCancelled, TrainingFailed, WorkerKilled
 from sam_brain.protocols import Progress, TrainResult, TrainSpec
+
+if TYPE_CHECKING:
+    from sam_brain.train.remote import RemoteRun
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +110,13 @@ class TrainingProcess:
         nice: int = 10,
         timeout_s: float = 4 * 3600.0,
         memory_budget_mb: float = -1.0,
+        remote: TrainingConfig | None = None,
+        base_ref: str = "",
     ) -> None:
+        self.remote = remote if remote is not None and remote.remote else None
+        self.base_ref = base_ref  # the base as configured: a remote job resolves a hub id itself
+        self.remote_run: RemoteRun | None = None
+        self.notes: list[str] = []  # for the run record (a remote run that trained locally)
         self.backend = backend
         self.spec = spec
         self.run_dir = run_dir
@@ -114,6 +127,32 @@ class TrainingProcess:
         self.cancel_requested = False
 
     async def run(
+        self,
+        on_progress: Callable[[Progress], None],
+        on_preflight: Callable[[dict[str, Any]], None] | None = None,
+    ) -> TrainResult:
+        """Train in a local subprocess, or as a Ray job with `training.remote` set."""
+        if self.remote is None:
+            return await self._run_local(on_progress, on_preflight)
+        from sam_brain.train.remote import RemoteRun, RemoteUnreachable
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "spec.json").write_text(self.spec.to_json(), encoding="utf-8")
+        self.remote_run = RemoteRun(
+            self.remote, self.backend, self.spec, self.run_dir, self.base_ref,
+            self.memory_budget_mb,
+        )  # fmt: skip
+        try:
+            return await self.remote_run.run(on_progress, on_preflight)
+        except RemoteUnreachable as err:
+            if self.remote.remote_fallback != "local":
+                raise
+            self.notes.append(f"remote: {err}; trained locally (training.remote_fallback)")
+            log.warning("%s; training locally (training.remote_fallback)", err)
+            self.remote_run = None
+            return await self._run_local(on_progress, on_preflight)
+
+    async def _run_local(
         self,
         on_progress: Callable[[Progress], None],
         on_preflight: Callable[[dict[str, Any]], None] | None = None,
@@ -202,6 +241,10 @@ class TrainingProcess:
 
     async def cancel(self, grace_s: float = 60.0) -> None:
         """Ask the worker to stop (it saves a checkpoint), then kill it after `grace_s`."""
+        if self.remote_run is not None:
+            self.cancel_requested = True
+            await self.remote_run.cancel(grace_s)
+            return
         proc = self.proc
         if proc is None or proc.returncode is not None:
             return

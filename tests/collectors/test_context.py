@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from collectors.curate import CurateOptions, curate
+from collectors.curate import curate
 from collectors.sessions import load_session
 from collectors.transcript import parse_file
 from collectors.transcript_context import user_content
+from collectors.turn_windows import CurateOptions
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "claude-sessions"
 

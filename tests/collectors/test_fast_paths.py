@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from collectors.curate import CurateOptions, _finish, _raw_messages, windows
 from collectors.jsonl_lines import read_records
 from collectors.quality import DEFAULT_KEYWORDS, keyword_pattern
 from collectors.sessions import load_session
 from collectors.transcript import parse_file
 from collectors.transcript_lines import ToolCall, ToolResult, Turn, read_lines, strip_reminders
+from collectors.turn_windows import CurateOptions, _finish, _raw_messages, windows
 from sam_brain.dev.examples import write_example_sessions
 from sam_brain.pipeline.validate import message_chars
 from sam_brain.pipeline.windowing import estimate_tokens, tools_tokens

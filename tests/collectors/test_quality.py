@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from msgspec.structs import replace
 
-from collectors.curate import CurateOptions, curate, windows
+from collectors.curate import curate
 from collectors.quality import (
     QualityConfig,
     exchanges,
@@ -19,6 +19,7 @@ from collectors.quality import (
 from collectors.sessions import load_session
 from collectors.transcript import Conversation, parse_file
 from collectors.transcript_lines import ToolCall, ToolResult, Turn
+from collectors.turn_windows import CurateOptions, windows
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "claude-sessions"
 

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from collectors.curate import CurateOptions, curate, truncate, windows
+from collectors.curate import curate
 from collectors.sessions import SessionCollector, load_session
+from collectors.turn_windows import CurateOptions, truncate, windows
 from sam_brain.pipeline.validate import check_sample
 from sam_brain.pipeline.windowing import estimate_tokens as estimate_message
 from sam_brain.pipeline.windowing import tools_tokens

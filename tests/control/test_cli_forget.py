@@ -14,6 +14,7 @@ from sam_brain.config_load import load_config
 from sam_brain.control.cli import main
 from sam_brain.dev.examples import write_example_sessions
 from sam_brain.home import Home
+from tests.sources import mark_first_prompt
 
 MARK = "Quokka-Lantern-5512"
 
@@ -24,18 +25,6 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out.out, out.err
 
 
-def mark_first_prompt(path: Path) -> None:
-    lines = path.read_text().splitlines()
-    for i, line in enumerate(lines):
-        rec = json.loads(line)
-        msg = rec.get("message") or {}
-        if rec.get("type") == "user" and isinstance(msg.get("content"), str):
-            msg["content"] += f" (see {MARK})"
-            lines[i] = json.dumps(rec)
-            break
-    path.write_text("\n".join(lines) + "\n")
-
-
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
     h = tmp_path / "home"
@@ -44,7 +33,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Home:
     monkeypatch.delenv("SAM_BRAIN_CONFIG", raising=False)
     src = tmp_path / "projects"
     paths = write_example_sessions(src, n_sessions=3, seed=4)
-    mark_first_prompt(paths[2])
+    mark_first_prompt(paths[2], f" (see {MARK})")
     (h / "config.toml").write_text(
         f'[api]\nport = 9\n[sources]\nsessions_dirs = ["{src}"]\nquiet_minutes = 0.0\n'
     )

@@ -8,17 +8,15 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sam_brain.dev.demo import free_port
+from tests.daemon_proc import get, spawn, wait
 
 pytestmark = pytest.mark.slow
 
@@ -70,24 +68,10 @@ max_queued_requests = 2
 """)
     env = dict(os.environ, SAM_BRAIN_HOME=str(home), HF_HUB_OFFLINE="1")
     log = tmp_path / "daemon.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sam_brain.control.daemon", "serve"],
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
+    proc = spawn(env, log)
     clients: list[threading.Thread] = []
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5):
-                    break
-            except OSError:
-                time.sleep(0.3)
+        wait(lambda: get(f"http://127.0.0.1:{port}/api/health")["ok"], 90, proc, log)
         assert chat(port, {**LONG, "max_tokens": 2})[0] == 200  # the base model is loaded
 
         # An abandoned non-streamed request is cancelled: the next one does not wait for it.

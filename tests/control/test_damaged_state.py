@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from sam_brain.config_load import load_config
 from sam_brain.control.cli import main
 from sam_brain.home import Home
+from tests.adapter_files import write_adapter
+from tests.daemon_proc import get, spawn, wait
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,25 +43,6 @@ def samctl(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
         env=env,
         timeout=120,
     )
-
-
-def write_adapter(out: Path, seed: int) -> Path:
-    """A real safetensors LoRA adapter (two small matrices), as the registry takes them."""
-    from safetensors.numpy import save_file
-
-    rng = np.random.default_rng(seed)
-    out.mkdir(parents=True)
-    save_file(
-        {
-            "model.layers.0.self_attn.q_proj.lora_a": rng.normal(size=(64, 4)).astype(np.float32),
-            "model.layers.0.self_attn.q_proj.lora_b": rng.normal(size=(4, 64)).astype(np.float32),
-        },
-        str(out / "adapters.safetensors"),
-    )
-    lora = {"rank": 4, "scale": 2.0, "dropout": 0.0, "keys": ["self_attn.q_proj"]}
-    config = {"fine_tune_type": "lora", "num_layers": 1, "lora_parameters": lora}
-    (out / "adapter_config.json").write_text(json.dumps(config))
-    return out
 
 
 def folder_digests(versions: Path) -> dict[str, str]:
@@ -444,8 +426,6 @@ def daemon_env(home: Path, tmp_path: Path) -> tuple[dict[str, str], str]:
 def test_real_daemon_rebuilds_lost_state_and_rolls_back_a_damaged_adapter(
     home: Path, tmp_path: Path
 ) -> None:
-    import time
-    import urllib.request
 
     env, url = daemon_env(home, tmp_path)
     before = folder_digests(home / "versions")
@@ -454,23 +434,9 @@ def test_real_daemon_rebuilds_lost_state_and_rolls_back_a_damaged_adapter(
     weights.write_bytes(weights.read_bytes()[:-64])
     index = home / "versions" / "versions.json"
     log = tmp_path / "daemon.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sam_brain.control.daemon", "serve"],
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
+    proc = spawn(env, log)
     try:
-        deadline, doc = time.monotonic() + 90, None
-        while doc is None and time.monotonic() < deadline:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(url + "/api/self", timeout=10) as resp:
-                    doc = json.loads(resp.read())
-            except OSError:
-                time.sleep(0.5)
-        assert doc is not None, log.read_text()[-3000:]
+        doc = wait(lambda: get(url + "/api/self"), 90, proc, log, poll=0.5)
         ts = doc["training_stats"]
         assert ts["model_version"] == "v1.0.0" and ts["deployment"]["total_versions"] == 2
         assert any("rebuilt" in p for p in doc["problems"]), doc["problems"]

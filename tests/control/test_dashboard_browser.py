@@ -13,8 +13,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -24,43 +22,12 @@ import pytest
 
 from sam_brain.dev.browser import Browser, find_chromium
 from sam_brain.dev.demo import free_port
-from tests.daemon_proc import wait
-from tests.test_e2e import get, post
+from tests.daemon_proc import TINY_TRAINING, get, post, spawn, wait
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(find_chromium() is None, reason="no Chromium (make installs it)"),
 ]
-
-CONFIG = """
-[api]
-port = {port}
-[sources]
-sessions_dirs = ["{sessions}"]
-quiet_minutes = 0.0
-[training]
-backend = "mlx"
-mlx_base_model = "{model}"
-min_for_training = 10
-profile = "t"
-check_interval_seconds = 1.0
-max_retries = 0
-[deployment]
-gate_max_repetition = 1.0
-gate_min_terminated = 0.0
-gate_min_rows = 1
-[profiles.t]
-lora_rank = 4
-lora_alpha = 8.0
-batch_size = 2
-grad_accum = 1
-max_seq_length = 256
-num_layers = -1
-learning_rate = 1e-3
-max_steps = 12
-eval_every = 4
-save_every = 12
-"""
 
 
 def chat(url: str, model: str) -> None:
@@ -82,18 +49,14 @@ def daemon(tmp_path: Path, tiny_model: Path) -> Any:
     home, sessions, port = tmp_path / "home", tmp_path / "projects", free_port()
     sessions.mkdir()
     home.mkdir()
-    cfg = CONFIG.format(port=port, sessions=sessions, model=tiny_model)
+    cfg = TINY_TRAINING.format(
+        port=port, sessions=sessions, model=tiny_model, eval_every=4, save_every=12
+    )
     (home / "config.toml").write_text(cfg)
     env = dict(os.environ, SAM_BRAIN_HOME=str(home), HF_HUB_OFFLINE="1")
     log = tmp_path / "daemon.log"
     url = f"http://127.0.0.1:{port}"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sam_brain.control.daemon", "serve"],
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
+    proc = spawn(env, log)
     try:
         wait(lambda: get(url + "/api/health")["ok"], 60, proc, log)
         write_example_sessions(sessions, n_sessions=6, seed=3)

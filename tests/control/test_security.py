@@ -29,26 +29,21 @@ from sam_brain.control.daemon import Daemon
 from sam_brain.home import Home
 from sam_brain.pipeline.ingest import make_collectors
 from sam_brain.train.scheduler import Coordinator
+from tests.adapter_files import write_adapter
 from tests.api_auth import auth_headers
 
 RECORD = {"kind": "reasoning", "prompt": "Why is the sky blue?", "answer": "Rayleigh scattering."}
 MUTATING = [
     ("/api/distill", {"records": [RECORD]}),
+    ("/api/data/import", {"path": "/tmp/rows.jsonl"}),
     ("/api/train", {"force": True}),
     ("/api/train/cancel", {}),
     ("/api/rollback", {}),
     ("/api/deploy", {"path": "/tmp"}),
     ("/api/canary", {"version": "v1.0.1", "traffic": 100}),
     ("/api/promote", {}),
+    ("/v1/feedback", {"completion_id": "chatcmpl-0", "kind": "up"}),
 ]
-
-
-def fake_adapter(folder: Path, seed: int) -> Path:
-    """Files that pass registration's sanity check (the canary-by-version path needs no model)."""
-    folder.mkdir(parents=True)
-    (folder / "adapters.safetensors").write_bytes(os.urandom(64) + bytes([seed]))
-    (folder / "adapter_config.json").write_text(json.dumps({"num_layers": 1}))
-    return folder
 
 
 def make_home(tmp_path: Path, **api: Any) -> Home:
@@ -80,7 +75,7 @@ async def serve(aiohttp_client: Any, home: Home, bind: str = "127.0.0.1") -> Tes
 def home(tmp_path: Path) -> Any:
     h = make_home(tmp_path)
     for i in range(2):
-        h.versions.register(fake_adapter(tmp_path / f"adapter{i}", i))
+        h.versions.register(write_adapter(tmp_path / f"adapter{i}", i))
     h.versions.activate("v1.0.0")
     yield h
     h.close()

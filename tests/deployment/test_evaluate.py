@@ -1,4 +1,4 @@
-"""The evaluation gate (statistics, checks, decision, real losses) and the task benchmarks."""
+"""The evaluation gate (statistics, checks, decision, real losses) and task cases on a model."""
 
 from __future__ import annotations
 
@@ -296,78 +296,27 @@ def _mx_array(ids: list[int]) -> Any:
     return mx.array(ids)[None]
 
 
-# -- task benchmarks ----------------------------------------------------------------------------
-
-
-CASES = [
-    {"category": "shell", "prompt": "list files", "keywords": ["ls", "-la"], "min_words": 4},
-    {"category": "shell", "prompt": "count lines", "keywords": ["wc", "-l", "file"]},
-    {
-        "category": "git",
-        "prompt": "history",
-        "keywords": ["git log"],
-        "expected": "git log --oneline",
-    },
-    {
-        "category": "json",
-        "prompt": "config",
-        "keywords": ["rank"],
-        "format": "json",
-        "expected": '{"rank": 8}',
-    },
-    {"category": "json", "prompt": "broken", "keywords": [], "format": "json"},
-]
-ANSWERS = {
-    "list files": "Run ls -la here",  # 2/2 keywords, 4/4 words
-    "count lines": "wc -l",  # 2/3 keywords, 2/20 words
-    "history": "git log --oneline",  # exact match, 3 words of a 2-word target
-    "config": '```json\n{"rank": 8}\n```',  # fenced JSON, equal to the expected value
-    "broken": "{rank: 8",  # not JSON
-}
-
-
-def test_benchmark_scores_are_exact(tmp_path: Path) -> None:
-    path = tmp_path / "cases.jsonl"
-    path.write_text("\n".join(json.dumps(c) for c in CASES) + "\n")
-    cases = bench.load_cases(path)
-    report = bench.run_benchmark(cases, ANSWERS.__getitem__)
-    scores = [r.score for r in report.results]
-    assert scores == pytest.approx([1.0, 0.7 * 2 / 3 + 0.3 * 2 / 20, 1.0, 1.0, 0.7 + 0.3 * 2 / 20])
-    exact = [r.exact_match for r in report.results]
-    assert exact == [None, None, True, True, None]
-    assert [r.json_valid for r in report.results] == [None, None, None, True, False]
-    assert report.results[1].missing_keywords == ["file"]
-    shell, js = report.categories["shell"], report.categories["json"]
-    assert shell.cases == 2 and shell.score == pytest.approx((scores[0] + scores[1]) / 2)
-    assert shell.exact_match_rate is None and js.json_valid_rate == 0.5
-    assert js.exact_match_rate == 1.0 and report.categories["git"].exact_match_rate == 1.0
-    assert report.score == pytest.approx(sum(scores) / 5)
-    assert json.loads(json.dumps(report.to_dict()))["cases"] == 5
-
-
-def test_benchmark_records_generator_failures_and_bad_case_files(tmp_path: Path) -> None:
-    def flaky(prompt: str) -> str:
-        if prompt == "history":
-            raise RuntimeError("model crashed")
-        return ANSWERS[prompt]
-
-    cases = [bench._case(c, "x", f"c{i}") for i, c in enumerate(CASES)]
-    report = bench.run_benchmark(cases, flaky)
-    failed = report.results[2]
-    assert failed.error == "RuntimeError: model crashed" and failed.score == 0.0
-    assert failed.exact_match is False
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"category": "a", "prompt": "p"}\n{"category": "", "keywords": "ls"}\n')
-    with pytest.raises(BadRequest, match=r"bad\.jsonl:2: 'category'.*'prompt'.*'keywords'"):
-        bench.load_cases(bad)
+# -- task cases on a real model -----------------------------------------------------------------
 
 
 def test_benchmark_runs_a_real_model(setup: dict[str, Any], tmp_path: Path) -> None:
+    """The gate's task cases through the resident model: greedy (the same answer twice) and
+    rendered as training renders prompts (a system message is passed through)."""
     resident: ResidentModel = setup["resident"]
     resident.use(str(setup["candidate"]))
-    generate = bench.model_generate(resident, max_tokens=8)
-    cases = [bench._case(c, "x", f"c{i}") for i, c in enumerate(CASES[:2])]
-    report = bench.run_benchmark(cases, generate)
-    assert [r.output for r in report.results] == [generate("list files"), generate("count lines")]
+    generate = bench.model_generate(resident)
+    rows = [
+        {"category": "shell", "prompt": "How do I list files?", "keywords": ["ls", "-la"]},
+        {"category": "shell", "messages": [{"role": "system", "content": "Be brief."},
+         {"role": "user", "content": "How do I count lines?"}], "keywords": ["wc"],
+         "max_tokens": 5},
+    ]  # fmt: skip
+    path = tmp_path / "c.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cases = bench.load_cases(path)
+    report = bench.run_benchmark(cases, generate, max_tokens=8)
+    assert [r.output for r in report.results] == [
+        resident.generate(list(c.messages), n).text for c, n in zip(cases, (8, 5), strict=True)
+    ]
     assert all(r.error == "" and 0.0 <= r.score <= 1.0 for r in report.results)
-    assert report.categories["shell"].cases == 2
+    assert report.categories["shell"].cases == 2 and report.sources["c"].cases == 2

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from deployment.export import export_version, gguf_name
+from deployment.export import export_version
+from deployment.export_build import gguf_name
 from sam_brain.store import Store
 from sam_brain.versions import Versions
 from tests.deployment.test_export import make_adapter, needs_llama

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from sam_brain.dev.examples import write_example_sessions
 from sam_brain.home import Home
 from sam_brain.pipeline.exclude import PathRules
 from sam_brain.pipeline.ingest import ingest, make_collectors
+from tests.sources import make_repo
 
 
 def open_home(root: Path, **sources: Any) -> Home:
@@ -88,34 +88,15 @@ def test_exclusion_lifted_lets_the_project_in(tmp_path: Path) -> None:
     home.close()
 
 
-def git(repo: Path, *args: str) -> None:
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(repo),
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_AUTHOR_NAME": "Dev",
-        "GIT_AUTHOR_EMAIL": "dev@example.com",
-        "GIT_COMMITTER_NAME": "Dev",
-        "GIT_COMMITTER_EMAIL": "dev@example.com",
-    }
-    subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
-
-
-def make_repo(path: Path, commits: int) -> Path:
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    for i in range(commits):
-        (path / f"mod{i}.py").write_text(f"def f{i}():\n    return {i}\n")
-        git(path, "add", "-A")
-        git(path, "commit", "-q", "-m", f"Add f{i} returning {i} for the parser tables")
-    return path
+def module(path: Path, i: int) -> str:
+    (path / f"mod{i}.py").write_text(f"def f{i}():\n    return {i}\n")
+    return f"Add f{i} returning {i} for the parser tables"
 
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_excluded_repo_is_not_read(tmp_path: Path) -> None:
-    kept = make_repo(tmp_path / "repos" / "open", 3)
-    hidden = make_repo(tmp_path / "repos" / "client-bank", 4)
+    kept = make_repo(tmp_path / "repos" / "open", 3, module)
+    hidden = make_repo(tmp_path / "repos" / "client-bank", 4, module)
     home = open_home(tmp_path, git_repos=[str(kept), str(hidden)], exclude=["client-*"])
     report = ingest(home, make_collectors(home)["git"])
     assert report.skipped["excluded"] == 1

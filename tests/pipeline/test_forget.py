@@ -12,15 +12,12 @@ import gzip
 import json
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors.numpy import save_file
 
 from sam_brain.config_load import parse_config
 from sam_brain.dev.examples import write_example_sessions
@@ -31,6 +28,8 @@ from sam_brain.pipeline.forget_rules import Selector, parse_date
 from sam_brain.pipeline.ingest import make_collectors, store_result
 from sam_brain.protocols import Sample
 from sam_brain.train.dataset import build_dataset
+from tests.adapter_files import write_adapter
+from tests.sources import make_repo, mark_first_prompt
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 
@@ -43,48 +42,9 @@ class NoCursors:
         return None
 
 
-def git(repo: Path, *args: str) -> None:
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": str(repo),
-        "GIT_CONFIG_GLOBAL": os.devnull,
-        "GIT_CONFIG_NOSYSTEM": "1",
-        "GIT_AUTHOR_NAME": "Dev",
-        "GIT_AUTHOR_EMAIL": "dev@example.com",
-        "GIT_COMMITTER_NAME": "Dev",
-        "GIT_COMMITTER_EMAIL": "dev@example.com",
-    }
-    subprocess.run(["git", *args], cwd=repo, env=env, check=True, capture_output=True)
-
-
-def make_repo(path: Path) -> Path:
-    path.mkdir(parents=True)
-    git(path, "init", "-q", "-b", "main")
-    for i in range(2):
-        (path / f"tables{i}.py").write_text(f"TABLE_{i} = [{i}, {i + 1}, {i + 2}]\n")
-        git(path, "add", "-A")
-        git(path, "commit", "-q", "-m", f"Add lookup table {i} used by the tokenizer fast path")
-    return path
-
-
-def mark_session(path: Path) -> None:
-    """Put MARK into the first user prompt of a transcript."""
-    lines = path.read_text().splitlines()
-    for i, line in enumerate(lines):
-        rec = json.loads(line)
-        msg = rec.get("message") or {}
-        if rec.get("type") == "user" and isinstance(msg.get("content"), str):
-            msg["content"] += f" (ticket {MARK})"
-            lines[i] = json.dumps(rec)
-            break
-    path.write_text("\n".join(lines) + "\n")
-
-
-def adapter(path: Path) -> Path:
-    path.mkdir(parents=True)
-    save_file({"w": np.ones((2, 2), dtype=np.float32)}, str(path / "adapters.safetensors"))
-    (path / "adapter_config.json").write_text(json.dumps({"lora_parameters": {"rank": 2}}))
-    return path
+def tables(path: Path, i: int) -> str:
+    (path / f"tables{i}.py").write_text(f"TABLE_{i} = [{i}, {i + 1}, {i + 2}]\n")
+    return f"Add lookup table {i} used by the tokenizer fast path"
 
 
 class World:
@@ -99,8 +59,8 @@ class World:
         demo = write_example_sessions(
             self.src, n_sessions=4, seed=2, start=datetime(2026, 3, 1, tzinfo=UTC)
         )
-        mark_session(demo[1])
-        self.repo = make_repo(root / "repo")
+        mark_first_prompt(demo[1], f" (ticket {MARK})")
+        self.repo = make_repo(root / "repo", 2, tables)
         doc = {
             "data_dir": str(root / "home"),
             "pipeline": {"max_tokens": 32768},
@@ -132,7 +92,7 @@ class World:
         return run.run_id
 
     def version(self, run_id: str, path: Path) -> str:
-        return self.home.versions.register(adapter(path), run_id=run_id).version
+        return self.home.versions.register(write_adapter(path), run_id=run_id).version
 
     def samples(self) -> dict[str, Sample]:
         return {s.id: s for s, _ in self.home.pool.samples()}

@@ -33,7 +33,7 @@ from sam_brain.train.runs import prune_runs
 from sam_brain.train.scheduler import Coordinator
 from sam_brain.train.supervisor import worker_env
 from tests.api_auth import auth_headers
-from tests.daemon_proc import wait
+from tests.daemon_proc import spawn, wait
 
 COLOURS = ["red", "green", "blue", "amber", "violet", "teal", "black", "white"]
 PROFILE = {
@@ -457,16 +457,7 @@ def test_kill_9_of_daemon_and_worker_then_restart_continues_the_run(
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "daemon.log"
 
-    def start() -> subprocess.Popen[bytes]:
-        with open(log, "ab") as fh:
-            return subprocess.Popen(
-                [sys.executable, "-m", "sam_brain.control.daemon", "serve"],
-                env=env,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-            )
-
-    proc = start()
+    proc = spawn(env, log)
     try:
         wait(lambda: http(url + "/api/health")["ok"], 120, proc, log, poll=0.05)
         run_id = http(url + "/api/train", {"force": True}, data)["run_id"]
@@ -486,7 +477,7 @@ def test_kill_9_of_daemon_and_worker_then_restart_continues_the_run(
     fill(home, 24, 40)  # an ingest lands while the daemon is down: the run's dataset is pinned
     home.close()
 
-    proc = start()
+    proc = spawn(env, log)
     try:
         wait(lambda: http(url + "/api/health")["ok"], 120, proc, log, poll=0.05)
         # A forced run asked for now joins (or is) the resumed run: exit 0 once it finishes.
