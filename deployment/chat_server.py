@@ -12,6 +12,11 @@ yields the model to any client request that waits. Requests are admitted through
 queue (`deployment.chat_guard`) and validated and counted on a thread of their own (`check`) before
 they wait for the model; `shutdown` stops the queued and running ones. The HTTP routes are in
 `deployment.serving`.
+
+Every named training that shares the base is served too (`lineages`): `model: "sam"` (or the
+older `sam-brain`) routes to the default training's active/canary versions, `"sam-NAME"` to
+NAME's, each with its own routing, canary stickiness and metrics windows; switching between them
+is an adapter swap on the one resident base.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,13 +41,15 @@ from deployment.prompt_limit import PromptLimit
 from deployment.resident import Completion, ResidentModel
 from deployment.serving_metrics import VersionMetrics, rss_mb
 from deployment.shadow import Outcome, ShadowMirror
+from sam_brain.config import DEFAULT_TRAINING
 from sam_brain.errors import BadRequest
 from sam_brain.store import Version
+from sam_brain.trainings import MODEL_PREFIX, model_id
 from sam_brain.versions import Versions
 
 log = logging.getLogger(__name__)
 
-ROUTED_MODEL = "sam-brain"  # the model id that follows active/canary routing
+ROUTED_MODEL = "sam-brain"  # the default training's routed model id (also "sam")
 BASE_MODEL = "base"  # the model id of the base without any adapter
 T = TypeVar("T")
 
@@ -83,6 +90,7 @@ class ChatServer:
         request_timeout_s: float = 300.0,
         max_queued: int = 8,
         chat_log: ChatLog | None = None,
+        lineages: Mapping[str, Versions] | None = None,
     ) -> None:
         """Args:
         versions: The registry whose active and canary versions are served.
@@ -98,8 +106,10 @@ class ChatServer:
         request_timeout_s: Each request's deadline, queueing included (0: none).
         max_queued: Requests that may wait behind the one generating; more get 503.
         chat_log: Where served completions are logged (None: not logged).
+        lineages: Named trainings' registries served on the same base, by training name.
         """
         self.versions = versions
+        self.lineages = {DEFAULT_TRAINING: versions, **(lineages or {})}
         self.base_model = str(base_model)
         self.max_tokens_limit = max_tokens_limit
         self.default_max_tokens = default_max_tokens
@@ -110,7 +120,7 @@ class ChatServer:
         self.resident: ResidentModel | None = None
         self._loader = loader
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sam-chat")
-        self._routing = Routing()
+        self._routings: dict[str, Routing] = {}
         self._verified: set[tuple[str, str]] = set()
         self._state_lock = threading.Lock()
         self.max_request_bytes = int(max_request_mb * 2**20)
@@ -121,31 +131,52 @@ class ChatServer:
         self.refused: Counter[str] = Counter()  # requests not answered in full, by why
         self.chat_log = chat_log
 
-    def refresh(self) -> Routing:
-        """Re-read active and canary from the store; a change starts new metrics windows."""
-        active = self.versions.current()
-        state = canary_state(self.versions)
+    def refresh(self, training: str = DEFAULT_TRAINING) -> Routing:
+        """Re-read a training's active and canary from the store; a change starts new metrics
+        windows (of that training only)."""
+        versions = self.lineages[training]
+        active = versions.current()
+        state = canary_state(versions)
         routing = Routing(
             active,
-            self.versions.get(state.version) if state and state.percent > 0 else None,
+            versions.get(state.version) if state and state.percent > 0 else None,
             state.percent if state else 0,
         )
         with self._state_lock:
-            if routing.key() != self._routing.key():
-                log.info("serving changed: active=%s canary=%s at %s%%", *routing.key())
-                self._routing = routing
-            return self._routing
+            current = self._routings.setdefault(training, Routing())
+            if routing.key() != current.key():
+                log.info(
+                    "serving %s changed: active=%s canary=%s at %s%%",
+                    model_id(training),
+                    *routing.key(),
+                )
+                self._routings[training] = routing
+            return self._routings[training]
 
     def metrics(self) -> dict[str, VersionMetrics]:
-        """The current metrics window per version name (copies; refreshed from the store first)."""
-        routing = self.refresh()
-        with self._state_lock:
-            return {k: v.copy() for k, v in routing.windows.items()}
+        """The current metrics window per version name, of every training (copies; refreshed
+        from the store first). Version names never repeat across trainings."""
+        out: dict[str, VersionMetrics] = {}
+        for training in self.lineages:
+            routing = self.refresh(training)
+            with self._state_lock:
+                out.update({k: v.copy() for k, v in routing.windows.items()})
+        return out
+
+    def routed_training(self, model: str | None) -> str | None:
+        """The training a routed model id names ("sam", "sam-brain", "sam-NAME"), else None."""
+        if model in (None, "", ROUTED_MODEL, DEFAULT_TRAINING):
+            return DEFAULT_TRAINING
+        name = (model or "").removeprefix(MODEL_PREFIX)
+        if (model or "").startswith(MODEL_PREFIX) and name in self.lineages:
+            return name
+        return None
 
     def choose(self, request: ChatRequest) -> Version | None:
         """The version that serves `request` (None: the base). Raises BadRequest for unknown ids."""
-        routing = self.refresh()
-        if request.model in (None, "", ROUTED_MODEL):
+        training = self.routed_training(request.model)
+        if training is not None:
+            routing = self.refresh(training)
             canary = routing.canary
             if canary and routes_to_canary(
                 request.conversation_key, canary.version, routing.percent
@@ -154,19 +185,22 @@ class ChatServer:
             return routing.active
         if request.model == BASE_MODEL:
             return None
-        for v in (routing.active, routing.canary):
-            if v is not None and v.version == request.model:
-                return v
+        for name in self.lineages:
+            routing = self.refresh(name)
+            for v in (routing.active, routing.canary):
+                if v is not None and v.version == request.model:
+                    return v
         raise BadRequest(
             f"unknown model {request.model!r}; available: {', '.join(self.model_ids())}"
         )
 
     def mirror_target(self, request: ChatRequest, served: Version | None) -> str | None:
         """The canary to replay `request` on in shadow mode, when the active version routed it."""
-        routing = self._routing
+        training = self.routed_training(request.model)
+        routing = self._routings.get(training or "", Routing())
         if self.shadow is None or routing.canary is None or routing.active is None:
             return None
-        routed = request.model in (None, "", ROUTED_MODEL)
+        routed = training is not None
         stable = served is not None and served.version == routing.active.version
         return routing.canary.version if routed and stable else None
 
@@ -231,7 +265,8 @@ class ChatServer:
 
     async def _replay(self, name: str, request: ChatRequest) -> Outcome:
         async with self.lock:
-            routing = await asyncio.to_thread(self.refresh)
+            training = self.routed_training(request.model) or DEFAULT_TRAINING
+            routing = await asyncio.to_thread(self.refresh, training)
             if routing.canary is None or routing.canary.version != name:
                 return "skipped"
             completion = await self.generate(
@@ -243,9 +278,30 @@ class ChatServer:
             return "preempted" if completion.finish_reason == "cancelled" else "mirrored"
 
     def model_ids(self) -> list[str]:
-        routing = self.refresh()
-        pinned = [v.version for v in (routing.active, routing.canary) if v is not None]
-        return [ROUTED_MODEL, *pinned, BASE_MODEL]
+        return [str(m["id"]) for m in self.models()]
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every model id served: each training's routed id with the version it serves (and
+        its canary), the pinned versions, then the bare base."""
+        routed: list[dict[str, Any]] = []
+        pinned: list[dict[str, Any]] = []
+        for training in self.lineages:
+            routing = self.refresh(training)
+            ids = [ROUTED_MODEL, DEFAULT_TRAINING] if training == DEFAULT_TRAINING else []
+            for mid in ids or [model_id(training)]:
+                routed.append(
+                    {
+                        "id": mid,
+                        "training": training,
+                        "version": routing.active.version if routing.active else BASE_MODEL,
+                        "canary": routing.canary.version if routing.canary else None,
+                        "canary_percent": routing.percent if routing.canary else 0,
+                    }
+                )
+            for v in (routing.active, routing.canary):
+                if v is not None:
+                    pinned.append({"id": v.version, "training": training, "version": v.version})
+        return [*routed, *pinned, {"id": BASE_MODEL, "training": None, "version": BASE_MODEL}]
 
     async def generate(
         self,
@@ -268,7 +324,7 @@ class ChatServer:
         def work() -> tuple[Completion, float]:
             resident = self._resident()
             if version is not None and (version.version, version.checksum) not in self._verified:
-                self.versions.verify(version.version)
+                self.lineages[version.training].verify(version.version)
                 self._verified.add((version.version, version.checksum))
             swap_ms = resident.use(version.adapter_path if version else None)
             completion = resident.generate(
@@ -296,8 +352,11 @@ class ChatServer:
             stopped = interrupted or (done is not None and done.finish_reason == "cancelled")
             if not (shadow and stopped):
                 tokens = done.completion_tokens if done is not None else 0
+                # A version's window is its training's; the bare base's is the default's.
+                training = version.training if version is not None else DEFAULT_TRAINING
                 with self._state_lock:
-                    window = self._routing.windows.setdefault(name, VersionMetrics(name))
+                    routing = self._routings.setdefault(training, Routing())
+                    window = routing.windows.setdefault(name, VersionMetrics(name))
                     window.record(
                         (time.perf_counter() - start) * 1000,
                         done is None and not interrupted,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,8 +105,19 @@ def _build_gguf(job: _Job) -> list[dict[str, Any]]:
     return checks
 
 
+def gguf_name(version: str, quant: str) -> str:
+    """The quantized model's file: `NAME-vX.Y.Z-QUANT.gguf` for a named training's version
+    (`NAME-vX.Y.Z`), so exports of several trainings never mix; `model-QUANT.gguf` otherwise."""
+    named = NAMED_VERSION.fullmatch(version)
+    return f"{version}-{quant}.gguf" if named else f"model-{quant}.gguf"
+
+
+NAMED_VERSION = re.compile(r"[a-z0-9][a-z0-9_-]*-v\d+\.\d+\.\d+")
+
+
 def _build_ollama(job: _Job) -> list[dict[str, Any]]:
-    modelfile = gguf.modelfile(f"model-{job.quant}.gguf", job.base)  # a non-ChatML base fails fast
+    # A non-ChatML base fails fast.
+    modelfile = gguf.modelfile(gguf_name(job.version, job.quant), job.base)
     checks = _gguf_model(job)
     (job.stage / "Modelfile").write_text(modelfile, encoding="utf-8")
     checks.append(gguf.check_modelfile(job.stage / "Modelfile"))
@@ -121,7 +133,7 @@ def _gguf_model(job: _Job) -> list[dict[str, Any]]:
     if job.quant == "f16":
         shutil.move(f16, job.stage / f16.name)
         return checks
-    target = gguf.quantize(f16, job.stage / f"model-{job.quant}.gguf", job.quant)
+    target = gguf.quantize(f16, job.stage / gguf_name(job.version, job.quant), job.quant)
     checks.append(check_gguf(target, job.ref, QUANT_RULES[job.quant]))
     return checks
 

@@ -66,9 +66,10 @@ def _overloaded(err: Overloaded) -> web.Response:
 
 async def get_models(request: web.Request) -> web.Response:
     server = request.app[SERVER]
-    ids = await asyncio.to_thread(server.model_ids)
+    models = await asyncio.to_thread(server.models)
     created = int(time.time())
-    data = [{"id": i, "object": "model", "created": created, "owned_by": "sam-brain"} for i in ids]
+    # Beside OpenAI's fields: the training and the version each id serves now.
+    data = [{**m, "object": "model", "created": created, "owned_by": "sam-brain"} for m in models]
     return web.json_response({"object": "list", "data": data})
 
 

@@ -398,6 +398,40 @@ class TeacherConfig:
     )
 
 
+DEFAULT_TRAINING = "sam"
+"""The unnamed default training's name: its model id, its lineage in the store, `/api/self`."""
+
+
+@dataclass(frozen=True)
+class NamedTraining:
+    """One named training (`[trainings.NAME]`): its own samples, adapter lineage and model id
+    `sam-NAME`. Empty fields fall back to `[training]`; see docs/operations.md#named-trainings."""
+
+    sources: list[str] = _f(
+        [], "Sources whose samples belong (`sessions`, `git`, `docs`, `teacher`...); empty: any."
+    )
+    projects: list[str] = _f(
+        [],
+        "Glob patterns of projects, repos and paths (as in `sources.exclude`) whose samples"
+        " belong; empty: any.",
+    )
+    kinds: list[str] = _f([], "Sample kinds that belong (`sft`, `preference`); empty: both.")
+    schemas: list[str] = _f(
+        [], "Teacher schemas (`meta.schema`, the schema file's stem) whose samples belong."
+    )
+    mlx_base_model: str = _f("", "Base model for MLX; empty: `training.mlx_base_model`.")
+    cuda_base_model: str = _f("", "Base model for CUDA; empty: `training.cuda_base_model`.")
+    profile: str = _f("", "Profile in `[profiles]` to train with; empty: `training.profile`.")
+    min_for_training: int = _f(
+        0, "New samples of this training needed before it trains; 0: `training.min_for_training`."
+    )
+    gate_cases: list[str] = _f(
+        [],
+        "Task case files (JSONL) the gate runs for this training (as `deployment.gate_cases`"
+        " does for the default); relative paths are taken from the data folder.",
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole config tree (`config.toml`)."""
@@ -419,6 +453,9 @@ class Config:
     teacher: TeacherConfig = field(default_factory=TeacherConfig, metadata={"doc": "[teacher]"})
     profiles: dict[str, Profile] = field(
         default_factory=_builtin_profiles, metadata={"doc": "[profiles.NAME]"}
+    )
+    trainings: dict[str, NamedTraining] = field(
+        default_factory=dict, metadata={"doc": "[trainings.NAME]"}
     )
 
     def profile(self) -> Profile:
@@ -469,6 +506,8 @@ def iter_fields(cls: type = Config, prefix: str = "") -> typing.Iterator[tuple[s
             yield from iter_fields(tp, f"{key}.")  # type: ignore[arg-type]
         elif cls is Config and f.name == "profiles":
             yield from iter_fields(Profile, "profiles.NAME.")
+        elif cls is Config and f.name == "trainings":
+            yield from iter_fields(NamedTraining, "trainings.NAME.")
         else:
             name = getattr(tp, "__name__", str(tp)).replace("typing.", "")
             if typing.get_origin(tp) is list:

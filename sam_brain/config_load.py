@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
 from pathlib import Path
 from typing import Any
 
-from sam_brain.config import Config, Profile, _builtin_profiles, default_config_path
+from sam_brain.config import (
+    DEFAULT_TRAINING,
+    Config,
+    Profile,
+    _builtin_profiles,
+    default_config_path,
+)
 from sam_brain.errors import ConfigError
 
 
@@ -146,6 +153,7 @@ def _validate(cfg: Config, problems: list[str]) -> None:
 
     if cfg.deployment.gate_case_max_tokens < 1:
         problems.append("deployment.gate_case_max_tokens: must be at least 1")
+    _validate_trainings(cfg, problems)
     for name, p in cfg.profiles.items():
         for fname in ("lora_rank", "batch_size", "grad_accum", "max_seq_length"):
             if getattr(p, fname) < 1:
@@ -175,6 +183,31 @@ def _validate_remote(cfg: Config, problems: list[str]) -> None:
         problems.append("training.remote_max_upload_mb/remote_timeout_minutes: must be positive")
     if t.remote and not t.remote_storage:
         problems.append("training.remote_storage: must name a folder on the cluster")
+
+
+TRAINING_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+"""A training's name is part of a model id, a folder and an export file name."""
+
+
+def _validate_trainings(cfg: Config, problems: list[str]) -> None:
+    from sam_brain.protocols import SOURCES
+
+    for name, t in cfg.trainings.items():
+        key = f"trainings.{name}"
+        if name in (DEFAULT_TRAINING, "brain", "base"):  # model ids sam, sam-brain, base are taken
+            problems.append(f"{key}: {name!r} is reserved (the default's model ids); pick another")
+        elif not TRAINING_NAME.fullmatch(name):
+            problems.append(f"{key}: the name must be lowercase letters, digits, - or _ (<= 40)")
+        bad = [s for s in t.sources if s not in SOURCES]
+        if bad:
+            problems.append(f"{key}.sources: {bad} not among {', '.join(SOURCES)}")
+        bad = [k for k in t.kinds if k not in ("sft", "preference")]
+        if bad:
+            problems.append(f"{key}.kinds: {bad} not among sft, preference")
+        if t.profile and t.profile not in cfg.profiles:
+            problems.append(f"{key}.profile: {t.profile!r} is not a profile")
+        if t.min_for_training < 0:
+            problems.append(f"{key}.min_for_training: must be >= 0 (0: training.min_for_training)")
 
 
 def parse_config(data: dict[str, Any], source: str = "<config>") -> Config:

@@ -12,6 +12,7 @@ the pool. Layout under the data directory:
     archive/         gzip copies of raw transcripts
     distill/         inbox/, processed/, rejects.jsonl
     daemon.lock      held by the running daemon
+    trainings/NAME/  versions/ and runs/ of the named training NAME (see sam_brain/trainings.py)
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sam_brain.config import Config, data_dir
+from sam_brain.config import DEFAULT_TRAINING, Config, data_dir
 from sam_brain.errors import StateDamaged
 from sam_brain.pool import Pool
 from sam_brain.recovery import rebuild_versions
 from sam_brain.store import Store
+from sam_brain.trainings import check_name, lineage_dir, names, scoped_config
 from sam_brain.versions import Versions
 
 
@@ -52,6 +54,8 @@ class Home:
     versions: Versions
     rebuilt: list[str] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)  # problems found and handled, for status
+    training: str = DEFAULT_TRAINING  # whose lineage `store`, `versions` and `runs_dir` are
+    parent: Home | None = None  # the default training's home a named training's view came from
     _pool: Pool | None = None
     _pool_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -75,6 +79,31 @@ class Home:
             )
         return cls(config, data, store, versions, rebuilt, notices)
 
+    def for_training(self, name: str) -> Home:
+        """This home as training `name` sees it: the same pool, events and cursors, its own
+        config (`trainings.scoped_config`), runs, versions and canary. The default's is `self`.
+
+        Raises:
+            NotFound: `name` is not a configured training.
+        """
+        root = self.parent or self
+        if check_name(root.config, name) == DEFAULT_TRAINING:
+            return root
+        store = root.store.scoped(name)
+        versions = Versions(store, lineage_dir(root.data, name) / "versions")
+        config = scoped_config(root.config, name)
+        view = Home(config, root.data, store, versions, training=name, parent=root)
+        rebuilt = rebuild_versions(store, versions.root)  # its rows lost, its folders still there
+        if rebuilt:
+            versions.write_index()
+            root.notices.append(f"training {name}: versions {', '.join(rebuilt)} rebuilt")
+        return view
+
+    def trainings(self) -> list[Home]:
+        """Every training's view, the default first."""
+        root = self.parent or self
+        return [root.for_training(n) for n in names(root.config)]
+
     @property
     def pool(self) -> Pool:
         """The sample pool, opened now if not yet.
@@ -82,6 +111,8 @@ class Home:
         Raises:
             StateDamaged: LanceDB cannot open it (damaged manifest or data).
         """
+        if self.parent is not None:  # one pool for every training
+            return self.parent.pool
         with self._pool_lock:  # the daemon's threads may ask first at the same time
             if self._pool is None:
                 try:
@@ -91,11 +122,12 @@ class Home:
             return self._pool
 
     def close(self) -> None:
-        self.store.close()
+        if self.parent is None:  # a training's view shares the default's connection
+            self.store.close()
 
     @property
     def runs_dir(self) -> Path:
-        return self.data / "runs"
+        return lineage_dir(self.data, self.training) / "runs"
 
     @property
     def reports_dir(self) -> Path:

@@ -202,6 +202,7 @@ class Pool:
         split: str | None = None,
         ready_before: float | None = None,
         source_keys: Collection[str] | None = None,
+        first_seen_after: float | None = None,
     ) -> Iterator[tuple[Sample, str]]:
         """(sample, split) pairs in a stable order, matching every condition given.
 
@@ -210,8 +211,15 @@ class Pool:
             split: "train", "val" or "test".
             ready_before: Only samples past their quiet period at this Unix time.
             source_keys: Only samples of these sources (an empty collection: none).
+            first_seen_after: Only samples first seen after this Unix time.
         """
-        cond = where(kind=kind, split=split, ready_before=ready_before, source_keys=source_keys)
+        cond = where(
+            kind=kind,
+            split=split,
+            ready_before=ready_before,
+            source_keys=source_keys,
+            first_seen_after=first_seen_after,
+        )
         rows = self._rows(cond, ["id", "split", "data"])
         rows.sort(key=lambda r: r["id"])
         for row in rows:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sam_brain.config import DEFAULT_TRAINING
 from sam_brain.store import Store, VersionStatus, now_iso, stored_path
 
 log = logging.getLogger(__name__)
@@ -27,15 +28,16 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def version_folders(root: Path) -> dict[str, dict[str, Any]]:
+def version_folders(root: Path, training: str = DEFAULT_TRAINING) -> dict[str, dict[str, Any]]:
     """Every `vX.Y.Z/` under `root` with a readable manifest: name -> manifest."""
-    from sam_brain.versions import VERSION_DIR
+    from sam_brain.versions import version_dir_pattern
 
+    pattern = version_dir_pattern(training)
     found: dict[str, dict[str, Any]] = {}
     if not root.is_dir():
         return found
     for entry in sorted(root.iterdir()):
-        if entry.is_dir() and VERSION_DIR.fullmatch(entry.name):
+        if entry.is_dir() and pattern.fullmatch(entry.name):
             manifest = _read_json(entry / "manifest.json")
             if isinstance(manifest, dict):
                 found[entry.name] = manifest
@@ -60,7 +62,7 @@ def rebuild_versions(store: Store, root: Path) -> list[str]:
     """
     if store.versions():
         return []
-    folders = version_folders(root)
+    folders = version_folders(root, store.training)
     if not folders:
         return []
     index = _index_rows(root)
@@ -88,18 +90,20 @@ def rebuild_versions(store: Store, root: Path) -> list[str]:
                 str(manifest.get("created_at") or now_iso()),
                 old.get("deployed_at") or (now_iso() if status == "active" else None),
                 str(old.get("gate") or ""),
+                store.training,
             )
         )
     active = [r for r in rows if r[2] == VersionStatus.ACTIVE]
     for extra in active[:-1]:  # at most one active: the newest keeps it
         rows[rows.index(extra)] = (*extra[:2], VersionStatus.INACTIVE.value, *extra[3:])
     with store.tx() as db:
-        if db.execute("SELECT COUNT(*) FROM versions").fetchone()[0]:
+        count = "SELECT COUNT(*) FROM versions WHERE training=?"
+        if db.execute(count, (store.training,)).fetchone()[0]:
             return []  # another process (the daemon, a samctl) rebuilt them first
         db.executemany(
             "INSERT INTO versions(version, seq, status, run_id, base_model, adapter_path,"
-            " checksum, training_samples, metrics, description, created_at, deployed_at, gate)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " checksum, training_samples, metrics, description, created_at, deployed_at, gate,"
+            " training) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         names = [r[0] for r in rows]

@@ -1,4 +1,5 @@
-"""Durable daemon state in SQLite: training runs, versions, the canary, cursors and events.
+"""Durable daemon state in SQLite, the queries: training runs, versions, the canary, cursors,
+counters and events (the file's schema and migrations are `store_schema.py`).
 
 WAL mode lets the CLI read (and make small transactional changes, like a rollback) while the
 daemon runs; every multi-row change is one transaction, so a kill at any moment leaves either the
@@ -7,7 +8,7 @@ old state or the new one. Sample content lives in the LanceDB pool (`pool.py`), 
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import json
 import sqlite3
 import threading
@@ -20,70 +21,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sam_brain.errors import NotFound, StateDamaged
+from sam_brain.config import DEFAULT_TRAINING
+from sam_brain.errors import NotFound
+from sam_brain.store_schema import connect, damaged, stored_path
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    status TEXT NOT NULL,               -- pending, training, completed, failed, cancelled, interrupted
-    reason TEXT NOT NULL DEFAULT '',    -- why it failed or was cancelled
-    trigger TEXT NOT NULL DEFAULT '',   -- threshold, forced, nightly, retry
-    backend TEXT NOT NULL DEFAULT '',
-    base_model TEXT NOT NULL DEFAULT '',
-    samples_count INTEGER NOT NULL DEFAULT 0,
-    pool_version INTEGER NOT NULL DEFAULT 0,
-    attempt INTEGER NOT NULL DEFAULT 1,
-    output_path TEXT NOT NULL DEFAULT '',
-    progress TEXT NOT NULL DEFAULT '{}',
-    metrics TEXT NOT NULL DEFAULT '{}',
-    created_at TEXT NOT NULL,
-    started_at TEXT,
-    finished_at TEXT,
-    notes TEXT NOT NULL DEFAULT '[]',   -- JSON list: resumed from step N, started over because..., memory fit
-    fingerprint TEXT NOT NULL DEFAULT '' -- dataset + training config at run start (train/resume.py)
-);
-CREATE TABLE IF NOT EXISTS versions (
-    version TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL UNIQUE,
-    status TEXT NOT NULL,               -- active, inactive, canary, rolled_back, rejected
-    run_id TEXT NOT NULL DEFAULT '',
-    base_model TEXT NOT NULL DEFAULT '',
-    adapter_path TEXT NOT NULL,
-    checksum TEXT NOT NULL,
-    training_samples INTEGER NOT NULL DEFAULT 0,
-    metrics TEXT NOT NULL DEFAULT '{}',
-    description TEXT NOT NULL DEFAULT '',
-    created_at TEXT NOT NULL,
-    deployed_at TEXT,
-    gate TEXT NOT NULL DEFAULT ''       -- passed, ungated (too little held-out data), or '' (unjudged)
-);
-CREATE TABLE IF NOT EXISTS cursors (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL,
-    updated_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    ts TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    data TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS canary (
-    one INTEGER PRIMARY KEY CHECK (one = 1),  -- at most one canary runs
-    version TEXT NOT NULL,
-    percent INTEGER NOT NULL,
-    since TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_kind ON events(kind, id);
-CREATE TABLE IF NOT EXISTS counters (
-    name TEXT PRIMARY KEY,              -- e.g. skipped:sessions:truncated_line
-    value INTEGER NOT NULL DEFAULT 0
-);
-"""
-
-
-LEGACY_CANARY_KEY = "deployment.canary"
-"""Where homes made before the `canary` table kept the canary's weight (in `cursors`)."""
+__all__ = ["CanaryWeight", "Run", "Store", "Version", "VersionStatus", "now_iso", "stored_path"]
 
 
 class VersionStatus(StrEnum):
@@ -131,6 +73,7 @@ class Run:
     finished_at: str | None
     notes: list[str] = field(default_factory=list)
     fingerprint: str = ""
+    training: str = DEFAULT_TRAINING
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -153,6 +96,7 @@ class Version:
     created_at: str
     deployed_at: str | None
     gate: str = ""  # "passed", "ungated" (too little held-out data to judge) or "" (not judged)
+    training: str = DEFAULT_TRAINING
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -174,24 +118,21 @@ def _version(row: sqlite3.Row, data: Path) -> Version:
     return Version(**d)
 
 
-def stored_path(path: Path, data: Path) -> str:
-    """How an adapter path is stored: relative to the data folder when inside it, so a moved
-    home keeps serving its versions."""
-    try:
-        return path.relative_to(data).as_posix()
-    except ValueError:
-        return str(path)
-
-
-def damaged(path: Path, detail: str) -> StateDamaged:
-    return StateDamaged(
-        f"{path} is damaged ({detail}); versions are safe on disk: run `samctl doctor --repair`"
-        " to set it aside and rebuild it from the version folders"
-    )
-
-
 class Store:
-    """The SQLite state store; safe to share between threads of one process."""
+    """The SQLite state store; safe to share between threads of one process.
+
+    Runs, versions and the canary belong to one named training (`training`, the default's
+    "sam"); `scoped(NAME)` is a view on the same connection for another training's lineage.
+    Events, cursors and counters are the home's, shared by every view.
+    """
+
+    training: str = DEFAULT_TRAINING
+
+    def scoped(self, training: str) -> Store:
+        """This store seen from `training`'s lineage (same file, connection and lock)."""
+        view = copy.copy(self)
+        view.training = training
+        return view
 
     def __init__(self, path: Path) -> None:
         """Open (or create) the store, checking its integrity first.
@@ -203,73 +144,9 @@ class Store:
         self.path = path
         self._lock = threading.RLock()
         try:
-            self._open(path)
+            self._db = connect(path)
         except sqlite3.DatabaseError as err:
-            with contextlib.suppress(sqlite3.Error, AttributeError):
-                self._db.close()
             raise damaged(path, str(err)) from err
-
-    def _open(self, path: Path) -> None:
-        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so writers queue, not deadlock.
-        self._db = sqlite3.connect(
-            str(path), check_same_thread=False, isolation_level=None, timeout=30.0
-        )
-        self._db.row_factory = sqlite3.Row
-        problems = [str(r[0]) for r in self._db.execute("PRAGMA quick_check")]
-        if problems != ["ok"]:
-            raise sqlite3.DatabaseError("; ".join(problems[:3]))
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=30000")
-        for stmt in SCHEMA.split(";"):
-            if stmt.strip():
-                self._db.execute(stmt)
-        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(versions)")}
-        if "gate" not in columns:  # a store made before the gate verdict was kept per version
-            self._db.execute("ALTER TABLE versions ADD COLUMN gate TEXT NOT NULL DEFAULT ''")
-        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(runs)")}
-        for column, default in (("notes", "'[]'"), ("fingerprint", "''")):
-            if column not in columns:  # a store made before runs could resume
-                self._db.execute(
-                    f"ALTER TABLE runs ADD COLUMN {column} TEXT NOT NULL DEFAULT {default}"
-                )
-        self._migrate_canary()
-        self._migrate_paths()
-
-    def _migrate_paths(self) -> None:
-        # Homes made before paths were stored relative: rewrite rows that point into this home,
-        # or into the home's old place when the folder of the same name is here now.
-        data = self.path.parent
-        rows = self._query("SELECT version, adapter_path FROM versions")
-        changes: list[tuple[str, str]] = []
-        for r in rows:
-            path = Path(str(r["adapter_path"]))
-            if not path.is_absolute():
-                continue
-            rel = stored_path(path, data)
-            if rel == str(path) and (data / "versions" / path.name).is_dir():
-                rel = f"versions/{path.name}"
-            if rel != str(path):
-                changes.append((rel, str(r["version"])))
-        if changes:
-            with self.tx() as db:
-                db.executemany("UPDATE versions SET adapter_path=? WHERE version=?", changes)
-
-    def _migrate_canary(self) -> None:
-        # Older homes kept the canary's weight as a JSON cursor row; move it into its own table.
-        rows = self._query("SELECT value FROM cursors WHERE key=?", (LEGACY_CANARY_KEY,))
-        if not rows:
-            return
-        weight: CanaryWeight | None
-        try:
-            data = json.loads(rows[0]["value"] or "{}")
-            weight = CanaryWeight(str(data["version"]), int(data["percent"]), str(data["since"]))
-        except (ValueError, TypeError, KeyError):  # "{}" (none ran) or edited by hand: no weight
-            weight = None
-        with self.tx() as db:
-            if weight is not None:
-                self.set_canary(weight, db)
-            db.execute("DELETE FROM cursors WHERE key=?", (LEGACY_CANARY_KEY,))
 
     def close(self) -> None:
         with self._lock:
@@ -358,7 +235,9 @@ class Store:
     # -- canary ----------------------------------------------------------------------------------
 
     def canary(self) -> CanaryWeight | None:
-        rows = self._query("SELECT version, percent, since FROM canary")
+        rows = self._query(
+            "SELECT version, percent, since FROM canaries WHERE training=?", (self.training,)
+        )
         if not rows:
             return None
         r = rows[0]
@@ -366,11 +245,11 @@ class Store:
 
     def set_canary(self, weight: CanaryWeight | None, db: sqlite3.Connection) -> None:
         """Write (or with None, clear) the canary's weight inside the caller's transaction."""
-        db.execute("DELETE FROM canary")
+        db.execute("DELETE FROM canaries WHERE training=?", (self.training,))
         if weight is not None:
             db.execute(
-                "INSERT INTO canary(one, version, percent, since) VALUES (1, ?, ?, ?)",
-                (weight.version, weight.percent, weight.since),
+                "INSERT INTO canaries(training, version, percent, since) VALUES (?, ?, ?, ?)",
+                (self.training, weight.version, weight.percent, weight.since),
             )
 
     # -- counters --------------------------------------------------------------------------------
@@ -410,7 +289,8 @@ class Store:
         with self.tx() as db:
             db.execute(
                 "INSERT INTO runs(run_id, status, trigger, backend, base_model, samples_count,"
-                " pool_version, attempt, created_at) VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?)",
+                " pool_version, attempt, created_at, training)"
+                " VALUES (?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     trigger,
@@ -420,9 +300,12 @@ class Store:
                     pool_version,
                     attempt,
                     now_iso(),
+                    self.training,
                 ),
             )
-            self.add_event("run_created", {"run_id": run_id, "trigger": trigger}, db)
+            self.add_event(
+                "run_created", {"run_id": run_id, "trigger": trigger, "training": self.training}, db
+            )
         return self.get_run(run_id)
 
     def update_run(self, run_id: str, **fields: Any) -> None:
@@ -449,7 +332,8 @@ class Store:
         return [
             _run(r)
             for r in self._query(
-                "SELECT * FROM runs ORDER BY created_at DESC, rowid DESC LIMIT ?", (limit,)
+                "SELECT * FROM runs WHERE training=? ORDER BY created_at DESC, rowid DESC LIMIT ?",
+                (self.training, limit),
             )
         ]
 
@@ -460,9 +344,9 @@ class Store:
     def run_counts(self, since: str = "") -> dict[str, int]:
         """Runs by status, of all time or created at or after the ISO time `since`."""
         rows = self._query(
-            "SELECT status, COUNT(*) AS n FROM runs WHERE created_at >= ?"
+            "SELECT status, COUNT(*) AS n FROM runs WHERE created_at >= ? AND training=?"
             " GROUP BY status ORDER BY status",
-            (since,),
+            (since, self.training),
         )
         return {str(r["status"]): int(r["n"]) for r in rows}
 
@@ -481,20 +365,34 @@ class Store:
     def versions(self) -> list[Version]:
         return [
             _version(r, self.path.parent)
-            for r in self._query("SELECT * FROM versions ORDER BY seq")
+            for r in self._query(
+                "SELECT * FROM versions WHERE training=? ORDER BY seq", (self.training,)
+            )
         ]
 
     def get_version(self, version: str) -> Version:
-        rows = self._query("SELECT * FROM versions WHERE version=?", (version,))
+        rows = self._query(
+            "SELECT * FROM versions WHERE version=? AND training=?", (version, self.training)
+        )
         if not rows:
             known = ", ".join(v.version for v in self.versions()) or "none"
-            raise NotFound(f"no version {version!r} (known: {known})")
+            other = self._query("SELECT training FROM versions WHERE version=?", (version,))
+            where = f" in training {self.training!r}" if self.training != DEFAULT_TRAINING else ""
+            if other:  # lineages never cross: name the one it belongs to
+                known += f"; {version} belongs to training {other[0]['training']!r}"
+            raise NotFound(f"no version {version!r}{where} (known: {known})")
         return _version(rows[0], self.path.parent)
 
     def active_version(self) -> Version | None:
-        rows = self._query("SELECT * FROM versions WHERE status='active' ORDER BY seq DESC LIMIT 1")
+        rows = self._query(
+            "SELECT * FROM versions WHERE status='active' AND training=? ORDER BY seq DESC LIMIT 1",
+            (self.training,),
+        )
         return _version(rows[0], self.path.parent) if rows else None
 
     def next_seq(self) -> int:
-        rows = self._query("SELECT COALESCE(MAX(seq), -1) + 1 AS n FROM versions")
+        rows = self._query(
+            "SELECT COALESCE(MAX(seq), -1) + 1 AS n FROM versions WHERE training=?",
+            (self.training,),
+        )
         return int(rows[0]["n"])

@@ -1,5 +1,8 @@
 """Checksummed adapter versions: `<data>/versions/vX.Y.Z/` plus a row in the state store.
 
+A named training's registry is `<data>/trainings/NAME/versions/NAME-vX.Y.Z/` on a store view
+scoped to it (`Store.scoped`): each lineage numbers, activates and rolls back on its own.
+
 Registering copies the adapter into a temp folder, checksums it, writes `manifest.json`, then
 renames the folder into place and records it in one transaction, so a kill never leaves a
 half-registered version. `current.txt` mirrors the active version for outside tools; the database
@@ -20,6 +23,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from sam_brain.config import DEFAULT_TRAINING
 from sam_brain.errors import Conflict, PromotionRejected
 from sam_brain.fsutil import write_text_atomic
 from sam_brain.store import (
@@ -93,12 +97,21 @@ def copy_adapter_files(src: Path, dst: Path) -> list[str]:
     return skipped
 
 
-def version_name(seq: int) -> str:
-    return f"v1.0.{seq}"
+def version_name(seq: int, training: str = DEFAULT_TRAINING) -> str:
+    """`v1.0.N` in the default training, `NAME-v1.0.N` in a named one (names never cross)."""
+    prefix = "" if training == DEFAULT_TRAINING else f"{training}-"
+    return f"{prefix}v1.0.{seq}"
 
 
 VERSION_DIR = re.compile(r"v1\.0\.(\d+)")
 """A version folder's name, with its sequence number."""
+
+
+def version_dir_pattern(training: str) -> re.Pattern[str]:
+    """A version folder's name in `training`'s lineage, with its sequence number."""
+    if training == DEFAULT_TRAINING:
+        return VERSION_DIR
+    return re.compile(re.escape(training) + r"-v1\.0\.(\d+)")
 
 
 class Versions:
@@ -119,13 +132,15 @@ class Versions:
         lost or rebuilt) still holds a user's adapter: its name is skipped, never reused.
         """
         seq = self.store.next_seq()
+        training = self.store.training
+        pattern = version_dir_pattern(training)
         for entry in self.root.iterdir():
-            m = VERSION_DIR.fullmatch(entry.name)
+            m = pattern.fullmatch(entry.name)
             if m:
                 seq = max(seq, int(m.group(1)) + 1)
-        while self.path(version_name(seq)).exists():
+        while self.path(version_name(seq, training)).exists():
             seq += 1
-        return seq, version_name(seq)
+        return seq, version_name(seq, training)
 
     def register(
         self,
@@ -163,6 +178,7 @@ class Versions:
             "run_id": run_id,
             "base_model": base_model,
             "training_samples": training_samples,
+            "training": self.store.training,
             "metrics": metrics or {},
             "checksum": digest,
             "created_at": now_iso(),
@@ -182,8 +198,8 @@ class Versions:
         with self.store.tx() as db:
             db.execute(
                 "INSERT INTO versions(version, seq, status, run_id, base_model, adapter_path,"
-                " checksum, training_samples, metrics, description, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " checksum, training_samples, metrics, description, created_at, training)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     name,
                     seq,
@@ -196,6 +212,7 @@ class Versions:
                     json.dumps(metrics or {}),
                     description,
                     manifest["created_at"],
+                    self.store.training,
                 ),
             )
             self.store.add_event("version_registered", {"version": name, "run_id": run_id}, db)
@@ -245,7 +262,7 @@ class Versions:
         if to in (VersionStatus.ACTIVE, VersionStatus.CANARY):
             self.verify(version)
         with self.store.tx() as db:
-            self._write_status(db, version, to, demote_active_to)
+            self._write_status(db, version, to, demote_active_to, self.store.training)
             if to is VersionStatus.CANARY:
                 self.store.set_canary(canary or CanaryWeight(version, 0, now_iso()), db)
             elif before.status is VersionStatus.CANARY:
@@ -268,12 +285,16 @@ class Versions:
 
     @staticmethod
     def _write_status(
-        db: sqlite3.Connection, version: str, to: VersionStatus, demote_active_to: VersionStatus
+        db: sqlite3.Connection,
+        version: str,
+        to: VersionStatus,
+        demote_active_to: VersionStatus,
+        training: str,
     ) -> None:
-        if to is VersionStatus.ACTIVE:
+        if to is VersionStatus.ACTIVE:  # one active version per training
             db.execute(
-                "UPDATE versions SET status=? WHERE status=? AND version<>?",
-                (demote_active_to.value, VersionStatus.ACTIVE.value, version),
+                "UPDATE versions SET status=? WHERE status=? AND version<>? AND training=?",
+                (demote_active_to.value, VersionStatus.ACTIVE.value, version, training),
             )
             db.execute(
                 "UPDATE versions SET status=?, deployed_at=? WHERE version=?",

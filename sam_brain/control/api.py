@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from deployment.serving import add_routes
+from sam_brain.config import DEFAULT_TRAINING
 from sam_brain.control.api_dash import add_dash_routes
 from sam_brain.control.api_data import add_data_routes
 from sam_brain.control.api_deploy import add_deploy_routes
@@ -68,49 +69,78 @@ async def get_health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "uptime_seconds": round(time.time() - ctx.started, 1)})
 
 
-def _training_doc(ctx: AppContext) -> dict[str, Any]:
+def _training_doc(ctx: AppContext, name: str = DEFAULT_TRAINING) -> dict[str, Any]:
+    """`/api/training`: the slot, the queue, and `name`'s blocker and recent runs."""
     coord = ctx.coordinator
+    home = ctx.home.for_training(name)
     current = None
     if coord.training and coord.job is not None and coord.job.run is not None:
-        current = ctx.home.store.get_run(coord.job.run.run_id).to_dict()
+        current = coord.job.home.store.get_run(coord.job.run.run_id).to_dict()
     return {
         "training": coord.training,
+        "running": coord.running,  # the training whose run holds the machine's one slot
         "current": current,
-        "blocked_by": None if coord.training else coord.why_not(),
-        "runs": [r.to_dict() for r in ctx.home.store.runs(10)],
+        "blocked_by": None if coord.training else coord.why_not(training=name),
+        "queue": coord.queue.to_list(),  # trainings waiting for the slot, first first
+        "runs": [r.to_dict() for r in home.store.runs(10)],
+        "trainings": [
+            {"name": h.training, "blocked_by": coord.why_not(training=h.training)}
+            for h in ctx.home.trainings()
+        ],
     }
 
 
 async def get_training(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    return web.json_response(await asyncio.to_thread(_training_doc, ctx))
+    name = request.query.get("training", DEFAULT_TRAINING)
+    return web.json_response(await asyncio.to_thread(_training_doc, ctx, name))
+
+
+def _training_name(ctx: AppContext, body: dict[str, Any]) -> str:
+    name = body.get("training", DEFAULT_TRAINING)
+    if not isinstance(name, str):
+        raise BadRequest("training: expected a training's name")
+    ctx.home.for_training(name)  # NotFound (404) naming the configured ones
+    return name
 
 
 async def post_train(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    body = await read_json(request, {"force"})
+    body = await read_json(request, {"force", "training"})
     force = read_bool(body, "force")
+    name = _training_name(ctx, body)
+    coord = ctx.coordinator
     if not force:
-        reason = await asyncio.to_thread(ctx.coordinator.why_not)
+        # While another training holds the slot, a due one queues; one not due is refused.
+        other = coord.running not in (None, name)
+        check = coord.own_reason if other else (lambda n: coord.why_not(None, n))
+        reason = await asyncio.to_thread(check, name)
         if reason is not None:
             return web.json_response({"started": False, "reason": reason}, status=409)
-    run_id, joined = await ctx.coordinator.start_run("forced" if force else "api", force=force)
+    run_id, joined = await coord.start_run("forced" if force else "api", force=force, training=name)
+    if not run_id:  # another training holds the slot: this one waits its turn
+        position = coord.queue.position(name)
+        return web.json_response(
+            {"started": False, "queued": position, "training": name}, status=202
+        )
     # A forced request while a run starts or trains joins that run (202 all the same).
     return web.json_response(
-        {"started": not joined, "joined": joined, "run_id": run_id}, status=202
+        {"started": not joined, "joined": joined, "run_id": run_id, "training": name}, status=202
     )
 
 
 async def post_cancel(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    await read_json(request, set())
-    cancelled = await ctx.coordinator.cancel()
+    body = await read_json(request, {"training"})
+    name = _training_name(ctx, body) if "training" in body else None
+    cancelled = await ctx.coordinator.cancel(name)
     return web.json_response({"cancelled": cancelled})
 
 
 async def get_versions(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    versions = await asyncio.to_thread(ctx.home.store.versions)
+    home = ctx.home.for_training(request.query.get("training", DEFAULT_TRAINING))
+    versions = await asyncio.to_thread(home.store.versions)
     return web.json_response({"versions": [v.to_dict() for v in versions]})
 
 

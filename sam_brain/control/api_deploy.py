@@ -17,8 +17,10 @@ from aiohttp import web
 
 from deployment import canary
 from deployment.serving_metrics import prom_line, prometheus_lines
+from sam_brain.config import DEFAULT_TRAINING
 from sam_brain.control.app import CTX, AppContext, read_json
 from sam_brain.errors import BadRequest
+from sam_brain.home import Home
 from sam_brain.train.release import (
     release,
     rollback_or_abort,
@@ -55,6 +57,15 @@ def _version(body: dict[str, Any]) -> str | None:
     return name
 
 
+def training_home(ctx: AppContext, body: dict[str, Any]) -> Home:
+    """The home of the training a request names (`"training"`, default "sam").
+
+    Raises:
+        NotFound: No such training (404, naming the configured ones).
+    """
+    return ctx.home.for_training(_str(body, "training") or DEFAULT_TRAINING)
+
+
 def import_roots(ctx: AppContext) -> list[Path]:
     """Where HTTP callers may take adapters from: the home and `deployment.import_dirs`."""
     dirs = [ctx.home.data, *(Path(d).expanduser() for d in ctx.home.config.deployment.import_dirs)]
@@ -88,21 +99,23 @@ def confined(ctx: AppContext, body: dict[str, Any], key: str, want_dir: bool) ->
     return real
 
 
-def canary_doc(ctx: AppContext) -> dict[str, Any]:
-    state = canary.canary_state(ctx.home.versions)
+def canary_doc(ctx: AppContext, home: Home | None = None) -> dict[str, Any]:
+    """The canary of a training (`home`; default: the default training's)."""
+    home = home or ctx.home
+    state = canary.canary_state(home.versions)
     doc: dict[str, Any] = {"active": state is not None}
     if state is not None:
         doc.update(
             version=state.version,
             percent=state.percent,
             since=state.since,
-            steps=list(ctx.home.config.deployment.canary_steps),
+            steps=list(home.config.deployment.canary_steps),
         )
     if ctx.chat is not None:
         windows = ctx.chat.metrics()
         shadow = ctx.chat.shadow
         doc["shadow"] = {"enabled": shadow is not None, **(shadow.stats() if shadow else {})}
-        active = ctx.home.versions.current()
+        active = home.versions.current()
         stable = windows.get(active.version) if active else None
         doc["stable_metrics"] = stable.to_dict() if stable else None
         if state is not None:
@@ -113,12 +126,14 @@ def canary_doc(ctx: AppContext) -> dict[str, Any]:
 
 async def get_canary(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    return web.json_response(await asyncio.to_thread(canary_doc, ctx))
+    home = training_home(ctx, {"training": request.query.get("training")})
+    return web.json_response(await asyncio.to_thread(canary_doc, ctx, home))
 
 
 async def post_canary(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    body = await read_json(request, {"version", "path", "traffic"})
+    body = await read_json(request, {"version", "path", "traffic", "training"})
+    home = training_home(ctx, body)
     if (body.get("version") is None) == (body.get("path") is None):
         raise BadRequest("send {'version': 'v1.0.3'} or {'path': '/adapter/dir'} and 'traffic'")
     traffic = body.get("traffic", ctx.home.config.deployment.canary_steps[0])
@@ -128,32 +143,39 @@ async def post_canary(request: web.Request) -> web.Response:
     name, path = _version(body), confined(ctx, body, "path", want_dir=True)
     async with request.app[DEPLOY_LOCK]:
         if name is not None:
-            v = await asyncio.to_thread(start_canary_version, ctx.home, name, traffic)
+            v = await asyncio.to_thread(start_canary_version, home, name, traffic)
         else:
-            v = await asyncio.to_thread(start_canary_from, ctx.home, str(path), traffic)
+            v = await asyncio.to_thread(start_canary_from, home, str(path), traffic)
     return web.json_response({"canary": v.to_dict(), "traffic": traffic})
 
 
 async def post_promote(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    await read_json(request, set())
+    home = training_home(ctx, await read_json(request, {"training"}))
     async with request.app[DEPLOY_LOCK]:
-        v = await asyncio.to_thread(canary.promote, ctx.home.versions)
+        v = await asyncio.to_thread(canary.promote, home.versions)
     return web.json_response({"version": v.to_dict()})
 
 
 async def post_rollback(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    body = await read_json(request, {"version"})
+    body = await read_json(request, {"version", "training"})
     version = _version(body)
+    home = training_home(ctx, body)
     async with request.app[DEPLOY_LOCK]:
-        what, v = await asyncio.to_thread(rollback_or_abort, ctx.home, version)
+        what, v = await asyncio.to_thread(rollback_or_abort, home, version)
     return web.json_response({"action": what, "version": v.to_dict() if v else None})
 
 
 async def post_deploy(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
-    body = await read_json(request, {"path", "dry_run", "description", "test"})
+    body = await read_json(request, {"path", "dry_run", "description", "test", "training"})
+    home = training_home(ctx, body)
+    if home.config.training.mlx_base_model != ctx.home.config.training.mlx_base_model:
+        raise BadRequest(
+            f"training {home.training!r} has its own base: deploy to it with samctl while the"
+            " daemon is stopped"
+        )
     _str(body, "path", required=True)
     dry = body.get("dry_run", False)
     if not isinstance(dry, bool):
@@ -169,7 +191,7 @@ async def post_deploy(request: web.Request) -> web.Response:
     async with request.app[DEPLOY_LOCK]:
         outcome = await asyncio.to_thread(
             release,
-            ctx.home,
+            home,
             path,
             base_model_dir=base_dir,
             base_ref=ctx.base_ref,

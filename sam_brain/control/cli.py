@@ -69,6 +69,12 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
             f"canary: {c['version']} ({c.get('gate', '-')}) at {c['percent']}% of conversations"
             f" since {c['since']}"
         )
+    for t in (doc.get("trainings") or [])[1:]:  # the named ones (the default is above)
+        canary = f", canary {t['canary']['version']}" if t.get("canary") else ""
+        print(
+            f"training {t['name']} ({t['model']}): {t['model_version']}{canary};"
+            f" {t['new_samples']} new / {t['min_for_training']} needed"
+        )
     return 0
 
 
@@ -96,14 +102,14 @@ def _loss_values(client: Client, run_id: str) -> list[float]:
     return [p["train_loss"] for p in doc.get("points", []) if p.get("train_loss") is not None]
 
 
-def _follow(client: Client, run_id: str, show_bar: bool) -> int:
+def _follow(client: Client, run_id: str, show_bar: bool, training: str = "sam") -> int:
     bar = None
     if show_bar:
         from tqdm import tqdm
 
         bar = tqdm(total=0, unit="step", desc=run_id)
     while True:
-        _, doc = client.call("GET", "/api/training")
+        _, doc = client.call("GET", f"/api/training?training={training}")
         run = next((r for r in doc["runs"] if r["run_id"] == run_id), None)
         if run is None:
             time.sleep(0.5)
@@ -133,15 +139,18 @@ def _follow(client: Client, run_id: str, show_bar: bool) -> int:
 def cmd_train(args: argparse.Namespace, config: Config) -> int:
     client = Client.for_config(args.url, config)
     if args.cancel:
-        _, doc = client.call("POST", "/api/train/cancel", {})
+        _, doc = client.call("POST", "/api/train/cancel", {"training": args.training})
         print("cancel requested" if doc.get("cancelled") else "no run in progress")
         return 0
-    code, doc = client.call("POST", "/api/train", {"force": args.force})
+    code, doc = client.call("POST", "/api/train", {"force": args.force, "training": args.training})
     if code == 409 and "reason" in doc:
         print(f"not training: {doc['reason']} (use --force to train anyway)")
         return 4
     if code >= 400:
         raise error_from_http(code, doc)
+    if doc.get("queued"):  # another training holds the machine's one slot
+        print(f"{args.training} queued at position {doc['queued']} (one run at a time)")
+        return 0
     run_id = doc["run_id"]
     print(
         f"joined run {run_id}, already training"
@@ -149,7 +158,7 @@ def cmd_train(args: argparse.Namespace, config: Config) -> int:
         else f"training run {run_id} started"
     )
     if args.wait or args.follow:
-        return _follow(client, run_id, args.follow)
+        return _follow(client, run_id, args.follow, args.training)
     return 0
 
 
@@ -242,7 +251,9 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
     if args.command == "rollback":
         try:
             code, doc = Client.for_config(args.url, config).call(
-                "POST", "/api/rollback", {"version": args.version} if args.version else {}
+                "POST",
+                "/api/rollback",
+                {"training": args.training, **({"version": args.version} if args.version else {})},
             )
             if code >= 400:
                 raise error_from_http(code, doc)
@@ -251,8 +262,9 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
             return 0
         except DaemonUnreachable:
             pass
-    home = open_home(config)
+    root = open_home(config)
     try:
+        home = root.for_training(args.training)
         if args.command == "list":
             versions = home.store.versions()
             if args.json:
@@ -274,7 +286,7 @@ def cmd_versions(args: argparse.Namespace, config: Config) -> int:
             what, now = rollback_or_abort(home, args.version)
             print(f"{what}; active version: {now.version if now else 'base'}")
     finally:
-        home.close()
+        root.close()
     return 0
 
 

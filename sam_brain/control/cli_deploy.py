@@ -47,6 +47,7 @@ def deploy(args: argparse.Namespace, config: Config) -> int:
                 body["traffic"] = args.traffic
         else:
             body, path = {}, "/api/promote"
+        body["training"] = args.training
         try:
             code, doc = client.call("POST", path, body)
         except DaemonUnreachable:
@@ -84,8 +85,9 @@ def _deploy_offline(args: argparse.Namespace, config: Config) -> int:
     from sam_brain.hub import resolve_model
     from sam_brain.train.release import configured_base_ref, release, start_canary_from
 
-    home = open_home(config)
+    root = open_home(config)
     try:
+        home = root.for_training(args.training)
         if args.command == "deploy":
             ref = configured_base_ref(home)
             base = "" if args.dry_run else str(resolve_model(ref))
@@ -109,7 +111,7 @@ def _deploy_offline(args: argparse.Namespace, config: Config) -> int:
             v = canary.promote(home.versions)
             print_doc({"promoted": v.version}, args.json)
     finally:
-        home.close()
+        root.close()
     return 0
 
 
@@ -149,10 +151,10 @@ def export(args: argparse.Namespace, config: Config) -> int:
     """`samctl export VERSION --format F --out DIR [--quant Q]`: works on the home directly."""
     from sam_brain.train.exports import export_version_cmd
 
-    home = open_home(config)
+    root = open_home(config)
     try:
         doc = export_version_cmd(
-            home,
+            root.for_training(args.training),
             args.version,
             args.format,
             Path(args.out).expanduser(),
@@ -160,6 +162,6 @@ def export(args: argparse.Namespace, config: Config) -> int:
             force=args.force,
         )
     finally:
-        home.close()
+        root.close()
     print_doc(doc, args.json)
     return 0

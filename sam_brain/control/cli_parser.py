@@ -69,7 +69,7 @@ def build(epilog: str) -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="adapter versions")
     ls.add_argument("--json", action="store_true")
-    sub.add_parser("current", help="the active version")
+    cur = sub.add_parser("current", help="the active version")
     rb = sub.add_parser("rollback", help="go back to the previous (or a given) version")
     rb.add_argument("version", nargs="?", help="e.g. v1.0.0 (default: the previous deployed one)")
 
@@ -97,6 +97,10 @@ def build(epilog: str) -> argparse.ArgumentParser:
     ex.add_argument("--quant", choices=["q4_k_m", "q5_k_m", "q8_0", "f16"])
     ex.add_argument("--force", action="store_true", help="rebuild even if already exported")
     ex.add_argument("--json", action="store_true")
+    for lineage in (t, ls, cur, rb, dp, cn, pr, ex):
+        lineage.add_argument(
+            "--training", default="sam", help="a [trainings.NAME] lineage (default: sam)"
+        )
 
     _eval_parser(sub)
 

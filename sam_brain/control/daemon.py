@@ -50,6 +50,7 @@ from sam_brain.train.release import Exclusive, canary_policy, health_limits
 from sam_brain.train.resume import recover_interrupted
 from sam_brain.train.runs import prune_runs
 from sam_brain.train.scheduler import Coordinator
+from sam_brain.versions import Versions
 
 log = logging.getLogger("sam_brain")
 SHUTDOWN_GRACE_S = 3.0  # SIGTERM must stop the daemon within 10 s whatever is in flight
@@ -158,19 +159,21 @@ class Daemon:
         try:
             await asyncio.to_thread(self._heal_active)
             limits = health_limits(self.config)
-            await asyncio.to_thread(RollbackMonitor(self.home.versions, chat.metrics, limits).check)
-            running = canary.canary_state(self.home.versions)
-            if running is not None:
-                decision = await asyncio.to_thread(
-                    canary.advance,
-                    self.home.versions,
-                    chat.metrics().get(running.version),
-                    canary_policy(self.config),
-                )
-                if decision != "hold":
-                    log.info("canary %s: %s", running.version, decision)
+            for name, versions in chat.lineages.items():  # each training's canary and rollback
+                await asyncio.to_thread(RollbackMonitor(versions, chat.metrics, limits).check)
+                running = canary.canary_state(versions)
+                if running is not None:
+                    decision = await asyncio.to_thread(
+                        canary.advance,
+                        versions,
+                        chat.metrics().get(running.version),
+                        canary_policy(self.config),
+                    )
+                    if decision != "hold":
+                        log.info("canary %s (%s): %s", running.version, name, decision)
             if self.config.deployment.export_formats:
-                await asyncio.to_thread(export_active, self.home)
+                for home in self.home.trainings():
+                    await asyncio.to_thread(export_active, home)
         except Exception:  # a monitoring bug must not stop the daemon
             log.exception("deployment monitor failed")
 
@@ -278,9 +281,10 @@ class Daemon:
 
     def _recover_runs(self) -> None:
         # Left training by a crash or kill: the coordinator's first check continues them.
-        for run in recover_interrupted(self.home):
-            log.warning("run %s was interrupted: %s", run.run_id, run.reason)
-        prune_runs(self.home, self.config.training.keep_runs)
+        for home in self.home.trainings():  # each training's own runs
+            for run in recover_interrupted(home):
+                log.warning("run %s was interrupted: %s", run.run_id, run.reason)
+            prune_runs(home, self.config.training.keep_runs)
 
     def _make_watchers(self, loop: asyncio.AbstractEventLoop) -> Watchers:
         rules = PathRules(self.config.sources.exclude)
@@ -316,6 +320,7 @@ class Daemon:
         chat = ChatServer(
             self.home.versions,
             base_dir,
+            lineages=self._served_lineages(),
             shadow=dep.shadow,
             shadow_queue=dep.shadow_queue,
             prompt_cache_mb=dep.prompt_cache_mb,
@@ -326,6 +331,20 @@ class Daemon:
             chat_log=open_chat_log(self.home),
         )
         return chat, unavailable
+
+    def _served_lineages(self) -> dict[str, Versions]:
+        """Named trainings on the resident base, served beside the default as `sam-NAME`."""
+        base = self.config.training.mlx_base_model
+        served: dict[str, Versions] = {}
+        for home in self.home.trainings()[1:]:
+            if home.config.training.mlx_base_model == base:
+                served[home.training] = home.versions
+            else:  # a second base would need a second resident model: not served here
+                self.home.notices.append(
+                    f"training {home.training!r} is not served: its base"
+                    f" {home.config.training.mlx_base_model} is not the resident {base}"
+                )
+        return served
 
     async def _chat_ctx(self, app: web.Application) -> AsyncIterator[None]:
         yield

@@ -13,17 +13,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from sam_brain.config import Config
+from sam_brain.config import DEFAULT_TRAINING, Config
 from sam_brain.errors import BadRequest, Conflict, NotFound
 from sam_brain.home import Home
 from sam_brain.pipeline.ingest import IngestReport
-
-DEFAULT_TRAINING = "sam"
+from sam_brain.trainings import names
 
 
 def training_names(config: Config) -> set[str]:
     """The trainings a sample may name: the default one and each `[trainings.NAME]`."""
-    return {DEFAULT_TRAINING, *getattr(config, "trainings", {})}
+    return set(names(config))
 
 
 def import_dataset(

@@ -1,8 +1,8 @@
 """The `/api/self` status document, built from a home (and the coordinator when the daemon runs).
 
 The shape follows the SAM doc users already script against (`training_stats` with
-`model_version`, `deployed_at`, `last_training`, `training_data`, `deployment`), plus fields of
-ours. `samctl status` prints the same document, from the daemon or, when it is down, the home.
+`model_version`, `deployed_at`, `last_training`, `training_data`, `deployment`: the default
+training's), plus fields of ours, among them `trainings`: one summary per training. `samctl status` prints the same document, from the daemon or, when it is down, the home.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from sam_brain.doctor import DAMAGED
 from sam_brain.errors import StateDamaged
 from sam_brain.home import Home, pool_damaged
 from sam_brain.train.dataset import new_samples_since_last_run
+from sam_brain.trainings import model_id
 
 _NO_STATS: dict[str, Any] = {"total": 0, "trainable": 0, "by_source": {}, "pool_version": None}
 """What the counts read as while the pool is damaged (the problem is listed beside them)."""
@@ -31,6 +32,30 @@ def damaged_rollback(home: Home) -> str | None:
     if not reason.startswith(DAMAGED) or data.get("to") != (active.version if active else None):
         return None
     return f"{reason}; rolled back to {data.get('to') or 'the base'}"
+
+
+def training_summary(home: Home) -> dict[str, Any]:
+    """One training's line in `/api/self`'s `trainings` list (its lineage and its threshold)."""
+    active = home.versions.current()
+    last = home.store.last_run()
+    running = canary_state(home.versions)
+    try:
+        new: int | None = new_samples_since_last_run(home)
+    except (StateDamaged, RuntimeError, OSError):  # listed once in `problems` already
+        new = None
+    need = home.config.training.min_for_training
+    return {
+        "name": home.training,
+        "model": model_id(home.training),
+        "model_version": active.version if active else "base",
+        "deployed_at": active.deployed_at if active else None,
+        "versions": len(home.store.versions()),
+        "canary": {"version": running.version, "percent": running.percent} if running else None,
+        "last_training": {"run_id": last.run_id, "status": last.status} if last else None,
+        "new_samples": new,
+        "min_for_training": need,
+        "ready_to_train": new is not None and new >= need,
+    }
 
 
 def self_status(home: Home, *, daemon: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -107,4 +132,6 @@ def self_status(home: Home, *, daemon: dict[str, Any] | None = None) -> dict[str
                 else None,
             },
         },
+        # The default training ("sam", above) first, then each `[trainings.NAME]`.
+        "trainings": [training_summary(h) for h in home.trainings()],
     }

@@ -18,6 +18,7 @@ from sam_brain.fsutil import write_jsonl_atomic, write_text_atomic
 from sam_brain.home import Home
 from sam_brain.pipeline.split import ensure_nonempty, hold_out_groups
 from sam_brain.pipeline.tokens import fit_rows
+from sam_brain.pipeline.training_select import selector, trainable_count
 from sam_brain.protocols import Sample
 
 SAMPLES = "samples.json"  # in a run's data folder: id -> content digest of every sample used
@@ -60,7 +61,8 @@ def build_dataset(
     """
     now = time.time() if now is None else now
     pool = home.pool if pool_version is None else home.pool.at_version(pool_version)
-    rows = list(pool.samples(ready_before=now))
+    belongs = selector(home.config, home.training)  # only this training's samples
+    rows = [(s, split) for s, split in pool.samples(ready_before=now) if belongs(s)]
     sft = [(s, split) for s, split in rows if s.kind == "sft"]
     groups = ensure_nonempty({s.group: split for s, split in sft})
     held = hold_out_groups(groups, home.config.deployment.gate_holdout_share)
@@ -97,10 +99,10 @@ def build_dataset(
 
 
 def new_samples_since_last_run(home: Home) -> int:
-    """Trainable samples first seen after the last completed run was created."""
+    """The training's trainable samples first seen after its last completed run was created."""
     since = 0.0
     for run in home.store.runs(50):
         if run.status == "completed":
             since = datetime.fromisoformat(run.created_at).timestamp()
             break
-    return home.pool.trainable_count(since=since)
+    return trainable_count(home.pool, home.config, home.training, since=since)

@@ -210,7 +210,7 @@ def test_a_home_made_before_the_canary_table_keeps_its_canary(tmp_path: Path) ->
     vs.activate("v1.0.0")
     with vs.store.tx() as db:
         db.execute("UPDATE versions SET status='canary' WHERE version='v1.0.1'")
-        db.execute("DROP TABLE canary")
+        db.execute("DROP TABLE canaries")  # the per-training table since named trainings
     old = {"version": "v1.0.1", "percent": 50, "since": "2026-01-02T03:04:05+00:00"}
     vs.store.set_cursors({"deployment.canary": json.dumps(old)})
     vs.store.close()

@@ -101,7 +101,8 @@ async def test_models_lists_routed_pinned_and_base(served: Any, versions: Versio
     canary.start_canary(versions, "v1.0.1", 10)
     resp = await client.get("/v1/models")
     ids = [m["id"] for m in (await resp.json())["data"]]
-    assert ids == ["sam-brain", "v1.0.0", "v1.0.1", "base"]
+    # "sam" (issue 16) routes like the older "sam-brain": the default training's versions.
+    assert ids == ["sam-brain", "sam", "v1.0.0", "v1.0.1", "base"]
 
 
 async def test_canary_routing_is_sticky_per_user(served: Any, versions: Versions) -> None:
