@@ -105,7 +105,9 @@ def binomial_two_sided(k: int, n: int) -> float:
         return 1.0
     tail = min(k, n - k)
     # Python ints divide exactly, so large n cannot overflow 2**n.
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(tail + 1)) / 2**n)
+    total: int = sum(math.comb(n, i) for i in range(tail + 1))
+    p: float = 2 * total / 2**n
+    return min(1.0, p)
 
 
 @dataclass
