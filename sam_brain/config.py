@@ -326,6 +326,7 @@ class TeacherConfig:
         200,
         "Campaigns at least this large go through the provider's batch API (Anthropic Message Batches).",
     )
+    batch_poll_seconds: float = _f(30.0, "How often a running Message Batch is checked.")
     usd_per_mtok_input: float = _f(3.0, "Price per million input tokens, for the cost ledger.")
     usd_per_mtok_output: float = _f(15.0, "Price per million output tokens.")
     usd_per_mtok_cache_read: float = _f(0.3, "Price per million cached input tokens read.")

@@ -7,27 +7,18 @@ into one-line `TeacherError`s that name the server, never the key.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 from sam_brain.config import TeacherConfig
 from sam_brain.errors import TeacherError
 from sam_brain.protocols import Teacher, TeacherReply, TeacherRequest
+from teachers.common import api_key
 
 if TYPE_CHECKING:
     import openai
 
 # Local servers need no key, but the SDK insists on one; this placeholder is sent instead.
 _NO_KEY = "sam-brain-no-key"
-
-
-def api_key(config: TeacherConfig, default_env: str, *, required: bool) -> str:
-    """The key from the environment only (config files must not hold keys)."""
-    env = config.api_key_env or default_env
-    key = os.environ.get(env, "")
-    if not key and required:
-        raise TeacherError(f"teacher {config.provider!r}: set the API key in ${env}")
-    return key
 
 
 class OpenAITeacher:

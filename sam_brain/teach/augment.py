@@ -130,7 +130,7 @@ def tier_b_requests(ctx: JobContext) -> list[tuple[TeacherRequest, Sample]]:
             "Write a better final answer."
         )
         request = TeacherRequest(
-            messages=[{"role": "user", "content": user}], system=ANSWER_SYSTEM, key=f"b:{sample.id}"
+            messages=[{"role": "user", "content": user}], system=ANSWER_SYSTEM, key=f"b-{sample.id}"
         )
         out.append((request, sample))
         if ctx.spec.count and len(out) >= ctx.spec.count:
@@ -256,7 +256,7 @@ def doc_requests(ctx: JobContext) -> list[tuple[TeacherRequest, Path]]:
         request = TeacherRequest(
             messages=[{"role": "user", "content": user}],
             system=DOC_SYSTEM,
-            key=f"doc:{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}:{digest}",
+            key=f"doc-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}-{digest}",
         )
         out.append((request, path))
     return out

@@ -118,8 +118,12 @@ class JobContext(Protocol):
     config: TeacherConfig
     spec: JobSpec
     job_id: str
-    teacher: Teacher  # budgeted and ledgered: every call is logged with tokens and cost
     exclusive: Any  # the daemon's resident-model runner (train.release.Exclusive) or None
+
+    @property
+    def teacher(self) -> Teacher:
+        """The teacher, budgeted and ledgered: every call is logged with tokens and cost."""
+        ...
 
     def ask_all(self, requests: Sequence[TeacherRequest], handle: Handler) -> None:
         """Ask every request not yet answered (replaying answered ones from the progress file),

@@ -179,7 +179,7 @@ def run_preferences(ctx: JobContext) -> None:
         if len(distinct) < 2:
             ctx.count("identical_candidates")
             continue
-        key = f"p:{sample.id}"
+        key = f"p-{sample.id}"
         by_key[key] = (sample, prompt, distinct)
         requests.append(rank_request(key, prompt, distinct))
     ctx.set_total(len(requests))
