@@ -10,7 +10,7 @@ no pair and is counted (`tie`, `identical_candidates`, `unparseable_reply`).
 
 Held-out prompts: train-split SFT samples the active adapter did not train on (its run's
 `samples.json`); the train split, so the pairs can train without touching the gate's held-out
-rows. Candidates are written to `<data>/teach/<job>.candidates.json` as they are made, so a rerun
+rows. Candidates are written to `<data>/teach/<job>/candidates.json` as they are made, so a rerun
 reuses them (a replayed teacher verdict always meets the candidates it judged) and pays nothing
 twice; the runner's progress file replays the answered requests.
 """
@@ -28,6 +28,7 @@ from sam_brain.home import Home
 from sam_brain.protocols import Message, Sample, TeacherReply, TeacherRequest
 from sam_brain.teach.augment import SOURCE, final_answer
 from sam_brain.teach.jobs import JobContext, Outcome, sample_id
+from sam_brain.teach.progress import jobs_dir
 from sam_brain.train.dataset import SAMPLES
 
 DEFAULT_K = 4
@@ -84,7 +85,8 @@ def held_out_prompts(
 
 
 def candidates_path(home: Home, job_id: str) -> Path:
-    return home.data / "teach" / f"{job_id}.candidates.json"
+    """Beside the job's progress file (`<data>/teach/<job>/`)."""
+    return jobs_dir(home.data) / job_id / "candidates.json"
 
 
 def make_candidates(
