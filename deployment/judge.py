@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from sam_brain.errors import TeacherError
+from deployment.evaluate import EvalReport
+from sam_brain.errors import BudgetExhausted, SamBrainError, TeacherError
+from sam_brain.masking import load_rows
 from sam_brain.protocols import Message, Teacher, TeacherRequest
 
 ALIGNMENT_SET = Path(__file__).parent / "data" / "judge_alignment.jsonl"
@@ -32,6 +34,7 @@ JUDGE_SYSTEM = (
     "Answer 1 and Answer 2. Pick the answer that helps the user more: correct, on topic, "
     "complete and honest about what was done. Reply with one word only: 1, 2 or TIE."
 )
+MAX_FAILURES_IN_A_ROW = 3
 ANSWER_CHARS = 4000  # a longer answer is cut for the judge (the judge's context is finite)
 _VERDICT = re.compile(r"\b(tie|answer\s*[12]|[12])\b", re.I)
 
@@ -188,19 +191,73 @@ def judge_models(
     """Answer each prompt with the incumbent (None: the base) and the candidate, then judge.
 
     The candidate's adapter is left applied, as the gate leaves it. A teacher failure on one
-    pair counts that pair as a tie (both orders "invalid") rather than failing the gate.
+    pair counts that pair as a tie (both orders "invalid"); three in a row, or a spent budget,
+    raise (`TeacherError`).
     """
     model.use(incumbent_dir)
     reference = [str(model.generate(p, max_tokens).text) for p in prompts]
     model.use(candidate_dir)
     answers = [str(model.generate(p, max_tokens).text) for p in prompts]
-    verdicts = []
+    verdicts, failed = [], 0
     for i, (prompt, cand, ref) in enumerate(zip(prompts, answers, reference, strict=True)):
         try:
             verdicts.append(judge_pair(teacher, prompt, cand, ref, f"gate:{i}"))
+            failed = 0
+        except BudgetExhausted:
+            raise
         except TeacherError:
+            failed += 1
+            if failed >= MAX_FAILURES_IN_A_ROW:  # a dead teacher: stop asking
+                raise
             verdicts.append(PairVerdict(f"gate:{i}", "invalid", "invalid", "tie"))
     return summarise(verdicts, gate_promote)
+
+
+def held_out_prompts(test_path: Path, count: int) -> list[list[Message]]:
+    """The conversation before the last assistant turn of the first `count` usable test rows."""
+    prompts: list[list[Message]] = []
+    for messages in load_rows(test_path):
+        last = max((i for i, m in enumerate(messages) if m.get("role") == "assistant"), default=0)
+        if last > 0:
+            prompts.append(messages[:last])
+        if len(prompts) >= count:
+            break
+    return prompts
+
+
+def judge_gate(
+    report: EvalReport,
+    model: AnsweringModel,
+    teacher: Teacher,
+    test_path: Path,
+    prompts: int,
+    max_tokens: int = 256,
+) -> None:
+    """Add the judge's verdict on the gate's candidate and reference to `report` (`judge`).
+
+    Informative only: the loss-based decision stands, and the report says whether the judge
+    agrees with it. A judge that cannot run leaves a note instead of failing the gate.
+    """
+    try:
+        verdict = judge_models(
+            model,
+            teacher,
+            held_out_prompts(test_path, prompts),
+            report.candidate,
+            report.incumbent,
+            max_tokens=max_tokens,
+            gate_promote=report.gate.promote,
+        )
+    except SamBrainError as err:
+        report.notes.append(f"judge: {err}")
+        return
+    report.judge = verdict.to_dict()
+    against = "incumbent" if report.incumbent else "base"
+    report.notes.append(
+        f"judge: candidate won {verdict.wins}, lost {verdict.losses}, tied {verdict.ties} of"
+        f" {verdict.pairs} against the {against} (binomial p={verdict.p_value:.3g});"
+        f" {'agrees' if verdict.agrees_with_gate else 'disagrees'} with the loss-based decision"
+    )
 
 
 # -- the hand-labelled alignment set ---------------------------------------------------------------
