@@ -80,7 +80,11 @@ class AnthropicTeacher:
         self.client = client
 
     def params(self, request: TeacherRequest) -> dict[str, Any]:
-        """The Messages API body for `request` (system messages folded into the cached block)."""
+        """The Messages API body for `request` (system messages folded into the cached block).
+
+        No `temperature`: the Messages API of SDK 2.x takes no sampling parameters; a campaign
+        gets its variety from distinct prompts.
+        """
         system = [request.system] if request.system else []
         messages: list[dict[str, Any]] = []
         for m in request.messages:
@@ -93,7 +97,6 @@ class AnthropicTeacher:
             "model": self.model,
             "max_tokens": request.max_tokens or self.config.max_output_tokens,
             "messages": messages,
-            "temperature": request.temperature,
         }
         if system:
             out["system"] = [

@@ -18,6 +18,7 @@ from deployment.serving import add_routes
 from sam_brain.control.api_dash import add_dash_routes
 from sam_brain.control.api_data import add_data_routes
 from sam_brain.control.api_deploy import add_deploy_routes
+from sam_brain.control.api_teach import add_teach_routes
 from sam_brain.control.app import (
     CTX,
     SELF_CACHE,
@@ -168,6 +169,7 @@ def make_app(ctx: AppContext, port: int | None = None) -> web.Application:
     add_data_routes(app)
     add_deploy_routes(app)
     add_dash_routes(app)
+    add_teach_routes(app)
     if ctx.chat is not None:
         add_routes(app, ctx.chat)
     else:

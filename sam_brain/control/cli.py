@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sam_brain.config import Config, data_dir
 from sam_brain.config_load import load_config
-from sam_brain.control import cli_data, cli_deploy, cli_doctor
+from sam_brain.control import cli_data, cli_deploy, cli_doctor, cli_teach
 from sam_brain.control.cli_client import Client, error_from_http, open_home, print_doc
 from sam_brain.errors import DaemonUnreachable, SamBrainError, TrainingFailed
 
@@ -333,6 +333,7 @@ HANDLERS = {
     "history": cli_deploy.history,
     "export": cli_deploy.export,
     "doctor": cli_doctor.doctor,
+    "teach": cli_teach.teach,
 }
 
 

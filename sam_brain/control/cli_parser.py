@@ -120,6 +120,10 @@ def build(epilog: str) -> argparse.ArgumentParser:
         " adapter, rewrite versions.json); nothing you made is deleted",
     )
 
+    from sam_brain.control.cli_teach import add_parser as add_teach
+
+    add_teach(sub)
+
     c = sub.add_parser("config", help="the config file")
     csub = c.add_subparsers(dest="config_command", required=True)
     csub.add_parser("check", help="load the config and report every problem")

@@ -86,9 +86,11 @@ def outcome(
     """The valid examples of one answer as samples, and every drop by reason."""
     out = Outcome(counts=Counter())
     examples = parse_examples(reply.text)
+    # Exactly one of invalid_json / empty_answer / parsed per answer, then one count per example.
     if examples is None:
         out.counts["invalid_json"] += 1
         return out
+    out.counts["parsed" if examples else "empty_answer"] += 1
     seen: set[str] = set()
     for i, example in enumerate(examples):
         reason = check_example(schema, example)

@@ -263,7 +263,7 @@ def run_job(
     folder = jobs_dir(home.data) / job_id
     progress = ProgressLog(folder / "progress.jsonl")
     status = JobStatus(job_id=job_id, kind=spec.kind, spec=spec.to_dict())
-    status.counts = dict(progress.counts)
+    status.counts = {k: v for k, v in progress.counts.items() if k != "stored"}
     status.stored = progress.counts.get("stored", 0)
     ledger = Ledger(home.data / "state.db")
     status.usd = (
@@ -300,6 +300,8 @@ def run_job(
         ledger.close()
     status.finished = time.time()
     status.save(folder)
+    event = {k: getattr(status, k) for k in ("job_id", "state", "done", "total", "stored", "usd")}
+    home.store.add_event("teach", {**event, "error": status.error})
     if on_change is not None:
         on_change(status)
     log.info(
