@@ -137,15 +137,33 @@ def _exclusive(ctx: JobContext) -> Callable[[Callable[[Any], Any]], Any]:
     return local
 
 
+def _rank_text(request: str, candidates: list[str]) -> str:
+    parts = [f"## Request\n{request[:ANSWER_CHARS]}"]
+    parts += [f"## Answer {i}\n{c[:ANSWER_CHARS]}" for i, c in enumerate(candidates, 1)]
+    parts.append(f"Score answers 1 to {len(candidates)}: one line each, `Answer N: SCORE`.")
+    return "\n\n".join(parts)
+
+
+# One worked example before the real question: small local teachers (a 135M model included)
+# then answer in the format instead of echoing the question.
+DEMO: list[Message] = [
+    {
+        "role": "user",
+        "content": _rank_text(
+            "How do I undo my last git commit but keep the changes?",
+            ["Run `git reset --soft HEAD~1`.", "Bananas are yellow.", "Delete the .git folder."],
+        ),
+    },
+    {"role": "assistant", "content": "Answer 1: 9\nAnswer 2: 1\nAnswer 3: 2"},
+]
+
+
 def rank_request(key: str, prompt: list[Message], candidates: list[str]) -> TeacherRequest:
     request = next(
         (str(m.get("content") or "") for m in reversed(prompt) if m.get("role") == "user"), ""
     )
-    parts = [f"## Request\n{request[:ANSWER_CHARS]}"]
-    parts += [f"## Answer {i}\n{c[:ANSWER_CHARS]}" for i, c in enumerate(candidates, 1)]
-    parts.append(f"Score answers 1 to {len(candidates)}: one line each, `Answer N: SCORE`.")
     return TeacherRequest(
-        messages=[{"role": "user", "content": "\n\n".join(parts)}],
+        messages=[*DEMO, {"role": "user", "content": _rank_text(request, candidates)}],
         system=RANK_SYSTEM,
         max_tokens=16 * len(candidates),
         key=key,
