@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -161,3 +162,53 @@ def test_alignment_set_is_shipped_and_scored() -> None:
         and biased.agreement == 0.0
         and biased.position_flips == len(pairs)
     )
+
+
+def test_release_with_gate_judge_builds_the_teacher_from_config(
+    tiny_model: Path, lora_adapters: list[Path], tmp_path: Path
+) -> None:
+    from sam_brain.config_load import parse_config
+    from sam_brain.home import Home
+    from sam_brain.train.release import release
+
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": f"Q{i}?"},
+                {"role": "assistant", "content": "A."},
+            ]
+        }
+        for i in range(8)
+    ]
+    test = tmp_path / "test.jsonl"
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    adapter = tmp_path / "adapter"
+    shutil.copytree(lora_adapters[0], adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "model": str(tiny_model)}))
+    with ScriptedServer(lambda body: "TIE") as server:
+        cfg = parse_config(
+            {
+                "data_dir": str(tmp_path / "data"),
+                "deployment": {"gate_judge": True, "gate_judge_prompts": 3, "gate_prompts": 0},
+                "teacher": {"provider": "openai", "model": "judge", "base_url": server.url},
+            }
+        )
+        home = Home.open(cfg)
+        out = release(
+            home,
+            adapter,
+            base_model_dir=str(tiny_model),
+            base_ref=str(tiny_model),
+            test_path=test,
+        )
+        assert len(server.calls) == 6  # 3 prompts, both orders
+    assert out.report is not None
+    j = out.report["judge"]
+    assert (j["pairs"], j["ties"], j["verdict"]) == (3, 3, "tie")
+    assert j["agrees_with_gate"] == (not out.report["gate"]["promote"])
+    assert any(
+        n.startswith("judge: candidate won 0, lost 0, tied 3 of 3 against the base")
+        for n in out.report["notes"]
+    )
+    home.close()
