@@ -108,17 +108,20 @@ def make_candidates(
         f"preferences: {len(todo)} prompts x {k} candidates from {active.version if active else 'the base model'}"
     )
 
-    def work(model: Any) -> None:
-        model.use(adapter)
-        for sample, prompt in todo:
-            ctx.check_cancelled()
-            done[sample.id] = [
+    run = _exclusive(ctx)
+    for sample, prompt in todo:
+        ctx.check_cancelled()
+
+        # One prompt per turn on the shared model, so chat requests are served in between.
+        def work(model: Any, prompt: list[Message] = prompt) -> list[str]:
+            model.use(adapter)
+            return [
                 str(model.generate(prompt, max_tokens, temperature=temperature).text)
                 for _ in range(k)
             ]
-            write_text_atomic(path, json.dumps(done))
 
-    _exclusive(ctx)(work)
+        done[sample.id] = run(work)
+        write_text_atomic(path, json.dumps(done))
     return done
 
 
