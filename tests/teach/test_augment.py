@@ -213,3 +213,21 @@ def test_quality_bar_and_parsing() -> None:
     assert below_bar(TeacherReply(text=long, model="m"), long) == "below_bar_unchanged"
     assert parse_pairs('Here: [{"question": "q"}] done') == [{"question": "q"}]
     assert parse_pairs("no json") is None
+
+
+def test_pairs_dedup_among_pairs_but_not_against_sft(tmp_path: Path) -> None:
+    home = Home.open(parse_config({"data_dir": str(tmp_path / "home")}))
+    prompt = [{"role": "user", "content": "How do I rotate the nginx logs every night at two?"}]
+    answer = "Add a logrotate rule for /var/log/nginx/*.log with daily, rotate 14 and compress."
+    old = "Just delete the log files by hand whenever the disk runs full, that works too."
+
+    def pair(i: int) -> Sample:
+        return Sample(
+            f"p{i}", "teacher", "k", "g", prompt, kind="preference", chosen=answer, rejected=old
+        )
+
+    sft = Sample("s", "teacher", "k", "g", [*prompt, {"role": "assistant", "content": answer}])
+    report = store_result(home, "teacher", CollectResult(samples=[pair(1), sft, pair(2)]))
+    assert report.stored == 2 and report.dropped["duplicate"] == 1
+    assert {s.id for s, _ in home.pool.samples()} == {"p1", "s"}
+    home.close()
