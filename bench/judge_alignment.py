@@ -15,10 +15,8 @@ position flips, unreadable replies and the raw verdict counts per order, as JSON
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -38,45 +36,26 @@ def served(model_dir: Path, root: Path) -> Iterator[str]:
     from aiohttp import web
 
     from deployment.serving import ChatServer, add_routes
+    from sam_brain.dev.teacher_wire import serve_app
     from sam_brain.store import Store
     from sam_brain.versions import Versions
 
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
-    holder: dict[str, Any] = {}
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        server = ChatServer(Versions(Store(root / "state.db"), root / "versions"), model_dir)
-        app = web.Application()
-        add_routes(app, server)
-        runner = web.AppRunner(app)
-        loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        loop.run_until_complete(site.start())
-        srv: Any = site._server
-        holder.update(runner=runner, server=server, port=srv.sockets[0].getsockname()[1])
-        ready.set()
-        loop.run_forever()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    ready.wait(60)
+    server = ChatServer(Versions(Store(root / "state.db"), root / "versions"), model_dir)
+    app = web.Application()
+    add_routes(app, server)
     try:
-        yield f"http://127.0.0.1:{holder['port']}/v1"
+        with serve_app(app) as url:
+            yield url + "/v1"
     finally:
-        asyncio.run_coroutine_threadsafe(holder["runner"].cleanup(), loop).result(60)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(60)
-        holder["server"].close()
+        server.close()
 
 
-def run(base_url: str, model_id: str) -> dict[str, Any]:
+def run(base_url: str, model_id: str, limit: int = 0) -> dict[str, Any]:
     from deployment.judge import alignment, load_alignment
     from sam_brain.config import TeacherConfig
     from teachers.openai_api import OpenAITeacher
 
-    pairs = load_alignment()
+    pairs = load_alignment()[: limit or None]
     teacher = OpenAITeacher(
         TeacherConfig(
             provider="openai",
@@ -105,10 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, help="model folder to serve (default: the real model)")
     p.add_argument("--base-url", help="judge with this OpenAI-compatible server instead")
     p.add_argument("--model-id", default="base", help="model name sent to --base-url")
+    p.add_argument("--limit", type=int, default=0, help="judge only the first N pairs (smoke)")
     p.add_argument("--out", type=Path, help="also write the JSON here")
     args = p.parse_args(argv)
     if args.base_url:
-        doc = run(args.base_url, args.model_id)
+        doc = run(args.base_url, args.model_id, args.limit)
     else:
         import tempfile
 
@@ -119,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             tempfile.TemporaryDirectory(prefix="sam-judge-") as tmp,
             served(model, Path(tmp)) as url,
         ):
-            doc = run(url, "base")
+            doc = run(url, "base", args.limit)
             doc["judge"] = f"SAM Brain's /v1/chat/completions serving {model.name} (base)"
     text = json.dumps(doc, indent=2)
     print(text)

@@ -2,19 +2,19 @@
 
 `ScriptedServer(script)` answers `POST /v1/chat/completions` with `script(body)`: a string (the
 answer), or an int (an HTTP error status). Every request body is kept in `calls`, so a test can
-count exactly what the teacher was asked. The server runs on its own event loop thread because
-the `openai` SDK the teacher uses is synchronous.
+count exactly what the teacher was asked. It runs on its own event loop thread
+(`sam_brain.dev.teacher_wire.serve_app`) because the `openai` SDK the teacher uses is synchronous.
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+
+from sam_brain.dev.teacher_wire import serve_app
 
 Script = Callable[[dict[str, Any]], "str | int"]
 
@@ -23,43 +23,18 @@ class ScriptedServer:
     def __init__(self, script: Script) -> None:
         self.script = script
         self.calls: list[dict[str, Any]] = []
-        self.port = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._runner: web.AppRunner | None = None
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        self.url = ""
+        self._serving: Any = None
 
     def __enter__(self) -> ScriptedServer:
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("scripted server did not start")
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        async def stop() -> None:
-            if self._runner is not None:
-                await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-
-    def _serve(self) -> None:
-        asyncio.set_event_loop(self._loop)
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
-        self._runner = web.AppRunner(app)
-        self._loop.run_until_complete(self._runner.setup())
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        self._loop.run_until_complete(site.start())
-        server: Any = site._server
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
+        self._serving = serve_app(app)
+        self.url = self._serving.__enter__() + "/v1"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._serving.__exit__(None, None, None)
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()

@@ -212,3 +212,22 @@ def test_release_with_gate_judge_builds_the_teacher_from_config(
         for n in out.report["notes"]
     )
     home.close()
+
+
+def test_alignment_bench_runs_against_any_openai_server(tmp_path: Path) -> None:
+    from bench.judge_alignment import main
+
+    pairs = load_alignment()[:3]
+    good = {p.a if p.better == "a" else p.b for p in pairs}
+    out = tmp_path / "align.json"
+    with ScriptedServer(prefers(lambda a: a in good)) as server:
+        assert (
+            main(
+                ["--base-url", server.url, "--model-id", "judge", "--limit", "3", "--out", str(out)]
+            )
+            == 0
+        )
+        assert len(server.calls) == 6
+    doc = json.loads(out.read_text())
+    assert (doc["pairs"], doc["agree"], doc["agreement"], doc["requests"]) == (3, 3, 1.0, 6)
+    assert doc["raw_good_first"] == {"1": 3} and doc["raw_good_second"] == {"2": 3}
