@@ -32,7 +32,7 @@ from typing import Any
 
 from sam_brain.home import Home
 from sam_brain.protocols import Message, Sample, TeacherReply, TeacherRequest
-from sam_brain.teach.jobs import JobContext, Outcome, sample_id
+from sam_brain.teach.jobs import Handler, JobContext, Outcome, sample_id
 
 SOURCE = "teacher"
 DEFAULT_PER_DOC = 10
@@ -165,13 +165,11 @@ def _meta(ctx: JobContext, reply: TeacherReply, **extra: Any) -> dict[str, Any]:
     return meta
 
 
-def _answer_handler(ctx: JobContext, originals: dict[str, Sample]) -> Any:
+def _answer_handler(ctx: JobContext, originals: dict[str, Sample]) -> Handler:
     def handle(request: TeacherRequest, reply: TeacherReply) -> Outcome:
         out = Outcome()
         orig = originals[request.key]
-        cut = final_answer(orig)
-        assert cut is not None  # only such samples were asked about
-        prompt, original = cut
+        prompt, original = final_answer(orig) or ([], "")  # only such samples were asked about
         answer = reply.text.strip()
         if not answer:
             out.counts["empty_reply"] += 1
@@ -298,7 +296,7 @@ def grounded(answer: str, quote: str, doc: str, doc_name: str) -> bool:
     return _contains_run(doc_words, quote_words, len(quote_words))
 
 
-def _doc_handler(ctx: JobContext, paths: dict[str, Path]) -> Any:
+def _doc_handler(ctx: JobContext, paths: dict[str, Path]) -> Handler:
     per_doc = int(ctx.spec.options.get("per_doc", DEFAULT_PER_DOC))
 
     def handle(request: TeacherRequest, reply: TeacherReply) -> Outcome:

@@ -27,7 +27,7 @@ from sam_brain.fsutil import write_text_atomic
 from sam_brain.home import Home
 from sam_brain.protocols import Message, Sample, TeacherReply, TeacherRequest
 from sam_brain.teach.augment import SOURCE, final_answer
-from sam_brain.teach.jobs import JobContext, Outcome, sample_id
+from sam_brain.teach.jobs import Handler, JobContext, Outcome, sample_id
 from sam_brain.teach.progress import jobs_dir
 from sam_brain.train.dataset import SAMPLES
 
@@ -210,7 +210,9 @@ def run_preferences(ctx: JobContext) -> None:
         ctx.ask_all(requests, _handler(ctx, by_key))
 
 
-def _handler(ctx: JobContext, by_key: dict[str, tuple[Sample, list[Message], list[str]]]) -> Any:
+def _handler(
+    ctx: JobContext, by_key: dict[str, tuple[Sample, list[Message], list[str]]]
+) -> Handler:
     active = ctx.home.versions.current()
 
     def handle(request: TeacherRequest, reply: TeacherReply) -> Outcome:
