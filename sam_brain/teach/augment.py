@@ -30,9 +30,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sam_brain.fsutil import write_text_atomic
 from sam_brain.home import Home
 from sam_brain.protocols import Message, Sample, TeacherReply, TeacherRequest
 from sam_brain.teach.jobs import Handler, JobContext, Outcome, sample_id
+from sam_brain.teach.progress import jobs_dir
 
 SOURCE = "teacher"
 DEFAULT_PER_DOC = 10
@@ -60,11 +62,24 @@ DOC_SYSTEM = (
 )
 
 
+def count_once(ctx: JobContext, skipped: Counter[str]) -> None:
+    """Count what the job skipped before asking, once per job: a rerun (a resume) finds the
+    same skips and must not add them to the job's totals again."""
+    marker = jobs_dir(ctx.home.data) / ctx.job_id / "skipped.json"
+    if marker.exists():
+        return
+    for reason, n in skipped.items():
+        ctx.count(reason, n)
+    write_text_atomic(marker, json.dumps(skipped))
+
+
 def run_augment(ctx: JobContext) -> None:
     """Both stages; the tier-B stage first (it is what the preference pairs come from)."""
     opts = ctx.spec.options
-    weak = [] if opts.get("docs_only") else tier_b_requests(ctx)
-    docs = [] if opts.get("samples_only") else doc_requests(ctx)
+    skipped: Counter[str] = Counter()
+    weak = [] if opts.get("docs_only") else tier_b_requests(ctx, skipped)
+    docs = [] if opts.get("samples_only") else doc_requests(ctx, skipped)
+    count_once(ctx, skipped)
     ctx.set_total(len(weak) + len(docs))
     if weak:
         ctx.log(f"augment: {len(weak)} tier-B answers to improve")
@@ -106,10 +121,10 @@ def render_conversation(messages: list[Message]) -> str:
     return "\n\n".join(lines)
 
 
-def tier_b_requests(ctx: JobContext) -> list[tuple[TeacherRequest, Sample]]:
-    """One request per tier-B train sample with a text answer, in id order (`count` caps them)."""
+def tier_b_requests(ctx: JobContext, skipped: Counter[str]) -> list[tuple[TeacherRequest, Sample]]:
+    """One request per tier-B train sample with a text answer, in id order (`count` caps them);
+    samples that end on a tool call are counted in `skipped`."""
     out: list[tuple[TeacherRequest, Sample]] = []
-    skipped: Counter[str] = Counter()
     rows = sorted(ctx.home.pool.samples(kind="sft", split="train"), key=lambda r: r[0].id)
     for sample, _ in rows:
         if sample.tier != "B" or sample.source == SOURCE:
@@ -135,8 +150,6 @@ def tier_b_requests(ctx: JobContext) -> list[tuple[TeacherRequest, Sample]]:
         out.append((request, sample))
         if ctx.spec.count and len(out) >= ctx.spec.count:
             break
-    for reason, n in skipped.items():
-        ctx.count(reason, n)
     return out
 
 
@@ -233,7 +246,7 @@ def doc_files(home: Home, source: str = "") -> Iterator[Path]:
                 yield path
 
 
-def doc_requests(ctx: JobContext) -> list[tuple[TeacherRequest, Path]]:
+def doc_requests(ctx: JobContext, skipped: Counter[str]) -> list[tuple[TeacherRequest, Path]]:
     """One request per doc; its key holds the content hash, so an edited doc is asked again."""
     per_doc = int(ctx.spec.options.get("per_doc", DEFAULT_PER_DOC))
     out = []
@@ -241,10 +254,10 @@ def doc_requests(ctx: JobContext) -> list[tuple[TeacherRequest, Path]]:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
-            ctx.count("doc_unreadable")
+            skipped["doc_unreadable"] += 1
             continue
         if not text.strip():
-            ctx.count("doc_empty")
+            skipped["doc_empty"] += 1
             continue
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         user = (

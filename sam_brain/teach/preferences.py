@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 from sam_brain.fsutil import write_text_atomic
 from sam_brain.home import Home
 from sam_brain.protocols import Message, Sample, TeacherReply, TeacherRequest
-from sam_brain.teach.augment import SOURCE, final_answer
+from sam_brain.teach.augment import SOURCE, count_once, final_answer
 from sam_brain.teach.jobs import Handler, JobContext, Outcome, sample_id
 from sam_brain.teach.progress import jobs_dir
 from sam_brain.train.dataset import SAMPLES
@@ -191,20 +192,22 @@ def run_preferences(ctx: JobContext) -> None:
     prompts = held_out_prompts(ctx.home, ctx.spec.count or DEFAULT_PROMPTS, ctx.spec.training)
     if not prompts:
         ctx.log("preferences: no held-out prompts in the pool")
-        ctx.count("no_prompts")
+        count_once(ctx, Counter(no_prompts=1))
         return
     cands = make_candidates(ctx, prompts, k, temperature)
     requests: list[TeacherRequest] = []
     by_key: dict[str, tuple[Sample, list[Message], list[str]]] = {}
+    skipped: Counter[str] = Counter()
     for sample, prompt in prompts:
         answers = cands.get(sample.id, [])
         distinct = list(dict.fromkeys(a.strip() for a in answers if a.strip()))
         if len(distinct) < 2:
-            ctx.count("identical_candidates")
+            skipped["identical_candidates"] += 1
             continue
         key = f"p-{sample.id}"
         by_key[key] = (sample, prompt, distinct)
         requests.append(rank_request(key, prompt, distinct))
+    count_once(ctx, skipped)
     ctx.set_total(len(requests))
     if requests:
         ctx.ask_all(requests, _handler(ctx, by_key))

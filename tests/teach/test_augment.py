@@ -179,6 +179,7 @@ def test_augment_makes_pairs_sft_and_grounded_doc_pairs(setup: tuple[Home, Path]
         assert len(server.calls) == 6
         assert "the logger module" in user_text(server.calls[-1])
         assert status2.counts["preference_pairs"] == 4 and status2.counts["sft_samples"] == 2
+        assert status2.counts["final_turn_is_tool_call"] == 1  # skips are counted once a job
         status3 = run_job(home, spec, teacher=teacher)
         assert len(server.calls) == 6 and status3.state == "done"
     assert len([s for s, _ in home.pool.samples() if s.source == "teacher"]) == 8

@@ -151,6 +151,8 @@ def test_identical_candidates_are_skipped_without_asking(tmp_path: Path, residen
         assert status.state == "done", status.error
         assert server.calls == [] and model.generated == 6  # greedy: three times the same answer
         assert status.counts["identical_candidates"] == 2
+        again = run_job(home, spec, teacher=teacher, exclusive=lambda fn: fn(model))
+        assert again.counts["identical_candidates"] == 2 and model.generated == 6
 
 
 def test_parse_scores() -> None:
