@@ -81,12 +81,10 @@ def run_augment(ctx: JobContext) -> None:
     docs = [] if opts.get("samples_only") else doc_requests(ctx, skipped)
     count_once(ctx, skipped)
     ctx.set_total(len(weak) + len(docs))
-    if weak:
-        ctx.log(f"augment: {len(weak)} tier-B answers to improve")
-        ctx.ask_all([r for r, _ in weak], _answer_handler(ctx, dict((r.key, s) for r, s in weak)))
-    if docs:
-        ctx.log(f"augment: {len(docs)} docs to write question-answer pairs for")
-        ctx.ask_all([r for r, _ in docs], _doc_handler(ctx, dict((r.key, d) for r, d in docs)))
+    ctx.log(f"augment: {len(weak)} tier-B answers to improve, {len(docs)} docs to write pairs for")
+    # Asked even when empty: the runner records the counts when `ask_all` ends.
+    ctx.ask_all([r for r, _ in weak], _answer_handler(ctx, dict((r.key, s) for r, s in weak)))
+    ctx.ask_all([r for r, _ in docs], _doc_handler(ctx, dict((r.key, d) for r, d in docs)))
 
 
 class AugmentJob:

@@ -193,6 +193,7 @@ def run_preferences(ctx: JobContext) -> None:
     if not prompts:
         ctx.log("preferences: no held-out prompts in the pool")
         count_once(ctx, Counter(no_prompts=1))
+        ctx.ask_all([], _handler(ctx, {}))  # records the count
         return
     cands = make_candidates(ctx, prompts, k, temperature)
     requests: list[TeacherRequest] = []
@@ -209,8 +210,7 @@ def run_preferences(ctx: JobContext) -> None:
         requests.append(rank_request(key, prompt, distinct))
     count_once(ctx, skipped)
     ctx.set_total(len(requests))
-    if requests:
-        ctx.ask_all(requests, _handler(ctx, by_key))
+    ctx.ask_all(requests, _handler(ctx, by_key))  # also when empty: it records the counts
 
 
 def _handler(
