@@ -7,13 +7,16 @@ reads and writes included, is mapped onto `TeacherReply`.
 
 Retries: the SDK retries 408/409/429/5xx (529 "overloaded" included) with exponential backoff and
 honours `retry-after`, `teacher.max_retries` times. An `overloaded_error` that arrives inside a
-stream (HTTP 200, then an SSE `error` event) is not retried by the SDK: `ask` retries those.
+stream (HTTP 200, then an SSE `error` event) or a connection cut mid-stream is not retried by
+the SDK: `ask` retries those, `teacher.max_retries` times with the same backoff.
 Large campaigns go through the Message Batches API (`submit_batch`, `batch_status`,
 `batch_results`), at half the price.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
 import random
 import time
 from collections.abc import Iterator
@@ -30,6 +33,18 @@ if TYPE_CHECKING:
 
 # Errors a stream may end with after a 200 that are worth another try.
 _TRANSIENT = {"overloaded_error", "rate_limit_error", "api_error"}
+
+
+@functools.cache
+def _transport_errors() -> tuple[type[Exception], ...]:
+    """The SDK's HTTP library's transport errors: a stream cut mid-answer raises them unwrapped."""
+    for name in ("httpx2", "httpx"):  # which one depends on the SDK's version
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        return (module.TransportError,)
+    return ()
 
 
 def error_type(err: Exception) -> str:
@@ -122,16 +137,31 @@ class AnthropicTeacher:
                 # The SDK already retried HTTP-level failures; only in-stream ones are ours.
                 in_stream = err.status_code < 400
                 if in_stream and kind in _TRANSIENT and attempt < self.config.max_retries:
-                    attempt += 1
-                    self.stream_retries += 1
-                    time.sleep(min(8.0, 0.5 * 2**attempt) * (1 - 0.25 * random.random()))
+                    attempt = self._backoff(attempt)
                     continue
                 raise TeacherError(
                     f"teacher at {self.where}: HTTP {err.status_code}"
                     f"{' ' + kind if kind else ''} for model {self.model!r}"
                 ) from None
+            except anthropic.APITimeoutError:
+                raise TeacherError(
+                    f"teacher at {self.where}: no answer within {self.config.timeout_seconds:g} s"
+                ) from None
             except anthropic.APIConnectionError:
                 raise TeacherError(f"teacher at {self.where}: cannot connect") from None
+            except _transport_errors() as err:  # the connection died mid-answer
+                if attempt < self.config.max_retries:
+                    attempt = self._backoff(attempt)
+                    continue
+                raise TeacherError(
+                    f"teacher at {self.where}: connection lost mid-answer ({type(err).__name__})"
+                ) from None
+
+    def _backoff(self, attempt: int) -> int:
+        """Sleep before retry `attempt + 1` (exponential, jittered like the SDK's); count it."""
+        self.stream_retries += 1
+        time.sleep(min(8.0, 0.5 * 2 ** (attempt + 1)) * (1 - 0.25 * random.random()))
+        return attempt + 1
 
     # -- Message Batches ------------------------------------------------------------------------
 

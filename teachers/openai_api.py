@@ -64,6 +64,11 @@ class OpenAITeacher:
             raise TeacherError(
                 f"teacher at {self.config.base_url}: HTTP {err.status_code} for model {self.model!r}"
             ) from None
+        except openai.APITimeoutError:
+            raise TeacherError(
+                f"teacher at {self.config.base_url}: no answer within"
+                f" {self.config.timeout_seconds:g} s"
+            ) from None
         except openai.APIConnectionError:
             raise TeacherError(f"teacher at {self.config.base_url}: cannot connect") from None
         if not out.choices:

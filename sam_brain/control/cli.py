@@ -24,7 +24,7 @@ from sam_brain.errors import DaemonUnreachable, SamBrainError, TrainingFailed
 EXIT_CODES = """exit codes: 0 ok, 1 error, 2 bad usage/config/request, 3 not found, 4 conflict,
 5 backend or model unavailable, 6 collector failed, 7 training failed, 8 promotion rejected,
 9 daemon unreachable, 10 daemon already running, 11 export failed, 12 damaged state
-(samctl doctor names the damage and the fix)"""
+(samctl doctor names the damage and the fix), 13 teacher error, 14 teacher budget spent today"""
 
 
 def cmd_status(args: argparse.Namespace, config: Config) -> int:

@@ -11,9 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sam_brain.config import Config
+from sam_brain.config import Config, data_dir
 from sam_brain.control.cli_client import Client, error_from_http, print_doc
-from sam_brain.errors import BadRequest, BudgetExhausted, SamBrainError, TeacherError
+from sam_brain.errors import (
+    BadRequest,
+    BudgetExhausted,
+    DaemonUnreachable,
+    SamBrainError,
+    TeacherError,
+)
 
 JOBS = ("generate", "augment", "preferences")
 FINAL = ("done", "budget", "cancelled", "failed")
@@ -94,12 +100,15 @@ def teach(args: argparse.Namespace, config: Config) -> int:
         print("cancel requested" if doc.get("cancelled") else "no teach job running")
         return 0
     if cmd == "stats":
-        code, doc = client.call("GET", "/api/teach/stats")
+        code, doc = _get_or_local(client, "/api/teach/stats", config)
         if code >= 400:
             raise error_from_http(code, doc)
-        print_doc(doc, True) if args.json else print_stats(doc)
+        if args.json:
+            print_doc(doc, True)
+        else:
+            print_stats(doc)
         return 0
-    code, doc = client.call("GET", "/api/teach")
+    code, doc = _get_or_local(client, "/api/teach", config)
     if code >= 400:
         raise error_from_http(code, doc)
     if args.json:
@@ -115,6 +124,24 @@ def teach(args: argparse.Namespace, config: Config) -> int:
     for j in jobs:
         print(line(j))
     return 0
+
+
+def _get_or_local(client: Client, path: str, config: Config) -> tuple[int, Any]:
+    """Ask the daemon; when none runs, read the ledger and the job folders from the home."""
+    try:
+        return client.call("GET", path)
+    except DaemonUnreachable:
+        from sam_brain.teach.ledger import Ledger, stats
+        from sam_brain.teach.progress import recent_jobs
+
+        data = data_dir(config)
+        if path.endswith("/stats"):
+            ledger = Ledger(data / "state.db")
+            try:
+                return 200, stats(ledger, config.teacher)
+            finally:
+                ledger.close()
+        return 200, {"teaching": False, "current": None, "recent": recent_jobs(data)}
 
 
 def line(j: dict[str, Any]) -> str:

@@ -3,7 +3,8 @@ formats, run in a thread so the synchronous SDKs can call them over real loopbac
 teach tests and `bench/teach_campaign.py`; no network, no key needed unless `key` is set).
 
 `answer(body) -> str` writes each reply; `script` is a list of failures served before answers
-("429", "529", "overloaded" = an `overloaded_error` inside a 200 stream), consumed in order.
+("429", "529", "overloaded" = an `overloaded_error` inside a 200 stream, "drop" = the
+connection closed mid-stream), consumed in order.
 Usage is derived from the request: input = characters / 4 of the user turns, cache reads for
 the cached system block after the first call, output = characters / 4 of the answer. `billed`
 sums the usage of every answer delivered, so a client's ledger can be checked against it.
@@ -113,9 +114,9 @@ class Wire:
         await asyncio.sleep(self.delay)
         with self.lock:
             n = self.calls
-            if failure != "overloaded":
+            if failure not in ("overloaded", "drop"):
                 self.answered += 1
-        msg = self.message(body, text, n, commit=failure != "overloaded")
+        msg = self.message(body, text, n, commit=failure not in ("overloaded", "drop"))
         if not body.get("stream"):
             return web.json_response(msg)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -123,6 +124,11 @@ class Wire:
         usage = msg["usage"]
         start = {**msg, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
         await _sse(resp, "message_start", {"type": "message_start", "message": start})
+        if failure == "drop":  # the connection dies mid-answer
+            self.failures.append(failure)
+            if request.transport is not None:
+                request.transport.abort()
+            return resp
         if failure == "overloaded":
             self.failures.append(failure)
             err = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}

@@ -86,6 +86,10 @@ class JobSpec:
         for name in ("source", "training"):
             if not isinstance(doc.get(name, ""), str):
                 raise BadRequest(f"field {name!r} must be a string")
+        if kind == "generate" and not doc.get("source"):
+            raise BadRequest(
+                "generate needs a schema: 'source' (samctl teach generate --from FILE)"
+            )
         options = doc.get("options") or {}
         if not isinstance(options, dict) or not all(
             isinstance(v, str | int | float | bool) for v in options.values()

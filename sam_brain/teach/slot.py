@@ -7,6 +7,7 @@ same job started again resumes.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from typing import Any
@@ -65,7 +66,8 @@ class TeachSlot:
             log.exception("teach slot crashed")
 
     def _update(self, status: JobStatus) -> None:
-        self._status = status
+        # A snapshot taken in the job's thread: API threads never read a dict being updated.
+        self._status = JobStatus(**copy.deepcopy(status.to_dict()))
 
     def cancel(self) -> bool:
         """Ask the running job to stop at its next request; False when none runs."""

@@ -113,3 +113,27 @@ def test_message_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     assert wire.batches[batch_id][0]["params"]["system"][0]["cache_control"] == {
         "type": "ephemeral"
     }
+
+
+def test_a_stream_cut_mid_answer_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", KEY)
+    with serve(Wire(echo, script=["drop"], key=KEY)) as wire:
+        t = teacher(wire.url)
+        assert ask(t, "hello").text == "answer to: hello"
+    assert wire.failures == ["drop"] and t.stream_retries == 1
+    with serve(Wire(echo, script=["drop"] * 2, key=KEY)) as wire:
+        t = teacher(wire.url, max_retries=1)
+        with pytest.raises(TeacherError, match="connection lost mid-answer"):
+            ask(t, "hello")
+
+
+def test_a_key_pasted_into_api_key_env_is_refused_without_repeating_it() -> None:
+    with pytest.raises(TeacherError) as err:
+        teacher("http://127.0.0.1:9", api_key_env=KEY)
+    assert KEY not in str(err.value) and "environment variable" in str(err.value)
+    from teachers.openai_api import OpenAITeacher
+
+    cfg = TeacherConfig(provider="openai", base_url="http://127.0.0.1:9", api_key_env=KEY)
+    with pytest.raises(TeacherError) as err2:
+        OpenAITeacher(cfg)
+    assert KEY not in str(err2.value)

@@ -101,6 +101,7 @@ def test_api_runs_one_job_at_a_time_with_exact_counts(
     ("body", "fragment"),
     [
         ({"kind": "dream"}, "unknown teach job"),
+        ({"kind": "generate"}, "generate needs a schema"),
         ({**GENERATE, "count": -1}, "non-negative"),
         ({**GENERATE, "options": {"a": [1]}}, "'options'"),
         ({**GENERATE, "secret": 1}, "unknown field"),
@@ -191,3 +192,17 @@ def test_cancel_then_resume_then_shutdown_cancels(tmp_path: Path) -> None:
     from sam_brain.teach.ledger import Ledger
 
     assert len(Ledger(home.data / "state.db").calls(started["job_id"])) == paid
+
+
+def test_stats_and_status_work_with_the_daemon_stopped(
+    daemon: tuple[str, Home, Wire, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, home, _, config_path = daemon
+    call(url, home, "POST", "/api/teach", GENERATE)
+    wait_done(url, home)
+    base = ["--config", str(config_path), "--url", f"http://127.0.0.1:{free_port()}", "teach"]
+    assert cli.main([*base, "stats", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert sum(s["calls"] for s in doc["by_day"].values()) == 8
+    assert cli.main([*base, "status"]) == 0
+    assert "done 8/8 requests, 14 stored" in capsys.readouterr().out
