@@ -232,3 +232,64 @@ def test_pairs_dedup_among_pairs_but_not_against_sft(tmp_path: Path) -> None:
     assert report.stored == 2 and report.dropped["duplicate"] == 1
     assert {s.id for s, _ in home.pool.samples()} == {"p1", "s"}
     home.close()
+
+
+def test_augment_through_the_api_over_loopback(setup: tuple[Home, Path], tmp_path: Path) -> None:
+    import time
+    import urllib.request
+
+    from sam_brain.control.api import make_app
+    from sam_brain.control.app import AppContext
+    from sam_brain.dev.demo import free_port
+    from sam_brain.dev.teacher_wire import serve_app
+    from sam_brain.train.scheduler import Coordinator
+    from tests.api_auth import auth_headers
+
+    home, docs = setup
+    FAILED.clear()
+    FAILED.add("logger")  # the logger answer succeeds at once here
+
+    def call(url: str, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {**auth_headers(home.data), "Content-Type": "application/json"}
+        req = urllib.request.Request(url + path, data=data, method=method, headers=headers)
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, json.loads(resp.read())
+
+    with ScriptedServer(script) as teacher_server:
+        cfg = parse_config(
+            {
+                "data_dir": str(home.data),
+                "sources": {"docs_paths": [str(docs)]},
+                "teacher": {
+                    "provider": "openai",
+                    "model": "scripted",
+                    "base_url": teacher_server.url,
+                },
+            }
+        )
+        api_home = Home.open(cfg)
+        ctx = AppContext(
+            home=api_home, coordinator=Coordinator(api_home, "mlx"), backend="mlx", backend_why="t"
+        )
+        port = free_port()
+        with serve_app(make_app(ctx, port), port) as url:
+            code, doc = call(
+                url, "POST", "/api/teach", {"kind": "augment", "options": {"per_doc": 4}}
+            )
+            assert code == 202 and doc["job_id"].startswith("augment-")
+            deadline = time.monotonic() + 60
+            while (status := call(url, "GET", "/api/teach")[1])["teaching"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        job = status["current"]
+        assert job["state"] == "done", job["error"]
+        c = job["counts"]
+        assert (c["preference_pairs"], c["sft_samples"], c["doc_pairs"], c["ungrounded"]) == (
+            4,
+            2,
+            2,
+            1,
+        )
+        assert job["stored"] == 8 and len(teacher_server.calls) == 5
+        api_home.close()
