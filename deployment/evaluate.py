@@ -104,6 +104,7 @@ class EvalReport:
     generation: list[GenerationCheck]
     gate: Gate
     config: GateConfig
+    judge: dict[str, Any] | None = None  # the teacher's pairwise verdict (deployment.judge)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
     reference_generation: list[GenerationCheck] = field(default_factory=list)

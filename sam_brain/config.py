@@ -272,6 +272,13 @@ class DeploymentConfig:
     gate_prompts: int = _f(
         4, "Test conversations generated for the repetition/termination/leak checks."
     )
+    gate_judge: bool = _f(
+        False,
+        "Also let the teacher (`[teacher]`) judge candidate vs. incumbent answers to held-out"
+        " prompts, in both orders; its win rate, binomial test and agreement with the loss-based"
+        " decision go into the gate report (they do not change the decision).",
+    )
+    gate_judge_prompts: int = _f(16, "Held-out prompts the judge compares answers on.")
     gate_max_repetition: float = _f(
         0.05,
         "Largest mean share of repeated 4-grams in the candidate's test answers, unless the"

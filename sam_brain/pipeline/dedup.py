@@ -32,8 +32,17 @@ from sam_brain.pipeline.shingles import (
     shingle_hashes,
     shingle_one,
 )
+from sam_brain.protocols import Sample
 
 log = logging.getLogger(__name__)
+
+
+def dedup_text(sample: Sample) -> str:
+    """The text the index compares. A preference pair's words are tagged so it only ever matches
+    other pairs: a pair and the SFT sample of the same prompt and answer teach different things."""
+    text = sample.text()
+    return " ".join("pref:" + w for w in text.split()) if sample.kind == "preference" else text
+
 
 # (sha256 of the normalised text, MinHash signature or None when it has no shingles, band keys)
 Fingerprint = tuple[bytes, Sig | None, list[int]]

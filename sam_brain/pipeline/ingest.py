@@ -22,7 +22,7 @@ from sam_brain.config import PipelineConfig
 from sam_brain.fsutil import write_jsonl_atomic, write_text_atomic
 from sam_brain.home import Home
 from sam_brain.pipeline.coverage import Tally
-from sam_brain.pipeline.dedup import DedupIndex
+from sam_brain.pipeline.dedup import DedupIndex, dedup_text
 from sam_brain.pipeline.exclude import EXCLUDED, PathRules, sample_paths
 from sam_brain.pipeline.forget_rules import load_cached
 from sam_brain.pipeline.scrub import Scrubber
@@ -194,7 +194,7 @@ def maybe_compact(home: Home, *, force: bool = False) -> int:
 def _open_index(home: Home, threshold: float) -> DedupIndex:
     index = DedupIndex.open(home.dedup_path, threshold=threshold)
     if index.needs_rebuild:  # a damaged index file was set aside: refill it from the pool
-        index.rebuild((s.id, s.text()) for s, _ in home.pool.samples())
+        index.rebuild((s.id, dedup_text(s)) for s, _ in home.pool.samples())
     return index
 
 
@@ -219,7 +219,7 @@ def _clean(
         # Scrub before dedup and storage: no credential reaches the pool or its index.
         sample, found = scrubber.scrub_sample(sample)
         report.redactions.update(found)
-        prepared.append((sample, sample.text()))
+        prepared.append((sample, dedup_text(sample)))
     return prepared
 
 

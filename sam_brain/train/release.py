@@ -209,6 +209,8 @@ def release(
                 )
             )
             report.notes.insert(0, f"held-out data: {source}")
+            if cfg.deployment.gate_judge:
+                _judge(home, run, report, test)
             _save_report(home, run_id or v.version, report)
     why = _ungated(run is not None, report, source, cfg.deployment.gate_min_rows)
     reasons = [*(report.gate.reasons if report else []), f"held-out data: {source}"]
@@ -234,6 +236,24 @@ def _ungated(can_judge: bool, report: EvalReport | None, source: str, minimum: i
     if rows < minimum:
         return f"ungated: {rows} held-out rows ({source}), the gate needs {minimum} to judge"
     return ""
+
+
+def _judge(home: Home, run: Exclusive[Any], report: EvalReport, test: Path) -> None:
+    """The optional judge (`deployment.gate_judge`): the configured teacher compares candidate
+    and reference answers; its verdict joins the report, the decision stays the loss gate's."""
+    from deployment.judge import judge_gate
+    from sam_brain.errors import SamBrainError
+    from sam_brain.registry import TEACHERS, load
+
+    cfg = home.config
+    try:
+        teacher = load(TEACHERS, cfg.teacher.provider, "teacher")(cfg.teacher)
+    except SamBrainError as err:  # no key, no base_url: say so in the report, gate as usual
+        report.notes.append(f"judge: {err}")
+        return
+    d = cfg.deployment
+    prompts, tokens = d.gate_judge_prompts, gate_config(cfg).gen_max_tokens
+    run(lambda model: judge_gate(report, model, teacher, test, prompts, tokens))
 
 
 def gate_exclusive(base_model_dir: str) -> Exclusive[Any] | None:
