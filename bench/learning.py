@@ -139,7 +139,7 @@ def gate_decision(resident: Any, test: Path, adapter: Path) -> dict[str, Any]:
     """The product gate's decision on the held-out rows (first version: judged against base)."""
     from deployment.evaluate import evaluate_candidate
     from sam_brain.config import Config
-    from sam_brain.train.release import gate_config
+    from sam_brain.train.policies import gate_config
 
     report = evaluate_candidate(resident, test, str(adapter), None, gate_config(Config()))
     checks = zip(report.reference_generation, report.generation, strict=False)

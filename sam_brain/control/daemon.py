@@ -33,24 +33,22 @@ from sam_brain.config_load import load_config
 from sam_brain.control.api import make_app
 from sam_brain.control.apitoken import is_loopback, token_path
 from sam_brain.control.app import AppContext
-from sam_brain.control.feedback import open_chat_log
+from sam_brain.control.chat_setup import make_chat, make_exclusive, resolve_base
 from sam_brain.control.security import make_policy
 from sam_brain.control.watchers import Watchers
 from sam_brain.doctor import heal_active
 from sam_brain.errors import AlreadyRunning, SamBrainError
 from sam_brain.home import Home, pool_damaged
-from sam_brain.hub import resolve_model
 from sam_brain.pipeline.archive_prune import prune_archive
 from sam_brain.pipeline.exclude import PathRules
 from sam_brain.pipeline.ingest import make_collectors, store_result
 from sam_brain.protocols import Collector
 from sam_brain.train.dataset import base_model_ref
 from sam_brain.train.exports import export_active
-from sam_brain.train.release import Exclusive, canary_policy, health_limits
+from sam_brain.train.policies import canary_policy, health_limits
 from sam_brain.train.resume import recover_interrupted
 from sam_brain.train.runs import prune_runs
 from sam_brain.train.scheduler import Coordinator
-from sam_brain.versions import Versions
 
 log = logging.getLogger("sam_brain")
 SHUTDOWN_GRACE_S = 3.0  # SIGTERM must stop the daemon within 10 s whatever is in flight
@@ -236,8 +234,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         self.watchers = self._make_watchers(loop)
         ref = base_model_ref(self.home, backend)
-        base_dir, unavailable = await self._resolve_base(ref)
-        self.chat, unavailable = self._make_chat(base_dir, unavailable)
+        base_dir, unavailable = await resolve_base(ref)
+        self.chat, unavailable = make_chat(self.home, base_dir, unavailable)
         exclusive = make_exclusive(self.chat, loop) if self.chat is not None else None
         coordinator = Coordinator(
             self.home,
@@ -297,55 +295,6 @@ class Daemon:
             watchers.add("docs", Path(d).expanduser(), (".md",))
         return watchers
 
-    async def _resolve_base(self, ref: str) -> tuple[str | None, str]:
-        """The base model's folder (None when missing) and why chat would be unavailable."""
-        try:
-            base_dir = str(await asyncio.to_thread(resolve_model, ref))
-        except SamBrainError as err:
-            log.warning("base model not available yet: %s", err)
-            return None, str(err)
-        return base_dir, "chat serving is off (deployment.serve_chat = false)"
-
-    def _make_chat(self, base_dir: str | None, unavailable: str) -> tuple[ChatServer | None, str]:
-        # Serving and the gate use MLX whichever backend trains: every adapter is also written
-        # in mlx-lm format. Without mlx-lm, serve the versions with vLLM (PEFT export).
-        if not registry.mlx_available():
-            return None, (
-                "chat serving needs mlx-lm (pip install 'sam-brain[mlx]');"
-                " or serve a PEFT export with vLLM"
-            )
-        dep = self.config.deployment
-        if not (dep.serve_chat and base_dir):
-            return None, unavailable
-        chat = ChatServer(
-            self.home.versions,
-            base_dir,
-            lineages=self._served_lineages(),
-            shadow=dep.shadow,
-            shadow_queue=dep.shadow_queue,
-            prompt_cache_mb=dep.prompt_cache_mb,
-            max_prompt_tokens=dep.max_prompt_tokens,
-            max_request_mb=dep.max_request_mb,
-            request_timeout_s=dep.request_timeout_seconds,
-            max_queued=dep.max_queued_requests,
-            chat_log=open_chat_log(self.home),
-        )
-        return chat, unavailable
-
-    def _served_lineages(self) -> dict[str, Versions]:
-        """Named trainings on the resident base, served beside the default as `sam-NAME`."""
-        base = self.config.training.mlx_base_model
-        served: dict[str, Versions] = {}
-        for home in self.home.trainings()[1:]:
-            if home.config.training.mlx_base_model == base:
-                served[home.training] = home.versions
-            else:  # a second base would need a second resident model: not served here
-                self.home.notices.append(
-                    f"training {home.training!r} is not served: its base"
-                    f" {home.config.training.mlx_base_model} is not the resident {base}"
-                )
-        return served
-
     async def _chat_ctx(self, app: web.Application) -> AsyncIterator[None]:
         yield
         if self.chat is not None:
@@ -379,15 +328,6 @@ class Daemon:
             await coordinator.stop()
 
         return ctx
-
-
-def make_exclusive(chat: ChatServer, loop: asyncio.AbstractEventLoop) -> Exclusive[Any]:
-    """Let a worker thread run `fn(resident)` on the chat server's resident base model."""
-
-    def run(fn: Callable[[Any], Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(chat.run_exclusive(fn), loop).result()
-
-    return run
 
 
 def setup_logging(level: str) -> None:

@@ -25,16 +25,15 @@ from typing import Any, TypeVar
 
 from deployment import canary
 from deployment.adapter_check import check_adapter
-from deployment.canary import CanaryPolicy, HealthLimits
-from deployment.evaluate import EvalReport, GateConfig, evaluate_version
+from deployment.evaluate import EvalReport, evaluate_version
 from deployment.task_gate import resolve_case_files, task_markdown
-from sam_brain.config import Config
 from sam_brain.errors import BadRequest, Conflict, PromotionRejected
 from sam_brain.fsutil import write_jsonl_atomic, write_text_atomic
 from sam_brain.home import Home
 from sam_brain.hub import base_fingerprint, resolve_model
 from sam_brain.registry import mlx_available
 from sam_brain.store import Version
+from sam_brain.train.policies import gate_config
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -61,36 +60,6 @@ class Outcome:
     action: ReleaseAction
     reasons: list[str]
     report: dict[str, Any] | None = None
-
-
-def gate_config(config: Config) -> GateConfig:
-    d = config.deployment
-    return GateConfig(
-        margin=d.gate_margin,
-        alpha=d.gate_alpha,
-        prompts=d.gate_prompts,
-        max_length=config.profile().max_seq_length,
-        max_repetition=d.gate_max_repetition,
-        min_terminated=d.gate_min_terminated,
-        relative_slack=d.gate_relative_slack,
-        case_max_tokens=d.gate_case_max_tokens,
-    )
-
-
-def canary_policy(config: Config) -> CanaryPolicy:
-    d = config.deployment
-    return CanaryPolicy(
-        steps=tuple(d.canary_steps),
-        interval_seconds=d.canary_interval_seconds,
-        min_requests=d.canary_min_requests,
-        limits=health_limits(config),
-    )
-
-
-def health_limits(config: Config) -> HealthLimits:
-    return HealthLimits.from_config(
-        config.deployment, min_requests=config.deployment.min_requests_to_judge
-    )
 
 
 def check_size(adapter_dir: Path, max_mb: float) -> None:

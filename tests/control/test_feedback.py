@@ -25,6 +25,7 @@ from deployment.serving import ChatServer
 from sam_brain.config_load import parse_config
 from sam_brain.control.api import make_app
 from sam_brain.control.app import CTX, AppContext
+from sam_brain.control.chat_setup import make_chat
 from sam_brain.control.cli import main
 from sam_brain.control.feedback import log_dir, open_chat_log
 from sam_brain.home import Home
@@ -373,7 +374,7 @@ def test_the_daemon_logs_only_when_the_config_asks(tmp_path: Path, tiny_model: P
         home = make_home(tmp_path / str(log), log)
         daemon = Daemon(home.config, "127.0.0.1", 0)
         daemon.home = home
-        chat, _ = daemon._make_chat(str(tiny_model), "")
+        chat, _ = make_chat(daemon.home, str(tiny_model), "")
         assert chat is not None and (chat.chat_log is not None) == log
         if chat.chat_log is not None:
             assert chat.chat_log.directory == log_dir(home) and chat.chat_log.keep_days == 30
