@@ -41,8 +41,8 @@ from sam_brain.config_load import parse_config
 from sam_brain.dev.teacher_wire import Wire, samctl_examples, serve, serve_app
 from sam_brain.home import Home
 from sam_brain.teach.jobs import JobSpec
-from sam_brain.teach.ledger import Ledger
 from sam_brain.teach.runner import run_job
+from sam_brain.teacher_ledger import Ledger
 
 KEY = "sk-ant-bench-not-a-real-key"
 TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens")

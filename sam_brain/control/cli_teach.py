@@ -131,8 +131,8 @@ def _get_or_local(client: Client, path: str, config: Config) -> tuple[int, Any]:
     try:
         return client.call("GET", path)
     except DaemonUnreachable:
-        from sam_brain.teach.ledger import Ledger, stats
         from sam_brain.teach.progress import recent_jobs
+        from sam_brain.teacher_ledger import Ledger, stats
 
         data = data_dir(config)
         if path.endswith("/stats"):

@@ -23,7 +23,8 @@ from sam_brain.home import Home
 from sam_brain.pipeline.ingest import store_result
 from sam_brain.protocols import CollectResult, Sample, Teacher, TeacherReply, TeacherRequest
 from sam_brain.teach.jobs import Handler, JobCancelled, JobSpec, load_job
-from sam_brain.teach.ledger import (
+from sam_brain.teach.progress import JobStatus, ProgressLog, jobs_dir
+from sam_brain.teacher_ledger import (
     Budget,
     Budgeted,
     Clock,
@@ -33,7 +34,6 @@ from sam_brain.teach.ledger import (
     utc_now,
     worst_case_usd,
 )
-from sam_brain.teach.progress import JobStatus, ProgressLog, jobs_dir
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from typing import Any
 from sam_brain.errors import Conflict
 from sam_brain.home import Home
 from sam_brain.teach.jobs import JobSpec, load_job
-from sam_brain.teach.ledger import Ledger, stats
 from sam_brain.teach.progress import JobStatus, recent_jobs
 from sam_brain.teach.runner import run_job
+from sam_brain.teacher_ledger import Ledger, stats
 
 log = logging.getLogger(__name__)
 

@@ -213,6 +213,7 @@ def _judge(home: Home, run: Exclusive[Any], report: EvalReport, test: Path) -> N
     from deployment.judge import judge_gate
     from sam_brain.errors import SamBrainError
     from sam_brain.registry import TEACHERS, load
+    from sam_brain.teacher_ledger import Budget, Budgeted, Ledger
 
     cfg = home.config
     try:
@@ -220,6 +221,9 @@ def _judge(home: Home, run: Exclusive[Any], report: EvalReport, test: Path) -> N
     except SamBrainError as err:  # no key, no base_url: say so in the report, gate as usual
         report.notes.append(f"judge: {err}")
         return
+    # The judge's calls count against the same daily budget as the teach jobs, under one job name.
+    budget = Budget(Ledger(home.data / "state.db"), cfg.teacher)
+    teacher = Budgeted(teacher, budget, "gate-judge")
     d = cfg.deployment
     prompts, tokens = d.gate_judge_prompts, gate_config(cfg).gen_max_tokens
     run(lambda model: judge_gate(report, model, teacher, test, prompts, tokens))

@@ -189,7 +189,7 @@ def test_cancel_then_resume_then_shutdown_cancels(tmp_path: Path) -> None:
         paid = wire.answered
         home.close()
     # Every answer paid so far is in the ledger once.
-    from sam_brain.teach.ledger import Ledger
+    from sam_brain.teacher_ledger import Ledger
 
     assert len(Ledger(home.data / "state.db").calls(started["job_id"])) == paid
 

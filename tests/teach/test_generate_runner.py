@@ -14,9 +14,9 @@ import pytest
 from sam_brain.dev.teacher_wire import Wire, serve
 from sam_brain.protocols import TeacherReply
 from sam_brain.teach.jobs import JobSpec
-from sam_brain.teach.ledger import Ledger, cost_usd
 from sam_brain.teach.progress import ProgressLog
 from sam_brain.teach.runner import run_job
+from sam_brain.teacher_ledger import Ledger, cost_usd
 from tests.teach.scripted import answer, open_home, per_request
 
 KEY = "sk-ant-test-Qw8ErT5yU2iO9pA3sD6fG1hJ4kL7zX0c"

@@ -22,9 +22,9 @@ from sam_brain.home import Home
 from sam_brain.protocols import TeacherRequest
 from sam_brain.store import Store
 from sam_brain.teach.jobs import JobSpec
-from sam_brain.teach.ledger import Ledger, cost_usd
 from sam_brain.teach.progress import ProgressLog
 from sam_brain.teach.runner import run_job
+from sam_brain.teacher_ledger import Ledger, cost_usd
 from sam_brain.versions import Versions
 from teachers.openai_api import OpenAITeacher
 
