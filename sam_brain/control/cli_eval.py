@@ -34,11 +34,12 @@ def evaluate(args: argparse.Namespace, config: Config) -> int:
         return make_cases(args, config)
     if args.from_docs is not None or args.out:
         raise BadRequest("--from-docs and --out belong to `samctl eval make-cases`")
-    home = open_home(config)
+    root = open_home(config)
     try:
+        home = root.for_training(args.training)  # its versions and its own gate_cases
         report, path = run_eval(home, args.version, args.against, args.cases or None)
     finally:
-        home.close()
+        root.close()
     if args.json:
         print_doc({"report": str(path), **report.to_dict()}, True)
     else:

@@ -157,6 +157,9 @@ def _eval_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     ev.add_argument("--out", help="make-cases: the case file to write")
     ev.add_argument("--teacher", action="store_true", help="make-cases: ask the [teacher]")
     ev.add_argument("--max-cases", type=int, default=50, help="make-cases: at most this many")
+    ev.add_argument(
+        "--training", default="sam", help="a [trainings.NAME] lineage: its versions and gate_cases"
+    )
     ev.add_argument("--json", action="store_true")
 
 

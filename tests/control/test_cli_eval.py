@@ -115,3 +115,29 @@ def test_samctl_eval_between_versions_and_errors(
     assert main(["eval", "v1.0.0"]) == 2  # no --cases and no deployment.gate_cases
     assert "no case files" in capsys.readouterr().err
     assert main(["eval", "v1.0.0", "--against", "v1.0.0", "--cases", str(cases)]) == 2
+
+
+def test_samctl_eval_of_a_named_training_uses_its_versions_and_cases(
+    home_env: Path, tiny_model: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cases = home_env / "gh-cases.jsonl"
+    cases.write_text("".join(json.dumps(c) + "\n" for c in CASES[:2]))
+    (home_env / "config.toml").write_text(
+        f'[training]\nmlx_base_model = "{tiny_model}"\nbackend = "mlx"\n'
+        "[deployment]\ngate_case_max_tokens = 4\n"
+        f'[trainings.gh]\nsources = ["git"]\ngate_cases = ["{cases}"]\n'
+    )
+    root = Home.open(load_config())
+    gh = root.for_training("gh")
+    gh.versions.register(random_adapter(tiny_model, home_env / "adapter"))  # gh's v1.0.0
+    root.close()
+    # The default training has no cases and no versions: the same command is refused there.
+    assert main(["eval", "v1.0.0"]) == 2
+    assert "no case files" in capsys.readouterr().err
+    assert main(["eval", "v1.0.0", "--cases", str(cases)]) == 3
+    capsys.readouterr()
+    assert main(["eval", "v1.0.0", "--training", "gh", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["cases"] == 2 and set(doc["reports"]) == {"base", "v1.0.0"}
+    assert main(["eval", "v1.0.0", "--training", "nope"]) == 3
+    assert "nope" in capsys.readouterr().err
