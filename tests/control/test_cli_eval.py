@@ -129,15 +129,18 @@ def test_samctl_eval_of_a_named_training_uses_its_versions_and_cases(
     )
     root = Home.open(load_config())
     gh = root.for_training("gh")
-    gh.versions.register(random_adapter(tiny_model, home_env / "adapter"))  # gh's v1.0.0
+    version = gh.versions.register(random_adapter(tiny_model, home_env / "adapter")).version
+    assert version == "gh-v1.0.0"
     root.close()
     # The default training has no cases and no versions: the same command is refused there.
     assert main(["eval", "v1.0.0"]) == 2
     assert "no case files" in capsys.readouterr().err
     assert main(["eval", "v1.0.0", "--cases", str(cases)]) == 3
     capsys.readouterr()
-    assert main(["eval", "v1.0.0", "--training", "gh", "--json"]) == 0
+    assert main(["eval", version, "--cases", str(cases)]) == 3  # not the default's version
+    capsys.readouterr()
+    assert main(["eval", version, "--training", "gh", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["cases"] == 2 and set(doc["reports"]) == {"base", "v1.0.0"}
-    assert main(["eval", "v1.0.0", "--training", "nope"]) == 3
+    assert doc["cases"] == 2 and set(doc["reports"]) == {"base", version}
+    assert main(["eval", version, "--training", "nope"]) == 3
     assert "nope" in capsys.readouterr().err
