@@ -4,7 +4,8 @@ As in clitron: the teacher gets the schema once (the cached system prompt) and, 
 batch size and a command to focus on (cycling through the schema's leaf commands so a campaign
 covers all of them). Each example in an answer is checked (JSON, known command and subcommand,
 argument names and types, required arguments, flags); valid ones become single-turn samples
-(user: the request, assistant: the command as compact JSON) with source `teacher`,
+(system: `CliSchema.system_prompt()`, user: the request, assistant: the command as compact JSON,
+so the behaviour stays tied to that prompt and a general lineage can hold these samples too) with source `teacher`,
 `meta["schema"]` and, for `--training NAME`, `meta["training"]`. Near duplicates are removed by
 the pool's dedup when the runner stores them. Drops are counted by reason.
 """
@@ -111,6 +112,7 @@ def outcome(
                 source_key=f"teacher:{job_id}:{request.key}:{i}",
                 group=f"teacher:{job_id}:{request.key}",
                 messages=[
+                    {"role": "system", "content": schema.system_prompt()},
                     {"role": "user", "content": example["input"].strip()},
                     {"role": "assistant", "content": canonical(example["output"])},
                 ],

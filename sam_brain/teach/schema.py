@@ -74,6 +74,17 @@ class CliSchema:
                 out.append(c)
         return out
 
+    def system_prompt(self) -> str:
+        """The system message of every generated sample, and what a client sends to use them.
+
+        It makes the behaviour conditional: without it a general assistant trained on these
+        samples would start answering ordinary requests with this CLI's JSON commands.
+        """
+        return (
+            f"Turn the request into one `{self.cli_name}` command ({self.description}). Answer"
+            ' with JSON only: {"command", "subcommand", "args", "flags"}.'
+        )
+
     def examples(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         todo = list(self.commands.values())

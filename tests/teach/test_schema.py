@@ -116,7 +116,10 @@ def test_outcome_drops_repeats_within_an_answer(gh: Any) -> None:
     reply = TeacherReply(text=json.dumps([same, same, ex({"command": "x"})]), model="m")
     out = outcome("job", gh, "", TeacherRequest(messages=[], key="b0"), reply)
     assert dict(out.counts) == {"parsed": 1, "valid": 1, "repeated_input": 1, "unknown_command": 1}
-    assert out.samples[0].messages[1]["content"] == '{"command":"status"}'
+    system, user, answer = out.samples[0].messages
+    assert system == {"role": "system", "content": gh.system_prompt()}
+    assert "`gh`" in system["content"] and user["content"] == "what is my status"
+    assert answer["content"] == '{"command":"status"}'
     assert "training" not in out.samples[0].meta
 
 
