@@ -225,6 +225,16 @@ class Pool:
         for row in rows:
             yield Sample(**json.loads(row["data"])), row["split"]
 
+    def group_splits(self, groups: Collection[str]) -> dict[str, str]:
+        """The split each of these groups already has in the pool (groups not there are left out)."""
+        out: dict[str, str] = {}
+        ordered = sorted(set(groups))
+        for i in range(0, len(ordered), 500):  # bounded IN lists
+            cond = f"`group` IN ({_quote(ordered[i : i + 500])})"
+            for row in self._rows(cond, ["group", "split"]):
+                out[row["group"]] = row["split"]
+        return out
+
     def source_keys(self, source: str) -> set[str]:
         """The distinct source keys (transcript paths, commits, ...) of one source's samples."""
         return {r["source_key"] for r in self._rows(f"source = {_quote([source])}", ["source_key"])}

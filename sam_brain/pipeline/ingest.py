@@ -122,7 +122,8 @@ def store_result(
             old_ids = {s.id for s, _ in home.pool.samples(source_keys=result.replace_keys)}
         kept = _not_forgotten(home, result.samples, report, tally)
         prepared = _clean(kept, cfg, scrubber, report, tally)
-        batch = _dedup_and_split(prepared, index, cfg, report, tally, near_dedup)
+        known = home.pool.group_splits({s.group for s, _ in prepared})
+        batch = _dedup_and_split(prepared, index, cfg, report, tally, near_dedup, known)
         counts = home.pool.upsert(list(batch.values()), result.replace_keys)
         for gone in old_ids - set(batch):
             index.remove(gone)
@@ -230,8 +231,15 @@ def _dedup_and_split(
     report: IngestReport,
     tally: Tally,
     near: bool = True,
+    known: dict[str, str] | None = None,
 ) -> dict[str, tuple[Sample, str]]:
-    """The new samples by id with their split; near-duplicates are dropped and counted."""
+    """The new samples by id with their split; near-duplicates are dropped and counted.
+
+    `known`: the split each group already has in the pool. A sample joining a group there takes
+    that split (a teacher pair or a correction made from a test-split sample stays held out),
+    whatever its own source would hash to.
+    """
+    splits = dict(known or {})
     shares = (cfg.split[0], cfg.split[1], cfg.split[2])
     # Fingerprint the whole batch in one vectorised pass, then check one by one.
     index.prefetch(text for _, text in prepared)
@@ -243,8 +251,10 @@ def _dedup_and_split(
             tally.dropped(sample, "duplicate")
             continue
         index.add(sample.id, text)
-        # Stratum per group, not per sample: every sample of a session shares its split.
-        split = assign_split(sample.group, sample.source, shares)
+        # The unit is the group: every sample of a session (and what was made from it) shares
+        # one split; a new group is assigned by its first sample's source.
+        split = splits.get(sample.group) or assign_split(sample.group, sample.source, shares)
+        splits[sample.group] = split
         batch[sample.id] = (sample, split)
         report.by_source[sample.source] += 1
         report.by_tier[sample.tier] += 1

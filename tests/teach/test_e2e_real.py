@@ -98,6 +98,8 @@ def test_schema_generate_sft_preferences_dpo_on_the_real_model(
     doc = {
         "data_dir": str(tmp_path / "home"),
         "sources": {"docs_paths": [str(docs)]},
+        # No group held out for a gate here (none runs): every pair's group can train.
+        "deployment": {"gate_holdout_share": 0.0},
         "teacher": {"provider": "openai", "model": "base", "base_url": chat_url,
                     "max_output_tokens": 48, "concurrency": 1},
     }  # fmt: skip
@@ -125,12 +127,15 @@ def test_schema_generate_sft_preferences_dpo_on_the_real_model(
     # preferences: K candidates from v1 (sampled), scored by the teacher -> pairs.
     mx.random.seed(0)
     resident = ResidentModel(real_model, prompt_cache_entries=0)
-    spec = JobSpec(kind="preferences", count=6, options={"k": 2, "max_tokens": 24})
+    # Three samples at temperature 1: two at 0.8 were once the same text for every prompt.
+    spec = JobSpec(
+        kind="preferences", count=6, options={"k": 3, "max_tokens": 24, "temperature": 1.0}
+    )
     prefs = run_job(home, spec, exclusive=lambda fn: fn(resident))
     assert prefs.state == "done", prefs.error
     c = prefs.counts
     asked = prefs.total
-    assert asked > 0
+    assert asked > 0, (c, prefs.message)
     assert c.get("preference_pairs", 0) + c.get("tie", 0) + c.get("unparseable_reply", 0) == asked
     pairs = [s for s, _ in home.pool.samples(kind="preference") if s.source == "teacher"]
     assert len(pairs) == c["preference_pairs"] > 0
@@ -138,7 +143,7 @@ def test_schema_generate_sft_preferences_dpo_on_the_real_model(
 
     # DPO: the next run trains on the pairs, starting from version 1.
     dpo_dir, counts2 = train(home, real_model, "r2", init=str(sft_dir))
-    assert counts2.get("preference", 0) > 0
+    assert counts2.get("preference", 0) == len(pairs), counts2  # pairs follow their group's split
     manifest = json.loads((dpo_dir / "manifest.json").read_text())
     assert manifest["metrics"]["dpo_steps"] == 2
     after = mx.load(str(dpo_dir / "adapters.safetensors"))
