@@ -82,6 +82,15 @@ def daemon(tmp_path: Path, tiny_model: Path) -> Any:
         assert proc.wait(timeout=60) == 0, log.read_text()[-3000:]
 
 
+# The innermost elements reaching past a phone's width, to name the culprit when one does.
+WIDEST = """[...document.querySelectorAll('body *')]
+  .filter(e => e.getBoundingClientRect().right > document.documentElement.clientWidth + 1)
+  .filter(e => ![...e.children].some(c => c.getBoundingClientRect().right
+                                    > document.documentElement.clientWidth + 1))
+  .slice(0, 5)
+  .map(e => `${e.tagName}#${e.id}.${e.className} ${Math.round(e.getBoundingClientRect().width)}px: `
+            + (e.textContent || '').slice(0, 80))"""
+
 LOSS_POINTS = (
     "Number(document.querySelector('#loss-chart path[data-series=\"{}\"]')"
     "?.getAttribute('data-points') || 0)"
@@ -141,6 +150,7 @@ async def _drive(url: str, out: Path) -> dict[str, Any]:
         seen["phone_overflow"] = await b.eval(
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
+        seen["phone_wide"] = await b.eval(WIDEST)
         seen["phone_train_points"] = await b.eval(LOSS_POINTS.format("train loss"))
         await b.screenshot(out / "dashboard-390.png")
         light = await b.eval("getComputedStyle(document.body).backgroundColor")
@@ -180,7 +190,7 @@ def test_dashboard_shows_a_real_run_and_canary(daemon: Any, tmp_path: Path) -> N
     assert found["matched"] >= 1 and len(seen["results"]) == min(found["matched"], 50)
     assert seen["count_text"].startswith(f"{found['matched']} samples match")
     assert seen["marks"] >= 1
-    assert seen["phone_overflow"] <= 0
+    assert seen["phone_overflow"] <= 0, seen["phone_wide"]
     assert seen["backgrounds"] == ("rgb(251, 251, 253)", "rgb(17, 19, 24)")
     # `samctl train --follow` draws its sparkline from the same stored points.
     from sam_brain.control.cli import _loss_values, sparkline
