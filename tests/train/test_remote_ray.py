@@ -116,6 +116,9 @@ def make_home(tmp: Path, model: Path, steps: int = 16, **training: Any) -> Home:
     return home
 
 
+STEPS = 60  # the cancel/resume run's length
+
+
 async def wait_for(check: Any, timeout: float = 240.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -158,7 +161,9 @@ async def test_a_remote_run_streams_is_cancelled_resumes_and_returns_the_local_a
     cluster: str, tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # allow-listed: the job trains on one thread
-    home = make_home(tmp_path, tiny_model, steps=24, remote=cluster)
+    # Long enough that a cancel or a stop lands mid-run even when Ray takes seconds to deliver
+    # it (at 24 steps a loaded full run once finished before the cancel arrived).
+    home = make_home(tmp_path, tiny_model, steps=STEPS, remote=cluster)
     coord = Coordinator(home, "cuda")
     run_id, _ = await coord.start_run("forced", force=True)
     remote_dir = tmp_path / "cluster-storage" / run_id
@@ -175,7 +180,7 @@ async def test_a_remote_run_streams_is_cancelled_resumes_and_returns_the_local_a
     cancelled = home.store.get_run(run_id)
     assert cancelled.status == "cancelled", cancelled.reason
     step = resume.checkpoint_step(remote_dir)
-    assert 2 <= step < 20 and resume.checkpoint_step(home.runs_dir / run_id) == step
+    assert 2 <= step < STEPS and resume.checkpoint_step(home.runs_dir / run_id) == step
     assert f"checkpoint at step {step}" not in cancelled.reason  # a cancel is not interrupted
     assert not (home.runs_dir / run_id / "adapter" / "adapters.safetensors").exists()
 
@@ -185,7 +190,7 @@ async def test_a_remote_run_streams_is_cancelled_resumes_and_returns_the_local_a
     stopped = home.store.get_run(run_id)
     assert stopped.status == "interrupted" and "daemon stopped" in stopped.reason
     again = step, resume.checkpoint_step(remote_dir)
-    assert step + 2 <= again[1] < 24
+    assert step + 2 <= again[1] < STEPS
 
     coord = Coordinator(home, "cuda")  # the next start continues it on the cluster
     await coord.check()
@@ -200,7 +205,7 @@ async def test_a_remote_run_streams_is_cancelled_resumes_and_returns_the_local_a
     assert f"; resumed from step {again[1]};" in notes  # the trainer, from the last checkpoint
     with home.store.tx() as db:
         points = db.execute("SELECT COUNT(*) FROM loss_points WHERE run_id=?", (run_id,)).fetchone()
-    assert points[0] == 24  # every step's loss, from the three jobs, as a local run records
+    assert points[0] == STEPS  # every step's loss, from the three jobs, as a local run records
     assert run.metrics["release"]["version"]  # the gate ran locally on the returned adapter
     jobs = json.loads((home.runs_dir / run_id / "remote.json").read_text())
     assert jobs["address"] == cluster and jobs["job_id"].startswith(f"sam-brain-{run_id}-")
