@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import uuid
 from dataclasses import dataclass, field
@@ -305,16 +306,20 @@ def write_example_sessions(
     for i in range(n_sessions):
         when = begin + timedelta(hours=5 * i)
         session = example_session(f"{seed}:{i}", cwd=cwd, start=when, with_subagent=i % 5 == 1)
-        paths.append(out_dir / f"{session.session_id}.jsonl")
-        _write_jsonl(paths[-1], session.lines)
+        # Subagents first, then the main file: a watcher never sees a session without them.
         for agent_id, lines in session.subagents.items():
             _write_jsonl(
                 out_dir / session.session_id / "subagents" / f"agent-{agent_id}.jsonl", lines
             )
+        paths.append(out_dir / f"{session.session_id}.jsonl")
+        _write_jsonl(paths[-1], session.lines)
     return paths
 
 
 def _write_jsonl(path: Path, lines: list[Line]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(x, ensure_ascii=False, separators=(",", ":")) + "\n" for x in lines)
-    path.write_text(text, encoding="utf-8")
+    # Whole files only (a watched folder would otherwise see an empty or partial transcript).
+    tmp = path.with_name(path.name + ".part")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
