@@ -33,7 +33,7 @@ from typing import Any
 from sam_brain.fsutil import write_text_atomic
 from sam_brain.home import Home
 from sam_brain.protocols import Message, Sample, TeacherReply, TeacherRequest
-from sam_brain.teach.jobs import Handler, JobContext, Outcome, sample_id
+from sam_brain.teach.jobs import Handler, JobContext, Outcome, json_array, sample_id
 from sam_brain.teach.progress import jobs_dir
 
 SOURCE = "teacher"
@@ -271,18 +271,6 @@ def doc_requests(ctx: JobContext, skipped: Counter[str]) -> list[tuple[TeacherRe
     return out
 
 
-def parse_pairs(text: str) -> list[Any] | None:
-    """The JSON array in a reply (fences and prose around it allowed), else None."""
-    start, end = text.find("["), text.rfind("]")
-    if start < 0 or end <= start:
-        return None
-    try:
-        value = json.loads(text[start : end + 1])
-    except ValueError:
-        return None
-    return value if isinstance(value, list) else None
-
-
 def _words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
@@ -314,7 +302,7 @@ def _doc_handler(ctx: JobContext, paths: dict[str, Path]) -> Handler:
         out = Outcome()
         path = paths[request.key]
         text = path.read_text(encoding="utf-8", errors="replace")[:DOC_CHARS]
-        items = parse_pairs(reply.text)
+        items = json_array(reply.text)
         if items is None:
             out.counts["unparseable_reply"] += 1
             return out

@@ -16,8 +16,8 @@ import math
 from collections import Counter
 
 from sam_brain.protocols import Sample, TeacherReply, TeacherRequest
-from sam_brain.teach.jobs import JobContext, Outcome, sample_id
-from sam_brain.teach.schema import CliSchema, canonical, check_example, load_schema, parse_examples
+from sam_brain.teach.jobs import JobContext, Outcome, json_array, sample_id
+from sam_brain.teach.schema import CliSchema, canonical, check_example, load_schema
 
 DEFAULT_COUNT = 100
 DEFAULT_BATCH = 10
@@ -86,7 +86,7 @@ def outcome(
 ) -> Outcome:
     """The valid examples of one answer as samples, and every drop by reason."""
     out = Outcome(counts=Counter())
-    examples = parse_examples(reply.text)
+    examples = json_array(reply.text)
     # Exactly one of invalid_json / empty_answer / parsed per answer, then one count per example.
     if examples is None:
         out.counts["invalid_json"] += 1

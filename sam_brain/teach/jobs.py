@@ -191,3 +191,15 @@ def load_job(kind: str) -> TeachJob:
 def sample_id(job_id: str, key: str, index: int = 0) -> str:
     """A stable sample id: replaying the same reply after a crash updates, never duplicates."""
     return stable_id("teacher", job_id, key, str(index))
+
+
+def json_array(text: str) -> list[Any] | None:
+    """The JSON array in a teacher's answer (code fences and prose around it allowed), else None."""
+    start, end = text.find("["), text.rfind("]")
+    if start < 0 or end <= start:
+        return None
+    try:
+        value = json.loads(text[start : end + 1])
+    except ValueError:
+        return None
+    return value if isinstance(value, list) else None

@@ -211,18 +211,6 @@ def check_example(schema: CliSchema, example: Any) -> str | None:
     return None
 
 
-def parse_examples(text: str) -> list[Any] | None:
-    """The JSON array in a teacher's answer (code fences and prose around it allowed)."""
-    start, end = text.find("["), text.rfind("]")
-    if start < 0 or end <= start:
-        return None
-    try:
-        value = json.loads(text[start : end + 1])
-    except ValueError:
-        return None
-    return value if isinstance(value, list) else None
-
-
 def canonical(output: dict[str, Any]) -> str:
     """The answer a trained model should give: compact JSON, keys sorted."""
     return json.dumps(output, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

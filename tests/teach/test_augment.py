@@ -13,8 +13,8 @@ from sam_brain.home import Home
 from sam_brain.pipeline.ingest import store_result
 from sam_brain.pipeline.split import assign_split
 from sam_brain.protocols import CollectResult, Sample, TeacherReply
-from sam_brain.teach.augment import ANSWER_SYSTEM, DOC_SYSTEM, below_bar, grounded, parse_pairs
-from sam_brain.teach.jobs import JobSpec
+from sam_brain.teach.augment import ANSWER_SYSTEM, DOC_SYSTEM, below_bar, grounded
+from sam_brain.teach.jobs import JobSpec, json_array
 from sam_brain.teach.runner import run_job
 from tests.scripted_openai import ScriptedServer, system_text, user_text
 
@@ -212,8 +212,8 @@ def test_quality_bar_and_parsing() -> None:
         "below_bar_truncated"
     )
     assert below_bar(TeacherReply(text=long, model="m"), long) == "below_bar_unchanged"
-    assert parse_pairs('Here: [{"question": "q"}] done') == [{"question": "q"}]
-    assert parse_pairs("no json") is None
+    assert json_array('Here: [{"question": "q"}] done') == [{"question": "q"}]
+    assert json_array("no json") is None
 
 
 def test_pairs_dedup_among_pairs_but_not_against_sft(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ from sam_brain.dev.teacher_wire import Wire, serve
 from sam_brain.errors import BadRequest
 from sam_brain.protocols import TeacherReply, TeacherRequest
 from sam_brain.teach.generate import outcome, requests_for
-from sam_brain.teach.jobs import JobSpec
+from sam_brain.teach.jobs import JobSpec, json_array
 from sam_brain.teach.runner import run_job
-from sam_brain.teach.schema import check_example, load_schema, parse_examples
+from sam_brain.teach.schema import check_example, load_schema
 from tests.teach.scripted import open_home
 
 GH = """
@@ -95,10 +95,10 @@ def test_schema_errors_are_one_line(tmp_path: Path) -> None:
         load_schema(str(tmp_path / "missing.yaml"))
 
 
-def test_parse_examples_tolerates_fences_and_prose() -> None:
-    assert parse_examples('Sure!\n```json\n[{"a": 1}]\n```\nDone.') == [{"a": 1}]
-    assert parse_examples("no json here") is None
-    assert parse_examples("[not, json]") is None
+def test_json_array_tolerates_fences_and_prose() -> None:
+    assert json_array('Sure!\n```json\n[{"a": 1}]\n```\nDone.') == [{"a": 1}]
+    assert json_array("no json here") is None
+    assert json_array("[not, json]") is None
 
 
 def test_requests_cycle_through_leaf_commands_and_share_the_cached_system(gh: Any) -> None:
