@@ -1,4 +1,5 @@
-"""Sources made for a test: real git repositories built with the git CLI, edited transcripts."""
+"""Sources made for a test: real git repositories built with the git CLI, edited transcripts,
+learnable pool rows."""
 
 from __future__ import annotations
 
@@ -7,6 +8,15 @@ import os
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sam_brain.pool import file_lock
+from sam_brain.protocols import Sample, stable_id
+
+if TYPE_CHECKING:
+    from sam_brain.home import Home
+
+COLOURS = ["red", "green", "blue", "amber", "violet", "teal", "black", "white"]
 
 
 def git(repo: Path, *args: str, author: str = "Dev", email: str = "dev@example.com") -> str:
@@ -47,3 +57,20 @@ def mark_first_prompt(path: Path, text: str) -> None:
             lines[i] = json.dumps(rec)
             break
     path.write_text("\n".join(lines) + "\n")
+
+
+def fill(home: Home, start: int, stop: int, groups: int = 4) -> None:
+    """Learnable colour rows (box i is colour i % 8), in `groups` sessions."""
+    rows = []
+    for i in range(start, stop):
+        g = f"g{i % groups}"
+        messages = [
+            {"role": "user", "content": f"What colour is box {i}?"},
+            {"role": "assistant", "content": f"Box {i} is {COLOURS[i % 8]}."},
+        ]
+        sample = Sample(
+            id=stable_id("t", str(i)), source="sessions", source_key=g, group=g, messages=messages
+        )
+        rows.append((sample, "train"))
+    with file_lock(home.pool.lock_path):
+        home.pool.upsert(rows)

@@ -28,16 +28,15 @@ import pytest
 from sam_brain.config_load import parse_config
 from sam_brain.errors import TrainingFailed
 from sam_brain.home import Home
-from sam_brain.pool import file_lock
-from sam_brain.protocols import Progress, Sample, TrainSpec, stable_id
+from sam_brain.protocols import Progress, TrainSpec
 from sam_brain.train import resume
 from sam_brain.train.remote import RemoteRun, RemoteUnreachable, pack, runtime_env
 from sam_brain.train.scheduler import Coordinator
+from tests.sources import COLOURS, fill
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-COLOURS = ["red", "green", "blue", "amber", "violet", "teal", "black", "white"]
 PROFILE = {
     "lora_rank": 4, "lora_alpha": 8.0, "num_layers": -1, "batch_size": 2, "grad_accum": 2,
     "max_seq_length": 64, "learning_rate": 5e-3, "max_steps": 16, "eval_every": 4,
@@ -100,19 +99,7 @@ def make_home(tmp: Path, model: Path, steps: int = 16, **training: Any) -> Home:
         }
     )
     home = Home.open(cfg)
-    rows = []
-    for i in range(32):
-        g = f"g{i % 4}"
-        messages = [
-            {"role": "user", "content": f"What colour is box {i}?"},
-            {"role": "assistant", "content": f"Box {i} is {COLOURS[i % 8]}."},
-        ]
-        sample = Sample(
-            id=stable_id("t", str(i)), source="sessions", source_key=g, group=g, messages=messages
-        )
-        rows.append((sample, "train"))
-    with file_lock(home.pool.lock_path):
-        home.pool.upsert(rows)
+    fill(home, 0, 32)
     return home
 
 

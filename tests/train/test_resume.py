@@ -25,7 +25,7 @@ from sam_brain.config_load import load_config, parse_config
 from sam_brain.dev.demo import free_port
 from sam_brain.home import Home
 from sam_brain.pool import file_lock
-from sam_brain.protocols import Sample, TrainSpec, stable_id
+from sam_brain.protocols import TrainSpec
 from sam_brain.train import resume
 from sam_brain.train.dataset import SAMPLES, build_dataset
 from sam_brain.train.job import TrainingJob
@@ -34,8 +34,8 @@ from sam_brain.train.scheduler import Coordinator
 from sam_brain.train.supervisor import worker_env
 from tests.api_auth import auth_headers
 from tests.daemon_proc import spawn, wait
+from tests.sources import COLOURS, fill
 
-COLOURS = ["red", "green", "blue", "amber", "violet", "teal", "black", "white"]
 PROFILE = {
     "lora_rank": 4, "lora_alpha": 8.0, "num_layers": -1, "batch_size": 2, "grad_accum": 1,
     "max_seq_length": 64, "learning_rate": 5e-3, "max_steps": 24, "eval_every": 6,
@@ -62,23 +62,6 @@ def make_home(tmp: Path, model: str = "unused", **training: Any) -> Home:
         }
     )
     return Home.open(cfg)
-
-
-def fill(home: Home, start: int, stop: int, groups: int = 4) -> None:
-    """Learnable colour rows (box i is colour i % 8), in `groups` sessions."""
-    rows = []
-    for i in range(start, stop):
-        g = f"g{i % groups}"
-        messages = [
-            {"role": "user", "content": f"What colour is box {i}?"},
-            {"role": "assistant", "content": f"Box {i} is {COLOURS[i % 8]}."},
-        ]
-        sample = Sample(
-            id=stable_id("t", str(i)), source="sessions", source_key=g, group=g, messages=messages
-        )
-        rows.append((sample, "train"))
-    with file_lock(home.pool.lock_path):
-        home.pool.upsert(rows)
 
 
 def files(d: Path) -> dict[str, bytes]:
